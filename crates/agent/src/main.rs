@@ -1,0 +1,285 @@
+//! `guruconnect-agent`: the endpoint agent's command line.
+//!
+//! - `guruconnect-agent --server URL --code XXX-XXX-XXX`: one attended support session;
+//! - `guruconnect-agent run [--config PATH]`: the managed agent (reconnects forever);
+//! - `guruconnect-agent install …` / `uninstall`: the systemd service.
+//!
+//! Exit codes: 0 done (including a denied consent), 1 failure, 2 support code refused,
+//! 3 no X display.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use guruconnect_agent::backoff::Backoff;
+use guruconnect_agent::config::{AgentConfig, DEFAULT_CONFIG, read_key};
+use guruconnect_agent::install::{self, InstallOptions};
+use guruconnect_agent::platform::linux as native;
+use guruconnect_agent::session::{self, ConnectError, Outcome};
+
+/// Exit status when the support code is refused.
+const EXIT_CODE_REFUSED: u8 = 2;
+/// Exit status when the X display cannot be opened.
+const EXIT_NO_DISPLAY: u8 = 3;
+/// How long support mode keeps trying to reach the server.
+const SUPPORT_RETRY_FOR: Duration = Duration::from_secs(60);
+/// Message for a refused support code.
+const CODE_REFUSED: &str = "the support code is invalid, expired or already used";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guruconnect-agent",
+    version,
+    about = "GuruConnect remote support agent"
+)]
+struct Cli {
+    /// Server base URL, e.g. https://support.example.com (support mode).
+    #[arg(long, env = "GURUCONNECT_SERVER", global = true)]
+    server: Option<String>,
+    /// One-time support code from the technician (XXX-XXX-XXX).
+    #[arg(long)]
+    code: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the managed agent with its per-agent key.
+    Run {
+        /// Configuration file (TOML with `server` and `key_file`).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Installs the systemd service and its configuration.
+    Install {
+        /// Per-agent key file (must be readable by its owner only).
+        #[arg(long, default_value = guruconnect_agent::config::DEFAULT_KEY_FILE)]
+        key_file: PathBuf,
+        /// Install under this directory instead of / (does not run systemctl).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// X display the service captures.
+        #[arg(long, default_value = ":0")]
+        display: String,
+    },
+    /// Stops and removes the systemd service and its configuration.
+    Uninstall {
+        /// Remove from under this directory instead of / (does not run systemctl).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("guruconnect-agent: {message}");
+    ExitCode::from(code)
+}
+
+fn check_display() -> Result<(), ExitCode> {
+    native::check_display().map_err(|e| fail(e, EXIT_NO_DISPLAY))
+}
+
+/// `XXX-XXX-XXX` (dashes and case optional) over the code alphabet.
+fn plausible_code(code: &str) -> bool {
+    let chars: Vec<char> = code.chars().filter(|c| *c != '-' && *c != ' ').collect();
+    chars.len() == 9 && chars.iter().all(char::is_ascii_alphanumeric)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}"), 1),
+    };
+    match cli.command {
+        Some(Command::Run { config }) => runtime.block_on(managed(config)),
+        Some(Command::Install {
+            key_file,
+            root,
+            display,
+        }) => {
+            let Some(server) = cli.server else {
+                return fail("install needs --server URL", 1);
+            };
+            let options = InstallOptions {
+                server,
+                key_file,
+                root,
+                display,
+            };
+            match install::install(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("install failed: {e:#}"), 1),
+            }
+        }
+        Some(Command::Uninstall { root }) => match install::uninstall(root.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("uninstall failed: {e:#}"), 1),
+        },
+        None => match (cli.server, cli.code) {
+            (Some(server), Some(code)) => runtime.block_on(support(server, code)),
+            _ => fail(
+                "give --server URL --code XXX-XXX-XXX for a support session, or a subcommand (see --help)",
+                1,
+            ),
+        },
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Support mode: one attended session with a one-time code.
+async fn support(server: String, code: String) -> ExitCode {
+    if !plausible_code(&code) {
+        return fail(CODE_REFUSED, EXIT_CODE_REFUSED);
+    }
+    // Check the desktop first: a code must not be burned by an agent that cannot show the
+    // consent prompt.
+    if let Err(code) = check_display() {
+        return code;
+    }
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    let conn = loop {
+        match session::connect(&server, &code).await {
+            Ok(conn) => break conn,
+            Err(ConnectError::Rejected { .. }) => return fail(CODE_REFUSED, EXIT_CODE_REFUSED),
+            Err(ConnectError::Unreachable(e)) => {
+                let delay = backoff.next_delay();
+                if started.elapsed() + delay > SUPPORT_RETRY_FOR {
+                    return fail(
+                        format!(
+                            "cannot reach the server at {server} after {} attempts: {e}",
+                            backoff.attempts()
+                        ),
+                        1,
+                    );
+                }
+                tracing::warn!(
+                    attempt = backoff.attempts(),
+                    "cannot reach the server at {server}: {e}; retrying in {:.1} s",
+                    delay.as_secs_f32()
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    tracing::info!("connected to {server}");
+    let outcome = tokio::select! {
+        outcome = session::run(conn, true) => outcome,
+        () = shutdown_signal() => Outcome::Ended("stopped on this computer".into()),
+    };
+    match outcome {
+        Outcome::ConsentDenied => {
+            eprintln!(
+                "guruconnect-agent: remote support was not allowed on this computer; exiting"
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Ended(reason) => {
+            eprintln!("guruconnect-agent: the support session ended ({reason})");
+            ExitCode::SUCCESS
+        }
+        Outcome::Lost(reason) => fail(
+            format!("the connection to the server was lost: {reason}"),
+            1,
+        ),
+        Outcome::Failed(reason) => fail(reason, 1),
+    }
+}
+
+/// Managed mode: reconnect forever with backoff.
+async fn managed(config_path: PathBuf) -> ExitCode {
+    let config = match AgentConfig::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(e, 1),
+    };
+    let key = match read_key(&config.key_file) {
+        Ok(k) => k,
+        Err(e) => return fail(e, 1),
+    };
+    if let Err(code) = check_display() {
+        return code;
+    }
+    let server = config.server.clone();
+    let forever = async {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            match session::connect(&server, &key).await {
+                Ok(conn) => {
+                    tracing::info!("connected to {server}");
+                    let started = Instant::now();
+                    let outcome = session::run(conn, false).await;
+                    tracing::warn!(?outcome, "session ended");
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff.reset();
+                    }
+                }
+                Err(ConnectError::Rejected { status }) => tracing::error!(
+                    "the server refused this machine's key (HTTP {status}); it may have been revoked"
+                ),
+                Err(ConnectError::Unreachable(e)) => {
+                    tracing::warn!("cannot reach the server at {server}: {e}");
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::info!(
+                attempt = backoff.attempts(),
+                "reconnecting in {:.1} s",
+                delay.as_secs_f32()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
+    tokio::select! {
+        () = forever => ExitCode::SUCCESS,
+        () = shutdown_signal() => {
+            tracing::info!("stopping");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_shape() {
+        assert!(plausible_code("ABC-DEF-GHJ"));
+        assert!(plausible_code("abcdefghj"));
+        assert!(!plausible_code("ABC-DEF"));
+        assert!(!plausible_code("ABC-DEF-GH!"));
+    }
+}

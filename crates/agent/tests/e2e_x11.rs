@@ -1,0 +1,974 @@
+//! End to end on a real X server: Xvfb, the relay in-process, the agent as a real process,
+//! consent answered by clicking the prompt with xdotool, viewers over the protocol client.
+//!
+//! Needs `Xvfb` and `xdotool` (Debian: xvfb, xdotool). Without Xvfb the tests print a line
+//! and pass; without xdotool they fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guruconnect_agent::platform::linux::consent::{ALLOW_BUTTON, DENY_BUTTON, center};
+use guruconnect_client::{Connection, connect_agent, connect_viewer};
+use guruconnect_codec::{Decoder, Encoder, Image};
+use guruconnect_proto::{
+    Codec, Envelope, KeyEvent, MouseAction, MouseButton, MouseEvent, Payload, ViewerHello,
+};
+use serde_json::{Value, json};
+use x11rb::connection::Connection as _;
+use x11rb::protocol::Event;
+use x11rb::protocol::xproto::{
+    ConnectionExt as _, CreateWindowAux, EventMask, InputFocus, WindowClass,
+};
+use x11rb::rust_connection::RustConnection;
+use x11rb::wrapper::ConnectionExt as _;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Window A: blue, records input. (x, y, w, h, 0xRRGGBB)
+const WIN_A: (i16, i16, u16, u16, u32) = (100, 100, 200, 150, 0x0033_66cc);
+/// Window B: orange.
+const WIN_B: (i16, i16, u16, u16, u32) = (300, 100, 200, 150, 0x00cc_6633);
+
+// ------------------------------------------------------------------ processes
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// A private Xvfb server, killed on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Option<Xvfb> {
+        if !have("Xvfb") {
+            println!("SKIPPED: Xvfb is not installed (apt-get install xvfb)");
+            return None;
+        }
+        assert!(
+            have("xdotool"),
+            "xdotool is not installed (apt-get install xdotool)"
+        );
+        for _ in 0..20 {
+            let n = 100 + (rand_u32() % 800);
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            let display = format!(":{n}");
+            let mut child = Command::new("Xvfb")
+                .args([
+                    &display,
+                    "-screen",
+                    "0",
+                    "1280x720x24",
+                    "-nolisten",
+                    "tcp",
+                    "-noreset",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn Xvfb");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // lost a race for the display number; try another
+                }
+                if x11rb::connect(Some(&display)).is_ok() {
+                    return Some(Xvfb { child, display });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM lets Xvfb remove its socket and lock file; SIGKILL only as a last resort.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let id = uuid_like();
+    u32::from_le_bytes([id[0], id[1], id[2], id[3]])
+}
+
+fn uuid_like() -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("urandom");
+    buf
+}
+
+/// Runs a command with a deadline; kills it when the deadline passes.
+fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn xdotool(display: &str, args: &[&str]) -> String {
+    let out = run_with_timeout(
+        Command::new("xdotool").args(args).env("DISPLAY", display),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "xdotool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Finds the consent prompt and clicks one of its buttons as a user would.
+fn click_consent(display: &str, button: (i16, i16, u16, u16)) {
+    let found = xdotool(
+        display,
+        &[
+            "search",
+            "--sync",
+            "--onlyvisible",
+            "--name",
+            "GuruConnect remote support",
+        ],
+    );
+    let window = found
+        .lines()
+        .next()
+        .expect("a consent window id")
+        .trim()
+        .to_owned();
+    let (x, y) = center(button);
+    // Give the prompt a moment to finish mapping before the click.
+    std::thread::sleep(Duration::from_millis(200));
+    xdotool(
+        display,
+        &[
+            "mousemove",
+            "--window",
+            &window,
+            &x.to_string(),
+            &y.to_string(),
+            "click",
+            "1",
+        ],
+    );
+}
+
+/// The agent process; its stderr is collected for assertions and failure messages.
+struct AgentProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl AgentProcess {
+    fn spawn(display: Option<&str>, args: &[&str]) -> AgentProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guruconnect-agent"));
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match display {
+            Some(d) => cmd.env("DISPLAY", d),
+            None => cmd.env_remove("DISPLAY"),
+        };
+        let mut child = cmd.spawn().expect("spawn agent");
+        let mut pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        AgentProcess { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread drain the pipe.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ the test X client
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    KeyPress(u8),
+    ButtonPress { button: u8, x: i16, y: i16 },
+}
+
+/// Two coloured windows; window A records key and button presses.
+struct TestApp {
+    conn: Arc<RustConnection>,
+    window_a: u32,
+    events: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TestApp {
+    fn start(display: &str) -> TestApp {
+        let (conn, screen) = x11rb::connect(Some(display)).expect("connect test app");
+        let root = conn.setup().roots[screen].root;
+        let mut ids = Vec::new();
+        for (i, (x, y, w, h, colour)) in [WIN_A, WIN_B].into_iter().enumerate() {
+            let id = conn.generate_id().expect("id");
+            let mask = if i == 0 {
+                EventMask::KEY_PRESS | EventMask::BUTTON_PRESS
+            } else {
+                EventMask::NO_EVENT
+            };
+            conn.create_window(
+                x11rb::COPY_DEPTH_FROM_PARENT,
+                id,
+                root,
+                x,
+                y,
+                w,
+                h,
+                0,
+                WindowClass::INPUT_OUTPUT,
+                0,
+                &CreateWindowAux::new()
+                    .background_pixel(colour)
+                    .override_redirect(1)
+                    .event_mask(mask),
+            )
+            .expect("create window");
+            conn.map_window(id).expect("map");
+            ids.push(id);
+        }
+        conn.flush().expect("flush");
+        conn.sync().expect("sync");
+        let conn = Arc::new(conn);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, e, s) = (conn.clone(), events.clone(), stop.clone());
+        let window_a = ids[0];
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.poll_for_event() {
+                    Ok(Some(Event::KeyPress(k))) if k.event == window_a => {
+                        e.lock().unwrap().push(Recorded::KeyPress(k.detail));
+                    }
+                    Ok(Some(Event::ButtonPress(b))) if b.event == window_a => {
+                        e.lock().unwrap().push(Recorded::ButtonPress {
+                            button: b.detail,
+                            x: b.event_x,
+                            y: b.event_y,
+                        });
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => return,
+                }
+            }
+        });
+        TestApp {
+            conn,
+            window_a,
+            events,
+            stop,
+        }
+    }
+
+    fn focus(&self) {
+        self.conn
+            .set_input_focus(InputFocus::POINTER_ROOT, self.window_a, x11rb::CURRENT_TIME)
+            .expect("focus");
+        self.conn.sync().expect("sync");
+    }
+
+    fn events(&self) -> Vec<Recorded> {
+        self.events.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[Recorded]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !pred(&self.events()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never arrived in the X client; recorded {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// ------------------------------------------------------------------ the relay
+
+struct Relay {
+    base: String,
+    port: u16,
+    admin_password: String,
+    http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    state: Option<guruconnect_server::AppState>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), 0, None).await
+    }
+
+    /// Starts a relay on `dir` (its data directory) and `port` (0: any).
+    async fn start_in(dir: tempfile::TempDir, port: u16, admin_password: Option<String>) -> Relay {
+        let admin_password =
+            admin_password.unwrap_or_else(|| format!("adm-{}", hex(&uuid_like()[..10])));
+        let config = guruconnect_server::Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            admin_password: Some(secrecy::SecretString::from(admin_password.clone())),
+            signing_secret: None,
+            database_url: None,
+            ..guruconnect_server::Config::default()
+        };
+        let state = guruconnect_server::build_state(config)
+            .await
+            .expect("build_state");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(guruconnect_server::serve_state(
+            state.clone(),
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Relay {
+            base: format!("http://{addr}"),
+            port: addr.port(),
+            admin_password,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(WAIT)
+                .build()
+                .expect("client"),
+            shutdown: Some(tx),
+            handle: Some(handle),
+            state: Some(state),
+            dir: Some(dir),
+        }
+    }
+
+    /// Stops this relay and starts a new one on the same data directory and port.
+    async fn restart(mut self) -> Relay {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("relay stops");
+        }
+        if let Some(state) = self.state.take() {
+            state.store.close().await;
+        }
+        let dir = self.dir.take().expect("data dir");
+        Self::start_in(dir, self.port, Some(self.admin_password.clone())).await
+    }
+
+    async fn login(&self, username: &str, password: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/auth/login", self.base))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("login");
+        assert!(
+            resp.status().is_success(),
+            "login {username}: {}",
+            resp.status()
+        );
+        let body: Value = resp.json().await.expect("body");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn admin(&self) -> String {
+        self.login("admin", &self.admin_password.clone()).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "POST {path}: {status} {body}");
+        body
+    }
+
+    async fn create_code(&self, token: &str) -> String {
+        self.post(token, "/api/codes", json!({})).await["code"]
+            .as_str()
+            .expect("code")
+            .to_owned()
+    }
+
+    async fn sessions(&self, token: &str) -> Vec<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/api/sessions?all=true", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sessions");
+        resp.json::<Vec<Value>>().await.expect("sessions body")
+    }
+
+    /// Waits for the (only) session to reach `status`; returns its id.
+    async fn wait_session(&self, token: &str, status: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let sessions = self.sessions(token).await;
+            if let Some(s) = sessions.iter().find(|s| s["status"] == status) {
+                return s["id"].as_str().expect("id").to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no session reached {status}: {sessions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn viewer(
+        &self,
+        user_token: &str,
+        session_id: &str,
+        codecs: &[Codec],
+    ) -> (Connection, String) {
+        let minted = self
+            .post(
+                user_token,
+                &format!("/api/sessions/{session_id}/viewer-token"),
+                json!({}),
+            )
+            .await;
+        let token = minted["token"].as_str().expect("viewer token");
+        let mode = minted["access_mode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut conn = connect_viewer(&self.base, session_id, token)
+            .await
+            .expect("viewer connects");
+        conn.send(Payload::ViewerHello(ViewerHello {
+            protocol_version: guruconnect_proto::PROTOCOL_VERSION,
+            codecs: codecs.iter().map(|c| *c as i32).collect(),
+        }))
+        .await
+        .expect("viewer hello");
+        (conn, mode)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ------------------------------------------------------------------ viewer helpers
+
+/// Decodes frames until `accept` approves the picture (after a keyframe); returns it.
+async fn decode_until(
+    conn: &mut Connection,
+    codec: Codec,
+    accept: impl Fn(&Image) -> bool,
+) -> Image {
+    let mut decoder = Decoder::new();
+    let mut keyframe_seen = false;
+    let mut frames = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let envelope = match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!(
+                "no acceptable {codec:?} picture within {WAIT:?} ({frames} frames, keyframe seen: {keyframe_seen})"
+            ),
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => panic!("viewer connection failed: {e}"),
+        };
+        let Some(Payload::VideoFrame(frame)) = envelope.payload else {
+            continue;
+        };
+        frames += 1;
+        if frame.codec != codec as i32 {
+            continue;
+        }
+        keyframe_seen |= frame.keyframe;
+        if !keyframe_seen {
+            continue;
+        }
+        match decoder.decode(&frame) {
+            Ok(image) if accept(image) => return image.clone(),
+            Ok(_) => {}
+            Err(e) => panic!("decode failed: {e}"),
+        }
+    }
+}
+
+fn pixel(image: &Image, x: u32, y: u32) -> [u8; 3] {
+    let i = ((y * image.width + x) * 4) as usize;
+    [image.data[i], image.data[i + 1], image.data[i + 2]]
+}
+
+fn bgr(colour: u32) -> [u8; 3] {
+    let [b, g, r, _] = colour.to_le_bytes();
+    [b, g, r]
+}
+
+/// Every pixel of the window's rectangle, inset by `inset`, within `tolerance` per channel.
+fn region_matches(
+    image: &Image,
+    win: (i16, i16, u16, u16, u32),
+    inset: u32,
+    tolerance: u8,
+) -> bool {
+    let (x0, y0) = (win.0 as u32 + inset, win.1 as u32 + inset);
+    let (x1, y1) = (
+        win.0 as u32 + win.2 as u32 - inset,
+        win.1 as u32 + win.3 as u32 - inset,
+    );
+    if image.width < x1 || image.height < y1 {
+        return false;
+    }
+    let want = bgr(win.4);
+    (y0..y1).all(|y| {
+        (x0..x1).all(|x| {
+            pixel(image, x, y)
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.abs_diff(b) <= tolerance)
+        })
+    })
+}
+
+fn key(scancode: u32, extended: bool, down: bool) -> Payload {
+    Payload::KeyEvent(KeyEvent {
+        scancode,
+        extended,
+        down,
+        ..KeyEvent::default()
+    })
+}
+
+fn mouse(action: MouseAction, x: i32, y: i32) -> Payload {
+    Payload::MouseEvent(MouseEvent {
+        action: action as i32,
+        button: if action == MouseAction::Move {
+            MouseButton::None as i32
+        } else {
+            MouseButton::Left as i32
+        },
+        x,
+        y,
+        ..MouseEvent::default()
+    })
+}
+
+async fn click(conn: &mut Connection, x: i32, y: i32) {
+    for action in [MouseAction::Move, MouseAction::Down, MouseAction::Up] {
+        conn.send(mouse(action, x, y)).await.expect("send mouse");
+    }
+}
+
+async fn tap(conn: &mut Connection, scancode: u32, extended: bool) {
+    conn.send(key(scancode, extended, true))
+        .await
+        .expect("key down");
+    conn.send(key(scancode, extended, false))
+        .await
+        .expect("key up");
+}
+
+/// Reads until the socket closes; returns whether any video frame arrived.
+async fn frames_until_closed(conn: &mut Connection) -> usize {
+    let mut frames = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("the viewer was not disconnected within {WAIT:?}"),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::VideoFrame(_)),
+                ..
+            })) => frames += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return frames,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attended_session_streams_pixels_and_injects_control_input_only() {
+    let Some(x) = Xvfb::start() else { return };
+    let app = TestApp::start(&x.display);
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    let mut agent = AgentProcess::spawn(
+        Some(&x.display),
+        &["--server", &relay.base, "--code", &code],
+    );
+
+    // 1. The person at the machine allows the session by clicking the prompt.
+    click_consent(&x.display, ALLOW_BUTTON);
+    let session_id = relay.wait_session(&admin, "active").await;
+
+    // A lossless viewer sees the known pixels exactly.
+    let (mut control, mode) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "control");
+    let image = decode_until(&mut control, Codec::RawZstd, |img| {
+        region_matches(img, WIN_A, 0, 0) && region_matches(img, WIN_B, 0, 0)
+    })
+    .await;
+    assert_eq!((image.width, image.height), (1280, 720));
+
+    // 2. Keys and a click from the control viewer arrive in the X client.
+    app.focus();
+    tap(&mut control, 0x1e, false).await; // A → evdev 30 → keycode 38
+    tap(&mut control, 0x48, true).await; // Up (extended) → evdev 103 → keycode 111
+    click(&mut control, 150, 160).await; // window A is at (100, 100)
+    app.wait_for("A, Up and a click", |ev| {
+        ev.contains(&Recorded::KeyPress(38))
+            && ev.contains(&Recorded::KeyPress(111))
+            && ev.contains(&Recorded::ButtonPress {
+                button: 1,
+                x: 50,
+                y: 60,
+            })
+    })
+    .await;
+    // Malformed input is ignored, and the agent survives it.
+    for bad in [
+        key(0xdead_beef, true, true),
+        mouse(MouseAction::Down, -5, 99_999),
+        Payload::MouseEvent(MouseEvent {
+            action: 42,
+            ..MouseEvent::default()
+        }),
+    ] {
+        control.send(bad).await.expect("send malformed input");
+    }
+
+    // 3. A view-only viewer's keys and clicks never arrive.
+    let password = format!("pw-{}", hex(&uuid_like()[..8]));
+    relay
+        .post(
+            &admin,
+            "/api/users",
+            json!({ "username": "watcher", "password": password, "role": "viewer" }),
+        )
+        .await;
+    let watcher = relay.login("watcher", &password).await;
+    let (mut view_only, mode) = relay.viewer(&watcher, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "view_only");
+    tap(&mut view_only, 0x30, false).await; // B → keycode 56
+    click(&mut view_only, 160, 170).await;
+    // A marker from the control viewer: once it arrived, anything sent before it would have.
+    tap(&mut control, 0x2c, false).await; // Z → keycode 52
+    app.wait_for("the marker key", |ev| ev.contains(&Recorded::KeyPress(52)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = app.events();
+    assert!(
+        !events.contains(&Recorded::KeyPress(56)),
+        "a view-only key arrived: {events:?}"
+    );
+    assert!(
+        !events.contains(&Recorded::ButtonPress {
+            button: 1,
+            x: 60,
+            y: 70
+        }),
+        "a view-only click arrived: {events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Recorded::ButtonPress { .. }))
+            .count(),
+        1,
+        "only the control viewer's click may arrive: {events:?}"
+    );
+    // The view-only viewer still gets video.
+    view_only
+        .send(Payload::RefreshRequest(
+            guruconnect_proto::RefreshRequest {},
+        ))
+        .await
+        .expect("refresh");
+    decode_until(&mut view_only, Codec::RawZstd, |img| {
+        region_matches(img, WIN_A, 0, 0)
+    })
+    .await;
+
+    // H.264 when every viewer decodes it (and this build can encode it).
+    if Encoder::new(Codec::H264).codec() == Codec::H264 {
+        control.close().await.expect("close");
+        view_only.close().await.expect("close");
+        let (mut h264, _) = relay
+            .viewer(&admin, &session_id, &[Codec::RawZstd, Codec::H264])
+            .await;
+        let image = decode_until(&mut h264, Codec::H264, |img| {
+            region_matches(img, WIN_A, 8, 24) && region_matches(img, WIN_B, 8, 24)
+        })
+        .await;
+        let center_a = pixel(&image, 200, 175);
+        println!(
+            "H.264 centre of window A: {center_a:?} (want {:?})",
+            bgr(WIN_A.4)
+        );
+    } else {
+        println!("H.264 is unavailable in this build; lossless only");
+    }
+
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent died:\n{}",
+        agent.stderr()
+    );
+    let _ = agent.child.kill();
+    let _ = agent.wait_exit(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_consent_ends_the_session_without_a_frame() {
+    let Some(x) = Xvfb::start() else { return };
+    let _app = TestApp::start(&x.display);
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    let mut agent = AgentProcess::spawn(
+        Some(&x.display),
+        &["--server", &relay.base, "--code", &code],
+    );
+    let session_id = relay.wait_session(&admin, "waiting_consent").await;
+    let (mut viewer, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+
+    click_consent(&x.display, DENY_BUTTON);
+
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert!(
+        status.success(),
+        "a denial is a clean exit: {status}\n{stderr}"
+    );
+    assert!(stderr.contains("not allowed"), "{stderr}");
+    assert_eq!(
+        frames_until_closed(&mut viewer).await,
+        0,
+        "a frame crossed before consent"
+    );
+    relay.wait_session(&admin, "ended").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_or_unknown_code_is_refused_with_a_clear_message() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    // Someone else used the code first.
+    let first = connect_agent(&relay.base, &code).await;
+    assert!(first.is_ok(), "the first use must succeed");
+
+    for credential in [code.as_str(), "ZZZ-ZZZ-ZZZ"] {
+        let mut agent = AgentProcess::spawn(
+            Some(&x.display),
+            &["--server", &relay.base, "--code", credential],
+        );
+        let status = agent.wait_exit(WAIT).await;
+        let stderr = agent.stderr();
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("the support code is invalid, expired or already used"),
+            "{stderr}"
+        );
+    }
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_display_is_a_clear_error() {
+    let mut agent = AgentProcess::spawn(
+        None,
+        &["--server", "http://127.0.0.1:9", "--code", "ABC-DEF-GHJ"],
+    );
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("cannot open the X display"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_agent_refuses_an_open_key_then_connects_and_survives_a_relay_restart() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let h = hex(&uuid_like());
+    let machine = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    let issued = relay
+        .post(
+            &admin,
+            &format!("/api/machines/{machine}/keys"),
+            json!({ "label": "e2e" }),
+        )
+        .await;
+    let key = issued["agent_key"].as_str().expect("agent_key").to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("agent.key");
+    std::fs::write(&key_file, &key).expect("write key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\nkey_file = \"{}\"\n",
+            relay.base,
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    let config_arg = config.to_string_lossy().into_owned();
+
+    // A key readable by others: refuse to start.
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("readable by group or others"), "{stderr}");
+
+    // Owner-only: it connects (no consent for a managed machine).
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let first = relay.wait_session(&admin, "active").await;
+
+    // The relay restarts on the same port: the agent comes back by itself.
+    let relay = relay.restart().await;
+    let admin = relay.admin().await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let sessions = relay.sessions(&admin).await;
+        if sessions
+            .iter()
+            .any(|s| s["status"] == "active" && s["id"] != first.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not reconnect: {sessions:?}\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

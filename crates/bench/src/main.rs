@@ -1,0 +1,120 @@
+//! `relay-bench`: benchmarks of the GuruConnect relay.
+//!
+//! Scenarios: `throughput` (1 agent → 1 viewer, 1 MiB frames), `latency` (added latency
+//! of small and 64 KiB frames at 200/s), `fanout` (1 agent → 10 viewers at 60 fps with
+//! one slow viewer), `idle` (server RSS per idle agent) and `all`. Each prints markdown
+//! table rows. Run in release mode; see `docs/benchmarks.md`.
+
+#![forbid(unsafe_code)]
+
+mod peers;
+mod report;
+mod scenarios;
+mod target;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
+
+use report::print_table;
+use target::Target;
+
+/// Which benchmark to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// 1 agent → 1 viewer, 1 MiB keyframes back to back for 5 s.
+    Throughput,
+    /// Added latency of 1 KiB and 64 KiB frames at 200 frames/s.
+    Latency,
+    /// 1 agent → 10 viewers (one slow), ~405 KiB frames at 60 fps for 10 s.
+    Fanout,
+    /// Server RSS per idle agent (spawns target/release/guruconnect-server).
+    Idle,
+    /// All of the above.
+    All,
+}
+
+/// Benchmarks of the GuruConnect relay.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Cli {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Use a running server (http://host:port) instead of starting one.
+    #[arg(long)]
+    server: Option<String>,
+    /// Password of `admin` on the --server.
+    #[arg(long, env = "GURUCONNECT_BENCH_ADMIN_PASSWORD")]
+    admin_password: Option<String>,
+    /// Shared agent key of the --server (mode `enabled`), for the idle scenario.
+    #[arg(long, env = "GURUCONNECT_BENCH_SHARED_KEY")]
+    shared_key: Option<String>,
+    /// Process id of the --server, for the idle scenario's RSS readings.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Server binary the idle scenario spawns (default: guruconnect-server next to this
+    /// executable).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Idle agents to connect.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Idle agents connecting at the same time.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+}
+
+impl Cli {
+    fn external(&self) -> Result<Option<Target>> {
+        let Some(server) = &self.server else {
+            return Ok(None);
+        };
+        let Some(password) = &self.admin_password else {
+            bail!("--server needs --admin-password (or GURUCONNECT_BENCH_ADMIN_PASSWORD)");
+        };
+        Ok(Some(
+            Target::external(server, password, self.shared_key.clone()).with_pid(self.server_pid),
+        ))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let stream_scenarios: &[Scenario] = match cli.scenario {
+        Scenario::All => &[Scenario::Throughput, Scenario::Latency, Scenario::Fanout],
+        Scenario::Idle => &[],
+        ref one => std::slice::from_ref(one),
+    };
+    if !stream_scenarios.is_empty() {
+        let target = match cli.external()? {
+            Some(target) => target,
+            None => Target::in_process()?,
+        };
+        println!("Server: {}", target.base);
+        for scenario in stream_scenarios {
+            let rows = match scenario {
+                Scenario::Throughput => scenarios::throughput(&target).await?,
+                Scenario::Latency => scenarios::latency(&target).await?,
+                Scenario::Fanout => scenarios::fanout(&target).await?,
+                Scenario::Idle | Scenario::All => continue,
+            };
+            print_table(&format!("{scenario:?}").to_lowercase(), &rows);
+        }
+        target.stop();
+    }
+    if matches!(cli.scenario, Scenario::Idle | Scenario::All) {
+        let target = match cli.external()? {
+            Some(target) => target,
+            None => Target::child(cli.server_bin.as_deref()).await?,
+        };
+        println!();
+        println!("Server (idle): {} pid {:?}", target.base, target.pid);
+        let rows = scenarios::idle(&target, cli.agents, cli.concurrency).await?;
+        print_table("idle", &rows);
+        target.stop();
+    }
+    Ok(())
+}

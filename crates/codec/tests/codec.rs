@@ -1,0 +1,619 @@
+//! Behaviour tests of the frame codecs: dirty tiles, lossless round trips, malformed input,
+//! H.264 quality and the lossless fallback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use guruconnect_codec::{
+    CodecError, Decoder, EncodedFrame, Encoder, Image, Rect, TILE, dirty_tiles, psnr,
+};
+use guruconnect_proto::{Codec, VideoFrame};
+
+/// Small deterministic PRNG (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        (self.next() % u64::from(n)) as u32
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 32) as u8
+    }
+}
+
+fn noise(width: u32, height: u32, rng: &mut Rng) -> Image {
+    let data = (0..width as usize * height as usize * 4)
+        .map(|_| rng.byte())
+        .collect();
+    Image {
+        width,
+        height,
+        data,
+    }
+}
+
+fn set_px(img: &mut Image, x: u32, y: u32, bgra: [u8; 4]) {
+    let i = (y as usize * img.width as usize + x as usize) * 4;
+    img.data[i..i + 4].copy_from_slice(&bgra);
+}
+
+fn px(img: &Image, x: u32, y: u32) -> [u8; 4] {
+    let i = (y as usize * img.width as usize + x as usize) * 4;
+    img.data[i..i + 4].try_into().unwrap()
+}
+
+/// Fills `r` with random pixels, making sure at least one pixel changes.
+fn scribble(img: &mut Image, r: Rect, rng: &mut Rng) {
+    for y in r.y..r.y + r.height {
+        for x in r.x..r.x + r.width {
+            let old = px(img, x, y);
+            let mut new = [rng.byte(), rng.byte(), rng.byte(), rng.byte()];
+            if new == old {
+                new[0] = !new[0];
+            }
+            set_px(img, x, y, new);
+        }
+    }
+}
+
+fn random_rect(width: u32, height: u32, rng: &mut Rng) -> Rect {
+    let x = rng.below(width);
+    let y = rng.below(height);
+    let w = 1 + rng.below((width - x).min(90));
+    let h = 1 + rng.below((height - y).min(90));
+    Rect {
+        x,
+        y,
+        width: w,
+        height: h,
+    }
+}
+
+/// The (column, row) tiles covered by `rects`, checking that each rect is tile-aligned
+/// and clipped to the image.
+fn tiles_of(rects: &[Rect], width: u32, height: u32) -> BTreeSet<(u32, u32)> {
+    let mut set = BTreeSet::new();
+    for r in rects {
+        assert_eq!(r.x % TILE, 0, "{r:?} not tile-aligned");
+        assert_eq!(r.y % TILE, 0, "{r:?} not tile-aligned");
+        assert!(r.width > 0 && r.height > 0, "{r:?} empty");
+        assert!(
+            r.x + r.width <= width && r.y + r.height <= height,
+            "{r:?} outside"
+        );
+        assert!(
+            r.width % TILE == 0 || r.x + r.width == width,
+            "{r:?} ends mid-tile"
+        );
+        assert!(
+            r.height == TILE.min(height - r.y),
+            "{r:?} must span exactly one tile row"
+        );
+        for tx in r.x / TILE..(r.x + r.width).div_ceil(TILE) {
+            assert!(
+                set.insert((tx, r.y / TILE)),
+                "tile ({tx},{}) twice",
+                r.y / TILE
+            );
+        }
+    }
+    set
+}
+
+/// The changed tiles computed pixel by pixel.
+fn changed_tiles_naive(a: &Image, b: &Image) -> BTreeSet<(u32, u32)> {
+    let mut set = BTreeSet::new();
+    for y in 0..a.height {
+        for x in 0..a.width {
+            if px(a, x, y) != px(b, x, y) {
+                set.insert((x / TILE, y / TILE));
+            }
+        }
+    }
+    set
+}
+
+#[test]
+fn dirty_tiles_of_equal_images_is_empty() {
+    let mut rng = Rng(1);
+    let a = noise(200, 130, &mut rng);
+    assert!(dirty_tiles(&a, &a.clone()).is_empty());
+    let big = Image::filled(1920, 1080, [1, 2, 3, 255]);
+    assert!(dirty_tiles(&big, &big.clone()).is_empty());
+}
+
+#[test]
+fn dirty_tiles_finds_exactly_the_changed_tiles_including_clipped_edges() {
+    let mut rng = Rng(2);
+    let a = noise(200, 130, &mut rng);
+    // 200×130: 4 tile columns (last 8 px wide) × 3 tile rows (last 2 px high).
+    let mut b = a.clone();
+    set_px(&mut b, 199, 129, [9, 9, 9, 9]); // bottom-right corner tile (3, 2)
+    set_px(&mut b, 0, 128, [0, 1, 2, 3]); // bottom edge tile (0, 2)
+    set_px(&mut b, 130, 70, [5, 5, 5, 5]); // interior tile (2, 1)
+    set_px(&mut b, 192, 0, [7, 7, 7, 7]); // right edge tile (3, 0)
+    let b_px = px(&b, 100, 10);
+    set_px(&mut b, 100, 10, [!b_px[0], b_px[1], b_px[2], b_px[3]]); // tile (1, 0)
+    let rects = dirty_tiles(&a, &b);
+    let expected: BTreeSet<_> = [(3, 2), (0, 2), (2, 1), (3, 0), (1, 0)].into();
+    assert_eq!(tiles_of(&rects, 200, 130), expected);
+    // The corner tile is clipped to 8×2.
+    assert!(rects.contains(&Rect {
+        x: 192,
+        y: 128,
+        width: 8,
+        height: 2
+    }));
+
+    // Randomised against a pixel-by-pixel reference.
+    for round in 0..40 {
+        let mut c = a.clone();
+        for _ in 0..1 + round % 7 {
+            let r = random_rect(200, 130, &mut rng);
+            let r = Rect {
+                width: r.width.min(3),
+                height: r.height.min(3),
+                ..r
+            };
+            scribble(&mut c, r, &mut rng);
+        }
+        let rects = dirty_tiles(&a, &c);
+        assert_eq!(tiles_of(&rects, 200, 130), changed_tiles_naive(&a, &c));
+    }
+}
+
+#[test]
+fn dirty_tiles_of_different_sizes_is_one_full_rect() {
+    let a = Image::filled(200, 130, [0, 0, 0, 255]);
+    let b = Image::filled(201, 130, [0, 0, 0, 255]);
+    assert_eq!(
+        dirty_tiles(&a, &b),
+        vec![Rect {
+            x: 0,
+            y: 0,
+            width: 201,
+            height: 130
+        }]
+    );
+}
+
+/// Encodes, checks the wire form, decodes and asserts the decoder canvas equals `img`.
+fn round_trip(enc: &mut Encoder, dec: &mut Decoder, img: &Image, force: bool) -> EncodedFrame {
+    let frame = enc.encode(img, force).expect("changed image encodes");
+    let wire = frame.to_video_frame(3, 42, 1_000);
+    let out = dec.decode(&wire).expect("decodes");
+    assert_eq!(out.width, img.width);
+    assert_eq!(out.height, img.height);
+    assert!(out.data == img.data, "decoded image differs from source");
+    frame
+}
+
+/// The lossless payload is exactly zstd(rows of each rect, in order).
+fn check_payload_format(frame: &EncodedFrame, img: &Image) {
+    let raw = zstd::stream::decode_all(&frame.data[..]).unwrap();
+    let mut expected = Vec::new();
+    for r in &frame.rects {
+        for y in r.y..r.y + r.height {
+            let start = (y as usize * img.width as usize + r.x as usize) * 4;
+            expected.extend_from_slice(&img.data[start..start + r.width as usize * 4]);
+        }
+    }
+    assert!(raw == expected, "payload is not the concatenated rect rows");
+}
+
+#[test]
+fn lossless_round_trip_is_pixel_exact_across_a_sequence() {
+    let mut rng = Rng(3);
+    let mut enc = Encoder::new(Codec::RawZstd);
+    assert_eq!(enc.codec(), Codec::RawZstd);
+    let mut dec = Decoder::new();
+    let mut img = noise(200, 130, &mut rng);
+
+    let first = round_trip(&mut enc, &mut dec, &img, false);
+    assert!(first.keyframe);
+    assert_eq!(first.codec, Codec::RawZstd);
+    assert_eq!(first.rects, vec![img.full_rect()]);
+    check_payload_format(&first, &img);
+
+    assert!(enc.encode(&img, false).is_none(), "unchanged image → None");
+
+    for _ in 0..12 {
+        for _ in 0..1 + rng.below(3) {
+            let r = random_rect(200, 130, &mut rng);
+            scribble(&mut img, r, &mut rng);
+        }
+        let frame = round_trip(&mut enc, &mut dec, &img, false);
+        assert!(!frame.keyframe, "partial update flagged as keyframe");
+        assert!(frame.rects.iter().map(Rect::area).sum::<u64>() < 200 * 130);
+        check_payload_format(&frame, &img);
+    }
+
+    let forced = round_trip(&mut enc, &mut dec, &img, true);
+    assert!(forced.keyframe);
+    assert_eq!(forced.rects, vec![img.full_rect()]);
+
+    // Size change: a keyframe at the new size.
+    let mut img = noise(333, 77, &mut rng);
+    let frame = round_trip(&mut enc, &mut dec, &img, false);
+    assert!(frame.keyframe);
+    for _ in 0..4 {
+        let r = random_rect(333, 77, &mut rng);
+        scribble(&mut img, r, &mut rng);
+        round_trip(&mut enc, &mut dec, &img, false);
+    }
+}
+
+#[test]
+fn decoder_fed_a_partial_frame_first_recovers_at_the_keyframe() {
+    let mut rng = Rng(4);
+    let mut enc = Encoder::new(Codec::RawZstd);
+    let mut img = noise(200, 130, &mut rng);
+    let key = enc.encode(&img, false).unwrap();
+    scribble(
+        &mut img,
+        Rect {
+            x: 10,
+            y: 10,
+            width: 20,
+            height: 20,
+        },
+        &mut rng,
+    );
+    let partial = enc.encode(&img, false).unwrap();
+    assert!(!partial.keyframe);
+    let key2 = enc.encode(&img, true).unwrap();
+
+    let mut late = Decoder::new();
+    let out = late.decode(&partial.to_video_frame(0, 2, 0)).unwrap();
+    assert_eq!((out.width, out.height), (200, 130));
+    assert_eq!(px(out, 199, 129), [0, 0, 0, 255], "unknown area is black");
+    assert_ne!(out, &img);
+    let out = late.decode(&key2.to_video_frame(0, 3, 0)).unwrap();
+    assert_eq!(out, &img);
+    drop(key);
+}
+
+fn lossless_frame(
+    width: u32,
+    height: u32,
+    rects: &[(i32, i32, u32, u32)],
+    data: Vec<u8>,
+) -> VideoFrame {
+    VideoFrame {
+        codec: Codec::RawZstd as i32,
+        width,
+        height,
+        rects: rects
+            .iter()
+            .map(|&(x, y, width, height)| guruconnect_proto::Rect {
+                x,
+                y,
+                width,
+                height,
+            })
+            .collect(),
+        data: data.into(),
+        keyframe: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn malformed_frames_are_errors_not_panics() {
+    let mut dec = Decoder::new();
+    let good_pixels = vec![7u8; 16 * 16 * 4];
+    let good = zstd::bulk::compress(&good_pixels, 1).unwrap();
+    let ok = lossless_frame(32, 32, &[(0, 0, 16, 16)], good.clone());
+    dec.decode(&ok).unwrap();
+    let before = dec.image().clone();
+
+    let cases: Vec<(&str, VideoFrame)> = vec![
+        (
+            "truncated zstd",
+            lossless_frame(32, 32, &[(0, 0, 16, 16)], good[..good.len() / 2].to_vec()),
+        ),
+        (
+            "garbage payload",
+            lossless_frame(32, 32, &[(0, 0, 16, 16)], b"definitely not zstd".to_vec()),
+        ),
+        (
+            "rect outside the image",
+            lossless_frame(32, 32, &[(20, 20, 16, 16)], good.clone()),
+        ),
+        (
+            "rect wider than the image",
+            lossless_frame(32, 32, &[(0, 0, u32::MAX, 1)], good.clone()),
+        ),
+        (
+            "negative origin",
+            lossless_frame(32, 32, &[(-1, 0, 16, 16)], good.clone()),
+        ),
+        (
+            "data shorter than the rects",
+            lossless_frame(32, 32, &[(0, 0, 16, 16), (16, 16, 16, 16)], good.clone()),
+        ),
+        (
+            "data longer than the rects",
+            lossless_frame(32, 32, &[(0, 0, 8, 8)], good.clone()),
+        ),
+        (
+            "absurd size",
+            lossless_frame(1 << 20, 1 << 20, &[], zstd::bulk::compress(&[], 1).unwrap()),
+        ),
+        (
+            "unknown codec",
+            VideoFrame {
+                codec: 99,
+                ..ok.clone()
+            },
+        ),
+        (
+            "garbage H.264",
+            VideoFrame {
+                codec: Codec::H264 as i32,
+                data: vec![0, 0, 0, 1, 0x65, 0xff, 0x13, 0x37, 0, 0, 1, 0x41, 9, 9].into(),
+                ..ok.clone()
+            },
+        ),
+    ];
+    for (what, frame) in cases {
+        let res = dec.decode(&frame);
+        assert!(
+            matches!(res, Err(CodecError::Malformed(_))),
+            "{what}: {res:?}"
+        );
+        assert_eq!(dec.image(), &before, "{what}: canvas changed on error");
+    }
+    // Still usable afterwards.
+    dec.decode(&ok).unwrap();
+}
+
+/// A 320×240 test card: smooth gradients plus high-contrast "text" blocks.
+fn test_card(width: u32, height: u32, shift: u32) -> Image {
+    let mut img = Image::filled(width, height, [0, 0, 0, 255]);
+    for y in 0..height {
+        for x in 0..width {
+            // Wraps to 0 near the right edge: one sharp vertical edge.
+            let b = (((x + shift) * 255 / width) % 256) as u8;
+            let g = (y * 255 / height) as u8;
+            let r = (((x + y) * 128 / (width + height)) + 64) as u8;
+            set_px(&mut img, x, y, [b, g, r, 255]);
+        }
+    }
+    // Glyph-like blocks: dark 2-px strokes on a light background, in rows like text.
+    for line in 0..4 {
+        let y0 = 20 + line * 50;
+        for x in 16..width.min(300) {
+            for y in y0..y0 + 14 {
+                let stroke = (x % 7 < 2) || (y - y0) % 6 < 2 && (x / 7) % 3 != 0;
+                let c = if stroke { 20 } else { 235 };
+                set_px(&mut img, x, y, [c, c, c, 255]);
+            }
+        }
+    }
+    img
+}
+
+#[test]
+fn h264_round_trip_psnr_at_least_30_db_and_forced_keyframes_decode() {
+    let mut enc = Encoder::new(Codec::H264);
+    assert_eq!(enc.codec(), Codec::H264, "openh264 is built from source");
+    let mut dec = Decoder::new();
+    let img = test_card(320, 240, 0);
+
+    let first = enc.encode(&img, false).unwrap();
+    assert_eq!(first.codec, Codec::H264);
+    assert!(first.keyframe, "first access unit is an IDR");
+    assert!(first.rects.is_empty());
+    assert_eq!(&first.data[..4], &[0, 0, 0, 1], "Annex-B start code");
+    assert_eq!(
+        first.data[4] & 0x1f,
+        7,
+        "IDR access unit starts with its SPS"
+    );
+    assert_eq!(first.data[5], 66, "baseline profile (profile_idc 66)");
+    let out = dec.decode(&first.to_video_frame(0, 1, 0)).unwrap();
+    let p = psnr(out, &img);
+    println!(
+        "H.264 320x240 IDR: {} bytes, PSNR {p:.2} dB",
+        first.data.len()
+    );
+    assert!(p >= 30.0, "IDR PSNR {p:.2} dB < 30");
+
+    assert!(enc.encode(&img, false).is_none(), "unchanged image → None");
+
+    // A change: a P frame.
+    let moved = test_card(320, 240, 9);
+    let delta = enc.encode(&moved, false).unwrap();
+    assert!(!delta.keyframe);
+    let out = dec.decode(&delta.to_video_frame(0, 2, 0)).unwrap();
+    let p = psnr(out, &moved);
+    println!("H.264 P frame: {} bytes, PSNR {p:.2} dB", delta.data.len());
+    assert!(p >= 30.0, "P PSNR {p:.2} dB < 30");
+
+    // A second forced keyframe, decoded both in sequence and by a fresh decoder.
+    let key = enc.encode(&moved, true).unwrap();
+    assert!(key.keyframe);
+    let wire = key.to_video_frame(0, 3, 0);
+    let p = psnr(dec.decode(&wire).unwrap(), &moved);
+    assert!(p >= 30.0, "forced IDR PSNR {p:.2} dB < 30");
+    let mut fresh = Decoder::new();
+    let p = psnr(fresh.decode(&wire).unwrap(), &moved);
+    assert!(p >= 30.0, "forced IDR (fresh decoder) PSNR {p:.2} dB < 30");
+}
+
+#[test]
+fn h264_odd_size_is_padded_and_cropped_psnr_at_least_30_db() {
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let img = test_card(321, 241, 0);
+    let frame = enc.encode(&img, false).unwrap();
+    assert_eq!(frame.codec, Codec::H264);
+    assert_eq!((frame.width, frame.height), (321, 241));
+    let out = dec.decode(&frame.to_video_frame(0, 1, 0)).unwrap();
+    assert_eq!((out.width, out.height), (321, 241));
+    let p = psnr(out, &img);
+    assert!(p >= 30.0, "odd-size PSNR {p:.2} dB < 30");
+
+    // Size change mid-stream: a new IDR at the new size.
+    let img2 = test_card(320, 240, 3);
+    let frame = enc.encode(&img2, false).unwrap();
+    assert!(frame.keyframe);
+    let p = psnr(dec.decode(&frame.to_video_frame(0, 2, 0)).unwrap(), &img2);
+    assert!(p >= 30.0, "after resize PSNR {p:.2} dB < 30");
+}
+
+#[test]
+fn h264_quality_change_keeps_decoding() {
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let img = test_card(320, 240, 0);
+    let low = {
+        enc.set_quality(1);
+        let f = enc.encode(&img, false).unwrap();
+        psnr(dec.decode(&f.to_video_frame(0, 1, 0)).unwrap(), &img)
+    };
+    enc.set_quality(100);
+    let f = enc.encode(&test_card(320, 240, 1), false).unwrap();
+    assert!(f.keyframe, "a new quality restarts with an IDR");
+    let high = psnr(
+        dec.decode(&f.to_video_frame(0, 2, 0)).unwrap(),
+        &test_card(320, 240, 1),
+    );
+    println!("quality 1: {low:.2} dB, quality 100: {high:.2} dB");
+    assert!(
+        high > low,
+        "quality 100 ({high:.2}) not better than 1 ({low:.2})"
+    );
+    assert_eq!(enc.codec(), Codec::H264);
+}
+
+#[test]
+fn h264_failure_falls_back_to_a_lossless_keyframe_permanently() {
+    let mut rng = Rng(5);
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let img = test_card(320, 240, 0);
+    let f = enc.encode(&img, false).unwrap();
+    assert_eq!(f.codec, Codec::H264);
+    dec.decode(&f.to_video_frame(0, 1, 0)).unwrap();
+
+    enc.inject_h264_failure();
+    let mut img2 = test_card(320, 240, 5);
+    let f = round_trip(&mut enc, &mut dec, &img2, false);
+    assert_eq!(f.codec, Codec::RawZstd);
+    assert!(f.keyframe);
+    assert_eq!(enc.codec(), Codec::RawZstd);
+
+    // Stays lossless, with partial updates.
+    scribble(
+        &mut img2,
+        Rect {
+            x: 100,
+            y: 100,
+            width: 5,
+            height: 5,
+        },
+        &mut rng,
+    );
+    let f = round_trip(&mut enc, &mut dec, &img2, false);
+    assert_eq!(f.codec, Codec::RawZstd);
+    assert!(!f.keyframe);
+    assert_eq!(enc.codec(), Codec::RawZstd);
+}
+
+#[test]
+fn h264_rejecting_the_image_size_falls_back_to_lossless() {
+    // openh264 refuses pictures wider than 3840.
+    let mut rng = Rng(6);
+    let mut enc = Encoder::new(Codec::H264);
+    assert_eq!(enc.codec(), Codec::H264);
+    let mut dec = Decoder::new();
+    let img = noise(4000, 8, &mut rng);
+    let f = round_trip(&mut enc, &mut dec, &img, false);
+    assert_eq!(f.codec, Codec::RawZstd);
+    assert!(f.keyframe);
+    assert_eq!(enc.codec(), Codec::RawZstd);
+}
+
+#[test]
+fn to_video_frame_carries_every_field() {
+    let mut enc = Encoder::new(Codec::RawZstd);
+    let img = Image::filled(70, 70, [1, 2, 3, 4]);
+    enc.encode(&img, false).unwrap();
+    let mut img2 = img.clone();
+    set_px(&mut img2, 69, 69, [0, 0, 0, 0]);
+    let f = enc.encode(&img2, false).unwrap();
+    let v = f.to_video_frame(2, 17, 123_456);
+    assert_eq!(v.codec, Codec::RawZstd as i32);
+    assert_eq!(
+        (v.display_id, v.sequence, v.capture_timestamp_us),
+        (2, 17, 123_456)
+    );
+    assert_eq!((v.width, v.height), (70, 70));
+    assert_eq!(
+        v.rects,
+        vec![guruconnect_proto::Rect {
+            x: 64,
+            y: 64,
+            width: 6,
+            height: 6
+        }]
+    );
+    assert_eq!(v.data, f.data);
+    assert!(!v.keyframe);
+}
+
+#[test]
+fn psnr_values() {
+    let a = Image::filled(10, 10, [100, 100, 100, 255]);
+    assert_eq!(psnr(&a, &a), f64::INFINITY);
+    // Alpha is ignored.
+    let alpha = Image::filled(10, 10, [100, 100, 100, 0]);
+    assert_eq!(psnr(&a, &alpha), f64::INFINITY);
+    // Off by one everywhere: MSE 1 → 20·log10(255) ≈ 48.13 dB.
+    let b = Image::filled(10, 10, [101, 99, 101, 255]);
+    assert!((psnr(&a, &b) - 48.1308).abs() < 1e-3);
+}
+
+/// Rough timing of one changed 1920×1080 frame per codec (`cargo test -- --ignored`).
+#[test]
+#[ignore = "timing, not a check"]
+fn encode_1080p_timing() {
+    use std::time::Instant;
+    let base = test_card(1920, 1080, 0);
+    let shifted = test_card(1920, 1080, 7);
+    for codec in [Codec::RawZstd, Codec::H264] {
+        let mut enc = Encoder::new(codec);
+        let t = Instant::now();
+        let f = enc.encode(&base, false).unwrap();
+        let key_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut full = Vec::new();
+        for i in 0..5 {
+            let img = if i % 2 == 0 { &shifted } else { &base };
+            let t = Instant::now();
+            enc.encode(img, false).unwrap();
+            full.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut dec = Decoder::new();
+        let t = Instant::now();
+        dec.decode(&f.to_video_frame(0, 0, 0)).unwrap();
+        let dec_ms = t.elapsed().as_secs_f64() * 1e3;
+        let key = enc.encode(&base, true).unwrap();
+        let t = Instant::now();
+        dec.decode(&key.to_video_frame(0, 1, 0)).unwrap();
+        let dec2_ms = t.elapsed().as_secs_f64() * 1e3;
+        println!("{codec:?}: second keyframe decode {dec2_ms:.1} ms");
+        println!(
+            "{codec:?}: keyframe {key_ms:.1} ms ({} bytes), changed frames {full:.1?} ms, decode keyframe {dec_ms:.1} ms",
+            f.data.len()
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! Support codes: `XXX-XXX-XXX` over a 31-character alphabet without 0/O/1/I/L, drawn
+//! from the OS CSPRNG with rejection sampling (9 × log2(31) ≈ 44.6 bits). Single use:
+//! the agent bind consumes a code through one conditional update in the store.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use guruconnect_store::{DEFAULT_TENANT, StoreError, SupportCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::AppState;
+use crate::audit::Audit;
+use crate::auth::{AuthUser, Permission};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::middleware::ClientIp;
+use crate::rate_limit::Limit;
+use crate::secrets::random_below;
+
+/// The code alphabet: digits and letters without 0, O, 1, I and L.
+pub const CODE_ALPHABET: &[u8; 31] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+
+/// `/api/codes*`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/codes", get(list).post(create))
+        .route("/api/codes/validate", post(validate))
+        .route("/api/codes/{code}", delete(cancel))
+}
+
+/// A fresh code.
+pub fn generate_code() -> String {
+    let chars: Vec<char> = (0..9)
+        .map(|_| char::from(CODE_ALPHABET[usize::from(random_below(31))]))
+        .collect();
+    format!(
+        "{}-{}-{}",
+        chars[0..3].iter().collect::<String>(),
+        chars[3..6].iter().collect::<String>(),
+        chars[6..9].iter().collect::<String>()
+    )
+}
+
+/// Canonical form of user-typed input (`abc def ghj`, `ABCDEFGHJ`), or `None` when it
+/// cannot be a code.
+pub fn normalize_code(input: &str) -> Option<String> {
+    let compact: String = input
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if compact.len() != 9 || !compact.bytes().all(|b| CODE_ALPHABET.contains(&b)) {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}",
+        &compact[0..3],
+        &compact[3..6],
+        &compact[6..9]
+    ))
+}
+
+/// Stable public id of a code (its full text is shown only once, at creation).
+pub fn code_id(code: &str) -> String {
+    crate::secrets::sha256_hex(code.as_bytes())[..16].to_owned()
+}
+
+/// The code with all but its last group hidden, e.g. `•••-•••-XYZ`.
+pub fn mask_code(code: &str) -> String {
+    format!("•••-•••-{}", &code[code.len().saturating_sub(3)..])
+}
+
+/// A code as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct CodeView {
+    /// Stable id (use it to cancel).
+    id: String,
+    /// The full code on creation; masked everywhere else (SPEC §4.10).
+    code: String,
+    status: String,
+    note: Option<String>,
+    created_by: String,
+    created_at: i64,
+    expires_at: i64,
+    session_id: Option<String>,
+}
+
+impl CodeView {
+    fn from_code(c: SupportCode, now: i64, reveal: bool) -> Self {
+        let status = if c.status == "pending" && c.expires_at <= now {
+            "expired".to_owned()
+        } else {
+            c.status
+        };
+        Self {
+            id: code_id(&c.code),
+            code: if reveal { c.code } else { mask_code(&c.code) },
+            status,
+            note: c.note,
+            created_by: c.created_by_name,
+            created_at: c.created_at,
+            expires_at: c.expires_at,
+            session_id: c.session_id,
+        }
+    }
+}
+
+/// Create-code request.
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateCode {
+    note: Option<String>,
+    /// Lifetime in seconds (default from configuration, at most one day).
+    ttl_secs: Option<u64>,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
+async fn create(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ClientIp(ip): ClientIp,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<CodeView>)> {
+    auth.require(Permission::ManageCodes)?;
+    // The body is optional: an empty POST creates a code with the defaults.
+    let req: CreateCode = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateCode::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|_| ApiError::BadRequest("malformed JSON body".into()))?
+    };
+    let ttl = req.ttl_secs.unwrap_or(state.config.code_ttl_secs);
+    if !(30..=86_400).contains(&ttl) {
+        return Err(ApiError::Validation(
+            "ttl_secs must be between 30 and 86400".into(),
+        ));
+    }
+    let note = req
+        .note
+        .map(|n| n.trim().chars().take(200).collect::<String>())
+        .filter(|n| !n.is_empty());
+    let now = state.clock.now_millis();
+    let ttl_ms = i64::try_from(ttl).unwrap_or(86_400) * 1000;
+    // A collision in a 44-bit space is rare; retry a few times rather than fail.
+    for _ in 0..5 {
+        let code = SupportCode {
+            code: generate_code(),
+            tenant_id: DEFAULT_TENANT.to_owned(),
+            status: "pending".to_owned(),
+            created_by: auth.user.id.clone(),
+            created_by_name: auth.user.username.clone(),
+            note: note.clone(),
+            created_at: now,
+            expires_at: now + ttl_ms,
+            consumed_at: None,
+            session_id: None,
+        };
+        match state.store.create_code(&code).await {
+            Ok(()) => {
+                Audit::new("code.created")
+                    .user(&auth.user)
+                    .ip(ip)
+                    .details(
+                        json!({ "code_suffix": &code.code[8..], "expires_at": code.expires_at }),
+                    )
+                    .record(&state)
+                    .await?;
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(CodeView::from_code(code, now, true)),
+                ));
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::internal(anyhow::anyhow!(
+        "could not generate a unique support code"
+    )))
+}
+
+async fn list(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json<Vec<CodeView>>> {
+    auth.require(Permission::ManageCodes)?;
+    let now = state.clock.now_millis();
+    let codes = state.store.list_codes(DEFAULT_TENANT, true).await?;
+    Ok(Json(
+        codes
+            .into_iter()
+            .take(200)
+            .map(|c| CodeView::from_code(c, now, false))
+            .collect(),
+    ))
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
+async fn cancel(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ClientIp(ip): ClientIp,
+    Path(code): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth.require(Permission::ManageCodes)?;
+    // The path holds the code itself or its id (lists show only the id and a masked code).
+    let row = match normalize_code(&code) {
+        Some(code) => state.store.get_code(&code).await?,
+        None => state
+            .store
+            .list_codes(&auth.user.tenant_id, true)
+            .await?
+            .into_iter()
+            .find(|c| code_id(&c.code) == code),
+    }
+    .ok_or(ApiError::NotFound("no such code"))?;
+    let code = row.code.clone();
+    if row.tenant_id != auth.user.tenant_id {
+        return Err(ApiError::NotFound("no such code"));
+    }
+    if !state
+        .store
+        .cancel_code(&code, state.clock.now_millis())
+        .await?
+    {
+        return Err(ApiError::Conflict("the code is no longer pending".into()));
+    }
+    Audit::new("code.cancelled")
+        .user(&auth.user)
+        .ip(ip)
+        .details(json!({ "code_suffix": &code[8..] }))
+        .record(&state)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Validate request.
+#[derive(Debug, Deserialize)]
+pub struct ValidateCode {
+    code: String,
+}
+
+/// Public preview of a code; never consumes it.
+#[tracing::instrument(skip_all)]
+async fn validate(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<ValidateCode>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if let Err(e) = state
+        .limits
+        .check_code_lockout(ip)
+        .and_then(|()| state.limits.check(Limit::CodeValidate, ip))
+    {
+        state.metrics.rate_limited(Limit::CodeValidate.name());
+        return Err(e);
+    }
+    let now = state.clock.now_millis();
+    let found = match normalize_code(&req.code) {
+        Some(code) => state.store.get_code(&code).await?,
+        None => None,
+    };
+    match found {
+        Some(c) if c.status == "pending" && c.expires_at > now => {
+            state.limits.record_code_validation(ip, true);
+            Ok(Json(
+                json!({ "valid": true, "technician": c.created_by_name, "expires_at": c.expires_at }),
+            ))
+        }
+        _ => {
+            state.limits.record_code_validation(ip, false);
+            state.metrics.auth_failure("code");
+            Err(ApiError::NotFound("invalid or expired code"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_codes_have_the_format_and_alphabet() {
+        for _ in 0..200 {
+            let code = generate_code();
+            assert_eq!(code.len(), 11);
+            assert_eq!(normalize_code(&code).as_deref(), Some(code.as_str()));
+            assert!(!code.contains(['0', 'O', '1', 'I', 'L']));
+        }
+    }
+
+    #[test]
+    fn normalization_accepts_typing_variants_and_rejects_others() {
+        assert_eq!(
+            normalize_code("abc def ghj").as_deref(),
+            Some("ABC-DEF-GHJ")
+        );
+        assert_eq!(normalize_code("ABCDEFGHJ").as_deref(), Some("ABC-DEF-GHJ"));
+        assert_eq!(normalize_code("ABC-DEF-GH0"), None);
+        assert_eq!(normalize_code("eyJhbGciOiJIUzI1NiJ9"), None);
+    }
+}

@@ -1,0 +1,80 @@
+//! The audit log: `GET /api/events` (admin), newest first, filterable, cursor-paginated.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use guruconnect_store::{Event, EventFilter, MAX_EVENT_PAGE};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::AdminUser;
+use crate::error::{ApiError, ApiResult};
+
+/// `/api/events`.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/events", get(list))
+}
+
+/// Filters; all optional.
+#[derive(Debug, Deserialize)]
+pub struct EventQuery {
+    /// Exact type, or a prefix ending in `.` (e.g. `auth.`).
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    /// Username (case-insensitive) or user id.
+    user: Option<String>,
+    /// Machine.
+    agent_id: Option<String>,
+    /// Session.
+    session_id: Option<String>,
+    /// Inclusive lower bound, Unix ms.
+    since: Option<i64>,
+    /// Exclusive upper bound, Unix ms.
+    until: Option<i64>,
+    /// Cursor: events older than this id.
+    before_id: Option<i64>,
+    /// Page size, 1..=500 (default 100).
+    limit: Option<i64>,
+}
+
+/// One page of events.
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    items: Vec<Event>,
+    /// Pass as `before_id` for the next page; absent on the last page.
+    next_before_id: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<EventPage>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_EVENT_PAGE).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {MAX_EVENT_PAGE}"
+        )));
+    }
+    let filter = EventFilter {
+        tenant_id: admin.user.tenant_id.clone(),
+        event_type: q.event_type.filter(|s| !s.is_empty()),
+        user: q.user.filter(|s| !s.is_empty()),
+        agent_id: q.agent_id.filter(|s| !s.is_empty()),
+        session_id: q.session_id.filter(|s| !s.is_empty()),
+        since: q.since,
+        until: q.until,
+        before_id: q.before_id,
+        limit,
+    };
+    let items = state.store.list_events(&filter).await?;
+    let next_before_id = if items.len() as i64 == limit {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(EventPage {
+        items,
+        next_before_id,
+    }))
+}

@@ -1,0 +1,31 @@
+//! REST resources. Each module owns its `router()`; they are merged here, in one place.
+
+pub mod auth;
+pub mod codes;
+pub mod enroll;
+pub mod events;
+pub mod machines;
+pub mod sessions;
+pub mod sites;
+pub mod system;
+pub mod users;
+
+use axum::Router;
+
+use crate::AppState;
+
+/// Every API route.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(system::router())
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(codes::router())
+        .merge(enroll::router())
+        .merge(sites::router())
+        .merge(system::download_router())
+        .merge(events::router())
+        .merge(machines::router())
+        .merge(sessions::router())
+        .merge(crate::relay::router())
+}

@@ -1,0 +1,197 @@
+//! Sessions: live and recorded, admin end, and viewer-token minting.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use guruconnect_store::{DEFAULT_TENANT, IssuedToken, SessionRecord, StoreError, TokenKind};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::AppState;
+use crate::audit::Audit;
+use crate::auth::tokens::{AccessMode, Claims, ISSUER, Purpose, VIEWER_TTL_SECS, now_secs};
+use crate::auth::{AdminUser, AuthUser, Permission};
+use crate::error::{ApiError, ApiResult};
+use crate::middleware::ClientIp;
+use crate::relay::registry::SessionSnapshot;
+
+/// `/api/sessions*`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/sessions", get(list))
+        .route("/api/sessions/{id}", get(show).delete(end))
+        .route("/api/sessions/{id}/viewer-token", post(viewer_token))
+}
+
+/// A session record with its live state.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    #[serde(flatten)]
+    record: SessionRecord,
+    live: Option<SessionSnapshot>,
+}
+
+/// List filter.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Include ended sessions.
+    all: Option<bool>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<SessionView>>> {
+    auth.require(Permission::View)?;
+    let records = state
+        .store
+        .list_sessions(
+            DEFAULT_TENANT,
+            !q.all.unwrap_or(false),
+            q.limit.unwrap_or(200),
+        )
+        .await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|record| SessionView {
+                live: state.relay.get(&record.id).map(|s| s.snapshot()),
+                record: masked(record),
+            })
+            .collect(),
+    ))
+}
+
+/// Support codes are never returned in full after creation (SPEC §4.10).
+fn masked(mut record: SessionRecord) -> SessionRecord {
+    record.code = record.code.as_deref().map(crate::api::codes::mask_code);
+    record
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<SessionRecord> {
+    match state.store.get_session(id).await {
+        Ok(s) if s.tenant_id == DEFAULT_TENANT => Ok(s),
+        Ok(_) | Err(StoreError::NotFound) => Err(ApiError::NotFound("no such session")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn show(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionView>> {
+    auth.require(Permission::View)?;
+    let record = load(&state, &id).await?;
+    Ok(Json(SessionView {
+        live: state.relay.get(&id).map(|s| s.snapshot()),
+        record: masked(record),
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(admin = %admin.0.user.id))]
+async fn end(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let record = load(&state, &id).await?;
+    if let Some(live) = state.relay.get(&id) {
+        live.end("ended by an administrator");
+    }
+    let now = state.clock.now_millis();
+    state
+        .store
+        .end_session(&id, "ended by an administrator", now)
+        .await?;
+    state.store.soft_delete_session(&id, now).await?;
+    Audit::new("session.removed")
+        .user(&admin.0.user)
+        .ip(ip)
+        .agent(&record.agent_id)
+        .session(&id)
+        .record(&state)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The minted token and where to use it.
+#[derive(Debug, Serialize)]
+pub struct ViewerTokenResponse {
+    token: String,
+    session_id: String,
+    access_mode: AccessMode,
+    expires_at: i64,
+    /// Relative WebSocket URL, with the token, for the browser viewer.
+    ws_path: String,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
+async fn viewer_token(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ViewerTokenResponse>> {
+    let access = if auth.role.has(Permission::Control) {
+        AccessMode::Control
+    } else if auth.role.has(Permission::View) {
+        AccessMode::ViewOnly
+    } else {
+        return Err(ApiError::Forbidden("your role may not view sessions"));
+    };
+    let record = load(&state, &id).await?;
+    if record.status == "ended" {
+        return Err(ApiError::Conflict("the session has ended".into()));
+    }
+    if state.store.get_machine(&record.agent_id).await?.status == "pending" {
+        return Err(ApiError::Conflict(
+            "the machine is pending an administrator's approval".into(),
+        ));
+    }
+    let iat = now_secs();
+    let claims = Claims {
+        sub: auth.user.id.clone(),
+        jti: uuid::Uuid::new_v4().to_string(),
+        iat,
+        exp: iat + VIEWER_TTL_SECS,
+        iss: ISSUER.to_owned(),
+        purpose: Purpose::Viewer,
+        tenant_id: record.tenant_id.clone(),
+        username: auth.user.username.clone(),
+        session_id: Some(id.clone()),
+        access_mode: Some(access),
+    };
+    state
+        .store
+        .record_token(&IssuedToken {
+            jti: claims.jti.clone(),
+            user_id: auth.user.id.clone(),
+            kind: TokenKind::Viewer,
+            parent_jti: Some(auth.claims.jti.clone()),
+            issued_at: iat * 1000,
+            expires_at: claims.exp * 1000,
+            revoked_at: None,
+        })
+        .await?;
+    let token = state.tokens.sign(&claims)?;
+    Audit::new("session.viewer_token_minted")
+        .user(&auth.user)
+        .ip(ip)
+        .agent(&record.agent_id)
+        .session(&id)
+        .details(json!({ "access_mode": access }))
+        .record(&state)
+        .await?;
+    Ok(Json(ViewerTokenResponse {
+        ws_path: format!("/ws/viewer?session_id={id}&token={token}"),
+        token,
+        session_id: id,
+        access_mode: access,
+        expires_at: claims.exp,
+    }))
+}

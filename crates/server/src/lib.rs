@@ -1,0 +1,195 @@
+//! GuruConnect relay server.
+//!
+//! Layout: [`config`] (layered settings), [`api`] (REST resources, one router each),
+//! [`auth`] (passwords, tokens, extractors), [`relay`] (WebSocket planes and the live
+//! session registry), [`error`] (the one error envelope), [`middleware`] (correlation id,
+//! client IP, request log), [`rate_limit`], [`metrics`] and [`audit`]. Durable state lives
+//! in `guruconnect-store`.
+//!
+//! The test seam is [`serve`]: it runs the whole server on a given listener until the
+//! shutdown future completes.
+
+#![forbid(unsafe_code)]
+
+pub mod alerts;
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod bootstrap;
+pub mod clock;
+pub mod config;
+pub mod console;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod rate_limit;
+pub mod relay;
+pub mod secrets;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use guruconnect_store::Store;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use metrics::Metrics;
+use rate_limit::RateLimits;
+
+/// Shared state of every handler and socket task.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// Durable state.
+    pub store: Store,
+    /// Token signing and verification.
+    pub tokens: Arc<auth::tokens::TokenService>,
+    /// Per-IP rate limits.
+    pub limits: Arc<RateLimits>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Live sessions of this instance.
+    pub relay: Arc<relay::registry::Registry>,
+    /// Wall clock for expiries.
+    pub clock: clock::Clock,
+    /// Outbound HTTP (alert webhooks).
+    pub http: reqwest::Client,
+}
+
+/// Opens the store named by the configuration (embedded SQLite by default).
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match config.database_url() {
+        Some(url) => Store::connect(url)
+            .await
+            .context("cannot open the database at database_url"),
+        None => Store::open_sqlite_in(&config.data_dir)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the embedded database in {}",
+                    config.data_dir.display()
+                )
+            }),
+    }
+}
+
+/// Builds the application state: store, migrations, signing secret, first admin.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    config.validate()?;
+    let store = open_store(&config).await?;
+    let secret = bootstrap::signing_secret(&config, &store).await?;
+    // Sessions of a previous run cannot be live any more.
+    let stale = store
+        .end_open_sessions("server restarted", auth::tokens::now_millis())
+        .await?;
+    if stale > 0 {
+        tracing::info!(
+            sessions = stale,
+            "closed sessions left open by the previous run"
+        );
+    }
+    if let Some(password) = bootstrap::first_admin(&config, &store).await? {
+        // Printed once, on stdout only, never through the logger.
+        println!(
+            "\n  GuruConnect first start: sign in as `admin` with password: {}\n  \
+             (shown once; change it after signing in)\n",
+            password.expose_secret()
+        );
+    }
+    Ok(AppState {
+        tokens: Arc::new(auth::tokens::TokenService::new(&secret)),
+        config: Arc::new(config),
+        store,
+        limits: Arc::new(RateLimits::new()),
+        metrics: Arc::new(Metrics::new()),
+        shutdown: CancellationToken::new(),
+        relay: Arc::new(relay::registry::Registry::default()),
+        clock: clock::Clock::default(),
+        http: reqwest::Client::new(),
+    })
+}
+
+/// The full HTTP router for a state.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    api::router()
+        .fallback(console::serve)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
+        .with_state(state)
+}
+
+/// Runs the server on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build_state(config).await?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// Runs the server for an already built state (tests use this to reach the state).
+pub async fn serve_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "GuruConnect server listening");
+    let cancel = state.shutdown.clone();
+    let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let graceful = {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = cancel.cancelled() => {}
+            }
+            cancel.cancel();
+        }
+    };
+    // Small relay messages (input, cursor) must not wait for delayed ACKs (Nagle).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await?;
+    housekeeping.abort();
+    tracing::info!("GuruConnect server stopped");
+    Ok(())
+}
+
+/// Periodic pruning: expired token records and idle rate-limit state.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        state.limits.prune();
+        relay::agent::reap_offline_sessions(&state).await;
+        if let Err(e) = state
+            .store
+            .prune_expired_tokens(auth::tokens::now_millis())
+            .await
+        {
+            tracing::warn!(error = ?e, "pruning expired tokens failed");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Per-request plumbing: correlation id, client IP, the request log line, metrics, and
+//! turning any bare error response (unknown route, wrong method, oversize body) into the
+//! error envelope.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::error::{CORRELATION_ID, EnvelopeMarker, envelope_response};
+
+/// Response and request header carrying the correlation id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The client's IP: the direct peer, or the `X-Forwarded-For` client when the peer is a
+/// trusted proxy (SPEC §4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(IpAddr::from([0, 0, 0, 0]))))
+    }
+}
+
+/// Resolves the client IP from the peer address and headers.
+pub fn resolve_client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Walk right to left: the first hop that is not one of our proxies is the client.
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+fn valid_request_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| text.to_owned())
+}
+
+/// The outermost middleware: sets up the request's context and logs one line for it.
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let correlation_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let client_ip = resolve_client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    req.extensions_mut().insert(ClientIp(client_ip));
+
+    let method = req.method().clone();
+    // Log the path without the query: it may carry a viewer token.
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", correlation_id = %correlation_id, %method, %path, client_ip = %client_ip);
+    let started = Instant::now();
+    let cid = correlation_id.clone();
+    let mut response = CORRELATION_ID
+        .scope(cid.clone(), async move {
+            let response = next.run(req).await;
+            ensure_envelope(response)
+        })
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    state.metrics.record_request(status.as_u16());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Replaces a bare error body (from the router or a layer) with the envelope.
+fn ensure_envelope(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<EnvelopeMarker>().is_some()
+        || status == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return response;
+    }
+    let (code, detail) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such resource"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
+        StatusCode::UNAUTHORIZED => ("unauthorized", "authentication required"),
+        StatusCode::FORBIDDEN => ("forbidden", "forbidden"),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests"),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ("service_unavailable", "service temporarily unavailable")
+        }
+        s if s.is_server_error() => ("internal_error", "internal error"),
+        _ => ("bad_request", "bad request"),
+    };
+    let retry_after = response
+        .headers()
+        .get(axum::http::header::RETRY_AFTER)
+        .cloned();
+    let mut fresh = envelope_response(status, code, detail.to_owned());
+    if let Some(value) = retry_after {
+        fresh
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    fresh
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> impl IntoResponse {
+    envelope_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such resource".to_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(value).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_from_untrusted_peers() {
+        let peer: IpAddr = "203.0.113.9".parse().expect("ip");
+        let ip = resolve_client_ip(peer, &xff("1.2.3.4"), &["10.0.0.0/8".parse().expect("net")]);
+        assert_eq!(ip, peer);
+    }
+
+    #[test]
+    fn forwarded_for_is_used_from_trusted_peers_right_to_left() {
+        let peer: IpAddr = "10.0.0.2".parse().expect("ip");
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        let ip = resolve_client_ip(peer, &xff("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted);
+        assert_eq!(ip, "1.2.3.4".parse::<IpAddr>().expect("ip"));
+    }
+}

@@ -1,0 +1,845 @@
+//! The agent plane, `/ws/agent`.
+//!
+//! The credential (`Authorization: Bearer …`) is checked before the upgrade: a per-agent
+//! key (`cak_…`), a support code (consumed atomically here), or the legacy shared key.
+//! Anything else, a user JWT included, is answered 401 without upgrading (SPEC §4.1).
+//! After the upgrade the agent sends `AgentHello`; an agent that authenticated with a key
+//! is that key's machine whatever it claims (SPEC §4.13).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use guruconnect_proto::{self as proto, Codec, Envelope, Payload};
+use guruconnect_store::{
+    AgentKey, DEFAULT_TENANT, MachineUpsert, SessionRecord, StoreError, SupportCode,
+};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::registry::{LiveSession, NewLive, Phase, SessionKind, close_message, message};
+use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, is_too_big};
+use crate::AppState;
+use crate::api::codes::normalize_code;
+use crate::audit::Audit;
+use crate::config::SharedKeyMode;
+use crate::error::{ApiError, ApiResult};
+use crate::middleware::ClientIp;
+use crate::secrets::sha256_hex;
+
+/// Time an agent has to send its hello after the upgrade.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Minimum spacing of refresh requests the relay sends on behalf of slow viewers.
+const REFRESH_SPACING: Duration = Duration::from_millis(250);
+/// Socket read buffer per agent connection.
+const AGENT_READ_BUFFER: usize = 8 * 1024;
+/// Write batching threshold per agent connection (messages to agents are small).
+const AGENT_WRITE_BUFFER: usize = 8 * 1024;
+/// Prefix of per-agent keys.
+pub const AGENT_KEY_PREFIX: &str = "cak_";
+
+/// How an agent proved itself.
+#[derive(Debug)]
+pub enum AgentCredential {
+    /// A per-agent key: the agent is the key's machine.
+    Key(AgentKey),
+    /// A support code, already consumed for `session_id`.
+    Code {
+        /// The code row.
+        code: SupportCode,
+        /// Session created for it.
+        session_id: String,
+    },
+    /// The deprecated server-wide key.
+    SharedKey,
+}
+
+fn unauthorized(state: &AppState) -> ApiError {
+    state.metrics.auth_failure("agent");
+    ApiError::Unauthorized("invalid agent credential")
+}
+
+/// Checks the credential; for a support code this consumes it (the single-use gate).
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<AgentCredential> {
+    let credential = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if credential.is_empty() {
+        return Err(unauthorized(state));
+    }
+    if credential.starts_with(AGENT_KEY_PREFIX) {
+        let key = state
+            .store
+            .find_active_key_by_hash(&sha256_hex(credential.as_bytes()))
+            .await?
+            .ok_or_else(|| unauthorized(state))?;
+        return Ok(AgentCredential::Key(key));
+    }
+    if let Some(code) = normalize_code(credential) {
+        let now = state.clock.now_millis();
+        let row = state
+            .store
+            .get_code(&code)
+            .await?
+            .ok_or_else(|| unauthorized(state))?;
+        let session_id = uuid::Uuid::new_v4().to_string();
+        // The conditional update is the gate: exactly one agent, on any instance, wins.
+        if !state.store.consume_code(&code, &session_id, now).await? {
+            return Err(unauthorized(state));
+        }
+        return Ok(AgentCredential::Code {
+            code: row,
+            session_id,
+        });
+    }
+    if let Some(shared) = &state.config.shared_agent_key
+        && state.config.shared_agent_key_mode != SharedKeyMode::Disabled
+        && constant_time_eq(shared.expose_secret().as_bytes(), credential.as_bytes())
+    {
+        tracing::warn!(
+            "an agent authenticated with the deprecated shared agent key; issue it a per-agent key"
+        );
+        return Ok(AgentCredential::SharedKey);
+    }
+    Err(unauthorized(state))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Compare digests so the comparison time does not depend on the secret's length.
+    let (a, b) = (sha256_hex(a), sha256_hex(b));
+    a.bytes()
+        .zip(b.bytes())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// `GET /ws/agent`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let credential = match authenticate(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            if let AgentCredential::Code { code, session_id } = &credential {
+                // Not a WebSocket request after all: do not burn the customer's code.
+                let _ = state.store.release_code(&code.code, session_id).await;
+            }
+            return rejection.into_response();
+        }
+    };
+    // Small socket buffers: an idle agent must cost little memory (10,000 of them per
+    // server); large frames are simply read in more pieces.
+    ws.max_message_size(proto::MAX_AGENT_MESSAGE)
+        .max_frame_size(proto::MAX_AGENT_MESSAGE)
+        .read_buffer_size(AGENT_READ_BUFFER)
+        .write_buffer_size(AGENT_WRITE_BUFFER)
+        .on_upgrade(move |socket| run(state, socket, credential, ip))
+}
+
+async fn read_hello(socket: &mut WebSocket) -> Result<proto::AgentHello, (u16, &'static str)> {
+    let deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return Err((close::POLICY, "expected agent_hello")),
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    return match decode(&bytes) {
+                        Ok(Envelope { payload: Some(Payload::AgentHello(hello)), .. }) => Ok(hello),
+                        Ok(_) => Err((close::POLICY, "expected agent_hello")),
+                        Err(_) => Err((close::INVALID_PAYLOAD, "malformed message")),
+                    };
+                }
+                Some(Ok(Message::Close(_))) | None => return Err((close::NORMAL, "closed")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if is_too_big(&e) => return Err((close::TOO_BIG, "message too big")),
+                Some(Err(_)) => return Err((close::NORMAL, "closed")),
+            }
+        }
+    }
+}
+
+/// Identity of a connection that is not key-bound.
+struct UnkeyedIdentity {
+    agent_id: String,
+    /// The machine_uid to record (None when it belongs to another machine).
+    machine_uid: Option<String>,
+    /// Why the machine must wait for an admin's approval, if it must.
+    collision: Option<String>,
+}
+
+/// Resolves an unkeyed agent by its claimed machine_uid: the same endpoint (same uid, same
+/// host name, no per-agent key) reuses its row; a uid held by a keyed machine or by a
+/// different host is a collision and never takes that row over (SPEC §4.13, §7).
+async fn unkeyed_identity(
+    state: &AppState,
+    hello: &proto::AgentHello,
+) -> ApiResult<UnkeyedIdentity> {
+    let uid = truncate(&hello.machine_uid, 128);
+    let fresh = |machine_uid, collision| UnkeyedIdentity {
+        agent_id: uuid::Uuid::new_v4().to_string(),
+        machine_uid,
+        collision,
+    };
+    if uid.is_empty() {
+        return Ok(fresh(None, None));
+    }
+    let Some(machine) = state
+        .store
+        .find_machine_by_uid(DEFAULT_TENANT, &uid)
+        .await?
+    else {
+        return Ok(fresh(Some(uid), None));
+    };
+    let keyed = state.store.count_active_keys(&machine.agent_id).await? > 0;
+    if !keyed && machine.hostname.eq_ignore_ascii_case(&hello.hostname) {
+        return Ok(UnkeyedIdentity {
+            agent_id: machine.agent_id,
+            machine_uid: Some(uid),
+            collision: None,
+        });
+    }
+    let reason = format!(
+        "machine_uid collides with {} ({})",
+        machine.hostname, machine.agent_id
+    );
+    Ok(fresh(None, Some(reason)))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Everything needed once the agent said hello.
+struct Bound {
+    session: Arc<LiveSession>,
+    agent_rx: mpsc::Receiver<Message>,
+    technician: String,
+}
+
+async fn bind(
+    state: &AppState,
+    credential: &AgentCredential,
+    hello: &proto::AgentHello,
+    ip: IpAddr,
+) -> Result<Bound, (u16, &'static str)> {
+    let internal = |e: ApiError| {
+        tracing::error!(error = %e, "binding an agent failed");
+        (close::GOING_AWAY, "server error")
+    };
+    let unkeyed = match credential {
+        AgentCredential::Key(_) => None,
+        _ => Some(unkeyed_identity(state, hello).await.map_err(internal)?),
+    };
+    let (agent_id, kind, key_id, code, session_id, technician) = match credential {
+        AgentCredential::Key(key) => (
+            key.agent_id.clone(),
+            SessionKind::Managed,
+            Some(key.id.clone()),
+            None,
+            uuid::Uuid::new_v4().to_string(),
+            String::new(),
+        ),
+        AgentCredential::Code { code, session_id } => (
+            unkeyed
+                .as_ref()
+                .map(|u| u.agent_id.clone())
+                .unwrap_or_default(),
+            SessionKind::Attended,
+            None,
+            Some(code.code.clone()),
+            session_id.clone(),
+            code.created_by_name.clone(),
+        ),
+        AgentCredential::SharedKey => {
+            let agent_id = unkeyed
+                .as_ref()
+                .map(|u| u.agent_id.clone())
+                .unwrap_or_default();
+            if state.config.shared_agent_key_mode == SharedKeyMode::EnrollmentOnly
+                && state
+                    .store
+                    .count_active_keys(&agent_id)
+                    .await
+                    .map_err(|e| internal(e.into()))?
+                    > 0
+            {
+                return Err((close::POLICY, "this machine has a per-agent key; use it"));
+            }
+            (
+                agent_id,
+                SessionKind::Managed,
+                None,
+                None,
+                uuid::Uuid::new_v4().to_string(),
+                String::new(),
+            )
+        }
+    };
+    let now = state.clock.now_millis();
+    let upsert = MachineUpsert {
+        agent_id: agent_id.clone(),
+        tenant_id: DEFAULT_TENANT.to_owned(),
+        // A keyed agent's claimed machine_uid is ignored (SPEC §4.13).
+        machine_uid: unkeyed.as_ref().and_then(|u| u.machine_uid.clone()),
+        hostname: truncate(&hello.hostname, 255),
+        os: truncate(&hello.os, 64),
+        os_version: truncate(&hello.os_version, 128),
+        agent_version: truncate(&hello.agent_version, 64),
+        external_ip: Some(ip.to_string()),
+        seen_at: now,
+    };
+    match state.store.upsert_machine(&upsert).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound) => return Err((close::POLICY, "this machine was removed")),
+        Err(e) => return Err(internal(e.into())),
+    }
+    if let AgentCredential::Key(key) = credential {
+        let _ = state.store.touch_agent_key(&key.id, now).await;
+    }
+    if let Some(reason) = unkeyed.as_ref().and_then(|u| u.collision.clone()) {
+        // Managed agents on a colliding uid wait for an admin; support sessions are
+        // attended by the end user and proceed on their own row.
+        if kind == SessionKind::Managed {
+            state
+                .store
+                .set_machine_pending(&agent_id, Some(&reason))
+                .await
+                .map_err(|e| internal(e.into()))?;
+            crate::alerts::raise(
+                state,
+                "machine_collision",
+                Audit::new("alert.machine_collision")
+                    .agent(&agent_id)
+                    .ip(ip),
+                json!({ "agent_id": agent_id, "hostname": hello.hostname, "reason": reason }),
+            )
+            .await;
+        }
+    }
+    let record = SessionRecord {
+        id: session_id.clone(),
+        tenant_id: DEFAULT_TENANT.to_owned(),
+        agent_id: agent_id.clone(),
+        kind: kind.as_str().to_owned(),
+        code: code.clone(),
+        status: match kind {
+            SessionKind::Attended => "waiting_consent",
+            SessionKind::Managed => "active",
+        }
+        .to_owned(),
+        created_at: now,
+        ended_at: None,
+        end_reason: None,
+    };
+    state
+        .store
+        .create_session(&record)
+        .await
+        .map_err(|e| internal(e.into()))?;
+    let mut codecs: Vec<i32> = hello.codecs.clone();
+    if !codecs.contains(&(Codec::RawZstd as i32)) {
+        codecs.push(Codec::RawZstd as i32);
+    }
+    let super::registry::Registered {
+        session,
+        agent_rx,
+        superseded_offline,
+    } = state.relay.register(NewLive {
+        id: session_id.clone(),
+        agent_id: agent_id.clone(),
+        kind,
+        code: code.clone(),
+        key_id,
+        hostname: upsert.hostname.clone(),
+        codecs,
+        started_at: now,
+    });
+    let mut audit = Audit::new("session.created")
+        .agent(&agent_id)
+        .session(&session_id)
+        .ip(ip)
+        .details(json!({ "kind": kind.as_str(), "hostname": upsert.hostname, "credential": match credential {
+            AgentCredential::Key(_) => "agent_key",
+            AgentCredential::Code { .. } => "support_code",
+            AgentCredential::SharedKey => "shared_key",
+        }}));
+    if let AgentCredential::Code { code, .. } = credential {
+        audit = audit.details(json!({ "kind": "attended", "hostname": upsert.hostname, "credential": "support_code", "code_created_by": code.created_by }));
+        Audit::new("code.consumed")
+            .agent(&agent_id)
+            .session(&session_id)
+            .ip(ip)
+            .details(json!({ "code_suffix": &code.code[code.code.len().saturating_sub(3)..] }))
+            .record_quietly(state)
+            .await;
+    }
+    audit.record_quietly(state).await;
+    for old in superseded_offline {
+        state.metrics.sessions.dec();
+        let _ = state
+            .store
+            .end_session(
+                &old,
+                "superseded by a new connection of the same machine",
+                now,
+            )
+            .await;
+    }
+    if matches!(credential, AgentCredential::SharedKey) {
+        provision_key(state, &session, ip).await;
+    }
+    Ok(Bound {
+        session,
+        agent_rx,
+        technician,
+    })
+}
+
+/// Trust on first use: an agent on the legacy shared key whose machine has no active
+/// per-agent key receives one, once, and uses it from then on. Never re-issued while an
+/// active key exists.
+async fn provision_key(state: &AppState, session: &LiveSession, ip: IpAddr) {
+    match state.store.count_active_keys(&session.agent_id).await {
+        Ok(0) => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = ?e, "could not check the machine's keys");
+            return;
+        }
+    }
+    let plaintext = crate::api::machines::mint_agent_key();
+    let key = AgentKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        agent_id: session.agent_id.clone(),
+        key_hash: sha256_hex(plaintext.as_bytes()),
+        prefix: plaintext.chars().take(10).collect(),
+        label: Some("provisioned on first use".to_owned()),
+        created_by: None,
+        created_at: state.clock.now_millis(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    if let Err(e) = state.store.create_agent_key(&key).await {
+        tracing::warn!(error = ?e, "could not provision an agent key");
+        return;
+    }
+    session.try_send_to_agent(message(Payload::KeyProvision(proto::KeyProvision {
+        agent_key: plaintext,
+        key_id: key.id.clone(),
+    })));
+    Audit::new("key.issued")
+        .agent(&session.agent_id)
+        .session(&session.id)
+        .ip(ip)
+        .details(json!({ "key_id": key.id, "prefix": key.prefix, "trust_on_first_use": true }))
+        .record_quietly(state)
+        .await;
+}
+
+/// Runs one agent connection to its end.
+async fn run(state: AppState, mut socket: WebSocket, credential: AgentCredential, ip: IpAddr) {
+    let hello = match read_hello(&mut socket).await {
+        Ok(hello) => hello,
+        Err((code, reason)) => {
+            if code == close::INVALID_PAYLOAD {
+                Audit::new("relay.malformed_message")
+                    .ip(ip)
+                    .details(json!({ "plane": "agent" }))
+                    .record_quietly(&state)
+                    .await;
+            }
+            release_unbound_code(&state, &credential).await;
+            let _ = socket.send(close_message(code, reason)).await;
+            return;
+        }
+    };
+    let Bound {
+        session,
+        agent_rx,
+        technician,
+    } = match bind(&state, &credential, &hello, ip).await {
+        Ok(bound) => bound,
+        Err((code, reason)) => {
+            release_unbound_code(&state, &credential).await;
+            let _ = socket.send(close_message(code, reason)).await;
+            return;
+        }
+    };
+    state.metrics.agents.inc();
+    state.metrics.sessions.inc();
+    tracing::info!(session_id = %session.id, agent_id = %session.agent_id, kind = session.kind.as_str(), "agent connected");
+
+    let (ws_tx, ws_rx) = socket.split();
+    // Ends this connection's writer; a child of the session's token, so ending the
+    // session ends it too, while an agent going offline ends only the connection.
+    let connection = session.cancel.child_token();
+    let writer = tokio::spawn(write_loop(
+        connection.clone(),
+        ws_tx,
+        agent_rx,
+        session.clone(),
+        state.shutdown.clone(),
+    ));
+
+    session.try_send_to_agent(message(Payload::SessionInfo(proto::SessionInfo {
+        session_id: session.id.clone(),
+        agent_id: session.agent_id.clone(),
+        attended: session.kind == SessionKind::Attended,
+    })));
+    let consent_timeout = Duration::from_secs(state.config.consent_timeout_secs);
+    let consent_deadline = if session.kind == SessionKind::Attended {
+        session.try_send_to_agent(message(Payload::ConsentRequest(proto::ConsentRequest {
+            technician: technician.clone(),
+            organization: String::new(),
+            timeout_seconds: u32::try_from(consent_timeout.as_secs()).unwrap_or(u32::MAX),
+        })));
+        Audit::new("consent.requested")
+            .agent(&session.agent_id)
+            .session(&session.id)
+            .details(json!({ "technician": technician }))
+            .record_quietly(&state)
+            .await;
+        Some(Instant::now() + consent_timeout)
+    } else {
+        None
+    };
+
+    let outcome = read_loop(&state, &session, ws_rx, consent_deadline).await;
+    if let (LoopEnd::Disconnected(why), SessionKind::Managed) = (outcome, session.kind) {
+        // A managed machine that drops (reboot, network) keeps its session and viewers
+        // until it reconnects (superseding this session) or the reaper removes it.
+        let now = state.clock.now_millis();
+        session.go_offline(now);
+        connection.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        state.metrics.agents.dec();
+        session.broadcast(
+            &super::viewer::state_message(&session, None, None),
+            false,
+            None,
+        );
+        let _ = state.store.set_session_status(&session.id, "offline").await;
+        let _ = state.store.touch_machine(&session.agent_id, now).await;
+        Audit::new("session.agent_offline")
+            .agent(&session.agent_id)
+            .session(&session.id)
+            .details(json!({ "reason": why }))
+            .record_quietly(&state)
+            .await;
+        tracing::info!(session_id = %session.id, reason = why, "managed agent went offline");
+        return;
+    }
+
+    // The session is over: make sure everything watching it knows.
+    let (_, reason) = session
+        .end_reason()
+        .unwrap_or((close::NORMAL, "agent disconnected".to_owned()));
+    session.end(&reason);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    state.relay.remove(&session.id);
+    state.metrics.agents.dec();
+    state.metrics.sessions.dec();
+    let reason = if let LoopEnd::Disconnected(why) = outcome {
+        why.to_owned()
+    } else {
+        reason
+    };
+    let now = state.clock.now_millis();
+    if let Err(e) = state.store.end_session(&session.id, &reason, now).await {
+        tracing::warn!(error = ?e, "could not record the end of a session");
+    }
+    if let Some(code) = &session.code {
+        // A code is good for one session, whatever the outcome.
+        let _ = state.store.end_code(code).await;
+    }
+    let _ = state.store.touch_machine(&session.agent_id, now).await;
+    Audit::new("session.ended")
+        .agent(&session.agent_id)
+        .session(&session.id)
+        .details(json!({ "reason": reason }))
+        .record_quietly(&state)
+        .await;
+    tracing::info!(session_id = %session.id, reason = %reason, "agent session ended");
+}
+
+async fn release_unbound_code(state: &AppState, credential: &AgentCredential) {
+    if let AgentCredential::Code { code, session_id } = credential {
+        let _ = state.store.end_code(&code.code).await;
+        let _ = state
+            .store
+            .end_session(session_id, "agent never bound", state.clock.now_millis())
+            .await;
+    }
+}
+
+async fn write_loop(
+    connection: tokio_util::sync::CancellationToken,
+    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut agent_rx: mpsc::Receiver<Message>,
+    session: Arc<LiveSession>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            () = connection.cancelled() => {
+                if !session.cancel.is_cancelled() {
+                    // Only this connection is over (the agent went away): nothing to tell it.
+                    break;
+                }
+                let (code, reason) = session.end_reason().unwrap_or((close::NORMAL, "session ended".into()));
+                let end = message(Payload::SessionEnd(proto::SessionEnd { reason: reason.clone() }));
+                let _ = ws_tx.send(end).await;
+                let _ = ws_tx.send(close_message(code, &reason)).await;
+                break;
+            }
+            () = shutdown.cancelled() => {
+                let _ = ws_tx.send(close_message(close::GOING_AWAY, "server shutting down")).await;
+                break;
+            }
+            msg = agent_rx.recv() => match msg {
+                Some(msg) => if ws_tx.send(msg).await.is_err() { break },
+                None => break,
+            },
+            _ = ping.tick() => if ws_tx.send(Message::Ping(bytes::Bytes::new())).await.is_err() { break },
+        }
+    }
+}
+
+/// How an agent connection's read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEnd {
+    /// The session was ended (by either side, a policy, or the server).
+    Ended,
+    /// The agent went away without ending the session.
+    Disconnected(&'static str),
+}
+
+async fn read_loop(
+    state: &AppState,
+    session: &Arc<LiveSession>,
+    mut ws_rx: futures_util::stream::SplitStream<WebSocket>,
+    mut consent_deadline: Option<Instant>,
+) -> LoopEnd {
+    let mut last_seen = Instant::now();
+    let mut last_refresh: Option<Instant> = None;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let consent_wait = async {
+            match consent_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = session.cancel.cancelled() => return LoopEnd::Ended,
+            () = state.shutdown.cancelled() => { session.end_with(close::GOING_AWAY, "server shutting down"); return LoopEnd::Ended }
+            () = consent_wait => {
+                Audit::new("consent.timeout").agent(&session.agent_id).session(&session.id).record_quietly(state).await;
+                session.end("consent timed out");
+                return LoopEnd::Ended;
+            }
+            _ = heartbeat.tick() => if last_seen.elapsed() > DEAD_PEER_AFTER {
+                return LoopEnd::Disconnected("agent heartbeat lost");
+            },
+            msg = ws_rx.next() => {
+                let bytes = match msg {
+                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    Some(Ok(Message::Close(_))) | None => return LoopEnd::Disconnected("agent disconnected"),
+                    Some(Ok(Message::Text(_))) => { last_seen = Instant::now(); state.metrics.ignored_message("text"); continue }
+                    Some(Ok(_)) => { last_seen = Instant::now(); continue }
+                    Some(Err(e)) => {
+                        if is_too_big(&e) {
+                            session.end_with(close::TOO_BIG, "message too big");
+                            return LoopEnd::Ended;
+                        }
+                        return LoopEnd::Disconnected("agent disconnected");
+                    }
+                };
+                last_seen = Instant::now();
+                let Ok(envelope) = decode(&bytes) else {
+                    Audit::new("relay.malformed_message").agent(&session.agent_id).session(&session.id).details(json!({ "plane": "agent" })).record_quietly(state).await;
+                    session.end_with(close::INVALID_PAYLOAD, "malformed message");
+                    return LoopEnd::Ended;
+                };
+                if handle(state, session, envelope, &bytes, &mut consent_deadline, &mut last_refresh).await.is_break() {
+                    return LoopEnd::Ended;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    session: &Arc<LiveSession>,
+    envelope: Envelope,
+    bytes: &bytes::Bytes,
+    consent_deadline: &mut Option<Instant>,
+    last_refresh: &mut Option<Instant>,
+) -> std::ops::ControlFlow<()> {
+    use std::ops::ControlFlow::{Break, Continue};
+    let Some(payload) = envelope.payload else {
+        state.metrics.ignored_message("unknown");
+        return Continue(());
+    };
+    match payload {
+        Payload::VideoFrame(frame) => {
+            if !session.is_active() {
+                // Nothing crosses the relay before consent (SPEC §4.8).
+                state.metrics.frames_dropped.inc();
+                return Continue(());
+            }
+            let out = session.fan_out_frame(bytes, frame.keyframe);
+            state.metrics.frames_relayed.inc_by(out.delivered as u64);
+            state.metrics.bytes_relayed.inc_by(out.bytes as u64);
+            state.metrics.frames_dropped.inc_by(out.dropped as u64);
+            // A viewer that lost frames, or still waits for a full picture, needs a
+            // keyframe; ask again (spaced) until every viewer has one.
+            if (out.dropped > 0 || out.waiting > 0)
+                && last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_SPACING)
+            {
+                *last_refresh = Some(Instant::now());
+                session
+                    .try_send_to_agent(message(Payload::RefreshRequest(proto::RefreshRequest {})));
+            }
+        }
+        Payload::CursorShape(_) | Payload::CursorPosition(_) => {
+            if session.is_active() {
+                session.fan_out_aux(bytes);
+            }
+        }
+        Payload::DisplayList(_) => {
+            if session.is_active() {
+                session.broadcast(&Message::Binary(bytes.clone()), false, None);
+            }
+        }
+        Payload::Chat(_) => {
+            if session.is_active() {
+                session.broadcast(&Message::Binary(bytes.clone()), false, None);
+            }
+        }
+        Payload::Clipboard(_) => {
+            if session.is_active() {
+                session.broadcast(&Message::Binary(bytes.clone()), true, None);
+            }
+        }
+        Payload::ConsentResponse(answer) => {
+            if session.phase() != Phase::WaitingConsent {
+                return Continue(());
+            }
+            *consent_deadline = None;
+            if answer.granted {
+                session.set_phase(Phase::Active);
+                let _ = state.store.set_session_status(&session.id, "active").await;
+                Audit::new("consent.granted")
+                    .agent(&session.agent_id)
+                    .session(&session.id)
+                    .record_quietly(state)
+                    .await;
+                session.broadcast(
+                    &super::viewer::state_message(session, None, None),
+                    false,
+                    None,
+                );
+                session.update_stream();
+                session
+                    .try_send_to_agent(message(Payload::RefreshRequest(proto::RefreshRequest {})));
+            } else {
+                Audit::new("consent.denied")
+                    .agent(&session.agent_id)
+                    .session(&session.id)
+                    .record_quietly(state)
+                    .await;
+                session.end("consent denied");
+                return Break(());
+            }
+        }
+        Payload::AgentStatus(status) => {
+            let inventory = inventory_json(&status);
+            let now = state.clock.now_millis();
+            if let Err(e) = state
+                .store
+                .set_machine_inventory(&session.agent_id, &inventory, now)
+                .await
+            {
+                tracing::warn!(error = ?e, "could not store inventory");
+            }
+        }
+        Payload::Ping(ping) => {
+            session.try_send_to_agent(message(Payload::Pong(proto::Pong {
+                ping_timestamp_us: ping.timestamp_us,
+                timestamp_us: u64::try_from(state.clock.now_millis()).unwrap_or_default() * 1000,
+            })));
+        }
+        Payload::Pong(_) | Payload::AgentHello(_) => {}
+        Payload::SessionEnd(_) => {
+            session.end("ended on the remote machine");
+            return Break(());
+        }
+        other => state.metrics.ignored_message(other.kind()),
+    }
+    Continue(())
+}
+
+fn inventory_json(s: &proto::AgentStatus) -> serde_json::Value {
+    json!({
+        "hostname": s.hostname,
+        "os": s.os,
+        "os_version": s.os_version,
+        "agent_version": s.agent_version,
+        "cpu_model": s.cpu_model,
+        "cpu_count": s.cpu_count,
+        "ram_bytes": s.ram_bytes,
+        "serial": s.serial,
+        "interfaces": s.interfaces.iter().map(|i| json!({ "name": i.name, "mac": i.mac, "addresses": i.addresses })).collect::<Vec<_>>(),
+        "logged_on_user": s.logged_on_user,
+        "idle_seconds": s.idle_seconds,
+        "time_zone": s.time_zone,
+        "uptime_seconds": s.uptime_seconds,
+    })
+}
+
+/// Removes offline managed sessions with no viewers past `offline_session_ttl_secs`
+/// and records their end. Called periodically; tests call it directly.
+pub async fn reap_offline_sessions(state: &AppState) -> usize {
+    let now = state.clock.now_millis();
+    let ttl_ms = i64::try_from(state.config.offline_session_ttl_secs.saturating_mul(1000))
+        .unwrap_or(i64::MAX);
+    let reaped = state.relay.reap_offline(now, ttl_ms);
+    for session in &reaped {
+        state.metrics.sessions.dec();
+        let _ = state
+            .store
+            .end_session(&session.id, "reaped: agent offline", now)
+            .await;
+        Audit::new("session.reaped")
+            .agent(&session.agent_id)
+            .session(&session.id)
+            .record_quietly(state)
+            .await;
+    }
+    reaped.len()
+}

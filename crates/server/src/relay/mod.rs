@@ -1,0 +1,54 @@
+//! The WebSocket relay: `/ws/agent` and `/ws/viewer`, both authenticated before the
+//! upgrade, joined through the [`registry::Registry`].
+
+pub mod agent;
+pub mod registry;
+pub mod throttle;
+pub mod viewer;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use guruconnect_proto::Envelope;
+
+use crate::AppState;
+
+/// How often the relay pings each socket.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Silence after which a peer is considered dead (SPEC §5: within 30 s).
+pub const DEAD_PEER_AFTER: Duration = Duration::from_secs(30);
+
+/// WebSocket close codes the relay uses.
+pub mod close {
+    /// Session over.
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message did not decode.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy (revoked key, protocol misuse).
+    pub const POLICY: u16 = 1008;
+    /// A message over the cap.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// `/ws/agent` and `/ws/viewer`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/ws/agent", get(agent::upgrade))
+        .route("/ws/viewer", get(viewer::upgrade))
+}
+
+/// Decodes a binary message; `Err` means malformed.
+pub fn decode(bytes: &Bytes) -> Result<Envelope, prost::DecodeError> {
+    Envelope::from_bytes(bytes.clone())
+}
+
+/// Whether a socket read error was a message over the cap. axum wraps tungstenite's
+/// capacity error without exposing its type, so the text is the only handle.
+pub fn is_too_big(err: &axum::Error) -> bool {
+    let text = err.to_string();
+    text.contains("too long") || text.contains("Space limit") || text.contains("too big")
+}

@@ -1,0 +1,607 @@
+//! The live-session registry: the single chokepoint through which agents register
+//! sessions and viewers join them. Live state (sockets' queues, viewers, phase) lives here;
+//! durable records live in the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::{CloseFrame, Message};
+use bytes::Bytes;
+use guruconnect_proto::{Codec, Envelope, Payload};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::tokens::AccessMode;
+
+/// Frames queued per viewer before the relay starts dropping for it.
+pub const VIEWER_FRAME_QUEUE: usize = 8;
+/// Control messages queued per viewer; a viewer that cannot take these is disconnected.
+pub const VIEWER_CONTROL_QUEUE: usize = 64;
+/// Messages queued towards an agent (input, commands); excess input is dropped.
+pub const AGENT_QUEUE: usize = 256;
+
+/// Attended (support code) or managed (per-agent key) session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// Started from a support code; needs consent.
+    Attended,
+    /// Unattended, permanently installed agent.
+    Managed,
+}
+
+impl SessionKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Attended => "attended",
+            SessionKind::Managed => "managed",
+        }
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Attended, waiting for the end user's answer; nothing flows.
+    WaitingConsent,
+    /// Frames and input flow.
+    Active,
+    /// Managed session whose agent dropped; viewers stay attached until it returns (its
+    /// new connection supersedes this session) or the reaper removes the session.
+    AgentOffline,
+    /// Over.
+    Ended,
+}
+
+/// A viewer's slot in a session.
+#[derive(Debug)]
+struct ViewerSlot {
+    user_id: String,
+    username: String,
+    access: AccessMode,
+    codecs: Vec<i32>,
+    frames: mpsc::Sender<Bytes>,
+    control: mpsc::Sender<Message>,
+    awaiting_keyframe: bool,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Inner {
+    phase: Phase,
+    viewers: HashMap<String, ViewerSlot>,
+    agent_codecs: Vec<i32>,
+    streaming: Option<i32>,
+    hostname: String,
+    end_reason: Option<String>,
+    close_code: u16,
+    offline_since: Option<i64>,
+}
+
+/// One live session: an agent and its viewers.
+#[derive(Debug)]
+pub struct LiveSession {
+    /// Session id.
+    pub id: String,
+    /// Machine.
+    pub agent_id: String,
+    /// Attended or managed.
+    pub kind: SessionKind,
+    /// Support code, for attended sessions.
+    pub code: Option<String>,
+    /// Per-agent key the agent authenticated with, if any.
+    pub key_id: Option<String>,
+    /// Start time (ms).
+    pub started_at: i64,
+    /// Cancelled when the session ends; the agent task and every viewer task watch it.
+    pub cancel: CancellationToken,
+    agent_tx: mpsc::Sender<Message>,
+    inner: Mutex<Inner>,
+}
+
+/// What a viewer receives from the session.
+#[derive(Debug)]
+pub struct ViewerQueues {
+    /// Video and cursor frames, bounded.
+    pub frames: mpsc::Receiver<Bytes>,
+    /// Everything else towards the viewer.
+    pub control: mpsc::Receiver<Message>,
+    /// Cancelled to disconnect this viewer.
+    pub cancel: CancellationToken,
+    /// Sender into this viewer's own control queue (replies such as pongs).
+    pub control_tx: mpsc::Sender<Message>,
+}
+
+/// Public snapshot of a session for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    /// Session id.
+    pub id: String,
+    /// Machine.
+    pub agent_id: String,
+    /// Machine host name.
+    pub hostname: String,
+    /// Kind.
+    pub kind: SessionKind,
+    /// Phase.
+    pub phase: Phase,
+    /// Start time (ms).
+    pub started_at: i64,
+    /// Viewers watching.
+    pub viewers: Vec<ViewerSnapshot>,
+}
+
+/// Public snapshot of a viewer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewerSnapshot {
+    /// Viewer connection id.
+    pub viewer_id: String,
+    /// User.
+    pub username: String,
+    /// Access mode.
+    pub access_mode: AccessMode,
+}
+
+/// Outcome of offering a frame to the viewers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanOut {
+    /// Viewers the frame was queued for.
+    pub delivered: usize,
+    /// Viewers whose queue was full (they now wait for a keyframe).
+    pub dropped: usize,
+    /// Bytes queued in total.
+    pub bytes: usize,
+    /// Viewers still waiting for a keyframe (they need the agent to send a refresh).
+    pub waiting: usize,
+}
+
+/// Encodes a payload as one binary WebSocket message.
+pub fn message(payload: Payload) -> Message {
+    Message::Binary(Envelope::new(payload).to_bytes())
+}
+
+/// A close message with a code and reason.
+pub fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+impl LiveSession {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// Whether the agent is connected (the session is neither offline nor over).
+    pub fn is_agent_connected(&self) -> bool {
+        matches!(self.phase(), Phase::WaitingConsent | Phase::Active)
+    }
+
+    /// Marks a managed session's agent as gone, keeping the session for its viewers.
+    pub fn go_offline(&self, now: i64) {
+        let mut inner = self.lock();
+        if inner.phase != Phase::Ended {
+            inner.phase = Phase::AgentOffline;
+            inner.offline_since = Some(now);
+            inner.streaming = None;
+        }
+    }
+
+    /// Whether frames and input may flow (SPEC §4.8).
+    pub fn is_active(&self) -> bool {
+        self.phase() == Phase::Active
+    }
+
+    /// Sets the phase.
+    pub fn set_phase(&self, phase: Phase) {
+        self.lock().phase = phase;
+    }
+
+    /// Records why the session ends and cancels it (close code 1000).
+    pub fn end(&self, reason: &str) {
+        self.end_with(1000, reason);
+    }
+
+    /// Ends the session; the agent socket closes with `code`. The first reason wins.
+    pub fn end_with(&self, code: u16, reason: &str) {
+        {
+            let mut inner = self.lock();
+            inner.phase = Phase::Ended;
+            if inner.end_reason.is_none() {
+                inner.end_reason = Some(reason.to_owned());
+                inner.close_code = code;
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    /// Why the session ended and the close code for the agent, once it did.
+    pub fn end_reason(&self) -> Option<(u16, String)> {
+        let inner = self.lock();
+        inner.end_reason.clone().map(|r| (inner.close_code, r))
+    }
+
+    /// Queues a message to the agent without waiting; false if the queue is full.
+    pub fn try_send_to_agent(&self, msg: Message) -> bool {
+        self.agent_tx.try_send(msg).is_ok()
+    }
+
+    /// Offers a frame (already encoded bytes) to every viewer without blocking.
+    /// A viewer whose queue is full loses this frame and then skips frames until the next
+    /// keyframe, so its picture never shows a partial update.
+    pub fn fan_out_frame(&self, bytes: &Bytes, keyframe: bool) -> FanOut {
+        let mut out = FanOut::default();
+        let mut inner = self.lock();
+        for slot in inner.viewers.values_mut() {
+            if slot.awaiting_keyframe && !keyframe {
+                out.waiting += 1;
+                continue;
+            }
+            match slot.frames.try_send(bytes.clone()) {
+                Ok(()) => {
+                    slot.awaiting_keyframe = false;
+                    out.delivered += 1;
+                    out.bytes += bytes.len();
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slot.awaiting_keyframe = true;
+                    out.dropped += 1;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        out
+    }
+
+    /// Offers a small stream message (cursor) to every viewer that has room; it never
+    /// changes a viewer's keyframe state.
+    pub fn fan_out_aux(&self, bytes: &Bytes) {
+        let inner = self.lock();
+        for slot in inner.viewers.values() {
+            if !slot.awaiting_keyframe {
+                let _ = slot.frames.try_send(bytes.clone());
+            }
+        }
+    }
+
+    /// Sends a control message to viewers (optionally only controlling ones, optionally
+    /// not to `except`). A viewer that cannot take it is disconnected.
+    pub fn broadcast(&self, msg: &Message, only_control: bool, except: Option<&str>) {
+        let inner = self.lock();
+        for (id, slot) in &inner.viewers {
+            if except == Some(id.as_str()) || (only_control && slot.access != AccessMode::Control) {
+                continue;
+            }
+            if slot.control.try_send(msg.clone()).is_err() {
+                slot.cancel.cancel();
+            }
+        }
+    }
+
+    /// Number of viewers.
+    pub fn viewer_count(&self) -> usize {
+        self.lock().viewers.len()
+    }
+
+    /// Sets the agent's host name and codecs (from its hello).
+    pub fn set_agent_info(&self, hostname: &str, codecs: Vec<i32>) {
+        let mut inner = self.lock();
+        inner.hostname = hostname.to_owned();
+        inner.agent_codecs = codecs;
+    }
+
+    /// Records the codecs a viewer can decode.
+    pub fn set_viewer_codecs(&self, viewer_id: &str, codecs: Vec<i32>) {
+        if let Some(slot) = self.lock().viewers.get_mut(viewer_id) {
+            slot.codecs = codecs;
+        }
+    }
+
+    /// The stream the agent should be sending now: `Some(codec)` while the session is
+    /// active and watched. The codec is the best one the agent and every viewer share;
+    /// lossless tiles are the guaranteed fallback.
+    fn desired_stream(inner: &Inner) -> Option<i32> {
+        if inner.phase != Phase::Active || inner.viewers.is_empty() {
+            return None;
+        }
+        let h264 = Codec::H264 as i32;
+        let all_h264 = inner.agent_codecs.contains(&h264)
+            && inner.viewers.values().all(|v| v.codecs.contains(&h264));
+        Some(if all_h264 {
+            h264
+        } else {
+            Codec::RawZstd as i32
+        })
+    }
+
+    /// Tells the agent to start, switch or stop streaming when the desired stream changed.
+    pub fn update_stream(&self) {
+        let mut inner = self.lock();
+        let desired = Self::desired_stream(&inner);
+        if desired == inner.streaming {
+            return;
+        }
+        inner.streaming = desired;
+        drop(inner);
+        let msg = match desired {
+            Some(codec) => message(Payload::StartStream(guruconnect_proto::StartStream {
+                codec,
+                display_id: 0,
+                max_fps: 30,
+            })),
+            None => message(Payload::StopStream(guruconnect_proto::StopStream {})),
+        };
+        self.try_send_to_agent(msg);
+    }
+
+    /// The codec currently streamed, if any.
+    pub fn streaming_codec(&self) -> Option<i32> {
+        self.lock().streaming
+    }
+
+    /// Snapshot for the API.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        let inner = self.lock();
+        SessionSnapshot {
+            id: self.id.clone(),
+            agent_id: self.agent_id.clone(),
+            hostname: inner.hostname.clone(),
+            kind: self.kind,
+            phase: inner.phase,
+            started_at: self.started_at,
+            viewers: inner
+                .viewers
+                .iter()
+                .map(|(id, v)| ViewerSnapshot {
+                    viewer_id: id.clone(),
+                    username: v.username.clone(),
+                    access_mode: v.access,
+                })
+                .collect(),
+        }
+    }
+
+    /// Disconnects every viewer of `user_id` (e.g. after the user was removed).
+    pub fn kick_user(&self, user_id: &str) {
+        for slot in self.lock().viewers.values() {
+            if slot.user_id == user_id {
+                slot.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// Why a viewer could not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// No live session with that id (agent offline or session over).
+    NotLive,
+}
+
+/// All live sessions of this instance.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
+}
+
+/// A registered session.
+#[derive(Debug)]
+pub struct Registered {
+    /// The new session.
+    pub session: Arc<LiveSession>,
+    /// What the agent's writer sends.
+    pub agent_rx: mpsc::Receiver<Message>,
+    /// Offline sessions of the same machine that this one superseded.
+    pub superseded_offline: Vec<String>,
+}
+
+/// Parameters of a new live session.
+#[derive(Debug)]
+pub struct NewLive {
+    /// Session id.
+    pub id: String,
+    /// Machine.
+    pub agent_id: String,
+    /// Kind.
+    pub kind: SessionKind,
+    /// Support code.
+    pub code: Option<String>,
+    /// Key used by the agent.
+    pub key_id: Option<String>,
+    /// Host name.
+    pub hostname: String,
+    /// Agent codecs.
+    pub codecs: Vec<i32>,
+    /// Start time.
+    pub started_at: i64,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<LiveSession>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session and returns it with the receiver of the agent's queue.
+    /// A live session of the same machine is superseded (ended) by the new one.
+    pub fn register(&self, new: NewLive) -> Registered {
+        let (agent_tx, agent_rx) = mpsc::channel(AGENT_QUEUE);
+        let phase = match new.kind {
+            SessionKind::Attended => Phase::WaitingConsent,
+            SessionKind::Managed => Phase::Active,
+        };
+        let session = Arc::new(LiveSession {
+            id: new.id.clone(),
+            agent_id: new.agent_id.clone(),
+            kind: new.kind,
+            code: new.code,
+            key_id: new.key_id,
+            started_at: new.started_at,
+            cancel: CancellationToken::new(),
+            agent_tx,
+            inner: Mutex::new(Inner {
+                phase,
+                viewers: HashMap::new(),
+                agent_codecs: new.codecs,
+                streaming: None,
+                hostname: new.hostname,
+                end_reason: None,
+                close_code: 1000,
+                offline_since: None,
+            }),
+        });
+        let superseded: Vec<Arc<LiveSession>> = {
+            let mut map = self.lock();
+            let old: Vec<String> = map
+                .values()
+                .filter(|s| s.agent_id == new.agent_id)
+                .map(|s| s.id.clone())
+                .collect();
+            let removed = old.iter().filter_map(|id| map.remove(id)).collect();
+            map.insert(new.id, session.clone());
+            removed
+        };
+        let mut superseded_offline = Vec::new();
+        for old in superseded {
+            // An offline session has no agent task left to record its end: the caller does.
+            if old.phase() == Phase::AgentOffline {
+                superseded_offline.push(old.id.clone());
+            }
+            old.end("superseded by a new connection of the same machine");
+        }
+        Registered {
+            session,
+            agent_rx,
+            superseded_offline,
+        }
+    }
+
+    /// Removes offline sessions with no viewers whose agent has been gone for `ttl_ms`.
+    /// The predicate is evaluated under both the registry lock and the session's lock, so
+    /// a viewer joining at the same moment either wins (the session stays) or finds the
+    /// session ended; online or watched sessions are never reaped.
+    pub fn reap_offline(&self, now: i64, ttl_ms: i64) -> Vec<Arc<LiveSession>> {
+        let mut map = self.lock();
+        let mut reaped = Vec::new();
+        map.retain(|_, session| {
+            let mut inner = session.lock();
+            let stale = inner.phase == Phase::AgentOffline
+                && inner.viewers.is_empty()
+                && inner.offline_since.is_some_and(|t| now - t >= ttl_ms);
+            if stale {
+                inner.phase = Phase::Ended;
+                inner.end_reason = Some("reaped: agent offline".to_owned());
+                reaped.push(session.clone());
+            }
+            !stale
+        });
+        drop(map);
+        for session in &reaped {
+            session.cancel.cancel();
+        }
+        reaped
+    }
+
+    /// Removes a session (when its agent task ends).
+    pub fn remove(&self, session_id: &str) {
+        let mut map = self.lock();
+        if map
+            .get(session_id)
+            .is_some_and(|s| s.cancel.is_cancelled() || s.phase() == Phase::Ended)
+        {
+            map.remove(session_id);
+        } else if let Some(s) = map.remove(session_id) {
+            drop(map);
+            s.end("agent disconnected");
+        }
+    }
+
+    /// The live session with that id.
+    pub fn get(&self, session_id: &str) -> Option<Arc<LiveSession>> {
+        self.lock().get(session_id).cloned()
+    }
+
+    /// The live session of a machine.
+    pub fn by_agent(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
+        self.lock()
+            .values()
+            .find(|s| s.agent_id == agent_id)
+            .cloned()
+    }
+
+    /// Every live session.
+    pub fn all(&self) -> Vec<Arc<LiveSession>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Ends the sessions of agents that authenticated with `key_id` (key revoked).
+    pub fn end_by_key(&self, key_id: &str, reason: &str) -> usize {
+        let hits: Vec<Arc<LiveSession>> = self
+            .lock()
+            .values()
+            .filter(|s| s.key_id.as_deref() == Some(key_id))
+            .cloned()
+            .collect();
+        for s in &hits {
+            s.end_with(1008, reason);
+        }
+        hits.len()
+    }
+
+    /// The only way a viewer enters a session.
+    pub fn join(
+        &self,
+        session_id: &str,
+        viewer_id: &str,
+        user_id: &str,
+        username: &str,
+        access: AccessMode,
+    ) -> Result<(Arc<LiveSession>, ViewerQueues), JoinError> {
+        let session = self.get(session_id).ok_or(JoinError::NotLive)?;
+        let (frames_tx, frames_rx) = mpsc::channel(VIEWER_FRAME_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel(VIEWER_CONTROL_QUEUE);
+        let cancel = session.cancel.child_token();
+        {
+            let mut inner = session.lock();
+            if inner.phase == Phase::Ended {
+                return Err(JoinError::NotLive);
+            }
+            inner.viewers.insert(
+                viewer_id.to_owned(),
+                ViewerSlot {
+                    user_id: user_id.to_owned(),
+                    username: username.to_owned(),
+                    access,
+                    codecs: vec![Codec::RawZstd as i32],
+                    frames: frames_tx,
+                    control: control_tx.clone(),
+                    // A joining viewer needs a full picture first.
+                    awaiting_keyframe: true,
+                    cancel: cancel.clone(),
+                },
+            );
+        }
+        Ok((
+            session,
+            ViewerQueues {
+                frames: frames_rx,
+                control: control_rx,
+                cancel,
+                control_tx,
+            },
+        ))
+    }
+
+    /// Removes a viewer; returns its access mode if it was present.
+    pub fn leave(&self, session: &LiveSession, viewer_id: &str) -> Option<AccessMode> {
+        session.lock().viewers.remove(viewer_id).map(|v| v.access)
+    }
+}

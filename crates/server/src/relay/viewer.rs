@@ -1,0 +1,418 @@
+//! The viewer plane, `/ws/viewer?session_id=…&token=…`.
+//!
+//! Only a viewer token is accepted, and it is checked before the upgrade: signature,
+//! expiry, `purpose = viewer` and revocation (401), then the session binding (403)
+//! (SPEC §4.2–4.4). After the upgrade the relay forwards only the viewer → agent messages
+//! listed in [`handle`], drops input of `view_only` viewers (§4.5) and throttles input
+//! (§4.7); frames reach the viewer through a bounded queue.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{
+    Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use guruconnect_proto::{self as proto, Payload};
+use guruconnect_store::{TokenKind, User};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::registry::{LiveSession, Phase, ViewerQueues, close_message, message};
+use super::throttle::TokenBucket;
+use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, is_too_big};
+use crate::AppState;
+use crate::audit::Audit;
+use crate::auth::tokens::{AccessMode, Claims, Purpose};
+use crate::error::{ApiError, ApiResult};
+use crate::middleware::ClientIp;
+
+/// A verified viewer token for one session.
+#[derive(Debug, Clone)]
+pub struct ViewerGrant {
+    /// Claims of the token.
+    pub claims: Claims,
+    /// The user it was minted for.
+    pub user: User,
+    /// Access mode.
+    pub access: AccessMode,
+}
+
+/// Verifies a viewer token for `session_id` (SPEC §4.2–4.4).
+pub async fn authorize(state: &AppState, token: &str, session_id: &str) -> ApiResult<ViewerGrant> {
+    let unauthorized = || {
+        state.metrics.auth_failure("viewer");
+        ApiError::Unauthorized("invalid or expired viewer token")
+    };
+    let claims = state.tokens.verify(token).ok_or_else(unauthorized)?;
+    if claims.purpose != Purpose::Viewer {
+        return Err(unauthorized());
+    }
+    let record = state.store.get_token(&claims.jti).await?;
+    if !record.is_some_and(|r| {
+        r.kind == TokenKind::Viewer && r.revoked_at.is_none() && r.user_id == claims.sub
+    }) {
+        return Err(unauthorized());
+    }
+    let access = claims.access_mode.ok_or_else(unauthorized)?;
+    if claims.session_id.as_deref() != Some(session_id) {
+        state.metrics.auth_failure("viewer");
+        return Err(ApiError::Forbidden(
+            "this viewer token is for another session",
+        ));
+    }
+    let user = match state.store.get_user(&claims.sub).await {
+        Ok(user) if !user.disabled => user,
+        Ok(_) | Err(guruconnect_store::StoreError::NotFound) => return Err(unauthorized()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(ViewerGrant {
+        claims,
+        user,
+        access,
+    })
+}
+
+/// `GET /ws/viewer`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = params
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .unwrap_or_default();
+    let Some(session_id) = params.get("session_id").filter(|s| !s.is_empty()).cloned() else {
+        return ApiError::BadRequest("session_id is required".into()).into_response();
+    };
+    let grant = match authorize(&state, token, &session_id).await {
+        Ok(grant) => grant,
+        Err(e) => return e.into_response(),
+    };
+    let Some(live) = state.relay.get(&session_id) else {
+        return ApiError::NotFound("the session is not live (agent offline or session ended)")
+            .into_response();
+    };
+    match state.store.get_machine(&live.agent_id).await {
+        Ok(machine) if machine.status == "pending" => {
+            return ApiError::Conflict("the machine is pending an administrator's approval".into())
+                .into_response();
+        }
+        Ok(_) => {}
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    ws.max_message_size(proto::MAX_VIEWER_MESSAGE)
+        .max_frame_size(proto::MAX_VIEWER_MESSAGE)
+        .read_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| run(state, socket, grant, session_id, ip))
+}
+
+/// The `SessionState` message for a viewer (or, with no viewer, for all of them).
+pub fn state_message(
+    session: &LiveSession,
+    viewer_id: Option<&str>,
+    access: Option<AccessMode>,
+) -> Message {
+    let phase = match session.phase() {
+        Phase::WaitingConsent => proto::SessionPhase::WaitingForConsent,
+        Phase::Active => proto::SessionPhase::Active,
+        Phase::AgentOffline | Phase::Ended => proto::SessionPhase::AgentOffline,
+    };
+    let access_mode = match access {
+        Some(AccessMode::Control) => proto::AccessMode::Control,
+        Some(AccessMode::ViewOnly) => proto::AccessMode::ViewOnly,
+        None => proto::AccessMode::Unspecified,
+    };
+    message(Payload::SessionState(proto::SessionState {
+        session_id: session.id.clone(),
+        phase: phase as i32,
+        access_mode: access_mode as i32,
+        viewer_id: viewer_id.unwrap_or_default().to_owned(),
+        codec: session.streaming_codec().unwrap_or_default(),
+    }))
+}
+
+async fn run(
+    state: AppState,
+    mut socket: WebSocket,
+    grant: ViewerGrant,
+    session_id: String,
+    ip: IpAddr,
+) {
+    let viewer_id = uuid::Uuid::new_v4().to_string();
+    let user = &grant.user;
+    let (session, queues) = match state.relay.join(
+        &session_id,
+        &viewer_id,
+        &user.id,
+        &user.username,
+        grant.access,
+    ) {
+        Ok(joined) => joined,
+        Err(_) => {
+            let _ = socket
+                .send(close_message(close::NORMAL, "session is not live"))
+                .await;
+            return;
+        }
+    };
+    state.metrics.viewers.inc();
+    let access_name = match grant.access {
+        AccessMode::Control => "control",
+        AccessMode::ViewOnly => "view_only",
+    };
+    Audit::new("viewer.joined")
+        .user(user)
+        .ip(ip)
+        .agent(&session.agent_id)
+        .session(&session.id)
+        .details(json!({ "viewer_id": viewer_id, "access_mode": access_name }))
+        .record_quietly(&state)
+        .await;
+    tracing::info!(session_id = %session.id, viewer_id = %viewer_id, user_id = %user.id, access = access_name, "viewer joined");
+
+    let ViewerQueues {
+        frames,
+        control,
+        cancel,
+        control_tx,
+    } = queues;
+    let _ = control_tx.try_send(state_message(
+        &session,
+        Some(&viewer_id),
+        Some(grant.access),
+    ));
+    session.try_send_to_agent(message(Payload::ViewerJoined(proto::ViewerJoined {
+        viewer_id: viewer_id.clone(),
+        username: user.username.clone(),
+    })));
+    session.update_stream();
+    if session.is_active() {
+        // The joining viewer needs a full picture.
+        session.try_send_to_agent(message(Payload::RefreshRequest(proto::RefreshRequest {})));
+    }
+
+    let (ws_tx, ws_rx) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        state.clone(),
+        ws_tx,
+        frames,
+        control,
+        cancel.clone(),
+        session.clone(),
+    ));
+    let ctx = ViewerCtx {
+        state: &state,
+        session: &session,
+        viewer_id: &viewer_id,
+        access: grant.access,
+        control_tx,
+    };
+    let (code, reason) = read_loop(&ctx, ws_rx, &cancel).await;
+    if let Some(code) = code {
+        // Queue the close before cancelling so the writer sends this code, not 1000.
+        let _ = ctx.control_tx.try_send(close_message(code, &reason));
+    }
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+
+    let left = state.relay.leave(&session, &viewer_id);
+    state.metrics.viewers.dec();
+    if left == Some(AccessMode::Control) {
+        // Keys the viewer held must not stay pressed on the remote machine.
+        session.try_send_to_agent(message(Payload::ReleaseModifiers(
+            proto::ReleaseModifiers {},
+        )));
+    }
+    session.try_send_to_agent(message(Payload::ViewerLeft(proto::ViewerLeft {
+        viewer_id: viewer_id.clone(),
+        username: user.username.clone(),
+    })));
+    session.update_stream();
+    Audit::new("viewer.left")
+        .user(user)
+        .ip(ip)
+        .agent(&session.agent_id)
+        .session(&session.id)
+        .details(json!({ "viewer_id": viewer_id, "reason": reason }))
+        .record_quietly(&state)
+        .await;
+}
+
+async fn write_loop(
+    state: AppState,
+    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut frames: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    mut control: tokio::sync::mpsc::Receiver<Message>,
+    cancel: tokio_util::sync::CancellationToken,
+    session: Arc<LiveSession>,
+) {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            msg = control.recv() => match msg {
+                Some(msg) => {
+                    let is_close = matches!(msg, Message::Close(_));
+                    if ws_tx.send(msg).await.is_err() || is_close { return }
+                }
+                None => return,
+            },
+            () = cancel.cancelled() => {
+                // Drain what is queued for this viewer (a final close, a chat) first.
+                while let Ok(msg) = control.try_recv() {
+                    let is_close = matches!(msg, Message::Close(_));
+                    if ws_tx.send(msg).await.is_err() || is_close { return }
+                }
+                let reason = session.end_reason().map_or_else(|| "disconnected".to_owned(), |(_, r)| r);
+                if session.cancel.is_cancelled() {
+                    let end = message(Payload::SessionEnd(proto::SessionEnd { reason: reason.clone() }));
+                    let _ = ws_tx.send(end).await;
+                }
+                let _ = ws_tx.send(close_message(close::NORMAL, &reason)).await;
+                return;
+            }
+            frame = frames.recv() => match frame {
+                Some(bytes) => {
+                    if ws_tx.send(Message::Binary(bytes)).await.is_err() { return }
+                }
+                None => return,
+            },
+            _ = ping.tick() => if ws_tx.send(Message::Ping(bytes::Bytes::new())).await.is_err() { return },
+            () = state.shutdown.cancelled() => {
+                let _ = ws_tx.send(close_message(close::GOING_AWAY, "server shutting down")).await;
+                return;
+            }
+        }
+    }
+}
+
+struct ViewerCtx<'a> {
+    state: &'a AppState,
+    session: &'a Arc<LiveSession>,
+    viewer_id: &'a str,
+    access: AccessMode,
+    control_tx: tokio::sync::mpsc::Sender<Message>,
+}
+
+/// Reads until the viewer leaves; returns a close code to send (if the relay closes it)
+/// and the reason.
+async fn read_loop(
+    ctx: &ViewerCtx<'_>,
+    mut ws_rx: futures_util::stream::SplitStream<WebSocket>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (Option<u16>, String) {
+    let mut bucket = TokenBucket::for_input();
+    let mut last_seen = Instant::now();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return (None, "session ended".into()),
+            _ = heartbeat.tick() => if last_seen.elapsed() > DEAD_PEER_AFTER {
+                return (Some(close::POLICY), "heartbeat lost".into());
+            },
+            msg = ws_rx.next() => {
+                let bytes = match msg {
+                    Some(Ok(Message::Binary(bytes))) => bytes,
+                    Some(Ok(Message::Close(_))) | None => return (None, "viewer left".into()),
+                    Some(Ok(Message::Text(_))) => { last_seen = Instant::now(); ctx.state.metrics.ignored_message("text"); continue }
+                    Some(Ok(_)) => { last_seen = Instant::now(); continue }
+                    Some(Err(e)) => {
+                        return if is_too_big(&e) { (Some(close::TOO_BIG), "message too big".into()) } else { (None, "connection lost".into()) };
+                    }
+                };
+                last_seen = Instant::now();
+                let Ok(envelope) = decode(&bytes) else {
+                    Audit::new("relay.malformed_message")
+                        .agent(&ctx.session.agent_id)
+                        .session(&ctx.session.id)
+                        .details(json!({ "plane": "viewer", "viewer_id": ctx.viewer_id }))
+                        .record_quietly(ctx.state)
+                        .await;
+                    return (Some(close::INVALID_PAYLOAD), "malformed message".into());
+                };
+                handle(ctx, &mut bucket, envelope.payload, bytes);
+            }
+        }
+    }
+}
+
+/// Routes one viewer message. Only the types listed here ever reach the agent.
+fn handle(
+    ctx: &ViewerCtx<'_>,
+    bucket: &mut TokenBucket,
+    payload: Option<Payload>,
+    bytes: bytes::Bytes,
+) {
+    let metrics = &ctx.state.metrics;
+    let Some(payload) = payload else {
+        metrics.ignored_message("unknown");
+        return;
+    };
+    let session = ctx.session;
+    let forward = |bytes: bytes::Bytes| {
+        if !session.try_send_to_agent(Message::Binary(bytes)) {
+            metrics.input_dropped.inc();
+        }
+    };
+    match payload {
+        Payload::ViewerHello(hello) => {
+            session.set_viewer_codecs(ctx.viewer_id, hello.codecs);
+            session.update_stream();
+        }
+        Payload::Ping(ping) => {
+            let _ = ctx.control_tx.try_send(message(Payload::Pong(proto::Pong {
+                ping_timestamp_us: ping.timestamp_us,
+                timestamp_us: u64::try_from(ctx.state.clock.now_millis()).unwrap_or_default()
+                    * 1000,
+            })));
+        }
+        // Control input: control mode only, after consent, under the throttle (§4.5, §4.7, §4.8).
+        Payload::MouseEvent(_)
+        | Payload::KeyEvent(_)
+        | Payload::SpecialKey(_)
+        | Payload::Clipboard(_) => {
+            if ctx.access != AccessMode::Control || !session.is_active() || !bucket.try_take() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            forward(bytes);
+        }
+        // Viewing requests: any viewer, after consent, under the throttle.
+        Payload::SwitchDisplay(_) | Payload::RefreshRequest(_) | Payload::QualitySettings(_) => {
+            if !session.is_active() || !bucket.try_take() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            forward(bytes);
+        }
+        Payload::Chat(_) => {
+            if !session.is_active() || !bucket.try_take() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            session.broadcast(&Message::Binary(bytes.clone()), false, Some(ctx.viewer_id));
+            forward(bytes);
+        }
+        other => metrics.ignored_message(other.kind()),
+    }
+}

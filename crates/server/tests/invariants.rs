@@ -1,0 +1,558 @@
+//! Start-up and operational invariants: the signing secret (SPEC §4.12), secrets never
+//! logged and correlation ids in the log (§4.10, §4.11), the `config` subcommand, and
+//! PostgreSQL outages answered 503 with recovery (§9).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, client, expect_envelope, random_secret, test_database_url};
+use guruconnect_server::Config;
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const BIN: &str = env!("CARGO_BIN_EXE_guruconnect-server");
+
+/// A command for the real binary with a clean `GURUCONNECT_*` / `RUST_LOG` environment.
+fn server_command(cwd: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GURUCONNECT_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(cwd);
+    cmd
+}
+
+// ---------------------------------------------------------------- signing secret
+
+#[tokio::test]
+async fn weak_signing_secret_is_refused_by_build_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        signing_secret: Some(SecretString::from("s".repeat(31))),
+        admin_password: Some(SecretString::from("admin-password".to_owned())),
+        ..Config::default()
+    };
+    let err = guruconnect_server::build_state(config.clone())
+        .await
+        .expect_err("a 31-byte signing secret must be refused");
+    assert!(format!("{err:#}").contains("signing_secret"), "{err:#}");
+
+    // 32 bytes is enough.
+    let config = Config {
+        signing_secret: Some(SecretString::from("s".repeat(32))),
+        ..config
+    };
+    let state = guruconnect_server::build_state(config)
+        .await
+        .expect("32 bytes are accepted");
+    state.store.close().await;
+}
+
+#[test]
+fn the_binary_refuses_a_weak_signing_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = server_command(dir.path())
+        .env("GURUCONNECT_SIGNING_SECRET", "weak-s3cret")
+        .env("GURUCONNECT_DATA_DIR", dir.path().join("data"))
+        .env("GURUCONNECT_BIND", "127.0.0.1:0")
+        .env("GURUCONNECT_ADMIN_PASSWORD", "admin-password")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the server binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "must not start; stderr: {stderr}");
+    assert!(stderr.contains("signing_secret"), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("weak-s3cret"),
+        "the secret itself is echoed: {stderr}"
+    );
+    assert!(
+        !dir.path().join("data").join("guruconnect.db").exists(),
+        "it went on to open the database"
+    );
+}
+
+#[tokio::test]
+async fn generated_signing_secret_is_persisted_privately_and_reused() {
+    // The file is the embedded (SQLite) default; PostgreSQL keeps it in a settings row.
+    let server = TestServer::start_with(|c| c.database_url = None).await;
+    assert!(server.is_sqlite());
+    let path = server.data_dir().join("signing.key");
+    let secret = std::fs::read(&path).expect("signing.key in the data dir");
+    assert!(secret.len() >= 32, "{} bytes", secret.len());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "signing.key mode {mode:o}");
+    }
+    let token = server.admin_token().await;
+    assert_eq!(server.me_status(&token).await, StatusCode::OK);
+
+    let server = server.restart().await;
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        secret,
+        "the secret was regenerated"
+    );
+    assert_eq!(
+        server.me_status(&token).await,
+        StatusCode::OK,
+        "token from before the restart"
+    );
+}
+
+#[tokio::test]
+async fn generated_signing_secret_survives_restart_on_any_backend() {
+    let server = TestServer::start().await;
+    let token = server.admin_token().await;
+    let server = server.restart().await;
+    assert_eq!(server.me_status(&token).await, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- the real binary
+
+/// The binary, running, with everything it wrote to stdout and stderr.
+struct RunningBinary {
+    child: Child,
+    addr: SocketAddr,
+    /// Everything printed, both streams interleaved.
+    output: Arc<Mutex<String>>,
+    /// Stdout alone.
+    stdout: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RunningBinary {
+    fn start(cmd: &mut Command) -> RunningBinary {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the server binary");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stdout_text = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let mut readers = Vec::new();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for (stream, tx, own) in [
+            (
+                Box::new(stdout) as Box<dyn Read + Send>,
+                None,
+                Some(Arc::clone(&stdout_text)),
+            ),
+            (
+                Box::new(stderr) as Box<dyn Read + Send>,
+                Some(addr_tx),
+                None,
+            ),
+        ] {
+            let output = Arc::clone(&output);
+            readers.push(std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if let Some(tx) = &tx
+                        && line.contains("GuruConnect server listening")
+                        && let Some(addr) = line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("addr="))
+                            .and_then(|a| a.parse().ok())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                    output.lock().unwrap().push_str(&line);
+                    if let Some(own) = &own {
+                        own.lock().unwrap().push_str(&line);
+                    }
+                    line.clear();
+                }
+            }));
+        }
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no `GuruConnect server listening addr=…` line; output:\n{}",
+                    output.lock().unwrap()
+                );
+            }
+        };
+        RunningBinary {
+            child,
+            addr,
+            output,
+            stdout: stdout_text,
+            readers,
+        }
+    }
+
+    /// Waits up to 10 s for a stdout line containing `needle`; returns it.
+    fn stdout_line(&self, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return Some(line.to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Kills the process and returns everything it printed.
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_never_logged_and_log_lines_carry_the_correlation_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_password = random_secret("binadm");
+    let new_admin_password = random_secret("binnew");
+    let user_password = random_secret("binusr");
+    let mut cmd = server_command(dir.path());
+    cmd.env("GURUCONNECT_DATA_DIR", dir.path().join("data"))
+        .env("GURUCONNECT_BIND", "127.0.0.1:0")
+        .env("GURUCONNECT_ADMIN_PASSWORD", &admin_password)
+        .env("RUST_LOG", "debug");
+    if let Some(url) = test_database_url().await {
+        cmd.env("GURUCONNECT_DATABASE_URL", url);
+    }
+    let server = RunningBinary::start(&mut cmd);
+    let http = client();
+
+    let resp = http
+        .post(server.url("/api/auth/login"))
+        .json(&json!({ "username": "admin", "password": admin_password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token = resp.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = http
+        .get(server.url("/api/auth/me"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-corr-me-4242")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // A failed sign-in, with a password that must not be logged either.
+    let resp = http
+        .post(server.url("/api/auth/login"))
+        .header("x-request-id", "log-corr-fail-4243")
+        .json(&json!({ "username": "admin", "password": format!("{admin_password}-typo") }))
+        .send()
+        .await
+        .unwrap();
+    let failed = expect_envelope(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_eq!(failed["correlation_id"], "log-corr-fail-4243");
+    // An error with a generated correlation id.
+    let resp = http.get(server.url("/api/nowhere")).send().await.unwrap();
+    let missing = expect_envelope(resp, StatusCode::NOT_FOUND, "not_found").await;
+    let generated_id = missing["correlation_id"].as_str().unwrap().to_owned();
+
+    let resp = http
+        .post(server.url("/api/auth/change-password"))
+        .bearer_auth(&token)
+        .json(&json!({ "current_password": admin_password, "new_password": new_admin_password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .post(server.url("/api/users"))
+        .bearer_auth(&token)
+        .json(&json!({ "username": "logcheck", "password": user_password, "role": "technician" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = http
+        .post(server.url("/api/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let log = server.kill();
+    assert!(
+        log.contains("request finished"),
+        "no request log lines:\n{log}"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    for (what, secret) in [
+        ("admin password", admin_password.as_str()),
+        ("new admin password", new_admin_password.as_str()),
+        ("user password", user_password.as_str()),
+        ("token", token.as_str()),
+        ("token signature", signature),
+    ] {
+        assert!(
+            !log.contains(secret),
+            "the {what} appears in the output:\n{log}"
+        );
+    }
+    for id in [
+        "log-corr-me-4242",
+        "log-corr-fail-4243",
+        generated_id.as_str(),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(id) && l.contains("request finished")),
+            "no request log line carries {id}:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn generated_admin_password_is_printed_once_on_stdout_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut cmd = server_command(dir.path());
+        cmd.env("GURUCONNECT_DATA_DIR", dir.path().join("data"))
+            .env("GURUCONNECT_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "debug");
+        RunningBinary::start(&mut cmd)
+    };
+    let server = start();
+    let line = server
+        .stdout_line("with password: ")
+        .expect("the generated admin password is printed on first start");
+    let password = line
+        .split("with password: ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(password.len() >= 16, "weak generated password {password:?}");
+    let resp = client()
+        .post(server.url("/api/auth/login"))
+        .json(&json!({ "username": "admin", "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let stdout = server.stdout.lock().unwrap().clone();
+    let all = server.kill();
+    assert_eq!(
+        all.matches(&password).count(),
+        1,
+        "printed more than once, or logged:\n{all}"
+    );
+    assert_eq!(
+        stdout.matches(&password).count(),
+        1,
+        "not on stdout:\n{stdout}"
+    );
+
+    // Second start on the same data dir: the admin exists, nothing is printed.
+    let server = start();
+    std::thread::sleep(Duration::from_millis(300));
+    let all = server.kill();
+    assert!(
+        !all.contains(&password),
+        "the password was printed again:\n{all}"
+    );
+    assert!(
+        !all.contains("with password"),
+        "a new password was generated:\n{all}"
+    );
+}
+
+#[test]
+fn config_subcommand_prints_the_default_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = server_command(dir.path())
+        .arg("config")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the server binary");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("bind = \"127.0.0.1:3002\""), "{text}");
+    let parsed: toml::Table = toml::from_str(&text).expect("valid TOML");
+    assert_eq!(parsed["bind"].as_str(), Some("127.0.0.1:3002"));
+}
+
+// ---------------------------------------------------------------- PostgreSQL outage
+
+/// A TCP forwarder with an on/off switch: off drops every forwarded connection and
+/// closes new ones as soon as they are accepted.
+struct Forwarder {
+    addr: SocketAddr,
+    enabled: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Forwarder {
+    async fn start(target: String) -> Forwarder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let enabled = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let accept = {
+            let enabled = Arc::clone(&enabled);
+            let conns = Arc::clone(&conns);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !enabled.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(task.abort_handle());
+                }
+            })
+            .abort_handle()
+        };
+        Forwarder {
+            addr,
+            enabled,
+            conns,
+            accept,
+        }
+    }
+
+    fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
+        if !on {
+            for conn in self.conns.lock().unwrap().drain(..) {
+                conn.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.set_enabled(false);
+    }
+}
+
+/// Splits `scheme://[userinfo@]host[:port]/rest` into (`host:port`, a function of the
+/// replacement authority).
+fn pg_host_port(url: &str) -> (String, String, String) {
+    let (scheme, rest) = url.split_once("://").expect("URL with scheme");
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h.to_owned()),
+        None => (String::new(), authority.to_owned()),
+    };
+    let hostport = if hostport.contains(':') {
+        hostport
+    } else {
+        format!("{hostport}:5432")
+    };
+    (hostport, format!("{scheme}://{userinfo}"), path.to_owned())
+}
+
+#[tokio::test]
+async fn postgres_outage_answers_503_and_recovers() {
+    let Some(url) = test_database_url().await else {
+        println!("skipped: GURUCONNECT_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let (target, prefix, path) = pg_host_port(&url);
+    let forwarder = Forwarder::start(target).await;
+    let proxied = format!("{prefix}{}{path}", forwarder.addr);
+    let server =
+        TestServer::start_with(|c| c.database_url = Some(SecretString::from(proxied))).await;
+    assert!(!server.is_sqlite());
+    let token = server.admin_token().await;
+    assert_eq!(server.me_status(&token).await, StatusCode::OK);
+
+    forwarder.set_enabled(false);
+    let started = Instant::now();
+    let resp = server.get("/api/auth/me", &token).await;
+    let elapsed = started.elapsed();
+    expect_envelope(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+    assert!(elapsed < Duration::from_secs(8), "503 took {elapsed:?}");
+
+    let resp = client().get(server.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = resp.text().await.unwrap();
+    common::assert_no_leak(&text);
+    assert!(!text.contains("\"ok\""), "{text}");
+
+    // Sign-in is a 503 too, not a 401 (the user is not told the password was wrong).
+    let resp = server.login_response("admin", &server.admin_password).await;
+    expect_envelope(resp, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+
+    // The server is still running.
+    assert!(server.is_running(), "the server task ended");
+    let resp = client()
+        .get(server.url("/api/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, StatusCode::NOT_FOUND, "not_found").await;
+
+    forwarder.set_enabled(true);
+    let recovered = common::eventually(Duration::from_secs(10), || async {
+        server.me_status(&token).await == StatusCode::OK
+    })
+    .await;
+    assert!(recovered, "requests did not succeed again within 10 s");
+    let resp = client().get(server.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let fresh = server.login("admin", &server.admin_password.clone()).await;
+    assert_eq!(server.me_status(&fresh).await, StatusCode::OK);
+}

@@ -1,0 +1,124 @@
+//! Per-agent keys (only the SHA-256 hash of the key is stored).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{AgentKey, Millis, Store, StoreError, StoreResult, conflict};
+
+const KEY_COLS: &str = "k.id, k.agent_id, k.key_hash, k.prefix, k.label, k.created_by, \
+     k.created_at, k.last_used_at, k.revoked_at";
+
+fn key_from_row(row: &AnyRow) -> StoreResult<AgentKey> {
+    Ok(AgentKey {
+        id: row.try_get("id")?,
+        agent_id: row.try_get("agent_id")?,
+        key_hash: row.try_get("key_hash")?,
+        prefix: row.try_get("prefix")?,
+        label: row.try_get("label")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+impl Store {
+    /// Stores a new key; `Conflict("key exists")` if its id or hash is already stored.
+    pub async fn create_agent_key(&self, key: &AgentKey) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO agent_keys (id, agent_id, key_hash, prefix, label, created_by, \
+             created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&key.id)
+        .bind(&key.agent_id)
+        .bind(&key.key_hash)
+        .bind(&key.prefix)
+        .bind(key.label.as_deref())
+        .bind(key.created_by.as_deref())
+        .bind(key.created_at)
+        .bind(key.last_used_at)
+        .bind(key.revoked_at)
+        .execute(self.pool())
+        .await
+        .map_err(conflict("key exists"))?;
+        Ok(())
+    }
+
+    /// The unrevoked key with this hash whose machine is not soft-deleted (a key whose
+    /// machine row does not exist yet is still found), if any.
+    pub async fn find_active_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<AgentKey>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM agent_keys k \
+             LEFT JOIN machines m ON m.agent_id = k.agent_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND m.deleted_at IS NULL"
+        ))
+        .bind(key_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// All keys of a machine (revoked ones included), newest first.
+    pub async fn list_agent_keys(&self, agent_id: &str) -> StoreResult<Vec<AgentKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM agent_keys k WHERE k.agent_id = $1 \
+             ORDER BY k.created_at DESC, k.id DESC"
+        ))
+        .bind(agent_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Revokes a key of `agent_id` and returns it; `NotFound` if that agent has no such
+    /// key. Idempotent: an already revoked key keeps its first `revoked_at`.
+    pub async fn revoke_agent_key(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+        now: Millis,
+    ) -> StoreResult<AgentKey> {
+        sqlx::query(
+            "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, $3) \
+             WHERE id = $1 AND agent_id = $2",
+        )
+        .bind(key_id)
+        .bind(agent_id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLS} FROM agent_keys k WHERE k.id = $1 AND k.agent_id = $2"
+        ))
+        .bind(key_id)
+        .bind(agent_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        key_from_row(&row)
+    }
+
+    /// Records a successful use of a key; `NotFound` if missing.
+    pub async fn touch_agent_key(&self, key_id: &str, now: Millis) -> StoreResult<()> {
+        let res = sqlx::query("UPDATE agent_keys SET last_used_at = $2 WHERE id = $1")
+            .bind(key_id)
+            .bind(now)
+            .execute(self.pool())
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Number of unrevoked keys of a machine.
+    pub async fn count_active_keys(&self, agent_id: &str) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM agent_keys WHERE agent_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(agent_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+}

@@ -1,0 +1,138 @@
+//! Durable session records (live state lives in the relay's registry).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Millis, SessionRecord, Store, StoreError, StoreResult, conflict};
+
+const SESSION_COLS: &str =
+    "id, tenant_id, agent_id, kind, code, status, created_at, ended_at, end_reason";
+
+fn session_from_row(row: &AnyRow) -> StoreResult<SessionRecord> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        agent_id: row.try_get("agent_id")?,
+        kind: row.try_get("kind")?,
+        code: row.try_get("code")?,
+        status: row.try_get("status")?,
+        created_at: row.try_get("created_at")?,
+        ended_at: row.try_get("ended_at")?,
+        end_reason: row.try_get("end_reason")?,
+    })
+}
+
+impl Store {
+    /// Stores a new session; `Conflict("session exists")` if the id is taken.
+    pub async fn create_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(&s.id)
+        .bind(&s.tenant_id)
+        .bind(&s.agent_id)
+        .bind(&s.kind)
+        .bind(s.code.as_deref())
+        .bind(&s.status)
+        .bind(s.created_at)
+        .bind(s.ended_at)
+        .bind(s.end_reason.as_deref())
+        .execute(self.pool())
+        .await
+        .map_err(conflict("session exists"))?;
+        Ok(())
+    }
+
+    /// The session; `NotFound` if missing or soft-deleted.
+    pub async fn get_session(&self, id: &str) -> StoreResult<SessionRecord> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?;
+        session_from_row(&row)
+    }
+
+    /// The tenant's sessions, newest first, excluding soft-deleted ones; with
+    /// `only_open` only those not `ended`. `limit` is clamped to `1..=1000`.
+    pub async fn list_sessions(
+        &self,
+        tenant_id: &str,
+        only_open: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        let filter = if only_open {
+            " AND status <> 'ended'"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM sessions \
+             WHERE tenant_id = $1 AND deleted_at IS NULL{filter} \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(tenant_id)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// Sets the status of a live session; `NotFound` if missing or soft-deleted.
+    pub async fn set_session_status(&self, id: &str, status: &str) -> StoreResult<()> {
+        let res =
+            sqlx::query("UPDATE sessions SET status = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(status)
+                .execute(self.pool())
+                .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Ends a session (status `ended`, `ended_at`, `end_reason`); `true` if it was
+    /// not ended yet.
+    pub async fn end_session(&self, id: &str, reason: &str, now: Millis) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = 'ended', ended_at = $3, end_reason = $2 \
+             WHERE id = $1 AND status <> 'ended'",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Ends every session that is not ended yet (run at server start, when no session
+    /// can still be live); returns how many.
+    pub async fn end_open_sessions(&self, reason: &str, now: Millis) -> StoreResult<u64> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = 'ended', ended_at = $2, end_reason = $1 \
+             WHERE status <> 'ended'",
+        )
+        .bind(reason)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Soft-deletes a session; `NotFound` if missing or already deleted.
+    pub async fn soft_delete_session(&self, id: &str, now: Millis) -> StoreResult<()> {
+        let res =
+            sqlx::query("UPDATE sessions SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(self.pool())
+                .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}

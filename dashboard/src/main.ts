@@ -1,0 +1,115 @@
+// Entry point: theme, routing, the signed-in shell and the 401 → sign-in rule.
+
+import './styles.css';
+import { setUnauthorizedHandler } from './api';
+import * as session from './session';
+import * as theme from './theme';
+import { currentPath, navigate, type Cleanup, type Page } from './router';
+import { shell } from './ui/shell';
+import { loginPage } from './pages/login';
+import { machinesPage } from './pages/machines';
+import { sessionsPage } from './pages/sessions';
+import { codesPage } from './pages/codes';
+import { usersPage } from './pages/users';
+import { keysPage } from './pages/keys';
+import { auditPage } from './pages/audit';
+import { accountPage } from './pages/account';
+import { viewerPage } from './pages/viewer';
+import { h, mount } from './ui/dom';
+
+interface Route {
+  pattern: RegExp;
+  page: Page;
+  title: string;
+  /** Nav key highlighted in the sidebar; absent = no shell (sign-in, viewer). */
+  nav?: string;
+  admin?: boolean;
+}
+
+const routes: Route[] = [
+  { pattern: /^\/login$/, page: loginPage, title: 'Sign in' },
+  { pattern: /^\/machines$/, page: machinesPage, title: 'Machines', nav: 'machines' },
+  { pattern: /^\/sessions$/, page: sessionsPage, title: 'Live sessions', nav: 'sessions' },
+  { pattern: /^\/codes$/, page: codesPage, title: 'Support codes', nav: 'codes' },
+  { pattern: /^\/users$/, page: usersPage, title: 'Users', nav: 'users', admin: true },
+  { pattern: /^\/keys(?:\/([0-9a-fA-F-]{36}))?$/, page: keysPage, title: 'Agent keys', nav: 'keys', admin: true },
+  { pattern: /^\/audit$/, page: auditPage, title: 'Audit log', nav: 'audit', admin: true },
+  { pattern: /^\/account$/, page: accountPage, title: 'Account', nav: 'account' },
+  { pattern: /^\/view\/([^/]+)$/, page: viewerPage, title: 'Viewer' },
+];
+
+const app = document.getElementById('app') as HTMLElement;
+let cleanup: Cleanup | null = null;
+let controller: AbortController | null = null;
+let generation = 0;
+
+function signOutLocally(message: string): void {
+  session.clear();
+  session.setFlash(message);
+  navigate('/login');
+}
+
+async function render(): Promise<void> {
+  const gen = ++generation;
+  controller?.abort();
+  controller = new AbortController();
+  if (cleanup) {
+    try {
+      cleanup();
+    } catch (e) {
+      console.warn('page cleanup failed', e);
+    }
+    cleanup = null;
+  }
+  const path = currentPath();
+  const signedIn = !!session.token();
+  if (!signedIn && path !== '/login') {
+    if (path.startsWith('/view/')) sessionStorage.setItem('gc.after-login', path);
+    navigate('/login');
+    return;
+  }
+  if (signedIn && (path === '/login' || path === '/')) {
+    navigate('/machines');
+    return;
+  }
+  const match = routes.map((r) => ({ r, m: r.pattern.exec(path) })).find((x) => x.m);
+  if (!match || !match.m) {
+    navigate('/machines');
+    return;
+  }
+  const { r, m } = match;
+  document.title = `${r.title} · GuruConnect`;
+  let root: HTMLElement;
+  if (r.nav) {
+    root = shell(app, r.nav, r.title);
+  } else {
+    root = h('div', { class: r.pattern.source.includes('view') ? 'viewer-root' : 'bare-root' });
+    mount(app, root);
+  }
+  if (r.admin && !session.isAdmin()) {
+    mount(root, h('div', { class: 'alert alert-warn', role: 'alert' }, 'This page is for administrators.'));
+    return;
+  }
+  try {
+    const result = await r.page({ root, params: m.slice(1).filter((p): p is string => p !== undefined), signal: controller.signal });
+    if (gen !== generation) {
+      if (typeof result === 'function') result();
+      return;
+    }
+    if (typeof result === 'function') cleanup = result;
+  } catch (e) {
+    if (gen === generation) {
+      console.warn('page failed to render', e);
+      mount(root, h('div', { class: 'alert alert-bad', role: 'alert' }, 'This page failed to load. Reload to try again.'));
+    }
+  }
+}
+
+theme.init();
+setUnauthorizedHandler(signOutLocally);
+window.addEventListener('hashchange', () => void render());
+window.addEventListener('unhandledrejection', (e) => {
+  // Aborted fetches of pages the user already left are expected.
+  if (e.reason instanceof DOMException && e.reason.name === 'AbortError') e.preventDefault();
+});
+void render();

@@ -1,0 +1,615 @@
+// The in-browser viewer: `#/view/<session_id>`.
+//
+// Mints a viewer token, opens /ws/viewer, says ViewerHello with the codecs this browser
+// decodes, draws frames on a canvas, sends mouse/keyboard (set-1 scancodes) unless the
+// session is view-only, and reconnects with a fresh token when the socket drops.
+
+import { api, ApiError } from '../api';
+import * as session from '../session';
+import { navigate, type PageContext } from '../router';
+import { bytes, h, mount, pill } from '../ui/dom';
+import { copyButton, copyText, toast } from '../ui/feedback';
+import type { Session, ViewerToken } from '../types';
+import { decode, encode, nowUs, pb, type EnvelopeProps } from '../viewer/protocol';
+import { codecName, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
+import { isSystemKey, scancodeFor } from '../viewer/scancodes';
+import { sparkline, Stats } from '../viewer/stats';
+
+type ConnState = 'connecting' | 'waiting' | 'active' | 'reconnecting' | 'ended' | 'error';
+
+const BUTTONS = [pb.MouseButton.MOUSE_BUTTON_LEFT, pb.MouseButton.MOUSE_BUTTON_MIDDLE, pb.MouseButton.MOUSE_BUTTON_RIGHT, pb.MouseButton.MOUSE_BUTTON_BACK, pb.MouseButton.MOUSE_BUTTON_FORWARD];
+
+export function viewerPage({ root, params }: PageContext): () => void {
+  const sessionId = params[0] ?? '';
+  const me = session.currentUser();
+  let ws: WebSocket | null = null;
+  let state: ConnState = 'connecting';
+  let accessMode: number = pb.AccessMode.ACCESS_MODE_UNSPECIFIED;
+  let streamCodec = 0;
+  let displayId = 0;
+  let attempts = 0;
+  let disposed = false;
+  let reconnectTimer = 0;
+  let sendSystemKeys = false;
+  let scaleMode: 'fit' | 'actual' = (localStorage.getItem('gc.viewer.scale') as 'fit' | 'actual') || 'fit';
+  const pressed = new Map<string, { code: number; extended: boolean }>();
+  const stats = new Stats();
+  let h264ok = false;
+  let lastRefreshAsk = 0;
+  let sawFrame = false;
+
+  // ---- layout ----
+  const canvas = h('canvas', { class: 'screen', tabindex: '0', 'aria-label': 'Remote screen', 'data-testid': 'screen', width: '0', height: '0' });
+  const ctx = canvas.getContext('2d', { alpha: false }) as CanvasRenderingContext2D;
+  const overlay = h('div', { class: 'stage-overlay', role: 'status', 'aria-live': 'polite' });
+  const stage = h('div', { class: 'stage' }, canvas, overlay);
+  const title = h('div', { class: 'viewer-title' }, h('strong', {}, 'Remote session'), h('span', { class: 'muted small mono' }, sessionId.slice(0, 8)));
+  const statusPill = h('span', { 'data-testid': 'conn-state' });
+  const viewOnlyBadge = h('span', { class: 'view-only-badge', hidden: true, 'data-testid': 'view-only', role: 'status' }, 'VIEW ONLY');
+  const displaySelect = h('select', { 'aria-label': 'Display', class: 'select-sm', hidden: true });
+  const scaleBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false' });
+  const sysKeys = h('input', { type: 'checkbox', id: 'sys-keys' });
+  const sysKeysLabel = h('label', { class: 'toggle', for: 'sys-keys', title: 'Forward the Windows/Super key and try to capture browser shortcuts (full screen)' }, sysKeys, 'System keys');
+  const cadBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Send Ctrl+Alt+Del' }, 'Ctrl+Alt+Del');
+  const refreshBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Ask for a full refresh' }, 'Refresh');
+  const fullBtn = h('button', { class: 'btn btn-sm', type: 'button' }, 'Full screen');
+  const chatBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Chat');
+  const clipBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Clipboard');
+  const statsBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'true' }, 'Stats');
+  const leaveBtn = h('button', { class: 'btn btn-sm btn-danger', type: 'button' }, 'Disconnect');
+  const controlsOnly = [cadBtn, sysKeysLabel];
+
+  const statsText = h('div', { class: 'stats-text mono', 'data-testid': 'stats' });
+  const graph = h('canvas', { class: 'sparkline', width: '160', height: '36', 'aria-hidden': 'true' });
+  const statsBox = h('div', { class: 'stats-overlay', 'aria-label': 'Connection statistics' }, statsText, h('div', { class: 'graph-label' }, 'fps, last 60 s'), graph);
+
+  const chatLog = h('div', { class: 'chat-log', role: 'log', 'aria-live': 'polite', 'data-testid': 'chat-log' });
+  const chatInput = h('input', { placeholder: 'Message the end user…', 'aria-label': 'Chat message', maxlength: '2000' });
+  const chatForm = h('form', { class: 'chat-form' }, chatInput, h('button', { class: 'btn btn-primary btn-sm', type: 'submit' }, 'Send'));
+  const clipOut = h('textarea', { rows: '4', placeholder: 'Text to send to the remote clipboard', 'aria-label': 'Text to send' });
+  const clipIn = h('textarea', { rows: '4', readonly: true, placeholder: 'Nothing received yet', 'aria-label': 'Remote clipboard', 'data-testid': 'remote-clipboard' });
+  const clipSend = h('button', { class: 'btn btn-primary btn-sm', type: 'button' }, 'Send to remote');
+  const clipPaste = h('button', { class: 'btn btn-sm', type: 'button' }, 'Paste from my clipboard');
+  const chatPanel = h('section', { class: 'side-panel', 'aria-label': 'Chat', hidden: true }, h('h2', {}, 'Chat'), chatLog, chatForm);
+  const clipPanel = h(
+    'section',
+    { class: 'side-panel', 'aria-label': 'Clipboard', hidden: true },
+    h('h2', {}, 'Clipboard'),
+    h('label', {}, 'Send to the remote machine'),
+    clipOut,
+    h('div', { class: 'row' }, clipPaste, clipSend),
+    h('label', {}, 'Received from the remote machine'),
+    clipIn,
+    h('div', { class: 'row' }, copyButton(() => clipIn.value, 'Copy')),
+  );
+  const side = h('aside', { class: 'viewer-side', id: 'viewer-side', hidden: true }, chatPanel, clipPanel);
+
+  mount(
+    root,
+    h(
+      'div',
+      { class: 'viewer' },
+      h(
+        'div',
+        { class: 'viewer-bar', role: 'toolbar', 'aria-label': 'Viewer controls' },
+        h('button', { class: 'btn btn-ghost btn-sm', type: 'button', onclick: () => navigate('/machines'), 'aria-label': 'Back to machines' }, '← Back'),
+        title,
+        statusPill,
+        viewOnlyBadge,
+        h('span', { class: 'spacer' }),
+        displaySelect,
+        scaleBtn,
+        sysKeysLabel,
+        cadBtn,
+        refreshBtn,
+        fullBtn,
+        chatBtn,
+        clipBtn,
+        statsBtn,
+        leaveBtn,
+      ),
+      h('div', { class: 'viewer-body' }, h('div', { class: 'stage-wrap' }, stage, statsBox), side),
+    ),
+  );
+
+  // ---- state display ----
+  const canControl = () => accessMode === pb.AccessMode.ACCESS_MODE_CONTROL && state === 'active';
+  const setState = (s: ConnState, message?: string) => {
+    state = s;
+    const map: Record<ConnState, [string, 'ok' | 'warn' | 'bad' | 'info' | 'muted']> = {
+      connecting: ['connecting', 'info'],
+      waiting: ['waiting for consent', 'warn'],
+      active: ['connected', 'ok'],
+      reconnecting: ['reconnecting', 'warn'],
+      ended: ['ended', 'muted'],
+      error: ['error', 'bad'],
+    };
+    const [text, tone] = map[s];
+    mount(statusPill, pill(text, tone));
+    statusPill.dataset.state = s;
+    if (message !== undefined) showOverlay(message);
+    else if (s === 'active' && sawFrame) showOverlay(null);
+    const viewOnly = accessMode === pb.AccessMode.ACCESS_MODE_VIEW_ONLY;
+    viewOnlyBadge.hidden = !viewOnly;
+    canvas.classList.toggle('controllable', canControl());
+    for (const el of controlsOnly) el.toggleAttribute('hidden', viewOnly);
+    clipSend.disabled = viewOnly;
+  };
+  const showOverlay = (message: string | null, actions: HTMLElement[] = []) => {
+    if (!message) {
+      overlay.hidden = true;
+      overlay.replaceChildren();
+      return;
+    }
+    overlay.hidden = false;
+    mount(overlay, h('div', { class: 'overlay-card' }, state === 'connecting' || state === 'reconnecting' || state === 'waiting' ? h('span', { class: 'spinner' }) : null, h('p', {}, message), actions.length ? h('div', { class: 'row' }, actions) : null));
+  };
+
+  // ---- scaling ----
+  const applyScale = () => {
+    scaleBtn.textContent = scaleMode === 'fit' ? 'Fit' : '1:1';
+    scaleBtn.title = scaleMode === 'fit' ? 'Scaled to fit; click for actual size' : 'Actual size; click to fit';
+    scaleBtn.setAttribute('aria-pressed', String(scaleMode === 'actual'));
+    stage.classList.toggle('actual', scaleMode === 'actual');
+    const wrap = stage.parentElement as HTMLElement;
+    if (!canvas.width || !canvas.height) return;
+    if (scaleMode === 'actual') {
+      canvas.style.width = `${canvas.width}px`;
+      canvas.style.height = `${canvas.height}px`;
+    } else {
+      const s = Math.min(wrap.clientWidth / canvas.width, wrap.clientHeight / canvas.height);
+      canvas.style.width = `${Math.floor(canvas.width * s)}px`;
+      canvas.style.height = `${Math.floor(canvas.height * s)}px`;
+    }
+  };
+  let lastSize = '';
+  const checkSize = () => {
+    const size = `${canvas.width}x${canvas.height}`;
+    if (size !== lastSize) {
+      lastSize = size;
+      applyScale();
+    }
+  };
+  const ro = new ResizeObserver(() => applyScale());
+  ro.observe(stage.parentElement as HTMLElement);
+  scaleBtn.addEventListener('click', () => {
+    scaleMode = scaleMode === 'fit' ? 'actual' : 'fit';
+    localStorage.setItem('gc.viewer.scale', scaleMode);
+    applyScale();
+  });
+  applyScale();
+
+  // ---- sending ----
+  const send = (props: EnvelopeProps): boolean => {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(encode(props) as Uint8Array<ArrayBuffer>);
+    return true;
+  };
+  const requestRefresh = (why: string) => {
+    const now = performance.now();
+    if (now - lastRefreshAsk < 500) return;
+    lastRefreshAsk = now;
+    if (state === 'active') send({ refreshRequest: {} });
+    void why;
+  };
+  const h264 = new H264Renderer(canvas, ctx, () => { stats.frames++; stats.totalFrames++; checkSize(); }, requestRefresh);
+
+  // ---- receiving ----
+  const onMessage = (ev: MessageEvent) => {
+    if (!(ev.data instanceof ArrayBuffer)) return;
+    let env;
+    try {
+      env = decode(ev.data);
+    } catch (e) {
+      console.warn('undecodable message from the relay', e);
+      return;
+    }
+    switch (env.payload) {
+      case 'videoFrame': {
+        const f = env.videoFrame;
+        if (!f) return;
+        if (f.codec) streamCodec = f.codec;
+        if (f.captureTimestampUs) stats.frameAgeMs = Math.max(0, (nowUs() - f.captureTimestampUs) / 1000);
+        if (!sawFrame) {
+          sawFrame = true;
+          if (state === 'active') showOverlay(null);
+        }
+        if (f.codec === pb.Codec.CODEC_H264) {
+          stats.bytesIn(ev.data.byteLength);
+          try {
+            h264.decode(f);
+          } catch (e) {
+            console.warn('H.264 frame failed', e);
+            requestRefresh('h264 failure');
+          }
+        } else {
+          stats.frame(ev.data.byteLength);
+          try {
+            drawRawZstd(canvas, ctx, f);
+          } catch (e) {
+            console.warn('lossless frame failed', e);
+            requestRefresh('raw failure');
+          }
+          checkSize();
+        }
+        canvas.dataset.frames = String(stats.totalFrames);
+        break;
+      }
+      case 'sessionState': {
+        const s = env.sessionState;
+        if (!s) return;
+        if (s.accessMode) accessMode = s.accessMode;
+        if (s.codec) streamCodec = s.codec;
+        if (s.phase === pb.SessionPhase.SESSION_PHASE_WAITING_FOR_CONSENT) setState('waiting', 'Waiting for the end user to accept the connection…');
+        else if (s.phase === pb.SessionPhase.SESSION_PHASE_ACTIVE) {
+          const first = state !== 'active';
+          setState('active', sawFrame ? undefined : 'Connected. Waiting for the first picture…');
+          if (first) send({ refreshRequest: {} });
+          attempts = 0;
+        } else if (s.phase === pb.SessionPhase.SESSION_PHASE_AGENT_OFFLINE) setState('reconnecting', 'The remote machine is offline. Waiting for it to come back…');
+        break;
+      }
+      case 'displayList': {
+        const d = env.displayList;
+        if (!d) return;
+        displayId = d.activeDisplayId ?? 0;
+        const displays = d.displays ?? [];
+        mount(
+          displaySelect,
+          displays.map((x, i) => h('option', { value: String(x.id ?? 0), selected: (x.id ?? 0) === displayId }, `${x.name || `Display ${i + 1}`}${x.primary ? ' (primary)' : ''} — ${x.width}×${x.height}`)),
+        );
+        displaySelect.hidden = displays.length < 2;
+        break;
+      }
+      case 'chat': {
+        const c = env.chat;
+        if (c) addChat(c.from || 'remote', c.text ?? '', false);
+        break;
+      }
+      case 'clipboard': {
+        const c = env.clipboard;
+        if (!c) return;
+        clipIn.value = c.text ?? '';
+        toast('Clipboard received from the remote machine', 'info');
+        break;
+      }
+      case 'pong': {
+        const p = env.pong;
+        if (p?.pingTimestampUs) stats.rttMs = Math.max(0, (nowUs() - p.pingTimestampUs) / 1000);
+        break;
+      }
+      case 'cursorShape': {
+        const c = env.cursorShape;
+        if (c) setCursor(c.width ?? 0, c.height ?? 0, c.hotX ?? 0, c.hotY ?? 0, c.rgba);
+        break;
+      }
+      case 'viewerJoined':
+        if (env.viewerJoined?.username) toast(`${env.viewerJoined.username} joined the session`, 'info');
+        break;
+      case 'viewerLeft':
+        if (env.viewerLeft?.username) toast(`${env.viewerLeft.username} left the session`, 'info');
+        break;
+      case 'sessionEnd':
+        ended(env.sessionEnd?.reason || 'The session ended.');
+        break;
+      default:
+        break;
+    }
+  };
+
+  const setCursor = (w: number, hgt: number, hx: number, hy: number, rgba: Uint8Array | null | undefined) => {
+    if (!w || !hgt || !rgba || rgba.length < w * hgt * 4 || w > 128 || hgt > 128) return;
+    const c = document.createElement('canvas');
+    c.width = w;
+    c.height = hgt;
+    const cctx = c.getContext('2d');
+    if (!cctx) return;
+    cctx.putImageData(new ImageData(new Uint8ClampedArray(rgba.slice(0, w * hgt * 4)), w, hgt), 0, 0);
+    canvas.style.cursor = `url(${c.toDataURL()}) ${hx} ${hy}, default`;
+  };
+
+  const ended = (reason: string) => {
+    if (state === 'ended') return;
+    setState('ended');
+    showOverlay(`Session ended: ${reason}`, [h('button', { class: 'btn btn-primary', type: 'button', onclick: () => navigate('/machines') }, 'Back to machines')]);
+    releaseAll();
+    h264.close();
+    ws?.close(1000, 'done');
+  };
+
+  // ---- connecting ----
+  const scheduleReconnect = (why: string) => {
+    if (disposed || state === 'ended') return;
+    attempts++;
+    const delay = Math.min(15_000, 1000 * 2 ** Math.min(attempts - 1, 4)) + Math.random() * 300;
+    setState('reconnecting', `${why} Reconnecting in ${Math.round(delay / 1000)} s (attempt ${attempts})…`);
+    window.clearTimeout(reconnectTimer);
+    reconnectTimer = window.setTimeout(() => void connect(), delay);
+  };
+
+  const connect = async () => {
+    if (disposed) return;
+    if (state !== 'reconnecting') setState('connecting', 'Connecting…');
+    let grant: ViewerToken;
+    try {
+      const info = await api.get<Session>(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
+      if (disposed) return;
+      if (info?.live?.hostname) mount(title, h('strong', {}, info.live.hostname), h('span', { class: 'muted small mono' }, sessionId.slice(0, 8)));
+      grant = await api.post<ViewerToken>(`/api/sessions/${encodeURIComponent(sessionId)}/viewer-token`);
+    } catch (e) {
+      if (disposed) return;
+      const err = ApiError.from(e);
+      if (err.handled) return;
+      if (err.status === 409 || err.status === 404) {
+        ended(err.detail);
+        return;
+      }
+      if (err.status === 403) {
+        setState('error', `${err.detail}${err.correlationId ? ` (correlation id ${err.correlationId})` : ''}`);
+        return;
+      }
+      scheduleReconnect(`${err.detail}${err.correlationId ? ` (correlation id ${err.correlationId})` : ''}.`);
+      return;
+    }
+    if (disposed) return;
+    accessMode = grant.access_mode === 'control' ? pb.AccessMode.ACCESS_MODE_CONTROL : pb.AccessMode.ACCESS_MODE_VIEW_ONLY;
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const url = `${proto}//${location.host}/ws/viewer?session_id=${encodeURIComponent(sessionId)}&token=${encodeURIComponent(grant.token)}`;
+    const sock = new WebSocket(url);
+    sock.binaryType = 'arraybuffer';
+    ws = sock;
+    sock.onopen = () => {
+      if (ws !== sock) return;
+      const codecs = [pb.Codec.CODEC_RAW_ZSTD];
+      // `localStorage['gc.viewer.lossless'] = '1'` forces the lossless codec (diagnostics).
+      if (h264ok && localStorage.getItem('gc.viewer.lossless') !== '1') codecs.push(pb.Codec.CODEC_H264);
+      send({ viewerHello: { protocolVersion: pb.ProtocolVersion.PROTOCOL_VERSION_CURRENT, codecs } });
+      send({ ping: { timestampUs: nowUs() } });
+    };
+    sock.onmessage = (ev) => {
+      if (ws === sock) onMessage(ev);
+    };
+    sock.onerror = () => {
+      // The close event that follows carries what there is to know.
+    };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      ws = null;
+      releaseAllLocal();
+      h264.close();
+      if (disposed || state === 'ended') return;
+      if (ev.code === 1000 && /ended|removed|administrator|denied|timed out|revoked/i.test(ev.reason)) {
+        ended(ev.reason);
+        return;
+      }
+      const why = ev.reason ? `Connection closed: ${ev.reason}.` : 'The connection was lost.';
+      scheduleReconnect(why);
+    };
+  };
+
+  // ---- input ----
+  const toRemote = (e: MouseEvent) => {
+    const rect = canvas.getBoundingClientRect();
+    const x = Math.round(((e.clientX - rect.left) / Math.max(1, rect.width)) * canvas.width);
+    const y = Math.round(((e.clientY - rect.top) / Math.max(1, rect.height)) * canvas.height);
+    return { x: Math.max(0, Math.min(canvas.width - 1, x)), y: Math.max(0, Math.min(canvas.height - 1, y)) };
+  };
+  let pendingMove: { x: number; y: number } | null = null;
+  let moveFrame = 0;
+  const flushMove = () => {
+    moveFrame = 0;
+    if (pendingMove && canControl()) send({ mouseEvent: { action: pb.MouseAction.MOUSE_ACTION_MOVE, x: pendingMove.x, y: pendingMove.y, displayId } });
+    pendingMove = null;
+  };
+  canvas.addEventListener('mousemove', (e) => {
+    if (!canControl()) return;
+    pendingMove = toRemote(e);
+    if (!moveFrame) moveFrame = requestAnimationFrame(flushMove);
+  });
+  const mouseButton = (e: MouseEvent, down: boolean) => {
+    if (!canControl()) return;
+    e.preventDefault();
+    if (down) canvas.focus();
+    const p = toRemote(e);
+    flushMove();
+    send({
+      mouseEvent: {
+        action: down ? pb.MouseAction.MOUSE_ACTION_DOWN : pb.MouseAction.MOUSE_ACTION_UP,
+        button: BUTTONS[e.button] ?? pb.MouseButton.MOUSE_BUTTON_LEFT,
+        x: p.x,
+        y: p.y,
+        displayId,
+      },
+    });
+  };
+  canvas.addEventListener('mousedown', (e) => mouseButton(e, true));
+  canvas.addEventListener('mouseup', (e) => mouseButton(e, false));
+  canvas.addEventListener('contextmenu', (e) => {
+    if (canControl()) e.preventDefault();
+  });
+  let wheelAcc = { x: 0, y: 0 };
+  canvas.addEventListener(
+    'wheel',
+    (e) => {
+      if (!canControl()) return;
+      e.preventDefault();
+      const unit = e.deltaMode === 1 ? 1 / 3 : e.deltaMode === 2 ? 1 : 1 / 100;
+      wheelAcc.x += e.deltaX * unit;
+      wheelAcc.y += e.deltaY * unit;
+      const dx = Math.trunc(wheelAcc.x);
+      const dy = Math.trunc(wheelAcc.y);
+      if (!dx && !dy) return;
+      wheelAcc = { x: wheelAcc.x - dx, y: wheelAcc.y - dy };
+      const p = toRemote(e);
+      // Positive wheel_dy scrolls up (away from the user), as on Windows and X11 button 4.
+      send({ mouseEvent: { action: pb.MouseAction.MOUSE_ACTION_WHEEL, x: p.x, y: p.y, wheelDx: dx, wheelDy: -dy, displayId } });
+    },
+    { passive: false },
+  );
+
+  const key = (e: KeyboardEvent, down: boolean) => {
+    if (!canControl()) return;
+    if (!sendSystemKeys && isSystemKey(e.code)) return;
+    const sc = scancodeFor(e.code);
+    if (!sc) return;
+    e.preventDefault();
+    e.stopPropagation();
+    if (down) pressed.set(e.code, sc);
+    else pressed.delete(e.code);
+    send({
+      keyEvent: {
+        scancode: sc.code,
+        extended: sc.extended,
+        down,
+        modifiers: { shift: e.shiftKey, ctrl: e.ctrlKey, alt: e.altKey, meta: e.metaKey },
+        sentTimestampUs: nowUs(),
+      },
+    });
+  };
+  canvas.addEventListener('keydown', (e) => key(e, true));
+  canvas.addEventListener('keyup', (e) => key(e, false));
+  const releaseAllLocal = () => pressed.clear();
+  const releaseAll = () => {
+    if (canControl()) {
+      for (const sc of pressed.values()) send({ keyEvent: { scancode: sc.code, extended: sc.extended, down: false, sentTimestampUs: nowUs() } });
+    }
+    pressed.clear();
+  };
+  canvas.addEventListener('blur', releaseAll);
+
+  sysKeys.addEventListener('change', () => {
+    sendSystemKeys = sysKeys.checked;
+    const kb = (navigator as Navigator & { keyboard?: { lock?: (keys?: string[]) => Promise<void>; unlock?: () => void } }).keyboard;
+    if (sendSystemKeys && document.fullscreenElement && kb?.lock) kb.lock().catch(() => {});
+    else kb?.unlock?.();
+  });
+  cadBtn.addEventListener('click', () => {
+    if (!canControl()) return;
+    send({ specialKey: { kind: pb.SpecialKeyKind.SPECIAL_KEY_CTRL_ALT_DEL } });
+    toast('Ctrl+Alt+Del sent', 'info');
+    canvas.focus();
+  });
+  refreshBtn.addEventListener('click', () => {
+    send({ refreshRequest: {} });
+    canvas.focus();
+  });
+  displaySelect.addEventListener('change', () => {
+    const id = Number(displaySelect.value);
+    if (send({ switchDisplay: { displayId: id } })) displayId = id;
+  });
+  fullBtn.addEventListener('click', () => {
+    const el = root.querySelector('.viewer') as HTMLElement;
+    if (document.fullscreenElement) void document.exitFullscreen().catch(() => {});
+    else
+      void el
+        .requestFullscreen()
+        .then(() => {
+          const kb = (navigator as Navigator & { keyboard?: { lock?: () => Promise<void> } }).keyboard;
+          if (sendSystemKeys && kb?.lock) return kb.lock().catch(() => {});
+          return undefined;
+        })
+        .catch(() => toast('Full screen is not available here', 'bad'));
+  });
+  leaveBtn.addEventListener('click', () => {
+    disposed = true;
+    releaseAll();
+    ws?.close(1000, 'viewer left');
+    navigate('/machines');
+  });
+
+  // ---- side panels ----
+  const showPanel = (panel: HTMLElement | null) => {
+    for (const [p, b] of [[chatPanel, chatBtn], [clipPanel, clipBtn]] as const) {
+      const on = p === panel && p.hidden;
+      p.hidden = !on;
+      b.setAttribute('aria-pressed', String(on));
+    }
+    side.hidden = chatPanel.hidden && clipPanel.hidden;
+    requestAnimationFrame(applyScale);
+  };
+  chatBtn.addEventListener('click', () => {
+    showPanel(chatPanel);
+    if (!chatPanel.hidden) chatInput.focus();
+  });
+  clipBtn.addEventListener('click', () => showPanel(clipPanel));
+  statsBtn.addEventListener('click', () => {
+    statsBox.hidden = !statsBox.hidden;
+    statsBtn.setAttribute('aria-pressed', String(!statsBox.hidden));
+  });
+  const addChat = (from: string, text: string, mine: boolean) => {
+    chatLog.appendChild(h('div', { class: `chat-msg${mine ? ' mine' : ''}` }, h('span', { class: 'chat-from' }, from), h('span', { class: 'chat-text' }, text)));
+    chatLog.scrollTop = chatLog.scrollHeight;
+    if (!mine && chatPanel.hidden) {
+      chatBtn.classList.add('has-news');
+      toast(`${from}: ${text.slice(0, 80)}`, 'info');
+    }
+  };
+  chatBtn.addEventListener('click', () => chatBtn.classList.remove('has-news'));
+  chatForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = chatInput.value.trim();
+    if (!text) return;
+    if (state !== 'active') {
+      toast('Chat is available once the session is active', 'bad');
+      return;
+    }
+    if (send({ chat: { from: me?.username ?? 'technician', text, sentAtMs: Date.now() } })) {
+      addChat('You', text, true);
+      chatInput.value = '';
+    }
+  });
+  clipSend.addEventListener('click', () => {
+    if (!canControl()) {
+      toast('Clipboard needs control access and an active session', 'bad');
+      return;
+    }
+    if (send({ clipboard: { text: clipOut.value } })) toast('Clipboard sent', 'ok');
+  });
+  clipPaste.addEventListener('click', () => {
+    navigator.clipboard
+      .readText()
+      .then((t) => {
+        clipOut.value = t;
+      })
+      .catch(() => toast('The browser did not allow reading the clipboard; paste into the box instead', 'bad'));
+  });
+  void copyText; // (copy of received text goes through the Copy button)
+
+  // ---- stats ----
+  const statsTimer = window.setInterval(() => {
+    stats.roll();
+    const lines = [
+      `${stats.fps.toFixed(1)} fps · ${bytes(Math.round(stats.bps))}/s`,
+      `RTT ${stats.rttMs === null ? '—' : stats.rttMs.toFixed(0) + ' ms'} · frame age ${stats.frameAgeMs === null ? '—' : stats.frameAgeMs.toFixed(0) + ' ms'}`,
+      `${codecName(streamCodec)} · ${canvas.width}×${canvas.height} · ${bytes(stats.totalBytes)}`,
+    ];
+    statsText.replaceChildren(...lines.map((l) => h('div', {}, l)));
+    sparkline(graph, stats.fpsHistory, getComputedStyle(statsBox).color);
+  }, 1000);
+  const pingTimer = window.setInterval(() => {
+    send({ ping: { timestampUs: nowUs() } });
+  }, 2000);
+
+  setState('connecting', 'Connecting…');
+  void h264Supported().then((ok) => {
+    h264ok = ok;
+    if (!disposed) void connect();
+  });
+  canvas.focus();
+
+  return () => {
+    disposed = true;
+    window.clearInterval(statsTimer);
+    window.clearInterval(pingTimer);
+    window.clearTimeout(reconnectTimer);
+    if (moveFrame) cancelAnimationFrame(moveFrame);
+    ro.disconnect();
+    releaseAll();
+    h264.close();
+    if (ws) {
+      const s = ws;
+      ws = null;
+      s.close(1000, 'viewer left');
+    }
+  };
+}

@@ -1,0 +1,135 @@
+// JSON shapes of the server's REST API (crates/server/src/api/*.rs).
+
+export interface User {
+  id: string;
+  username: string;
+  role: 'admin' | 'technician' | 'viewer' | string;
+  permissions: string[];
+  disabled: boolean;
+  created_at: number;
+}
+
+export interface LoginResponse {
+  token: string;
+  expires_at: number;
+  user: User;
+}
+
+export interface Machine {
+  agent_id: string;
+  tenant_id: string;
+  machine_uid: string | null;
+  hostname: string;
+  os: string;
+  os_version: string;
+  agent_version: string;
+  company: string | null;
+  site: string | null;
+  department: string | null;
+  device_type: string | null;
+  tags: string[];
+  inventory: Record<string, unknown> | null;
+  external_ip: string | null;
+  status: string;
+  last_seen: number | null;
+  created_at: number;
+  online: boolean;
+  session_id: string | null;
+}
+
+export interface Page<T> {
+  items: T[];
+  total: number;
+  limit: number;
+  offset: number;
+}
+
+export interface ViewerSnapshot {
+  viewer_id: string;
+  username: string;
+  access_mode: 'control' | 'view_only';
+}
+
+export interface LiveSnapshot {
+  id: string;
+  agent_id: string;
+  hostname: string;
+  kind: 'attended' | 'managed';
+  phase: 'waiting_consent' | 'active' | 'ended' | string;
+  started_at: number;
+  viewers: ViewerSnapshot[];
+}
+
+export interface Session {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  kind: 'attended' | 'managed' | string;
+  code: string | null;
+  status: 'waiting_consent' | 'active' | 'ended' | string;
+  created_at: number;
+  ended_at: number | null;
+  end_reason: string | null;
+  live: LiveSnapshot | null;
+}
+
+export interface SupportCode {
+  /** Stable id; the full code is only in the creation response. */
+  id: string;
+  /** Full code on creation, masked (•••-•••-XYZ) in lists. */
+  code: string;
+  status: 'pending' | 'consumed' | 'cancelled' | 'ended' | 'expired' | string;
+  note: string | null;
+  created_by: string;
+  created_at: number;
+  expires_at: number;
+  session_id: string | null;
+}
+
+export interface AgentKey {
+  id: string;
+  agent_id: string;
+  prefix: string;
+  label: string | null;
+  created_by: string | null;
+  created_at: number;
+  last_used_at: number | null;
+  revoked_at: number | null;
+}
+
+export interface CreatedKey extends AgentKey {
+  agent_key: string;
+}
+
+export interface ViewerToken {
+  token: string;
+  session_id: string;
+  access_mode: 'control' | 'view_only';
+  expires_at: number;
+  ws_path: string;
+}
+
+export interface AuditEvent {
+  id: number;
+  created_at: number;
+  event_type: string;
+  user_id: string | null;
+  username: string | null;
+  agent_id: string | null;
+  session_id: string | null;
+  client_ip: string | null;
+  details: unknown;
+}
+
+export interface EventPage {
+  items: AuditEvent[];
+  next_before_id: number | null;
+}
+
+/** The server's error envelope (SPEC §4.11). */
+export interface ErrorEnvelope {
+  detail: string;
+  error_code: string;
+  status_code: number;
+  correlation_id: string;
+}

@@ -1,0 +1,171 @@
+// Frame rendering: lossless BGRA tiles (zstd) with fzstd, H.264 with WebCodecs.
+
+import { decompress } from 'fzstd';
+import { pb, type VideoFrameMsg } from './protocol';
+
+export const H264_CODEC = 'avc1.42E01F';
+
+/** Whether this browser decodes H.264 through WebCodecs. */
+export async function h264Supported(): Promise<boolean> {
+  if (typeof VideoDecoder === 'undefined' || typeof EncodedVideoChunk === 'undefined') return false;
+  try {
+    const r = await VideoDecoder.isConfigSupported({ codec: H264_CODEC, optimizeForLatency: true });
+    return r.supported === true;
+  } catch {
+    return false;
+  }
+}
+
+/** Ensures the canvas has the frame's size (resizing clears it). */
+function fit(canvas: HTMLCanvasElement, width: number, height: number): boolean {
+  if (width > 0 && height > 0 && (canvas.width !== width || canvas.height !== height)) {
+    canvas.width = width;
+    canvas.height = height;
+    return true;
+  }
+  return false;
+}
+
+/**
+ * Draws a CODEC_RAW_ZSTD frame: `data` is zstd of, for each rect in order, that rect's
+ * rows of BGRA pixels (width*4 bytes per row).
+ */
+export function drawRawZstd(canvas: HTMLCanvasElement, ctx: CanvasRenderingContext2D, frame: VideoFrameMsg): void {
+  const width = frame.width ?? 0;
+  const height = frame.height ?? 0;
+  fit(canvas, width, height);
+  const data = frame.data;
+  if (!data || !data.length) return;
+  const raw = decompress(data);
+  let rects = frame.rects ?? [];
+  if (!rects.length) rects = [{ x: 0, y: 0, width, height }];
+  let offset = 0;
+  for (const r of rects) {
+    const w = r.width ?? 0;
+    const hgt = r.height ?? 0;
+    const n = w * hgt * 4;
+    if (!w || !hgt) continue;
+    if (offset + n > raw.length) throw new Error(`frame ${frame.sequence ?? 0}: tile data is short`);
+    const img = new ImageData(w, hgt);
+    const abs = raw.byteOffset + offset;
+    if (abs % 4 === 0) {
+      const src = new Uint32Array(raw.buffer, abs, w * hgt);
+      const dst = new Uint32Array(img.data.buffer);
+      // Little-endian: BGRA bytes read as 0xAARRGGBB; RGBA wants 0xAABBGGRR. Alpha is
+      // forced opaque (X11 leaves it 0).
+      for (let i = 0; i < src.length; i++) {
+        const v = src[i] as number;
+        dst[i] = 0xff000000 | ((v & 0xff) << 16) | (v & 0xff00) | ((v >>> 16) & 0xff);
+      }
+    } else {
+      const out = img.data;
+      for (let i = 0; i < n; i += 4) {
+        out[i] = raw[offset + i + 2] as number;
+        out[i + 1] = raw[offset + i + 1] as number;
+        out[i + 2] = raw[offset + i] as number;
+        out[i + 3] = 255;
+      }
+    }
+    ctx.putImageData(img, r.x ?? 0, r.y ?? 0);
+    offset += n;
+  }
+}
+
+/** Codec string from the first SPS of an Annex-B access unit (`avc1.PPCCLL`). */
+export function codecFromSps(au: Uint8Array): string | null {
+  for (let i = 0; i + 4 < au.length; i++) {
+    const start3 = au[i] === 0 && au[i + 1] === 0 && au[i + 2] === 1;
+    if (!start3) continue;
+    const nal = au[i + 3] as number;
+    if ((nal & 0x1f) === 7 && i + 6 < au.length) {
+      const hex = (b: number) => b.toString(16).padStart(2, '0').toUpperCase();
+      return `avc1.${hex(au[i + 4] as number)}${hex(au[i + 5] as number)}${hex(au[i + 6] as number)}`;
+    }
+  }
+  return null;
+}
+
+/** H.264 (Annex B, one access unit per message) through WebCodecs. */
+export class H264Renderer {
+  private decoder: VideoDecoder | null = null;
+  private needKey = true;
+  private timestamp = 0;
+
+  constructor(
+    private readonly canvas: HTMLCanvasElement,
+    private readonly ctx: CanvasRenderingContext2D,
+    private readonly onDrawn: () => void,
+    private readonly onNeedKeyframe: (why: string) => void,
+  ) {}
+
+  decode(frame: VideoFrameMsg): void {
+    const data = frame.data;
+    if (!data || !data.length) return;
+    if (!this.decoder || this.decoder.state === 'closed') {
+      if (!frame.keyframe) {
+        this.onNeedKeyframe('decoder waiting for a keyframe');
+        return;
+      }
+      this.open(codecFromSps(data) ?? H264_CODEC, frame);
+    }
+    if (this.needKey && !frame.keyframe) return;
+    const decoder = this.decoder;
+    if (!decoder || decoder.state !== 'configured') return;
+    if (decoder.decodeQueueSize > 8) {
+      // Falling behind: drop until the next keyframe.
+      this.needKey = true;
+      this.onNeedKeyframe('decoder behind');
+      return;
+    }
+    this.needKey = false;
+    fit(this.canvas, frame.width ?? 0, frame.height ?? 0);
+    this.timestamp += 16_666;
+    decoder.decode(new EncodedVideoChunk({ type: frame.keyframe ? 'key' : 'delta', timestamp: this.timestamp, data }));
+  }
+
+  private open(codec: string, frame: VideoFrameMsg): void {
+    this.close();
+    this.needKey = true;
+    const decoder = new VideoDecoder({
+      output: (vf) => {
+        try {
+          if (!this.canvas.width || this.canvas.width !== vf.displayWidth) fit(this.canvas, vf.displayWidth, vf.displayHeight);
+          this.ctx.drawImage(vf, 0, 0, this.canvas.width, this.canvas.height);
+          this.onDrawn();
+        } finally {
+          vf.close();
+        }
+      },
+      error: (e) => {
+        console.warn('H.264 decoder error; requesting a keyframe', e.message);
+        this.decoder = null;
+        this.onNeedKeyframe('decoder error');
+      },
+    });
+    // No `description`: the stream is Annex B with in-band SPS/PPS.
+    decoder.configure({ codec, optimizeForLatency: true, codedWidth: frame.width || undefined, codedHeight: frame.height || undefined });
+    this.decoder = decoder;
+  }
+
+  close(): void {
+    if (this.decoder && this.decoder.state !== 'closed') {
+      try {
+        this.decoder.close();
+      } catch {
+        // already closed
+      }
+    }
+    this.decoder = null;
+  }
+}
+
+export function codecName(codec: number | null | undefined): string {
+  switch (codec) {
+    case pb.Codec.CODEC_RAW_ZSTD:
+      return 'lossless';
+    case pb.Codec.CODEC_H264:
+      return 'H.264';
+    default:
+      return '—';
+  }
+}

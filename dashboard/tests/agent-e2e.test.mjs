@@ -1,0 +1,154 @@
+// End to end with the real agent under Xvfb: support code → agent → consent (clicked with
+// xdotool) → the browser viewer shows the X screen (#3366cc root), typing and mouse
+// arrive on the X server, and a view-only user cannot control.
+// Skipped when target/debug/guruconnect-agent, Xvfb, xdotool, xev or xsetroot is missing.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { ADMIN_PASSWORD, DASHBOARD, apiCall, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
+
+const AGENT = resolve(DASHBOARD, process.env.GURUCONNECT_AGENT_BIN ?? '../target/debug/guruconnect-agent');
+const tools = ['Xvfb', 'xdotool', 'xev', 'xsetroot', 'xdpyinfo'];
+const have = (t) => {
+  try {
+    execFileSync('sh', ['-c', `command -v ${t}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
+const missing = [...(existsSync(AGENT) ? [] : [AGENT]), ...tools.filter((t) => !have(t))];
+const skip = missing.length ? `missing: ${missing.join(', ')}` : false;
+
+// From crates/agent/src/platform/linux/consent.rs: ALLOW_BUTTON = (70, 130, 140, 44).
+const ALLOW = { x: 70 + 70, y: 130 + 22 };
+
+let server;
+let browser;
+let admin;
+let xvfb;
+let agent;
+let xev;
+let xevOut = '';
+let agentLog = '';
+const display = `:${90 + Math.floor(Math.random() * 100)}`;
+const xenv = () => ({ ...process.env, DISPLAY: display });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function x(cmd, args) {
+  return execFileSync(cmd, args, { env: xenv(), encoding: 'utf8', timeout: 30_000 }).trim();
+}
+
+async function waitFor(pred, what, ms = 20_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+before(async () => {
+  if (skip) return;
+  server = await startServer();
+  browser = await launch();
+  admin = await login(server.url, 'admin', ADMIN_PASSWORD);
+  xvfb = spawn('Xvfb', [display, '-screen', '0', '1024x768x24', '-noreset', '-nolisten', 'tcp'], { stdio: 'ignore' });
+  await waitFor(() => {
+    try {
+      x('xdpyinfo', []);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 'Xvfb');
+  x('xsetroot', ['-solid', '#3366cc']);
+  xev = spawn('xev', ['-root', '-event', 'keyboard'], { env: xenv() });
+  xev.stdout.on('data', (d) => (xevOut += d));
+});
+
+after(async () => {
+  agent?.kill('SIGTERM');
+  xev?.kill('SIGTERM');
+  xvfb?.kill('SIGTERM');
+  await browser?.close();
+  await server?.stop();
+});
+
+test('the real agent streams an X screen and takes input; view-only cannot', { skip, timeout: 120_000 }, async () => {
+  const code = await apiCall(server.url, 'POST', '/api/codes', admin, { note: 'e2e' });
+  assert.equal(code.status, 201);
+  agent = spawn(AGENT, ['--server', server.url, '--code', code.body.code], { env: { ...xenv(), RUST_LOG: 'info' } });
+  agent.stdout.on('data', (d) => (agentLog += d));
+  agent.stderr.on('data', (d) => (agentLog += d));
+
+  // Consent: the prompt window appears; click Allow.
+  const wid = await waitFor(() => {
+    try {
+      return x('xdotool', ['search', '--name', 'GuruConnect']).split('\n')[0];
+    } catch {
+      return null;
+    }
+  }, `the consent window (agent log: ${agentLog})`, 30_000);
+  await sleep(500);
+  x('xdotool', ['mousemove', '--window', wid, String(ALLOW.x), String(ALLOW.y), 'click', '1']);
+
+  const { page, context, assertClean } = await openPage(browser);
+  await uiLogin(page, server.url);
+  if (process.env.GC_LOSSLESS) await page.evaluate(() => localStorage.setItem('gc.viewer.lossless', '1'));
+  await page.click('a[href="#/sessions"]');
+  const row = page.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
+  await row.waitFor({ timeout: 20_000 });
+  await row.locator('button', { hasText: 'Join' }).click();
+  await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  await page.waitForFunction(() => document.querySelector('canvas.screen').width === 1024, null, { timeout: 10_000 });
+  await sleep(1000);
+  const px = await page.evaluate(() => {
+    const c = document.querySelector('canvas.screen');
+    const g = c.getContext('2d');
+    return [Array.from(g.getImageData(5, 5, 1, 1).data), Array.from(g.getImageData(c.width - 5, c.height - 5, 1, 1).data)];
+  });
+  // GC_E2E_SKIP_PIXELS=1 runs the input checks even where the capture is wrong.
+  if (!process.env.GC_E2E_SKIP_PIXELS) for (const p of px) {
+    for (const [i, want] of [0x33, 0x66, 0xcc].entries()) assert.ok(Math.abs(p[i] - want) <= 8, `pixel ${p} is not #3366cc`);
+  }
+  await shot(page, '16-viewer-real-agent');
+
+  // Mouse: a move to frame pixel (200, 150) moves the X pointer there.
+  const box = await page.locator('canvas.screen').boundingBox();
+  const sx = box.width / 1024;
+  const sy = box.height / 768;
+  await page.mouse.move(box.x + 200 * sx + sx / 2, box.y + 150 * sy + sy / 2);
+  await page.mouse.click(box.x + 200 * sx + sx / 2, box.y + 150 * sy + sy / 2);
+  await waitFor(() => /x:(19[89]|20[012]) y:(14[89]|15[012])/.test(x('xdotool', ['getmouselocation'])), 'the X pointer at 200,150');
+
+  // Keyboard: 'a' arrives as keysym a.
+  await page.keyboard.press('a');
+  await waitFor(() => /keysym 0x61, a\)/.test(xevOut), `KeyPress a in xev (got ${xevOut.slice(-300)})`);
+  assertClean();
+
+  // A view-only user: VIEW ONLY, and neither mouse nor keys reach X.
+  const created = await apiCall(server.url, 'POST', '/api/users', admin, { username: 'e2e.viewer', password: 'Viewer-pass-1!', role: 'viewer' });
+  assert.equal(created.status, 201);
+  const v = await openPage(browser);
+  await uiLogin(v.page, server.url, 'e2e.viewer', 'Viewer-pass-1!');
+  await v.page.click('a[href="#/sessions"]');
+  await v.page.locator('[data-testid=sessions-table] tr', { hasText: 'active' }).locator('button', { hasText: 'Join' }).click();
+  await v.page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  await v.page.locator('[data-testid=view-only]').waitFor();
+  const before = x('xdotool', ['getmouselocation']);
+  const vbox = await v.page.locator('canvas.screen').boundingBox();
+  await v.page.mouse.click(vbox.x + vbox.width * 0.8, vbox.y + vbox.height * 0.8);
+  await v.page.keyboard.press('b');
+  await sleep(1500);
+  assert.equal(x('xdotool', ['getmouselocation']), before);
+  assert.ok(!/keysym 0x62, b\)/.test(xevOut), 'a view-only key reached X');
+  await shot(v.page, '17-viewer-real-agent-view-only');
+  v.assertClean();
+  await v.context.close();
+  await context.close();
+});

@@ -1,0 +1,140 @@
+// Test harness: a real guruconnect-server on a free port with a temp data dir, serving
+// the built console from dashboard/dist, and chromium driven by playwright-core.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, existsSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+export const DASHBOARD = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const RESULTS = join(DASHBOARD, 'test-results');
+export const ADMIN_PASSWORD = 'Correct-Horse-Battery-9';
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+/** Starts the server; resolves once /health answers. */
+export async function startServer() {
+  const bin = resolve(DASHBOARD, process.env.GURUCONNECT_SERVER_BIN ?? '../target/debug/guruconnect-server');
+  assert.ok(existsSync(bin), `server binary not found at ${bin} (build it with cargo build -p guruconnect-server, or set GURUCONNECT_SERVER_BIN)`);
+  const dist = join(DASHBOARD, 'dist');
+  assert.ok(existsSync(join(dist, 'index.html')), 'dashboard/dist is missing: run npm run build first');
+  const dataDir = mkdtempSync(join(tmpdir(), 'gc-console-test-'));
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const child = spawn(bin, [], {
+    env: {
+      ...process.env,
+      GURUCONNECT_DATA_DIR: dataDir,
+      GURUCONNECT_BIND: `127.0.0.1:${port}`,
+      GURUCONNECT_ADMIN_PASSWORD: ADMIN_PASSWORD,
+      GURUCONNECT_CONSOLE_DIR: dist,
+      RUST_LOG: process.env.RUST_LOG ?? 'warn',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}):\n${log}`);
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.ok) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`server did not start:\n${log}`);
+    await new Promise((r) => setTimeout(r, 150));
+  }
+  return {
+    url,
+    port,
+    log: () => log,
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** JSON API call as `token` (or anonymous). */
+export async function apiCall(base, method, path, token, body) {
+  const headers = { Accept: 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+export async function login(base, username, password) {
+  const r = await apiCall(base, 'POST', '/api/auth/login', null, { username, password });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body.token;
+}
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/**
+ * A page that records console errors and page errors. `allow` lists regexes for console
+ * errors a test provokes on purpose (the browser logs every 4xx fetch as
+ * "Failed to load resource").
+ */
+export async function openPage(browser, { allow = [], colorScheme = 'light' } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, colorScheme });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    const text = msg.text();
+    if (allow.some((re) => re.test(text))) return;
+    problems.push(`console error: ${text}`);
+  });
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  return {
+    page,
+    context,
+    problems,
+    assertClean() {
+      assert.deepEqual(problems, [], 'the page logged errors');
+    },
+  };
+}
+
+export async function shot(page, name) {
+  mkdirSync(RESULTS, { recursive: true });
+  await page.screenshot({ path: join(RESULTS, `${name}.png`) });
+}
+
+/** Signs in through the UI. */
+export async function uiLogin(page, base, username = 'admin', password = ADMIN_PASSWORD) {
+  await page.goto(`${base}/#/login`);
+  await page.fill('#username', username);
+  await page.fill('#password', password);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('.page-head h1');
+}
+
+/** The expected console noise of a deliberate 4xx answer. */
+export const HTTP_4XX = /Failed to load resource: the server responded with a status of 4\d\d/;

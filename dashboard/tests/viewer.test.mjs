@@ -1,0 +1,171 @@
+// The in-browser viewer against a real server and a scripted agent (tests/lib/fake-agent):
+// frames drawn pixel-exact, input arriving as set-1 scancodes, chat both ways, display
+// switching, Ctrl+Alt+Del, a view-only user unable to control, and the session end.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ADMIN_PASSWORD, apiCall, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
+import { FakeAgent, HEIGHT, LEFT, RIGHT, WIDTH, pb } from './lib/fake-agent.mjs';
+
+let server;
+let browser;
+let agent;
+let admin;
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
+  admin = await login(server.url, 'admin', ADMIN_PASSWORD);
+  const agentId = crypto.randomUUID();
+  const key = await apiCall(server.url, 'POST', `/api/machines/${agentId}/keys`, admin, { hostname: 'fake-pc', label: 'browser test' });
+  assert.equal(key.status, 201, JSON.stringify(key.body));
+  agent = new FakeAgent(server.url, key.body.agent_key, { hostname: 'reception-pc' });
+  await agent.connect();
+  for (let i = 0; i < 50; i++) {
+    const m = await apiCall(server.url, 'GET', '/api/machines', admin);
+    if (m.body.items.some((x) => x.online)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+});
+
+after(async () => {
+  agent?.close();
+  await browser?.close();
+  await server?.stop();
+});
+
+async function pixel(page, x, y) {
+  return page.evaluate(
+    ([x, y]) => {
+      const c = document.querySelector('canvas.screen');
+      return Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data);
+    },
+    [x, y],
+  );
+}
+
+test('a controlling technician sees the screen and drives it', async () => {
+  const { page, context, assertClean } = await openPage(browser);
+  await uiLogin(page, server.url);
+  const row = page.locator('tr', { hasText: 'reception-pc' });
+  await row.waitFor();
+  assert.match(await row.innerText(), /online/);
+  await shot(page, '12-machines-online');
+  await row.locator('button', { hasText: 'Join' }).click();
+  await page.waitForURL(/#\/view\//);
+  await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1);
+  await page.waitForSelector('[data-testid=conn-state][data-state=active]');
+
+  // Pixel-exact lossless frame, two rects in order, BGRA swizzled, alpha forced opaque.
+  assert.deepEqual(await page.evaluate(() => [document.querySelector('canvas.screen').width, document.querySelector('canvas.screen').height]), [WIDTH, HEIGHT]);
+  assert.deepEqual(await pixel(page, 10, 10), [...LEFT, 255]);
+  assert.deepEqual(await pixel(page, WIDTH - 10, HEIGHT - 10), [...RIGHT, 255]);
+  assert.equal(await page.locator('[data-testid=view-only]').isVisible(), false);
+
+  // Viewer hello advertised the lossless codec.
+  // (The relay consumes ViewerHello; the agent sees the resulting StartStream.)
+  assert.ok(agent.of('startStream').length >= 1);
+
+  // Mouse: click a quarter of the way in; coordinates are scaled to frame pixels.
+  const box = await page.locator('canvas.screen').boundingBox();
+  await page.mouse.click(box.x + box.width / 4, box.y + box.height / 2);
+  await agent.until((a) => a.of('mouseEvent').some((m) => m.action === pb.MouseAction.MOUSE_ACTION_UP), 'mouse up');
+  const down = agent.of('mouseEvent').find((m) => m.action === pb.MouseAction.MOUSE_ACTION_DOWN);
+  assert.equal(down.button, pb.MouseButton.MOUSE_BUTTON_LEFT);
+  assert.ok(Math.abs(down.x - WIDTH / 4) <= 2, `x ${down.x}`);
+  assert.ok(Math.abs(down.y - HEIGHT / 2) <= 2, `y ${down.y}`);
+
+  // Keyboard: 'a' is scancode 0x1e; ArrowLeft is extended 0x4b.
+  await page.keyboard.press('a');
+  await page.keyboard.press('ArrowLeft');
+  await agent.until((a) => a.of('keyEvent').filter((k) => !k.down).length >= 2, 'key ups');
+  const keys = agent.of('keyEvent').map((k) => [k.scancode, k.extended, k.down]);
+  assert.deepEqual(keys, [
+    [0x1e, false, true],
+    [0x1e, false, false],
+    [0x4b, true, true],
+    [0x4b, true, false],
+  ]);
+
+  // Ctrl+Alt+Del button.
+  await page.click('button:has-text("Ctrl+Alt+Del")');
+  await agent.until((a) => a.of('specialKey').length === 1, 'special key');
+  assert.equal(agent.of('specialKey')[0].kind, pb.SpecialKeyKind.SPECIAL_KEY_CTRL_ALT_DEL);
+
+  // Display switcher from the DisplayList.
+  await page.selectOption('select[aria-label=Display]', '1');
+  await agent.until((a) => a.of('switchDisplay').length === 1, 'switch display');
+  assert.equal(agent.of('switchDisplay')[0].displayId, 1);
+
+  // Chat both ways.
+  await page.click('button:has-text("Chat")');
+  await page.fill('input[aria-label="Chat message"]', 'Hello from support');
+  await page.keyboard.press('Enter');
+  await agent.until((a) => a.of('chat').length === 1, 'chat');
+  assert.equal(agent.of('chat')[0].text, 'Hello from support');
+  agent.send({ chat: { from: 'Mrs. Jones', text: 'Hi, thanks!', sentAtMs: Date.now() } });
+  await page.locator('[data-testid=chat-log]', { hasText: 'Hi, thanks!' }).waitFor();
+
+  // Clipboard both ways.
+  await page.click('button:has-text("Clipboard")');
+  await page.fill('textarea[aria-label="Text to send"]', 'copied text');
+  await page.click('button:has-text("Send to remote")');
+  await agent.until((a) => a.of('clipboard').length === 1, 'clipboard');
+  assert.equal(agent.of('clipboard')[0].text, 'copied text');
+  agent.send({ clipboard: { text: 'remote text' } });
+  await page.waitForFunction(() => document.querySelector('[data-testid=remote-clipboard]').value === 'remote text');
+  await page.click('button:has-text("Chat")');
+
+  // Stats overlay shows a measured round trip.
+  await page.waitForFunction(() => /RTT \d+ ms/.test(document.querySelector('[data-testid=stats]')?.textContent ?? ''), null, { timeout: 8000 });
+  await shot(page, '13-viewer');
+
+  // The live session lists this viewer.
+  const other = await openPage(browser);
+  await uiLogin(other.page, server.url);
+  await other.page.click('a[href="#/sessions"]');
+  const live = other.page.locator('[data-testid=sessions-table] tr', { hasText: 'reception-pc' });
+  await live.waitFor();
+  assert.match(await live.innerText(), /admin/);
+  await shot(other.page, '14-sessions-live');
+  other.assertClean();
+  await other.context.close();
+
+  assertClean();
+  await context.close();
+});
+
+test('a view-only user sees VIEW ONLY and cannot control', async () => {
+  const created = await apiCall(server.url, 'POST', '/api/users', admin, { username: 'watcher', password: 'Watcher-pass-1!', role: 'viewer' });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const { page, context, assertClean } = await openPage(browser);
+  await uiLogin(page, server.url, 'watcher', 'Watcher-pass-1!');
+  const row = page.locator('tr', { hasText: 'reception-pc' });
+  await row.locator('button', { hasText: 'Join' }).click();
+  await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1);
+  await page.locator('[data-testid=view-only]').waitFor();
+  assert.equal(await page.locator('button:has-text("Ctrl+Alt+Del")').isVisible(), false);
+  const before = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard'].includes(e.payload)).length;
+  const box = await page.locator('canvas.screen').boundingBox();
+  await page.mouse.click(box.x + 20, box.y + 20);
+  await page.keyboard.press('b');
+  await page.waitForTimeout(800);
+  const afterCount = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard'].includes(e.payload)).length;
+  assert.equal(afterCount, before, 'a view-only viewer must send no input');
+  assert.deepEqual(await pixel(page, 10, 10), [...LEFT, 255]);
+  await shot(page, '15-viewer-view-only');
+  assertClean();
+  await context.close();
+});
+
+test('the viewer shows the end of the session when the agent leaves', async () => {
+  const { page, context, assertClean } = await openPage(browser);
+  await uiLogin(page, server.url);
+  await page.locator('tr', { hasText: 'reception-pc' }).locator('button', { hasText: 'Join' }).click();
+  await page.waitForSelector('[data-testid=conn-state][data-state=active]');
+  agent.close();
+  await page.waitForSelector('[data-testid=conn-state][data-state=ended]', { timeout: 15_000 });
+  assert.match(await page.locator('.stage-overlay').innerText(), /Session ended/);
+  assertClean();
+  await context.close();
+});
