@@ -40,17 +40,22 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
-export async function request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+function buildUrl(path: string, query?: RequestOptions['query']): string {
   let url = path;
-  if (opts.query) {
+  if (query) {
     const qs = new URLSearchParams();
-    for (const [k, v] of Object.entries(opts.query)) {
+    for (const [k, v] of Object.entries(query)) {
       if (v !== null && v !== undefined && v !== '') qs.set(k, String(v));
     }
     const s = qs.toString();
     if (s) url += `?${s}`;
   }
-  const headers: Record<string, string> = { Accept: 'application/json' };
+  return url;
+}
+
+/** Sends the request with the bearer token; resolves with an OK response, throws `ApiError` otherwise. */
+async function send(method: string, path: string, opts: RequestOptions, accept: string): Promise<Response> {
+  const headers: Record<string, string> = { Accept: accept };
   const tok = session.token();
   if (tok && !opts.anonymous) headers.Authorization = `Bearer ${tok}`;
   let body: string | undefined;
@@ -60,16 +65,12 @@ export async function request<T>(method: string, path: string, opts: RequestOpti
   }
   let res: Response;
   try {
-    res = await fetch(url, { method, headers, body, signal: opts.signal ?? null });
+    res = await fetch(buildUrl(path, opts.query), { method, headers, body, signal: opts.signal ?? null });
   } catch (e) {
     if (e instanceof DOMException && e.name === 'AbortError') throw e;
     throw new ApiError(0, 'The server could not be reached. Check your connection and try again.');
   }
-  if (res.ok) {
-    if (res.status === 204) return undefined as T;
-    const text = await res.text();
-    return (text ? JSON.parse(text) : undefined) as T;
-  }
+  if (res.ok) return res;
   let env: Partial<ErrorEnvelope> = {};
   try {
     env = (await res.json()) as Partial<ErrorEnvelope>;
@@ -93,9 +94,66 @@ export async function request<T>(method: string, path: string, opts: RequestOpti
   throw err;
 }
 
+export async function request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+  const res = await send(method, path, opts, 'application/json');
+  if (res.status === 204) return undefined as T;
+  const text = await res.text();
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+/** A file the server sends as an attachment: its bytes and the name from Content-Disposition. */
+export interface Download {
+  blob: Blob;
+  /** From `Content-Disposition: attachment; filename="…"`, or null when absent. */
+  filename: string | null;
+}
+
+/** The file name in a Content-Disposition header (`filename*=UTF-8''…` or `filename="…"`). */
+export function dispositionFilename(header: string | null): string | null {
+  if (!header) return null;
+  let name = '';
+  const star = /filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/.exec(header);
+  if (star?.[1]) {
+    try {
+      name = decodeURIComponent(star[1].trim());
+    } catch {
+      name = '';
+    }
+  }
+  if (!name) {
+    const plain = /filename\s*=\s*(?:"([^"]*)"|([^;]+))/.exec(header);
+    name = (plain?.[1] ?? plain?.[2] ?? '').trim();
+  }
+  // Only a base name: no directories, no control characters.
+  const safe = name.replace(/[\\/]/g, '_').replace(/[\u0000-\u001f\u007f]/g, '');
+  return safe || null;
+}
+
+/** GETs a file with the bearer token (a plain link cannot carry it). */
+export async function download(path: string, signal?: AbortSignal): Promise<Download> {
+  const res = await send('GET', path, { signal }, '*/*');
+  return { blob: await res.blob(), filename: dispositionFilename(res.headers.get('content-disposition')) };
+}
+
+/** Hands `blob` to the browser as a download named `filename`. */
+export function saveBlob(blob: Blob, filename: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  a.rel = 'noopener';
+  a.style.display = 'none';
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  // Revoke after the browser has started the download.
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
 export const api = {
   get: <T>(path: string, query?: RequestOptions['query'], signal?: AbortSignal) => request<T>('GET', path, { query, signal }),
   post: <T>(path: string, body?: unknown, opts: Omit<RequestOptions, 'body'> = {}) => request<T>('POST', path, { ...opts, body }),
   patch: <T>(path: string, body: unknown) => request<T>('PATCH', path, { body }),
   del: <T = void>(path: string) => request<T>('DELETE', path),
+  download,
 };

@@ -101,6 +101,24 @@ export interface CreatedKey extends AgentKey {
   agent_key: string;
 }
 
+/** A site (SPEC §4.13): machines installed with its enrollment key enroll into it. */
+export interface Site {
+  id: string;
+  name: string;
+  /** Short public code used by installers (`HQ`, `NEW-YORK`). */
+  code: string;
+  key_version: number;
+  /** `vN (XXXX)`: key version and the first four hex digits of the key's SHA-256. */
+  key_fingerprint: string;
+  created_at: number;
+  rotated_at: number | null;
+}
+
+/** Creation and rotation answers: the only ones that carry the enrollment key. */
+export interface SiteWithKey extends Site {
+  enrollment_key: string;
+}
+
 export interface ViewerToken {
   token: string;
   session_id: string;

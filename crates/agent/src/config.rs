@@ -3,10 +3,18 @@
 //! ```toml
 //! server = "https://support.example.com"
 //! key_file = "/etc/guruconnect/agent.key"
+//! # Zero-touch enrollment (written by the site installer): with no key file yet, the
+//! # agent enrolls with these and stores the per-agent key it is given.
+//! site_code = "NEW-YORK"
+//! enrollment_key = "gce_…"
+//! [labels]
+//! company = "Acme"
+//! tags = ["front-desk"]
 //! ```
 //!
 //! The key file holds the `cak_…` key and must be readable by its owner only (mode 0600 or
-//! stricter); the agent refuses to start otherwise (SPEC §6).
+//! stricter); the agent refuses to start otherwise (SPEC §6). A configuration that holds a
+//! secret (`enrollment_key`, `shared_key`) must be owner-only as well.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,44 @@ pub struct AgentConfig {
     pub server: String,
     /// Path of the per-agent key file.
     pub key_file: PathBuf,
+    /// Site code for zero-touch enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_code: Option<String>,
+    /// The site's enrollment key (`gce_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_key: Option<String>,
+    /// Legacy server-wide shared agent key: used only while there is no key file, and
+    /// exchanged for a per-agent key on first contact (trust on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_key: Option<String>,
+    /// Labels sent with the enrollment.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+}
+
+/// Labels an enrolling machine asks for; an administrator may change them later.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Labels {
+    /// Company (customer) name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+    /// Department.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    /// Device type (desktop, laptop, server…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl Labels {
+    /// True when no label is set.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// Configuration and key-file problems, with messages meant for the person installing.
@@ -77,19 +123,67 @@ impl AgentConfig {
             path: path.to_owned(),
             reason: e.message().to_owned(),
         })?;
+        let invalid = |reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
         if !(config.server.starts_with("https://") || config.server.starts_with("http://")) {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                reason: "server must be an http:// or https:// URL".into(),
-            });
+            return Err(invalid("server must be an http:// or https:// URL"));
+        }
+        if config.site_code.is_some() != config.enrollment_key.is_some() {
+            return Err(invalid(
+                "site_code and enrollment_key go together: set both or neither",
+            ));
+        }
+        if config
+            .enrollment_key
+            .as_deref()
+            .is_some_and(|k| !k.starts_with("gce_"))
+        {
+            return Err(invalid(
+                "enrollment_key is not a GuruConnect enrollment key (gce_…)",
+            ));
+        }
+        if config.enrollment_key.is_some() || config.shared_key.is_some() {
+            // The file carries a secret: same rule as the key file.
+            check_key_permissions(path)?;
         }
         Ok(config)
+    }
+
+    /// True when the configuration can enroll this machine.
+    pub fn can_enroll(&self) -> bool {
+        self.site_code.is_some() && self.enrollment_key.is_some()
     }
 
     /// The TOML text of this configuration.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
+}
+
+/// Writes a per-agent key atomically, readable by its owner only, creating the directory
+/// (owner-only too) when it is missing.
+pub fn store_key(path: &Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension("key.new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(key.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Checks that `path` is readable by its owner only.
@@ -173,6 +267,10 @@ mod tests {
         let config = AgentConfig {
             server: "https://relay.example".into(),
             key_file: "/etc/guruconnect/agent.key".into(),
+            site_code: None,
+            enrollment_key: None,
+            shared_key: None,
+            labels: Labels::default(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agent.toml");
@@ -180,5 +278,78 @@ mod tests {
         assert_eq!(AgentConfig::load(&path).expect("load"), config);
         std::fs::write(&path, "server = \"ftp://x\"\nkey_file = \"/k\"\n").expect("write");
         assert!(AgentConfig::load(&path).is_err());
+    }
+
+    fn write_config(mode: u32, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        (dir, path)
+    }
+
+    #[test]
+    fn site_configuration_from_the_installer_loads() {
+        // The shape the site installer writes, labels table included.
+        let text = "server = \"http://127.0.0.1:3002\"\nsite_code = \"HQ\"\n\
+                    enrollment_key = \"gce_abc\"\nkey_file = \"/etc/guruconnect/agent.key\"\n\
+                    [labels]\ncompany = \"Acme\"\ntags = [\"a\", \"b\"]\n";
+        let (_d, path) = write_config(0o600, text);
+        let config = AgentConfig::load(&path).expect("load");
+        assert!(config.can_enroll());
+        assert_eq!(config.labels.company.as_deref(), Some("Acme"));
+        assert_eq!(config.labels.tags, ["a", "b"]);
+        assert_eq!(AgentConfig::load(&path).expect("reload"), config);
+        // An empty [labels] table is what the installer writes when no label is given.
+        let (_d, path) = write_config(
+            0o600,
+            "server = \"http://h\"\nsite_code = \"HQ\"\nenrollment_key = \"gce_x\"\nkey_file = \"/k\"\n[labels]\n",
+        );
+        assert!(AgentConfig::load(&path).expect("load").labels.is_empty());
+    }
+
+    #[test]
+    fn a_configuration_with_a_secret_must_be_owner_only() {
+        let text = "server = \"http://h\"\nsite_code = \"HQ\"\nenrollment_key = \"gce_x\"\nkey_file = \"/k\"\n";
+        let (_d, path) = write_config(0o644, text);
+        assert!(matches!(
+            AgentConfig::load(&path),
+            Err(ConfigError::KeyTooOpen { .. })
+        ));
+        // Without a secret the file may be world-readable.
+        let (_d, path) = write_config(0o644, "server = \"http://h\"\nkey_file = \"/k\"\n");
+        assert!(AgentConfig::load(&path).is_ok());
+    }
+
+    #[test]
+    fn half_an_enrollment_or_a_foreign_key_is_refused() {
+        for text in [
+            "server = \"http://h\"\nsite_code = \"HQ\"\nkey_file = \"/k\"\n",
+            "server = \"http://h\"\nsite_code = \"HQ\"\nenrollment_key = \"cak_x\"\nkey_file = \"/k\"\n",
+        ] {
+            let (_d, path) = write_config(0o600, text);
+            assert!(
+                matches!(AgentConfig::load(&path), Err(ConfigError::Invalid { .. })),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn stored_keys_are_owner_only_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("etc/guruconnect/agent.key");
+        store_key(&path, "cak_first").expect("store");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().expect("parent"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        assert_eq!(read_key(&path).expect("read"), "cak_first");
+        store_key(&path, "cak_second").expect("replace");
+        assert_eq!(read_key(&path).expect("read"), "cak_second");
     }
 }

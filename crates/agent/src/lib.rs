@@ -12,6 +12,7 @@
 //!   capture, input and clipboard threads;
 //! - [`encoding`]: the codec negotiation glue over `guruconnect-codec`;
 //! - [`config`]: managed-mode configuration and the key file (owner-only permissions);
+//! - [`enroll`]: zero-touch enrollment and the managed agent's credential;
 //! - [`install`]: the systemd unit;
 //! - [`backoff`]: exponential backoff with jitter;
 //! - [`platform`]: the OS layer behind small traits ([`platform::Capturer`],
@@ -21,7 +22,8 @@
 //! Platform status: Linux/X11 works and is verified end to end by `tests/e2e_x11.rs`
 //! (Xvfb, the in-process relay, real consent clicks with xdotool, lossless pixels, H.264
 //! closeness, keyboard and mouse arriving in an X client). Wayland, Windows and macOS are
-//! not implemented. Enrollment, key provisioning and self-update are not implemented yet.
+//! not implemented. Enrollment and trust-on-first-use key provisioning are verified by
+//! `tests/enroll.rs`; self-update is not implemented.
 //!
 //! `unsafe` is denied crate-wide; the MIT-SHM mapping in
 //! [`platform::linux::capture`] is the one exception.
@@ -31,6 +33,7 @@
 pub mod backoff;
 pub mod config;
 pub mod encoding;
+pub mod enroll;
 pub mod install;
 pub mod platform;
 pub mod session;

@@ -1,7 +1,8 @@
 //! `guruconnect-agent`: the endpoint agent's command line.
 //!
 //! - `guruconnect-agent --server URL --code XXX-XXX-XXX`: one attended support session;
-//! - `guruconnect-agent run [--config PATH]`: the managed agent (reconnects forever);
+//! - `guruconnect-agent run [--config PATH]`: the managed agent (enrolls when it has no key
+//!   yet, then reconnects forever);
 //! - `guruconnect-agent install …` / `uninstall`: the systemd service.
 //!
 //! Exit codes: 0 done (including a denied consent), 1 failure, 2 support code refused,
@@ -13,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use guruconnect_agent::backoff::Backoff;
-use guruconnect_agent::config::{AgentConfig, DEFAULT_CONFIG, read_key};
-use guruconnect_agent::install::{self, InstallOptions};
+use guruconnect_agent::config::{AgentConfig, DEFAULT_CONFIG, DEFAULT_KEY_FILE};
+use guruconnect_agent::enroll::{self, Credential};
+use guruconnect_agent::install::{self, DEFAULT_BIN, InstallOptions};
 use guruconnect_agent::platform::linux as native;
-use guruconnect_agent::session::{self, ConnectError, Outcome};
+use guruconnect_agent::session::{self, ConnectError, Outcome, SessionOptions};
 
 /// Exit status when the support code is refused.
 const EXIT_CODE_REFUSED: u8 = 2;
@@ -46,17 +48,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the managed agent with its per-agent key.
+    /// Runs the managed agent with its per-agent key (enrolling first when it has none).
     Run {
-        /// Configuration file (TOML with `server` and `key_file`).
+        /// Configuration file (TOML with `server`, `key_file`, and for enrollment
+        /// `site_code` and `enrollment_key`).
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Installs the systemd service and its configuration.
+    /// Installs the systemd service (and, with --server, its configuration).
     Install {
-        /// Per-agent key file (must be readable by its owner only).
-        #[arg(long, default_value = guruconnect_agent::config::DEFAULT_KEY_FILE)]
+        /// Per-agent key file written into a new configuration (owner-only).
+        #[arg(long, default_value = DEFAULT_KEY_FILE)]
         key_file: PathBuf,
+        /// Configuration path; without --server, the configuration already there is used.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Where to install this binary.
+        #[arg(long, default_value = DEFAULT_BIN)]
+        bin: PathBuf,
         /// Install under this directory instead of / (does not run systemctl).
         #[arg(long)]
         root: Option<PathBuf>,
@@ -113,15 +122,16 @@ fn main() -> ExitCode {
         Some(Command::Run { config }) => runtime.block_on(managed(config)),
         Some(Command::Install {
             key_file,
+            config,
+            bin,
             root,
             display,
         }) => {
-            let Some(server) = cli.server else {
-                return fail("install needs --server URL", 1);
-            };
             let options = InstallOptions {
-                server,
+                server: cli.server,
                 key_file,
+                config,
+                bin,
                 root,
                 display,
             };
@@ -219,14 +229,11 @@ async fn support(server: String, code: String) -> ExitCode {
     }
 }
 
-/// Managed mode: reconnect forever with backoff.
+/// Managed mode: get a credential (stored key, enrollment, or the shared key), then
+/// reconnect forever with backoff.
 async fn managed(config_path: PathBuf) -> ExitCode {
     let config = match AgentConfig::load(&config_path) {
         Ok(c) => c,
-        Err(e) => return fail(e, 1),
-    };
-    let key = match read_key(&config.key_file) {
-        Ok(k) => k,
         Err(e) => return fail(e, 1),
     };
     if let Err(code) = check_display() {
@@ -235,23 +242,46 @@ async fn managed(config_path: PathBuf) -> ExitCode {
     let server = config.server.clone();
     let forever = async {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut skip_stored = false;
         loop {
-            match session::connect(&server, &key).await {
-                Ok(conn) => {
-                    tracing::info!("connected to {server}");
-                    let started = Instant::now();
-                    let outcome = session::run(conn, false).await;
-                    tracing::warn!(?outcome, "session ended");
-                    if started.elapsed() > Duration::from_secs(60) {
-                        backoff.reset();
+            match enroll::credential(&config, skip_stored).await {
+                Ok(credential) => {
+                    skip_stored = false;
+                    match session::connect(&server, credential.secret()).await {
+                        Ok(conn) => {
+                            tracing::info!("connected to {server}");
+                            let started = Instant::now();
+                            let options = SessionOptions {
+                                attended: false,
+                                key_file: Some(config.key_file.clone()),
+                            };
+                            let outcome = session::run_with(conn, options).await;
+                            tracing::warn!(?outcome, "session ended");
+                            if started.elapsed() > Duration::from_secs(60) {
+                                backoff.reset();
+                            }
+                        }
+                        Err(ConnectError::Rejected { status }) => {
+                            let fallback = config.can_enroll() || config.shared_key.is_some();
+                            match credential {
+                                Credential::Key(_) => tracing::error!(
+                                    fallback,
+                                    "the server refused this machine's key (HTTP {status}); \
+                                     it may have been revoked"
+                                ),
+                                Credential::SharedKey(_) => tracing::error!(
+                                    "the server refused the shared key (HTTP {status})"
+                                ),
+                            }
+                            skip_stored = fallback && matches!(credential, Credential::Key(_));
+                        }
+                        Err(ConnectError::Unreachable(e)) => {
+                            tracing::warn!("cannot reach the server at {server}: {e}");
+                        }
                     }
                 }
-                Err(ConnectError::Rejected { status }) => tracing::error!(
-                    "the server refused this machine's key (HTTP {status}); it may have been revoked"
-                ),
-                Err(ConnectError::Unreachable(e)) => {
-                    tracing::warn!("cannot reach the server at {server}: {e}");
-                }
+                Err(e) if e.is_transient() => tracing::warn!("{e}"),
+                Err(e) => return fail(e, 1),
             }
             let delay = backoff.next_delay();
             tracing::info!(
@@ -263,7 +293,7 @@ async fn managed(config_path: PathBuf) -> ExitCode {
         }
     };
     tokio::select! {
-        () = forever => ExitCode::SUCCESS,
+        code = forever => code,
         () = shutdown_signal() => {
             tracing::info!("stopping");
             ExitCode::SUCCESS

@@ -8,6 +8,7 @@
 //! In an attended (support-code) session nothing is captured and no input is injected until
 //! the person at the machine clicked "Allow"; the relay enforces the same (SPEC §4.8).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -352,9 +353,19 @@ pub fn hello(displays: &[DisplayInfo]) -> AgentHello {
     }
 }
 
+/// How a session behaves.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// A support-code session: consent required before anything flows.
+    pub attended: bool,
+    /// Where a key the relay provisions (trust on first use) is stored; `None` ignores it.
+    pub key_file: Option<PathBuf>,
+}
+
 struct Session {
     tx: Sender,
     attended: bool,
+    key_file: Option<PathBuf>,
     granted: bool,
     codec: Codec,
     streaming: bool,
@@ -516,7 +527,8 @@ impl Session {
             Payload::SessionEnd(end) => return Ok(Flow::Stop(Outcome::Ended(end.reason))),
             Payload::ViewerJoined(v) => tracing::info!(viewer = %v.username, "a technician joined"),
             Payload::ViewerLeft(v) => tracing::info!(viewer = %v.username, "a technician left"),
-            Payload::KeyProvision(_) | Payload::UpdateCommand(_) => {
+            Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
+            Payload::UpdateCommand(_) => {
                 tracing::warn!(
                     kind = payload.kind(),
                     "not supported by this agent yet; ignored"
@@ -525,6 +537,30 @@ impl Session {
             other => tracing::debug!(kind = other.kind(), "ignoring a message"),
         }
         Ok(Flow::Continue)
+    }
+
+    fn store_provisioned_key(&self, provision: &proto::KeyProvision) {
+        let Some(path) = &self.key_file else {
+            tracing::warn!("the relay provisioned a key, but this session does not keep one");
+            return;
+        };
+        let plausible = provision.agent_key.starts_with("cak_")
+            && !provision.agent_key.contains(char::is_whitespace);
+        if !plausible {
+            tracing::warn!("ignoring a malformed provisioned key");
+            return;
+        }
+        match crate::config::store_key(path, &provision.agent_key) {
+            Ok(()) => tracing::info!(
+                key_id = %provision.key_id,
+                key_file = %path.display(),
+                "received this machine's per-agent key; it replaces the shared key from now on"
+            ),
+            Err(e) => tracing::error!(
+                key_file = %path.display(),
+                "cannot store the provisioned key: {e}"
+            ),
+        }
     }
 
     async fn consent_answer(&mut self, granted: bool) -> Result<Flow, Outcome> {
@@ -559,6 +595,19 @@ async fn status() -> Payload {
 /// Runs one session on an established connection until it ends. `attended` is true for a
 /// support-code session (consent required before anything flows).
 pub async fn run(conn: Connection, attended: bool) -> Outcome {
+    run_with(
+        conn,
+        SessionOptions {
+            attended,
+            key_file: None,
+        },
+    )
+    .await
+}
+
+/// [`run`] with every option.
+pub async fn run_with(conn: Connection, options: SessionOptions) -> Outcome {
+    let SessionOptions { attended, key_file } = options;
     let capturer = match X11Capturer::open() {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e.to_string()),
@@ -597,6 +646,7 @@ pub async fn run(conn: Connection, attended: bool) -> Outcome {
     let mut session = Session {
         tx,
         attended,
+        key_file,
         granted: false,
         codec: Codec::RawZstd,
         streaming: false,

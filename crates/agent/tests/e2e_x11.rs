@@ -217,7 +217,10 @@ impl AgentProcess {
             Some(d) => cmd.env("DISPLAY", d),
             None => cmd.env_remove("DISPLAY"),
         };
-        let mut child = cmd.spawn().expect("spawn agent");
+        Self::collect(cmd.spawn().expect("spawn agent"))
+    }
+
+    fn collect(mut child: Child) -> AgentProcess {
         let mut pipe = child.stderr.take().expect("stderr");
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
@@ -233,6 +236,15 @@ impl AgentProcess {
             }
         });
         AgentProcess { child, stderr }
+    }
+
+    /// Spawns a prepared command (another path to the binary) on `display`.
+    fn spawn_cmd(mut cmd: Command, display: &str) -> AgentProcess {
+        cmd.env("RUST_LOG", "info")
+            .env("DISPLAY", display)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::collect(cmd.spawn().expect("spawn agent"))
     }
 
     fn stderr(&self) -> String {
@@ -391,14 +403,19 @@ struct Relay {
 
 impl Relay {
     async fn start() -> Relay {
-        Self::start_in(tempfile::tempdir().expect("tempdir"), 0, None).await
+        Self::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |_| {}).await
     }
 
     /// Starts a relay on `dir` (its data directory) and `port` (0: any).
-    async fn start_in(dir: tempfile::TempDir, port: u16, admin_password: Option<String>) -> Relay {
+    async fn start_in(
+        dir: tempfile::TempDir,
+        port: u16,
+        admin_password: Option<String>,
+        tweak: impl FnOnce(&mut guruconnect_server::Config),
+    ) -> Relay {
         let admin_password =
             admin_password.unwrap_or_else(|| format!("adm-{}", hex(&uuid_like()[..10])));
-        let config = guruconnect_server::Config {
+        let mut config = guruconnect_server::Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: dir.path().join("data"),
             admin_password: Some(secrecy::SecretString::from(admin_password.clone())),
@@ -406,6 +423,7 @@ impl Relay {
             database_url: None,
             ..guruconnect_server::Config::default()
         };
+        tweak(&mut config);
         let state = guruconnect_server::build_state(config)
             .await
             .expect("build_state");
@@ -451,7 +469,7 @@ impl Relay {
             state.store.close().await;
         }
         let dir = self.dir.take().expect("data dir");
-        Self::start_in(dir, self.port, Some(self.admin_password.clone())).await
+        Self::start_in(dir, self.port, Some(self.admin_password.clone()), |_| {}).await
     }
 
     async fn login(&self, username: &str, password: &str) -> String {
@@ -488,6 +506,58 @@ impl Relay {
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "POST {path}: {status} {body}");
         body
+    }
+
+    async fn get(&self, token: &str, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        body
+    }
+
+    async fn machines(&self, token: &str) -> Vec<Value> {
+        self.get(token, "/api/machines").await["items"]
+            .as_array()
+            .expect("items")
+            .clone()
+    }
+
+    /// Waits until exactly one machine is known and online; returns it.
+    async fn wait_one_online(&self, token: &str, agent: &AgentProcess) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let machines = self.machines(token).await;
+            if let [m] = machines.as_slice()
+                && m["online"] == true
+            {
+                return m.clone();
+            }
+            assert!(
+                machines.len() <= 1,
+                "one machine expected, got {machines:?}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the machine did not come online: {machines:?}\n{}",
+                agent.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn count_events(&self, token: &str, event_type: &str) -> usize {
+        self.get(token, &format!("/api/events?type={event_type}&limit=500"))
+            .await["items"]
+            .as_array()
+            .expect("items")
+            .len()
     }
 
     async fn create_code(&self, token: &str) -> String {
@@ -971,4 +1041,225 @@ async fn managed_agent_refuses_an_open_key_then_connects_and_survives_a_relay_re
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until `path` holds a per-agent key different from `previous`; returns it.
+async fn wait_key_file(path: &Path, previous: Option<&str>, agent: &AgentProcess) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let key = text.trim().to_owned();
+            if key.starts_with("cak_") && Some(key.as_str()) != previous {
+                let mode = std::fs::metadata(path).expect("meta").permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "the stored key must be owner-only");
+                return key;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new key in {}:\n{}",
+            path.display(),
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_installer_enrolls_the_agent_which_keeps_its_key_and_re_enrolls_when_revoked() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let site = relay
+        .post(&admin, "/api/sites", json!({ "name": "Head Office" }))
+        .await;
+    let site_id = site["id"].as_str().expect("site id");
+    let enrollment_key = site["enrollment_key"].as_str().expect("enrollment key");
+
+    // The installer an administrator downloads, run as the README says, into a test root.
+    let resp = relay
+        .http
+        .get(format!("{}/api/sites/{site_id}/installer", relay.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("installer");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let script = resp.text().await.expect("script");
+    assert!(
+        !script.contains(enrollment_key),
+        "the key is never in the script"
+    );
+    let root = tempfile::tempdir().expect("root");
+    let script_path = root.path().join("install.sh");
+    std::fs::write(&script_path, &script).expect("write script");
+    let out = run_with_timeout(
+        Command::new("sh")
+            .arg(&script_path)
+            .arg(enrollment_key)
+            .env("GURUCONNECT_ROOT", root.path())
+            .env(
+                "GURUCONNECT_AGENT_BIN",
+                env!("CARGO_BIN_EXE_guruconnect-agent"),
+            )
+            .env("GURUCONNECT_COMPANY", "Acme Dental")
+            .env("GURUCONNECT_TAGS", "front-desk,e2e"),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "installer failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(
+        root.path()
+            .join("etc/systemd/system/guruconnect-agent.service"),
+    )
+    .expect("unit");
+    assert!(
+        unit.contains(
+            "ExecStart=/opt/guruconnect/guruconnect-agent run --config /etc/guruconnect/agent.toml"
+        ),
+        "{unit}"
+    );
+    let bin = root.path().join("opt/guruconnect/guruconnect-agent");
+    let config_path = root.path().join("etc/guruconnect/agent.toml");
+    let mode = std::fs::metadata(&config_path)
+        .expect("config")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "the site configuration holds the enrollment key"
+    );
+
+    // Run the installed agent as the service would, its key file kept inside the test root.
+    let key_file = root.path().join("etc/guruconnect/agent.key");
+    let config = std::fs::read_to_string(&config_path)
+        .expect("read config")
+        .replace(
+            "key_file = \"/etc/guruconnect/agent.key\"",
+            &format!("key_file = \"{}\"", key_file.display()),
+        );
+    assert!(config.contains(&key_file.display().to_string()), "{config}");
+    std::fs::write(&config_path, config).expect("rewrite config");
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let spawn = || {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--config", &config_arg]);
+        cmd
+    };
+    let agent = AgentProcess::spawn_cmd(spawn(), &x.display);
+    let key = wait_key_file(&key_file, None, &agent).await;
+    let machine = relay.wait_one_online(&admin, &agent).await;
+    let agent_id = machine["agent_id"].as_str().expect("agent_id").to_owned();
+    assert_eq!(machine["site"], "Head Office");
+    assert_eq!(machine["company"], "Acme Dental");
+    assert_eq!(machine["tags"], json!(["front-desk", "e2e"]));
+    assert_eq!(relay.count_events(&admin, "machine.enrolled").await, 1);
+
+    // A restart uses the stored key: no second enrollment, the same machine.
+    drop(agent);
+    let agent = AgentProcess::spawn_cmd(spawn(), &x.display);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(again["agent_id"], agent_id.as_str());
+    assert_eq!(relay.count_events(&admin, "machine.enrolled").await, 1);
+    assert_eq!(std::fs::read_to_string(&key_file).expect("key").trim(), key);
+
+    // Revoking the key ends the session; the agent falls back to enrollment.
+    let keys = relay
+        .get(&admin, &format!("/api/machines/{agent_id}/keys"))
+        .await;
+    let key_id = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["revoked_at"].is_null())
+        .and_then(|k| k["id"].as_str())
+        .expect("an active key")
+        .to_owned();
+    let resp = relay
+        .http
+        .delete(format!(
+            "{}/api/machines/{agent_id}/keys/{key_id}",
+            relay.base
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("revoke");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let new_key = wait_key_file(&key_file, Some(&key), &agent).await;
+    assert_ne!(new_key, key);
+    let back = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(
+        back["agent_id"],
+        agent_id.as_str(),
+        "re-enrollment reuses the row"
+    );
+    assert_eq!(relay.count_events(&admin, "machine.enrolled").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_key_agent_stores_its_provisioned_key_and_uses_it_from_then_on() {
+    let Some(x) = Xvfb::start() else { return };
+    let shared = format!("shared-{}", hex(&uuid_like()));
+    let shared_for_config = shared.clone();
+    let relay = Relay::start_in(tempfile::tempdir().expect("tempdir"), 0, None, move |c| {
+        c.shared_agent_key = Some(secrecy::SecretString::from(shared_for_config));
+        c.shared_agent_key_mode = guruconnect_server::config::SharedKeyMode::EnrollmentOnly;
+    })
+    .await;
+    let admin = relay.admin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("keys/agent.key");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\nkey_file = \"{}\"\nshared_key = \"{shared}\"\n",
+            relay.base,
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let config_arg = config.to_string_lossy().into_owned();
+    let agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let key = wait_key_file(&key_file, None, &agent).await;
+    let machine = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(relay.count_events(&admin, "key.issued").await, 1);
+
+    // From now on the stored key is used: no second provisioning, one active key.
+    drop(agent);
+    let agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(again["agent_id"], machine["agent_id"]);
+    assert!(
+        agent.stderr().contains("connected to"),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(relay.count_events(&admin, "key.issued").await, 1);
+    assert_eq!(std::fs::read_to_string(&key_file).expect("key").trim(), key);
+    let agent_id = machine["agent_id"].as_str().expect("agent_id");
+    let keys = relay
+        .get(&admin, &format!("/api/machines/{agent_id}/keys"))
+        .await;
+    let active = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["revoked_at"].is_null())
+        .count();
+    assert_eq!(active, 1);
 }

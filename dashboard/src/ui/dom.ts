@@ -45,6 +45,8 @@ const ICONS: Record<string, string> = {
   codes: 'M7 8h10 M7 12h10 M7 16h6 M4 4h16v16H4z',
   users: 'M16 19v-1a4 4 0 0 0-4-4H7a4 4 0 0 0-4 4v1 M9.5 10a3 3 0 1 0 0-6 3 3 0 0 0 0 6z M21 19v-1a4 4 0 0 0-3-3.9 M16 4.1a3 3 0 0 1 0 5.8',
   keys: 'M15 7a4 4 0 1 1-3.9 5H3v3h3v3h3v-3h2.1A4 4 0 0 1 15 7z',
+  sites: 'M4 21V9l8-5 8 5v12 M4 21h16 M9 21v-6h6v6',
+  download: 'M12 4v11 M7 10l5 5 5-5 M5 20h14',
   audit: 'M9 5h11 M9 12h11 M9 19h11 M4 5h.01 M4 12h.01 M4 19h.01',
   account: 'M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8z M4 21a8 8 0 0 1 16 0',
   logout: 'M15 4h4v16h-4 M10 8l-4 4 4 4 M6 12h10',

@@ -13,6 +13,7 @@ const NAV: { key: string; label: string; icon: string; admin?: boolean; perm?: s
   { key: 'codes', label: 'Support codes', icon: 'codes', perm: 'manage_codes' },
   { key: 'users', label: 'Users', icon: 'users', admin: true },
   { key: 'keys', label: 'Agent keys', icon: 'keys', admin: true },
+  { key: 'sites', label: 'Sites', icon: 'sites', admin: true },
   { key: 'audit', label: 'Audit log', icon: 'audit', admin: true },
 ];
 
