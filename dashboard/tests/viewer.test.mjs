@@ -158,12 +158,21 @@ test('a view-only user sees VIEW ONLY and cannot control', async () => {
   await context.close();
 });
 
-test('the viewer shows the end of the session when the agent leaves', async () => {
+test('the viewer waits while the managed machine is offline and shows the end when an admin ends it', async () => {
   const { page, context, assertClean } = await openPage(browser);
   await uiLogin(page, server.url);
   await page.locator('tr', { hasText: 'reception-pc' }).locator('button', { hasText: 'Join' }).click();
   await page.waitForSelector('[data-testid=conn-state][data-state=active]');
+  const sessions = await apiCall(server.url, 'GET', '/api/sessions', admin);
+  const session = sessions.body.find((s) => s.hostname === 'reception-pc') ?? sessions.body[0];
+  assert.ok(session?.id, JSON.stringify(sessions.body));
+  // A managed session outlives its agent's connection: the viewer waits for it.
   agent.close();
+  await page.waitForSelector('[data-testid=conn-state][data-state=reconnecting]', { timeout: 15_000 });
+  assert.match(await page.locator('.stage-overlay').innerText(), /offline/);
+  // Ending it for good reaches the viewer.
+  const ended = await apiCall(server.url, 'DELETE', `/api/sessions/${session.id}`, admin);
+  assert.ok(ended.status < 300, JSON.stringify(ended.body));
   await page.waitForSelector('[data-testid=conn-state][data-state=ended]', { timeout: 15_000 });
   assert.match(await page.locator('.stage-overlay').innerText(), /Session ended/);
   assertClean();
