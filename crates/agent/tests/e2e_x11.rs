@@ -1263,3 +1263,117 @@ async fn shared_key_agent_stores_its_provisioned_key_and_uses_it_from_then_on() 
         .count();
     assert_eq!(active, 1);
 }
+
+/// A TLS-terminating reverse proxy in front of the relay, with a fresh self-signed
+/// certificate for `localhost` (what a real deployment's nginx or Caddy does).
+struct TlsProxy {
+    port: u16,
+    ca_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    async fn start(upstream_port: u16) -> TlsProxy {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut up) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+        TlsProxy {
+            port,
+            ca_pem: certified.cert.pem(),
+            task,
+        }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_enrolls_and_connects_over_tls_and_refuses_an_untrusted_certificate() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let proxy = TlsProxy::start(relay.port).await;
+    let admin = relay.admin().await;
+    let site = relay
+        .post(&admin, "/api/sites", json!({ "name": "Remote Office" }))
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("agent.key");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"https://localhost:{}\"\nkey_file = \"{}\"\nsite_code = \"{}\"\nenrollment_key = \"{}\"\n",
+            proxy.port,
+            key_file.display(),
+            site["code"].as_str().expect("code"),
+            site["enrollment_key"].as_str().expect("key"),
+        ),
+    )
+    .expect("write config");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.ca_pem).expect("write ca");
+    let config_arg = config.to_string_lossy().into_owned();
+    let command = |ca_file: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guruconnect-agent"));
+        cmd.args(["run", "--config", &config_arg])
+            .env("SSL_CERT_FILE", ca_file);
+        cmd
+    };
+
+    // A certificate the machine does not trust: nothing is sent, and the log says why.
+    let untrusting = AgentProcess::spawn_cmd(command(Path::new("/nonexistent.pem")), &x.display);
+    let deadline = Instant::now() + WAIT;
+    while !untrusting.stderr().contains("enrollment failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no enrollment failure logged:\n{}",
+            untrusting.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(untrusting);
+    assert!(!key_file.exists(), "no key without a trusted server");
+    assert!(relay.machines(&admin).await.is_empty());
+
+    // Trusted: it enrolls over HTTPS and streams over WSS.
+    let agent = AgentProcess::spawn_cmd(command(&ca), &x.display);
+    wait_key_file(&key_file, None, &agent).await;
+    let machine = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(machine["site"], "Remote Office");
+}

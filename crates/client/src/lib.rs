@@ -70,7 +70,18 @@ fn config(max_message: usize) -> WebSocketConfig {
     config
 }
 
+/// Makes ring the process's TLS provider (once) so `wss://` works whatever other crates
+/// enable in rustls.
+fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means another provider is already the default: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 async fn dial(request: http::Request<()>, max_message: usize) -> ClientResult<Socket> {
+    install_tls_provider();
     match tokio_tungstenite::connect_async_with_config(request, Some(config(max_message)), true)
         .await
     {
