@@ -346,12 +346,25 @@ async fn remove_one(
         return Err(ApiError::Validation("agent_id must be a UUID".into()));
     }
     load(state, agent_id).await?;
-    state
-        .store
-        .soft_delete_machine(agent_id, state.clock.now_millis())
-        .await?;
+    let now = state.clock.now_millis();
+    state.store.soft_delete_machine(agent_id, now).await?;
     if let Some(live) = state.relay.by_agent(agent_id) {
-        live.end_with(crate::relay::close::POLICY, "machine removed");
+        // An offline session has no agent task to end it: end it here.
+        if state
+            .relay
+            .end_offline(&live.id, crate::relay::close::POLICY, "machine removed")
+        {
+            state.metrics.sessions.dec();
+            if let Err(e) = state
+                .store
+                .end_session(&live.id, "machine removed", now)
+                .await
+            {
+                tracing::warn!(error = ?e, "could not record the end of a session");
+            }
+        } else {
+            live.end_with(crate::relay::close::POLICY, "machine removed");
+        }
     }
     Audit::new("machine.removed")
         .user(&admin.0.user)

@@ -101,7 +101,16 @@ async fn end(
 ) -> ApiResult<StatusCode> {
     let record = load(&state, &id).await?;
     if let Some(live) = state.relay.get(&id) {
-        live.end("ended by an administrator");
+        // An offline session has no agent task to take it out of the relay: do it here.
+        if state.relay.end_offline(
+            &id,
+            crate::relay::close::NORMAL,
+            "ended by an administrator",
+        ) {
+            state.metrics.sessions.dec();
+        } else {
+            live.end("ended by an administrator");
+        }
     }
     let now = state.clock.now_millis();
     state

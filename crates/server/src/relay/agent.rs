@@ -185,6 +185,9 @@ struct UnkeyedIdentity {
     machine_uid: Option<String>,
     /// Why the machine must wait for an admin's approval, if it must.
     collision: Option<String>,
+    /// The claimed uid and host name are those of a machine holding an active per-agent
+    /// key: that machine should use its key.
+    claims_keyed_machine: bool,
 }
 
 /// Resolves an unkeyed agent by its claimed machine_uid: the same endpoint (same uid, same
@@ -199,6 +202,7 @@ async fn unkeyed_identity(
         agent_id: uuid::Uuid::new_v4().to_string(),
         machine_uid,
         collision,
+        claims_keyed_machine: false,
     };
     if uid.is_empty() {
         return Ok(fresh(None, None));
@@ -211,18 +215,23 @@ async fn unkeyed_identity(
         return Ok(fresh(Some(uid), None));
     };
     let keyed = state.store.count_active_keys(&machine.agent_id).await? > 0;
-    if !keyed && machine.hostname.eq_ignore_ascii_case(&hello.hostname) {
+    let same_host = machine.hostname.eq_ignore_ascii_case(&hello.hostname);
+    if !keyed && same_host {
         return Ok(UnkeyedIdentity {
             agent_id: machine.agent_id,
             machine_uid: Some(uid),
             collision: None,
+            claims_keyed_machine: false,
         });
     }
     let reason = format!(
         "machine_uid collides with {} ({})",
         machine.hostname, machine.agent_id
     );
-    Ok(fresh(None, Some(reason)))
+    Ok(UnkeyedIdentity {
+        claims_keyed_machine: keyed && same_host,
+        ..fresh(None, Some(reason))
+    })
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -275,13 +284,16 @@ async fn bind(
                 .as_ref()
                 .map(|u| u.agent_id.clone())
                 .unwrap_or_default();
+            // The resolved row never holds a key (a keyed machine's uid resolves to a
+            // fresh collision row), so the check is on the machine the agent claims.
             if state.config.shared_agent_key_mode == SharedKeyMode::EnrollmentOnly
-                && state
-                    .store
-                    .count_active_keys(&agent_id)
-                    .await
-                    .map_err(|e| internal(e.into()))?
-                    > 0
+                && (unkeyed.as_ref().is_some_and(|u| u.claims_keyed_machine)
+                    || state
+                        .store
+                        .count_active_keys(&agent_id)
+                        .await
+                        .map_err(|e| internal(e.into()))?
+                        > 0)
             {
                 return Err((close::POLICY, "this machine has a per-agent key; use it"));
             }

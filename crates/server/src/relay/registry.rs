@@ -510,6 +510,30 @@ impl Registry {
         reaped
     }
 
+    /// Ends and removes a session whose agent is offline, which has no agent task left to
+    /// clean up after it; the caller records the end. Checked and done under the locks,
+    /// like [`Registry::reap_offline`]. False (nothing done) if it is not offline.
+    pub fn end_offline(&self, session_id: &str, code: u16, reason: &str) -> bool {
+        let mut map = self.lock();
+        let Some(session) = map.get(session_id).cloned() else {
+            return false;
+        };
+        {
+            let mut inner = session.lock();
+            if inner.phase != Phase::AgentOffline {
+                return false;
+            }
+            inner.phase = Phase::Ended;
+            inner.end_reason = Some(reason.to_owned());
+            inner.close_code = code;
+        }
+        map.remove(session_id);
+        drop(map);
+        // Viewers still attached see the end.
+        session.cancel.cancel();
+        true
+    }
+
     /// Removes a session (when its agent task ends).
     pub fn remove(&self, session_id: &str) {
         let mut map = self.lock();
