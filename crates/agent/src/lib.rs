@@ -9,20 +9,21 @@
 //! - `main.rs`: the command line (`--server/--code` support mode, `run`, `install`,
 //!   `uninstall`) and the reconnect policies of the two modes;
 //! - [`session`]: one connection from hello to end: the relay protocol loop plus the
-//!   capture, input and clipboard threads;
+//!   capture, input, clipboard and chat threads;
 //! - [`encoding`]: the codec negotiation glue over `guruconnect-codec`;
 //! - [`config`]: managed-mode configuration and the key file (owner-only permissions);
 //! - [`enroll`]: zero-touch enrollment and the managed agent's credential;
 //! - [`install`]: the systemd unit;
 //! - [`backoff`]: exponential backoff with jitter;
 //! - [`platform`]: the OS layer behind small traits ([`platform::Capturer`],
-//!   [`platform::Injector`], [`platform::ConsentPrompt`], [`platform::ClipboardAccess`]),
-//!   with [`platform::linux`] as the one implementation.
+//!   [`platform::Injector`], [`platform::ConsentPrompt`], [`platform::ClipboardAccess`],
+//!   [`platform::ChatWindow`]), with [`platform::linux`] as the one implementation.
 //!
 //! Platform status: Linux/X11 works and is verified end to end by `tests/e2e_x11.rs`
 //! (Xvfb, the in-process relay, real consent clicks with xdotool, lossless pixels, H.264
-//! closeness, keyboard and mouse arriving in an X client). Wayland, Windows and macOS are
-//! not implemented. Enrollment and trust-on-first-use key provisioning are verified by
+//! closeness, keyboard and mouse arriving in an X client, a technician's chat message opening
+//! the chat window and the reply typed there reaching the viewer). Wayland, Windows and
+//! macOS are not implemented. Enrollment and trust-on-first-use key provisioning are verified by
 //! `tests/enroll.rs`; self-update is not implemented.
 //!
 //! `unsafe` is denied crate-wide; the MIT-SHM mapping in

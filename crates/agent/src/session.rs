@@ -2,11 +2,13 @@
 //!
 //! The async loop owns the socket and reacts to the relay; the desktop work runs on plain
 //! threads because x11rb is synchronous: the capture thread (capture, encode, cursor), the
-//! input thread (XTEST) and the clipboard thread. They talk to the loop over channels, and
-//! all of them stop when the loop returns (their channels close).
+//! input thread (XTEST), the clipboard thread and the chat thread (started by the first chat
+//! message). They talk to the loop over channels, and all of them stop when the loop
+//! returns (their channels close).
 //!
 //! In an attended (support-code) session nothing is captured and no input is injected until
 //! the person at the machine clicked "Allow"; the relay enforces the same (SPEC §4.8).
+//! Chat is shown to the person only after consent too; its text is never logged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,11 +26,14 @@ use tokio::task::JoinHandle;
 
 use crate::encoding::{self, FrameEncoder};
 use crate::platform::linux::capture::X11Capturer;
+use crate::platform::linux::chat::{self, X11Chat};
 use crate::platform::linux::clipboard::X11Clipboard;
 use crate::platform::linux::consent::X11Consent;
 use crate::platform::linux::input::X11Injector;
 use crate::platform::linux::{self as native, inventory, machine_uid};
-use crate::platform::{Capturer, ClipboardAccess, ConsentPrompt, CursorState, Injector};
+use crate::platform::{
+    Capturer, ChatWindow, ClipboardAccess, ConsentPrompt, CursorState, Injector,
+};
 
 /// Inventory refresh period.
 const STATUS_EVERY: Duration = Duration::from_secs(60);
@@ -40,6 +45,8 @@ const MAX_FRAME_BYTES: usize = guruconnect_proto::MAX_AGENT_MESSAGE - 4096;
 const CLIPBOARD_POLL: Duration = Duration::from_millis(500);
 /// Largest clipboard text sent to viewers (bytes).
 const MAX_CLIPBOARD: usize = 60 * 1024;
+/// How often the chat thread looks at its window between incoming messages.
+const CHAT_POLL: Duration = Duration::from_millis(25);
 
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +336,63 @@ fn clipboard_thread(incoming: std_mpsc::Receiver<String>, out: mpsc::Sender<Payl
     }
 }
 
+// ------------------------------------------------------------------ chat thread
+
+/// The name the person at the machine chats under: the local user, else "user".
+fn local_user() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|name| name.trim().chars().take(64).collect::<String>())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "user".into())
+}
+
+fn chat_thread(incoming: std_mpsc::Receiver<proto::ChatMessage>, out: mpsc::Sender<Payload>) {
+    let mut window = match X11Chat::open() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "the chat window cannot be opened");
+            return;
+        }
+    };
+    let me = local_user();
+    loop {
+        match incoming.recv_timeout(CHAT_POLL) {
+            Ok(message) => {
+                if let Err(e) = window.show(&message.from, &message.text) {
+                    tracing::warn!(error = %e, "cannot show a chat message");
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            // The session is over; dropping the window closes it.
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        let replies = match window.replies() {
+            Ok(replies) => replies,
+            Err(e) => {
+                tracing::warn!(error = %e, "the chat window failed");
+                return;
+            }
+        };
+        for text in replies {
+            let text = chat::truncate(text.trim(), chat::MAX_TEXT).to_owned();
+            if text.is_empty() {
+                continue;
+            }
+            tracing::info!("the user sent a chat reply");
+            let reply = Payload::Chat(proto::ChatMessage {
+                from: me.clone(),
+                text,
+                sent_at_ms: now_us() / 1000,
+            });
+            if out.blocking_send(reply).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------ the loop
 
 /// The `AgentHello` for this machine.
@@ -374,6 +438,7 @@ struct Session {
     capture: std_mpsc::Sender<CaptureCmd>,
     input: std_mpsc::Sender<InputCmd>,
     clipboard: Option<std_mpsc::Sender<String>>,
+    chat: Option<std_mpsc::Sender<proto::ChatMessage>>,
     out: mpsc::Sender<Payload>,
     consent: Option<JoinHandle<bool>>,
     consent_cancel: Arc<AtomicBool>,
@@ -404,6 +469,17 @@ impl Session {
                 .name("clipboard".into())
                 .spawn(move || clipboard_thread(rx, out));
             self.clipboard = Some(tx);
+        }
+    }
+
+    fn start_chat(&mut self) {
+        if self.chat.is_none() {
+            let (tx, rx) = std_mpsc::channel();
+            let out = self.out.clone();
+            let _ = std::thread::Builder::new()
+                .name("chat".into())
+                .spawn(move || chat_thread(rx, out));
+            self.chat = Some(tx);
         }
     }
 
@@ -513,9 +589,23 @@ impl Session {
                     }
                 }
             }
-            Payload::Chat(chat) => {
-                // The agent is the chat's destination: the person at this machine reads it here.
-                tracing::info!(from = %chat.from, "chat: {}", chat.text);
+            Payload::Chat(mut message) => {
+                // The agent is the chat's destination: the person at this machine reads it in
+                // the chat window. Only the arrival is logged, never the text.
+                if !self.may_control() {
+                    tracing::warn!("ignoring a chat message before consent");
+                    return Ok(Flow::Continue);
+                }
+                if message.text.trim().is_empty() {
+                    return Ok(Flow::Continue);
+                }
+                tracing::info!("a chat message arrived");
+                message.text = chat::truncate(&message.text, chat::MAX_TEXT).to_owned();
+                message.from = chat::truncate(&message.from, 128).to_owned();
+                self.start_chat();
+                if let Some(tx) = &self.chat {
+                    let _ = tx.send(message);
+                }
             }
             Payload::Ping(ping) => {
                 self.send(Payload::Pong(proto::Pong {
@@ -655,6 +745,7 @@ pub async fn run_with(conn: Connection, options: SessionOptions) -> Outcome {
         capture: capture_tx,
         input: input_tx,
         clipboard: None,
+        chat: None,
         out: out_tx,
         consent: None,
         consent_cancel: Arc::new(AtomicBool::new(false)),

@@ -13,17 +13,20 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use guruconnect_agent::platform::linux::chat::{self as chat_window, REPLY_FIELD};
 use guruconnect_agent::platform::linux::consent::{ALLOW_BUTTON, DENY_BUTTON, center};
 use guruconnect_client::{Connection, connect_agent, connect_viewer};
 use guruconnect_codec::{Decoder, Encoder, Image};
 use guruconnect_proto::{
-    Codec, Envelope, KeyEvent, MouseAction, MouseButton, MouseEvent, Payload, ViewerHello,
+    ChatMessage, Codec, Envelope, KeyEvent, MouseAction, MouseButton, MouseEvent, Payload,
+    ViewerHello,
 };
 use serde_json::{Value, json};
 use x11rb::connection::Connection as _;
 use x11rb::protocol::Event;
 use x11rb::protocol::xproto::{
-    ConnectionExt as _, CreateWindowAux, EventMask, InputFocus, WindowClass,
+    ClientMessageEvent, ConnectionExt as _, CreateWindowAux, EventMask, ImageFormat, InputFocus,
+    WindowClass,
 };
 use x11rb::rust_connection::RustConnection;
 use x11rb::wrapper::ConnectionExt as _;
@@ -931,6 +934,227 @@ async fn denied_consent_ends_the_session_without_a_frame() {
         "a frame crossed before consent"
     );
     relay.wait_session(&admin, "ended").await;
+}
+
+// ------------------------------------------------------------------ chat helpers
+
+/// The visible chat windows (no waiting; empty when there is none).
+fn visible_chat_windows(display: &str) -> Vec<String> {
+    let out = run_with_timeout(
+        Command::new("xdotool")
+            .args([
+                "search",
+                "--onlyvisible",
+                "--name",
+                chat_window::WINDOW_TITLE,
+            ])
+            .env("DISPLAY", display),
+        WAIT,
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Waits for the chat window to be shown; returns its id.
+fn wait_chat_window(display: &str) -> String {
+    let found = xdotool(
+        display,
+        &[
+            "search",
+            "--sync",
+            "--onlyvisible",
+            "--name",
+            chat_window::WINDOW_TITLE,
+        ],
+    );
+    found
+        .lines()
+        .next()
+        .expect("a chat window id")
+        .trim()
+        .to_owned()
+}
+
+/// Dark (text) pixels in the message area of `window` (above the reply field).
+fn dark_pixels(display: &str, window: &str) -> usize {
+    let (conn, _) = x11rb::connect(Some(display)).expect("connect");
+    let id: u32 = window.parse().expect("window id");
+    let Ok(reply) = conn
+        .get_image(
+            ImageFormat::Z_PIXMAP,
+            id,
+            0,
+            0,
+            chat_window::WIDTH,
+            REPLY_FIELD.1 as u16,
+            !0,
+        )
+        .expect("get_image")
+        .reply()
+    else {
+        return 0;
+    };
+    reply
+        .data
+        .chunks_exact(4)
+        .filter(|p| p[0] < 0x40 && p[1] < 0x40 && p[2] < 0x40)
+        .count()
+}
+
+/// Asks the window to close the way a window manager does (WM_DELETE_WINDOW).
+fn close_like_a_window_manager(display: &str, window: &str) {
+    let (conn, _) = x11rb::connect(Some(display)).expect("connect");
+    let id: u32 = window.parse().expect("window id");
+    let atom = |name: &[u8]| {
+        conn.intern_atom(false, name)
+            .expect("intern")
+            .reply()
+            .expect("atom")
+            .atom
+    };
+    let (protocols, delete) = (atom(b"WM_PROTOCOLS"), atom(b"WM_DELETE_WINDOW"));
+    let event = ClientMessageEvent::new(32, id, protocols, [delete, 0, 0, 0, 0]);
+    conn.send_event(false, id, EventMask::NO_EVENT, event)
+        .expect("send_event");
+    conn.sync().expect("sync");
+}
+
+async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next chat message the viewer receives.
+async fn next_chat(conn: &mut Connection) -> ChatMessage {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no chat message reached the viewer within {WAIT:?}"),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::Chat(chat)),
+                ..
+            })) => return chat,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed: {e}"),
+        }
+    }
+}
+
+fn chat(text: &str) -> Payload {
+    Payload::Chat(ChatMessage {
+        from: "admin".into(),
+        text: text.into(),
+        sent_at_ms: 1,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_is_shown_to_the_user_and_the_typed_reply_reaches_the_viewer() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    let mut agent = AgentProcess::spawn(
+        Some(&x.display),
+        &["--server", &relay.base, "--code", &code],
+    );
+    click_consent(&x.display, ALLOW_BUTTON);
+    let session_id = relay.wait_session(&admin, "active").await;
+    let (mut viewer, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+
+    // No chat window until the first message.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        visible_chat_windows(&x.display).is_empty(),
+        "a chat window before any message"
+    );
+
+    // 1. The technician's message opens the window, and its text is drawn.
+    let question = "Hello, may I restart the print spooler?";
+    viewer.send(chat(question)).await.expect("send chat");
+    let window = wait_chat_window(&x.display);
+    wait_until("the message drawn in the chat window", || {
+        dark_pixels(&x.display, &window) > 100
+    })
+    .await;
+
+    // 2. The user clicks into the reply field, types and presses Return.
+    let (fx, fy, fw, fh) = REPLY_FIELD;
+    let (cx, cy) = (
+        i32::from(fx) + i32::from(fw) / 2,
+        i32::from(fy) + i32::from(fh) / 2,
+    );
+    xdotool(
+        &x.display,
+        &[
+            "mousemove",
+            "--window",
+            &window,
+            &cx.to_string(),
+            &cy.to_string(),
+            "click",
+            "1",
+        ],
+    );
+    wait_until("the keyboard focus in the chat window", || {
+        xdotool(&x.display, &["getwindowfocus", "-f"]).trim() == window
+    })
+    .await;
+    // A typo, erased with BackSpace, and a line thrown away with Escape first.
+    xdotool(&x.display, &["type", "--delay", "15", "never mind"]);
+    xdotool(&x.display, &["key", "Escape"]);
+    let reply = "Yes, go ahead! (#42)";
+    xdotool(&x.display, &["type", "--delay", "15", &format!("{reply}x")]);
+    xdotool(&x.display, &["key", "BackSpace", "Return"]);
+    let got = next_chat(&mut viewer).await;
+    assert_eq!(got.text, reply);
+    assert!(!got.from.is_empty());
+    assert!(got.sent_at_ms > 0);
+
+    // An empty reply is not sent: the next message the viewer sees is the second reply.
+    xdotool(&x.display, &["key", "Return"]);
+    xdotool(&x.display, &["type", "--delay", "15", "thanks"]);
+    xdotool(&x.display, &["key", "Return"]);
+    assert_eq!(next_chat(&mut viewer).await.text, "thanks");
+
+    // 3. Closing hides the window; the next message shows it again.
+    close_like_a_window_manager(&x.display, &window);
+    wait_until("the chat window to hide", || {
+        visible_chat_windows(&x.display).is_empty()
+    })
+    .await;
+    viewer.send(chat("Done.")).await.expect("send chat");
+    assert_eq!(wait_chat_window(&x.display), window);
+
+    // Chat text never reaches the log; its arrival does.
+    let stderr = agent.stderr();
+    for text in [question, reply, "thanks", "Done."] {
+        assert!(!stderr.contains(text), "chat text in the log:\n{stderr}");
+    }
+    assert!(stderr.contains("a chat message arrived"), "{stderr}");
+
+    // 4. The window goes away with the session.
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent died:\n{stderr}"
+    );
+    let resp = relay
+        .http
+        .delete(format!("{}/api/sessions/{session_id}", relay.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(resp.status().is_success(), "ending the session: {resp:?}");
+    let status = agent.wait_exit(WAIT).await;
+    assert!(status.success(), "{status}\n{}", agent.stderr());
+    assert!(visible_chat_windows(&x.display).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

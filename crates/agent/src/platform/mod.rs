@@ -102,3 +102,12 @@ pub trait ClipboardAccess: Send {
     /// Replaces the clipboard text.
     fn set_text(&mut self, text: &str) -> PlatformResult<()>;
 }
+
+/// The chat window of the person at the machine: technicians' messages are shown there and
+/// the person's replies come back from it.
+pub trait ChatWindow: Send {
+    /// Shows an incoming message (showing the window again if it was closed).
+    fn show(&mut self, from: &str, text: &str) -> PlatformResult<()>;
+    /// Handles pending window events; returns the replies the person sent since the last call.
+    fn replies(&mut self) -> PlatformResult<Vec<String>>;
+}

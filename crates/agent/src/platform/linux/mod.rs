@@ -1,10 +1,11 @@
 //! Linux desktop support over X11 (x11rb, pure Rust): MIT-SHM capture with a GetImage
-//! fallback, RandR monitors, XFixes cursor, XTest input, an X11 consent window, CLIPBOARD
-//! text, and inventory from `/proc`, `/sys` and `/etc`.
+//! fallback, RandR monitors, XFixes cursor, XTest input, an X11 consent window, an X11 chat
+//! window, CLIPBOARD text, and inventory from `/proc`, `/sys` and `/etc`.
 //!
 //! Wayland sessions are not supported (XWayland would show only X clients).
 
 pub mod capture;
+pub mod chat;
 pub mod clipboard;
 pub mod consent;
 pub mod input;
