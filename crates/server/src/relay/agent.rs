@@ -431,6 +431,10 @@ async fn bind(
 /// per-agent key receives one, once, and uses it from then on. Never re-issued while an
 /// active key exists.
 async fn provision_key(state: &AppState, session: &LiveSession, ip: IpAddr) {
+    // Check and issue as one step, so two connections of one machine racing here cannot
+    // both see "no key" (provisioning is rare; one lock for the process is enough).
+    static PROVISIONING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = PROVISIONING.lock().await;
     match state.store.count_active_keys(&session.agent_id).await {
         Ok(0) => {}
         Ok(_) => return,
