@@ -298,7 +298,9 @@ async fn consent_denied_ends_the_session_and_burns_the_code() {
         401,
         "code after denial",
     );
-    assert!(server.state.relay.get(&sid).is_none());
+    // Removal follows the agent task's clean-up, which may finish just after the close.
+    let gone = common::eventually(WAIT, || async { server.state.relay.get(&sid).is_none() }).await;
+    assert!(gone, "the denied session is still in the registry");
     let ended = common::eventually(WAIT, || async {
         server
             .state
