@@ -918,10 +918,21 @@ async fn a_keyed_agent_claiming_another_machines_uid_changes_nothing() {
 
 #[tokio::test]
 async fn a_shared_key_agent_is_provisioned_one_key_until_it_is_revoked() {
+    shared_key_provisioning(SharedKeyMode::EnrollmentOnly).await;
+}
+
+/// In `enabled` mode too: a machine that has its own key is refused on the shared key, so
+/// an agent ignoring its provisioned key cannot pile up pending rows.
+#[tokio::test]
+async fn in_enabled_mode_too_a_provisioned_machine_must_use_its_own_key() {
+    shared_key_provisioning(SharedKeyMode::Enabled).await;
+}
+
+async fn shared_key_provisioning(mode: SharedKeyMode) {
     let shared = common::random_secret("legacy-shared");
     let server = TestServer::start_with(|c| {
         c.shared_agent_key = Some(SecretString::from(shared.clone()));
-        c.shared_agent_key_mode = SharedKeyMode::EnrollmentOnly;
+        c.shared_agent_key_mode = mode;
     })
     .await;
     let admin = server.admin_token().await;

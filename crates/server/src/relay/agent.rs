@@ -285,10 +285,13 @@ async fn bind(
                 .map(|u| u.agent_id.clone())
                 .unwrap_or_default();
             // The resolved row never holds a key (a keyed machine's uid resolves to a
-            // fresh collision row), so the check is on the machine the agent claims.
-            if state.config.shared_agent_key_mode == SharedKeyMode::EnrollmentOnly
-                && (unkeyed.as_ref().is_some_and(|u| u.claims_keyed_machine)
-                    || state
+            // fresh collision row), so the check is on the machine the agent claims. In
+            // both modes a machine that has its own key must use it: otherwise an agent
+            // that ignores its provisioned key would add a pending row on every reconnect.
+            let claims_keyed = unkeyed.as_ref().is_some_and(|u| u.claims_keyed_machine);
+            if claims_keyed
+                || (state.config.shared_agent_key_mode == SharedKeyMode::EnrollmentOnly
+                    && state
                         .store
                         .count_active_keys(&agent_id)
                         .await
