@@ -510,7 +510,12 @@ impl Session {
                     tracing::warn!("ignoring StartStream before consent");
                     return Ok(Flow::Continue);
                 }
-                if let Some(d) = self.displays.iter().find(|d| d.id == start.display_id) {
+                // The display named here picks where a stream starts. A StartStream while one
+                // runs only changes the codec (the relay always names display 0): the display
+                // a technician switched to stays.
+                if !self.streaming
+                    && let Some(d) = self.displays.iter().find(|d| d.id == start.display_id)
+                {
                     self.active = d.clone();
                 }
                 self.streaming = true;
@@ -615,7 +620,14 @@ impl Session {
                 .await?;
             }
             Payload::SessionEnd(end) => return Ok(Flow::Stop(Outcome::Ended(end.reason))),
-            Payload::ViewerJoined(v) => tracing::info!(viewer = %v.username, "a technician joined"),
+            Payload::ViewerJoined(v) => {
+                tracing::info!(viewer = %v.username, "a technician joined");
+                // The display list is otherwise sent only when the stream starts or switches:
+                // a technician joining a running stream would never learn the monitors.
+                if self.streaming {
+                    self.send(self.display_list()).await?;
+                }
+            }
             Payload::ViewerLeft(v) => tracing::info!(viewer = %v.username, "a technician left"),
             Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
             Payload::UpdateCommand(_) => {

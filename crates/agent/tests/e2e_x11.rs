@@ -2,7 +2,8 @@
 //! consent answered by clicking the prompt with xdotool, viewers over the protocol client.
 //!
 //! Needs `Xvfb` and `xdotool` (Debian: xvfb, xdotool). Without Xvfb the tests print a line
-//! and pass; without xdotool they fail.
+//! and pass; without xdotool they fail. The multi-monitor test also needs `xrandr` (Debian:
+//! x11-xserver-utils) and prints a line and passes without it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -18,15 +19,15 @@ use guruconnect_agent::platform::linux::consent::{ALLOW_BUTTON, DENY_BUTTON, cen
 use guruconnect_client::{Connection, connect_agent, connect_viewer};
 use guruconnect_codec::{Decoder, Encoder, Image};
 use guruconnect_proto::{
-    ChatMessage, Codec, Envelope, KeyEvent, MouseAction, MouseButton, MouseEvent, Payload,
-    ViewerHello,
+    ChatMessage, ClipboardText, Codec, DisplayInfo, DisplayList, Envelope, KeyEvent, MouseAction,
+    MouseButton, MouseEvent, Payload, SwitchDisplay, ViewerHello,
 };
 use serde_json::{Value, json};
 use x11rb::connection::Connection as _;
 use x11rb::protocol::Event;
 use x11rb::protocol::xproto::{
-    ClientMessageEvent, ConnectionExt as _, CreateWindowAux, EventMask, ImageFormat, InputFocus,
-    WindowClass,
+    AtomEnum, ClientMessageEvent, ConnectionExt as _, CreateWindowAux, EventMask, ImageFormat,
+    InputFocus, PropMode, SELECTION_NOTIFY_EVENT, SelectionNotifyEvent, WindowClass,
 };
 use x11rb::rust_connection::RustConnection;
 use x11rb::wrapper::ConnectionExt as _;
@@ -287,7 +288,8 @@ enum Recorded {
     ButtonPress { button: u8, x: i16, y: i16 },
 }
 
-/// Two coloured windows; window A records key and button presses.
+/// Coloured windows; the first records key and button presses (wheel clicks included: X
+/// reports them as buttons 4 to 7).
 struct TestApp {
     conn: Arc<RustConnection>,
     window_a: u32,
@@ -296,11 +298,17 @@ struct TestApp {
 }
 
 impl TestApp {
+    /// Windows A (recording) and B.
     fn start(display: &str) -> TestApp {
+        Self::with_windows(display, &[WIN_A, WIN_B])
+    }
+
+    /// The given windows, the first recording input.
+    fn with_windows(display: &str, windows: &[(i16, i16, u16, u16, u32)]) -> TestApp {
         let (conn, screen) = x11rb::connect(Some(display)).expect("connect test app");
         let root = conn.setup().roots[screen].root;
         let mut ids = Vec::new();
-        for (i, (x, y, w, h, colour)) in [WIN_A, WIN_B].into_iter().enumerate() {
+        for (i, &(x, y, w, h, colour)) in windows.iter().enumerate() {
             let id = conn.generate_id().expect("id");
             let mask = if i == 0 {
                 EventMask::KEY_PRESS | EventMask::BUTTON_PRESS
@@ -648,6 +656,17 @@ async fn decode_until(
     codec: Codec,
     accept: impl Fn(&Image) -> bool,
 ) -> Image {
+    decode_collecting(conn, codec, accept).await.0
+}
+
+/// [`decode_until`], also returning every payload other than a video frame that arrived
+/// meanwhile (display lists, cursor updates, clipboard text...).
+async fn decode_collecting(
+    conn: &mut Connection,
+    codec: Codec,
+    accept: impl Fn(&Image) -> bool,
+) -> (Image, Vec<Payload>) {
+    let mut others = Vec::new();
     let mut decoder = Decoder::new();
     let mut keyframe_seen = false;
     let mut frames = 0;
@@ -660,8 +679,13 @@ async fn decode_until(
             Ok(Ok(e)) => e,
             Ok(Err(e)) => panic!("viewer connection failed: {e}"),
         };
-        let Some(Payload::VideoFrame(frame)) = envelope.payload else {
-            continue;
+        let frame = match envelope.payload {
+            Some(Payload::VideoFrame(frame)) => frame,
+            Some(other) => {
+                others.push(other);
+                continue;
+            }
+            None => continue,
         };
         frames += 1;
         if frame.codec != codec as i32 {
@@ -672,7 +696,7 @@ async fn decode_until(
             continue;
         }
         match decoder.decode(&frame) {
-            Ok(image) if accept(image) => return image.clone(),
+            Ok(image) if accept(image) => return (image.clone(), others),
             Ok(_) => {}
             Err(e) => panic!("decode failed: {e}"),
         }
@@ -934,6 +958,554 @@ async fn denied_consent_ends_the_session_without_a_frame() {
         "a frame crossed before consent"
     );
     relay.wait_session(&admin, "ended").await;
+}
+
+// ------------------------------------------------------------------ wheel, clipboard, monitors
+
+/// Starts the agent for a support code, allows it as the user would and connects a control
+/// viewer that has seen a first lossless picture satisfying `accept` (so the stream, and
+/// with it the agent's clipboard thread, is running).
+async fn attended_control_session(
+    x: &Xvfb,
+    relay: &Relay,
+    admin: &str,
+    accept: impl Fn(&Image) -> bool,
+) -> (AgentProcess, String, Connection, Image, Vec<Payload>) {
+    let code = relay.create_code(admin).await;
+    let agent = AgentProcess::spawn(
+        Some(&x.display),
+        &["--server", &relay.base, "--code", &code],
+    );
+    click_consent(&x.display, ALLOW_BUTTON);
+    let session_id = relay.wait_session(admin, "active").await;
+    let (mut control, mode) = relay.viewer(admin, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "control");
+    let (image, others) = decode_collecting(&mut control, Codec::RawZstd, accept).await;
+    (agent, session_id, control, image, others)
+}
+
+fn wheel(x: i32, y: i32, dx: i32, dy: i32) -> Payload {
+    Payload::MouseEvent(MouseEvent {
+        action: MouseAction::Wheel as i32,
+        button: MouseButton::None as i32,
+        x,
+        y,
+        wheel_dx: dx,
+        wheel_dy: dy,
+        ..MouseEvent::default()
+    })
+}
+
+fn assert_alive(agent: &mut AgentProcess) {
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent died:\n{}",
+        agent.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wheel_events_from_a_control_viewer_arrive_as_x_buttons_4_to_7_at_the_pointer() {
+    let Some(x) = Xvfb::start() else { return };
+    let app = TestApp::start(&x.display);
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let (mut agent, _session, mut control, _, _) =
+        attended_control_session(&x, &relay, &admin, |img| region_matches(img, WIN_A, 0, 0)).await;
+
+    // Browser-style deltas (120 a notch, negative = up/left); window A is at (100, 100).
+    let press = |button, x, y| Recorded::ButtonPress { button, x, y };
+    let sent = [
+        (wheel(150, 160, 0, -120), vec![press(4, 50, 60)]),
+        (wheel(160, 170, 0, 120), vec![press(5, 60, 70)]),
+        (wheel(170, 180, 0, 360), vec![press(5, 70, 80); 3]),
+        (wheel(180, 190, 0, 30), vec![press(5, 80, 90)]), // a fine touchpad step: one click
+        (wheel(190, 200, -120, 0), vec![press(6, 90, 100)]),
+        (wheel(200, 210, 240, 0), vec![press(7, 100, 110); 2]),
+        (wheel(210, 220, 0, 0), vec![]), // nothing to scroll: no click
+        (wheel(220, 230, 0, -120), vec![press(4, 120, 130)]), // the marker: last of all
+    ];
+    let mut expected = Vec::new();
+    for (event, presses) in sent {
+        control.send(event).await.expect("send wheel");
+        expected.extend(presses);
+    }
+    let last = *expected.last().expect("a marker");
+    app.wait_for("the last wheel click", |ev| ev.contains(&last))
+        .await;
+    // Input is injected in order, so everything sent before the marker is here already.
+    assert_eq!(app.events(), expected);
+    assert_alive(&mut agent);
+}
+
+/// The text on the display's CLIPBOARD selection, converted to UTF8_STRING into a window of
+/// our own (`None`: no owner, or the owner refused).
+fn read_clipboard(display: &str) -> Option<String> {
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
+    let root = conn.setup().roots[screen].root;
+    let window = conn.generate_id().expect("id");
+    conn.create_window(
+        x11rb::COPY_DEPTH_FROM_PARENT,
+        window,
+        root,
+        0,
+        0,
+        1,
+        1,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new(),
+    )
+    .expect("create window");
+    let (clipboard, utf8, property) = (
+        intern(&conn, b"CLIPBOARD"),
+        intern(&conn, b"UTF8_STRING"),
+        intern(&conn, b"GURUCONNECT_TEST_CLIPBOARD"),
+    );
+    conn.convert_selection(window, clipboard, utf8, property, x11rb::CURRENT_TIME)
+        .expect("convert_selection");
+    conn.flush().expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match conn.poll_for_event().expect("event") {
+            Some(Event::SelectionNotify(n)) if n.requestor == window => {
+                if n.property == x11rb::NONE {
+                    return None;
+                }
+                let reply = conn
+                    .get_property(true, window, property, AtomEnum::ANY, 0, 1 << 20)
+                    .expect("get_property")
+                    .reply()
+                    .expect("property");
+                assert_eq!(reply.type_, utf8, "the owner answered with another type");
+                return Some(String::from_utf8(reply.value).expect("UTF-8 text"));
+            }
+            Some(_) => {}
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the CLIPBOARD owner never answered"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn intern(conn: &RustConnection, name: &[u8]) -> u32 {
+    conn.intern_atom(false, name)
+        .expect("intern")
+        .reply()
+        .expect("atom")
+        .atom
+}
+
+/// Owns the display's CLIPBOARD selection with `text` (as UTF8_STRING) and answers requests
+/// for it on a thread, as a desktop application would, until dropped.
+struct ClipboardOwner {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClipboardOwner {
+    fn start(display: &str, text: &str) -> ClipboardOwner {
+        let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
+        let root = conn.setup().roots[screen].root;
+        let window = conn.generate_id().expect("id");
+        conn.create_window(
+            x11rb::COPY_DEPTH_FROM_PARENT,
+            window,
+            root,
+            0,
+            0,
+            1,
+            1,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            0,
+            &CreateWindowAux::new(),
+        )
+        .expect("create window");
+        let (clipboard, utf8, targets) = (
+            intern(&conn, b"CLIPBOARD"),
+            intern(&conn, b"UTF8_STRING"),
+            intern(&conn, b"TARGETS"),
+        );
+        conn.set_selection_owner(window, clipboard, x11rb::CURRENT_TIME)
+            .expect("set_selection_owner");
+        let owner = conn
+            .get_selection_owner(clipboard)
+            .expect("get_selection_owner")
+            .reply()
+            .expect("owner")
+            .owner;
+        assert_eq!(owner, window, "could not take the CLIPBOARD selection");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let text = text.as_bytes().to_vec();
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match conn.poll_for_event() {
+                    Ok(Some(Event::SelectionRequest(req))) => {
+                        // Obsolete requestors name no property: use the target.
+                        let property = if req.property == x11rb::NONE {
+                            req.target
+                        } else {
+                            req.property
+                        };
+                        let answered = if req.target == targets {
+                            conn.change_property32(
+                                PropMode::REPLACE,
+                                req.requestor,
+                                property,
+                                AtomEnum::ATOM,
+                                &[targets, utf8],
+                            )
+                            .is_ok()
+                        } else if req.target == utf8 {
+                            conn.change_property8(
+                                PropMode::REPLACE,
+                                req.requestor,
+                                property,
+                                utf8,
+                                &text,
+                            )
+                            .is_ok()
+                        } else {
+                            false
+                        };
+                        let notify = SelectionNotifyEvent {
+                            response_type: SELECTION_NOTIFY_EVENT,
+                            sequence: 0,
+                            time: req.time,
+                            requestor: req.requestor,
+                            selection: req.selection,
+                            target: req.target,
+                            property: if answered { property } else { x11rb::NONE },
+                        };
+                        let _ = conn.send_event(false, req.requestor, EventMask::NO_EVENT, notify);
+                        let _ = conn.flush();
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => return,
+                }
+            }
+        });
+        ClipboardOwner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ClipboardOwner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn clipboard(text: &str) -> Payload {
+    Payload::Clipboard(ClipboardText { text: text.into() })
+}
+
+/// Polls the CLIPBOARD selection until it holds `want`; panics with what it held otherwise.
+async fn wait_clipboard(display: &str, want: &str, agent: &AgentProcess) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = read_clipboard(display);
+        if now.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CLIPBOARD selection holds {now:?}, not {want:?}\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next clipboard text the viewer receives.
+async fn next_clipboard(conn: &mut Connection) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no clipboard text reached the viewer within {WAIT:?}"),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::Clipboard(clip)),
+                ..
+            })) => return clip.text,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clipboard_text_crosses_both_ways_and_a_view_only_viewer_cannot_set_it() {
+    let Some(x) = Xvfb::start() else { return };
+    let _app = TestApp::start(&x.display);
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let (mut agent, session_id, mut control, _, _) =
+        attended_control_session(&x, &relay, &admin, |img| region_matches(img, WIN_A, 0, 0)).await;
+
+    // 1. Viewer → machine: the control viewer's text becomes the CLIPBOARD selection.
+    let from_technician = "ping 10.0.0.1 — ✓ ünïcödé";
+    control
+        .send(clipboard(from_technician))
+        .await
+        .expect("send clipboard");
+    wait_clipboard(&x.display, from_technician, &agent).await;
+
+    // 2. A view-only viewer's text never reaches the machine.
+    let password = format!("pw-{}", hex(&uuid_like()[..8]));
+    relay
+        .post(
+            &admin,
+            "/api/users",
+            json!({ "username": "watcher", "password": password, "role": "viewer" }),
+        )
+        .await;
+    let watcher = relay.login("watcher", &password).await;
+    let (mut view_only, mode) = relay.viewer(&watcher, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "view_only");
+    view_only
+        .send(clipboard("rm -rf / # from a view-only viewer"))
+        .await
+        .expect("send clipboard");
+    // A chat message from the same viewer is forwarded to the agent (any viewer may chat)
+    // and handled in order: once its window shows, the clipboard text was handled (dropped)
+    // too, and would have reached the selection within the settling time below.
+    view_only
+        .send(chat("view-only barrier"))
+        .await
+        .expect("send chat");
+    wait_chat_window(&x.display);
+    let settle = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < settle {
+        assert_eq!(
+            read_clipboard(&x.display).as_deref(),
+            Some(from_technician),
+            "a view-only viewer changed the clipboard"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 3. Machine → viewer: text a local application copies reaches the control viewer (and
+    // what the viewer itself set was not echoed back before it).
+    let from_user = "copied on the machine: C:\\Users\\éva\\report.pdf";
+    let owner = ClipboardOwner::start(&x.display, from_user);
+    assert_eq!(read_clipboard(&x.display).as_deref(), Some(from_user));
+    assert_eq!(next_clipboard(&mut control).await, from_user);
+
+    // Clipboard text never reaches the agent's log.
+    let stderr = agent.stderr();
+    for text in [from_technician, from_user] {
+        assert!(
+            !stderr.contains(text),
+            "clipboard text in the log:\n{stderr}"
+        );
+    }
+    drop(owner);
+    assert_alive(&mut agent);
+}
+
+/// Left and right halves of the screen, each a RandR monitor (see `split_into_two_monitors`).
+const LEFT_HALF: (i16, i16, u16, u16, u32) = (0, 0, 640, 720, 0x0022_aa44);
+const RIGHT_HALF: (i16, i16, u16, u16, u32) = (640, 0, 640, 720, 0x00aa_2288);
+
+/// Defines two RandR 1.5 monitors on the 1280×720 screen, as `xrandr --setmonitor` does on a
+/// real multi-head desktop. The first takes over the screen's output, so the server's
+/// automatic whole-screen monitor goes away and exactly these two are listed.
+fn split_into_two_monitors(display: &str) {
+    for args in [
+        ["--setmonitor", "left", "640/170x720/190+0+0", "screen"],
+        ["--setmonitor", "right", "640/170x720/190+640+0", "none"],
+    ] {
+        let out = run_with_timeout(
+            Command::new("xrandr").args(args).env("DISPLAY", display),
+            WAIT,
+        );
+        assert!(
+            out.status.success(),
+            "xrandr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run_with_timeout(
+        Command::new("xrandr")
+            .arg("--listmonitors")
+            .env("DISPLAY", display),
+        WAIT,
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.starts_with("Monitors: 2"), "{listed}");
+}
+
+/// The first display list among `seen`, else the next one the viewer receives.
+async fn display_list(conn: &mut Connection, seen: Vec<Payload>) -> DisplayList {
+    if let Some(list) = seen.into_iter().find_map(|p| match p {
+        Payload::DisplayList(list) => Some(list),
+        _ => None,
+    }) {
+        return list;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no display list reached the viewer within {WAIT:?}"),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::DisplayList(list)),
+                ..
+            })) => return list,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_randr_monitors_are_listed_and_the_viewer_switches_to_the_second() {
+    let Some(x) = Xvfb::start() else { return };
+    if !have("xrandr") {
+        println!("SKIPPED: xrandr is not installed (apt-get install x11-xserver-utils)");
+        return;
+    }
+    split_into_two_monitors(&x.display);
+    // The right half records input: it is where the viewer will click after switching.
+    let app = TestApp::with_windows(&x.display, &[RIGHT_HALF, LEFT_HALF]);
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let whole = |win: (i16, i16, u16, u16, u32)| (0, 0, win.2, win.3, win.4);
+    let (mut agent, session_id, mut control, first, others) =
+        attended_control_session(&x, &relay, &admin, |img| {
+            region_matches(img, whole(LEFT_HALF), 0, 0)
+        })
+        .await;
+
+    // 1. The first (primary) monitor is streamed, and the viewer learns both.
+    assert_eq!((first.width, first.height), (640, 720));
+    let display = |id: u32, name: &str, x: i32, primary: bool| DisplayInfo {
+        id,
+        name: name.into(),
+        x,
+        y: 0,
+        width: 640,
+        height: 720,
+        primary,
+    };
+    let (left, right) = (display(0, "left", 0, true), display(1, "right", 640, false));
+    let lists: Vec<&DisplayList> = others
+        .iter()
+        .filter_map(|p| match p {
+            Payload::DisplayList(list) => Some(list),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lists,
+        [&DisplayList {
+            displays: vec![left.clone(), right.clone()],
+            active_display_id: left.id,
+        }],
+        "{}",
+        agent.stderr()
+    );
+
+    // 2. Switching: the pictures now are the right monitor's, at its own size.
+    control
+        .send(Payload::SwitchDisplay(SwitchDisplay {
+            display_id: right.id,
+        }))
+        .await
+        .expect("switch display");
+    let (image, others) = decode_collecting(&mut control, Codec::RawZstd, |img| {
+        region_matches(img, whole(RIGHT_HALF), 0, 0)
+    })
+    .await;
+    assert_eq!((image.width, image.height), (640, 720));
+    assert_eq!(pixel(&image, 320, 360), bgr(RIGHT_HALF.4));
+    assert!(
+        others.iter().any(|p| matches!(
+            p,
+            Payload::DisplayList(list) if list.active_display_id == right.id && list.displays.len() == 2
+        )),
+        "no display list naming the new active display: {others:?}"
+    );
+
+    // 3. Input coordinates are the active monitor's: (100, 200) there is (740, 200) on the
+    // screen, (100, 200) in the right half's window.
+    click(&mut control, 100, 200).await;
+    control
+        .send(wheel(300, 400, 0, 120))
+        .await
+        .expect("send wheel");
+    let press = |button, x, y| Recorded::ButtonPress { button, x, y };
+    app.wait_for("the click and the wheel on the second monitor", |ev| {
+        ev.contains(&press(5, 300, 400))
+    })
+    .await;
+    assert_eq!(app.events(), [press(1, 100, 200), press(5, 300, 400)]);
+
+    // 4. A technician joining the running stream learns the monitors, and which is shown.
+    let (mut second, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    let (_, others) = decode_collecting(&mut second, Codec::RawZstd, |img| {
+        region_matches(img, whole(RIGHT_HALF), 0, 0)
+    })
+    .await;
+    let list = display_list(&mut second, others).await;
+    assert_eq!(
+        list,
+        DisplayList {
+            displays: vec![left.clone(), right.clone()],
+            active_display_id: right.id,
+        }
+    );
+    second.close().await.expect("close");
+
+    // 5. A codec change restarts the stream (the relay's StartStream always names display 0):
+    // the monitor the technician chose stays.
+    if Encoder::new(Codec::H264).codec() == Codec::H264 {
+        let hello = |codecs: &[Codec]| {
+            Payload::ViewerHello(ViewerHello {
+                protocol_version: guruconnect_proto::PROTOCOL_VERSION,
+                codecs: codecs.iter().map(|c| *c as i32).collect(),
+            })
+        };
+        control
+            .send(hello(&[Codec::RawZstd, Codec::H264]))
+            .await
+            .expect("hello");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, control.recv()).await {
+                Err(_) => panic!("the stream never switched to H.264"),
+                Ok(Ok(Envelope {
+                    payload: Some(Payload::VideoFrame(f)),
+                    ..
+                })) if f.codec == Codec::H264 as i32 => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("viewer connection failed: {e}"),
+            }
+        }
+        control.send(hello(&[Codec::RawZstd])).await.expect("hello");
+        // The first lossless picture after H.264 is the restarted stream's keyframe.
+        let (image, others) = decode_collecting(&mut control, Codec::RawZstd, |_| true).await;
+        let list = display_list(&mut control, others).await;
+        assert_eq!(list.active_display_id, right.id);
+        assert!(
+            region_matches(&image, whole(RIGHT_HALF), 0, 0),
+            "the stream went back to the first monitor"
+        );
+    }
+
+    assert_alive(&mut agent);
 }
 
 // ------------------------------------------------------------------ chat helpers
