@@ -37,6 +37,8 @@ pub struct InstallOptions {
     pub root: Option<PathBuf>,
     /// X display the service captures.
     pub display: String,
+    /// X authority file for that display (`XAUTHORITY`), when the X server requires one.
+    pub xauthority: Option<PathBuf>,
 }
 
 impl Default for InstallOptions {
@@ -48,6 +50,7 @@ impl Default for InstallOptions {
             bin: DEFAULT_BIN.into(),
             root: None,
             display: ":0".into(),
+            xauthority: None,
         }
     }
 }
@@ -57,7 +60,10 @@ fn under(root: &Path, path: &Path) -> PathBuf {
 }
 
 /// The unit file text.
-pub fn unit_text(bin: &Path, config: &Path, display: &str) -> String {
+pub fn unit_text(bin: &Path, config: &Path, display: &str, xauthority: Option<&Path>) -> String {
+    let xauthority = xauthority
+        .map(|p| format!("Environment=XAUTHORITY={}\n", p.display()))
+        .unwrap_or_default();
     format!(
         "# Installed by guruconnect-agent install; removed by guruconnect-agent uninstall.\n\
          [Unit]\n\
@@ -68,6 +74,7 @@ pub fn unit_text(bin: &Path, config: &Path, display: &str) -> String {
          [Service]\n\
          Type=simple\n\
          Environment=DISPLAY={display}\n\
+         {xauthority}\
          ExecStart={} run --config {}\n\
          Restart=always\n\
          RestartSec=10\n\
@@ -111,7 +118,11 @@ fn have_systemctl() -> bool {
 }
 
 fn check_paths(options: &InstallOptions) -> anyhow::Result<()> {
-    for (what, path) in [("--config", &options.config), ("--bin", &options.bin)] {
+    let mut paths = vec![("--config", &options.config), ("--bin", &options.bin)];
+    if let Some(xauthority) = &options.xauthority {
+        paths.push(("--xauthority", xauthority));
+    }
+    for (what, path) in paths {
         anyhow::ensure!(
             path.is_absolute(),
             "{what} must be an absolute path, not {}",
@@ -181,7 +192,12 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<()> {
     }
     std::fs::write(
         &unit_path,
-        unit_text(&options.bin, &options.config, &options.display),
+        unit_text(
+            &options.bin,
+            &options.config,
+            &options.display,
+            options.xauthority.as_deref(),
+        ),
     )
     .with_context(|| format!("writing {}", unit_path.display()))?;
     println!("installed {}", unit_path.display());
@@ -277,10 +293,15 @@ mod tests {
             config: "/etc/gc/agent.toml".into(),
             bin: "/opt/gc/guruconnect-agent".into(),
             root: Some(dir.path().to_owned()),
+            xauthority: Some("/run/user/1000/gdm/Xauthority".into()),
             ..InstallOptions::default()
         };
         install(&options).expect("install");
         let unit = std::fs::read_to_string(dir.path().join(UNIT_PATH)).expect("unit");
+        assert!(
+            unit.contains("Environment=XAUTHORITY=/run/user/1000/gdm/Xauthority\n"),
+            "{unit}"
+        );
         assert!(
             unit.contains("ExecStart=/opt/gc/guruconnect-agent run --config /etc/gc/agent.toml"),
             "{unit}"

@@ -72,6 +72,10 @@ enum Command {
         /// X display the service captures.
         #[arg(long, default_value = ":0")]
         display: String,
+        /// X authority file of that display, when its X server requires one
+        /// (e.g. /run/user/1000/gdm/Xauthority).
+        #[arg(long)]
+        xauthority: Option<PathBuf>,
     },
     /// Stops and removes the systemd service and its configuration.
     Uninstall {
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             bin,
             root,
             display,
+            xauthority,
         }) => {
             let options = InstallOptions {
                 server: cli.server,
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
                 bin,
                 root,
                 display,
+                xauthority,
             };
             match install::install(&options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1901,6 +1901,7 @@ async fn site_installer_enrolls_the_agent_which_keeps_its_key_and_re_enrolls_whe
                 env!("CARGO_BIN_EXE_guruconnect-agent"),
             )
             .env("GURUCONNECT_COMPANY", "Acme Dental")
+            .env("GURUCONNECT_XAUTHORITY", "/run/user/1000/gdm/Xauthority")
             .env("GURUCONNECT_TAGS", "front-desk,e2e"),
         WAIT,
     );
@@ -1919,6 +1920,10 @@ async fn site_installer_enrolls_the_agent_which_keeps_its_key_and_re_enrolls_whe
         unit.contains(
             "ExecStart=/opt/guruconnect/guruconnect-agent run --config /etc/guruconnect/agent.toml"
         ),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("Environment=XAUTHORITY=/run/user/1000/gdm/Xauthority"),
         "{unit}"
     );
     let bin = root.path().join("opt/guruconnect/guruconnect-agent");

@@ -300,6 +300,7 @@ const INSTALLER: &str = r##"#!/bin/sh
 #   GURUCONNECT_AGENT_BIN=./guruconnect-agent (use a local binary instead of downloading)
 #   GURUCONNECT_ROOT=/ (install into another root, for testing; skips systemctl)
 #   GURUCONNECT_COMPANY / _DEPARTMENT / _DEVICE_TYPE / _TAGS (comma-separated) labels
+#   GURUCONNECT_DISPLAY=:0 GURUCONNECT_XAUTHORITY=/run/user/1000/gdm/Xauthority (the desktop)
 set -eu
 SERVER=@SERVER@
 SITE_CODE=@SITE_CODE@
@@ -357,10 +358,14 @@ umask 077
 } > "$ROOT$ETC/agent.toml"
 chmod 0600 "$ROOT$ETC/agent.toml"
 
+# The X display the service captures, and its authority file when the X server needs one.
+set --
+if [ -n "${GURUCONNECT_DISPLAY:-}" ]; then set -- "$@" --display "$GURUCONNECT_DISPLAY"; fi
+if [ -n "${GURUCONNECT_XAUTHORITY:-}" ]; then set -- "$@" --xauthority "$GURUCONNECT_XAUTHORITY"; fi
 if [ -n "$ROOT" ]; then
-  "$BIN" install --root "$ROOT" --config "$ETC/agent.toml" --bin "$PREFIX/guruconnect-agent"
+  "$BIN" install --root "$ROOT" --config "$ETC/agent.toml" --bin "$PREFIX/guruconnect-agent" "$@"
 else
-  "$BIN" install --config "$ETC/agent.toml" --bin "$PREFIX/guruconnect-agent"
+  "$BIN" install --config "$ETC/agent.toml" --bin "$PREFIX/guruconnect-agent" "$@"
 fi
 echo "GuruConnect agent installed for site $SITE_CODE; it enrolls on its first start."
 "##;
