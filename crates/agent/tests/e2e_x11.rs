@@ -563,6 +563,22 @@ impl Relay {
         }
     }
 
+    /// Waits until no machine is online.
+    async fn wait_offline(&self, token: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let machines = self.machines(token).await;
+            if machines.iter().all(|m| m["online"] == false) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a machine stayed online: {machines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn count_events(&self, token: &str, event_type: &str) -> usize {
         self.get(token, &format!("/api/events?type={event_type}&limit=500"))
             .await["items"]
@@ -1038,9 +1054,8 @@ async fn wheel_events_from_a_control_viewer_arrive_as_x_buttons_4_to_7_at_the_po
     assert_alive(&mut agent);
 }
 
-/// The text on the display's CLIPBOARD selection, converted to UTF8_STRING into a window of
-/// our own (`None`: no owner, or the owner refused).
-fn read_clipboard(display: &str) -> Option<String> {
+/// A new connection to `display` with a 1×1 unmapped window of its own, for selections.
+fn selection_window(display: &str) -> (RustConnection, u32) {
     let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
     let root = conn.setup().roots[screen].root;
     let window = conn.generate_id().expect("id");
@@ -1058,6 +1073,13 @@ fn read_clipboard(display: &str) -> Option<String> {
         &CreateWindowAux::new(),
     )
     .expect("create window");
+    (conn, window)
+}
+
+/// The text on the display's CLIPBOARD selection, converted to UTF8_STRING into a window of
+/// our own (`None`: no owner, or the owner refused).
+fn read_clipboard(display: &str) -> Option<String> {
+    let (conn, window) = selection_window(display);
     let (clipboard, utf8, property) = (
         intern(&conn, b"CLIPBOARD"),
         intern(&conn, b"UTF8_STRING"),
@@ -1110,23 +1132,7 @@ struct ClipboardOwner {
 
 impl ClipboardOwner {
     fn start(display: &str, text: &str) -> ClipboardOwner {
-        let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
-        let root = conn.setup().roots[screen].root;
-        let window = conn.generate_id().expect("id");
-        conn.create_window(
-            x11rb::COPY_DEPTH_FROM_PARENT,
-            window,
-            root,
-            0,
-            0,
-            1,
-            1,
-            0,
-            WindowClass::INPUT_OUTPUT,
-            0,
-            &CreateWindowAux::new(),
-        )
-        .expect("create window");
+        let (conn, window) = selection_window(display);
         let (clipboard, utf8, targets) = (
             intern(&conn, b"CLIPBOARD"),
             intern(&conn, b"UTF8_STRING"),
@@ -1965,8 +1971,9 @@ async fn site_installer_enrolls_the_agent_which_keeps_its_key_and_re_enrolls_whe
 
     // A restart uses the stored key: no second enrollment, the same machine.
     drop(agent);
+    // Offline first, so "online" below can only be the restarted agent.
+    relay.wait_offline(&admin).await;
     let agent = AgentProcess::spawn_cmd(spawn(), &x.display);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let again = relay.wait_one_online(&admin, &agent).await;
     assert_eq!(again["agent_id"], agent_id.as_str());
     assert_eq!(relay.count_events(&admin, "machine.enrolled").await, 1);
@@ -2041,8 +2048,9 @@ async fn shared_key_agent_stores_its_provisioned_key_and_uses_it_from_then_on() 
 
     // From now on the stored key is used: no second provisioning, one active key.
     drop(agent);
+    // Offline first, so "online" below can only be the restarted agent.
+    relay.wait_offline(&admin).await;
     let agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let again = relay.wait_one_online(&admin, &agent).await;
     assert_eq!(again["agent_id"], machine["agent_id"]);
     assert!(

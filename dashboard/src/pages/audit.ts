@@ -2,7 +2,7 @@
 
 import { api, ApiError } from '../api';
 import type { PageContext } from '../router';
-import { dateTime, h, mount } from '../ui/dom';
+import { dateTime, h, mount, dataTable } from '../ui/dom';
 import { busy, loading, showError } from '../ui/feedback';
 import type { AuditEvent, EventPage } from '../types';
 
@@ -112,16 +112,7 @@ export function auditPage({ root, signal }: PageContext): void {
   mount(
     root,
     form,
-    h(
-      'div',
-      { class: 'table-wrap' },
-      h(
-        'table',
-        { class: 'table', 'data-testid': 'events-table' },
-        h('thead', {}, h('tr', {}, ['Time', 'Event', 'User', 'Machine', 'IP', 'Details'].map((t) => h('th', { scope: 'col' }, t)))),
-        tbody,
-      ),
-    ),
+    dataTable('events-table', ['Time', 'Event', 'User', 'Machine', 'IP', 'Details'], tbody),
     status,
     footer,
   );

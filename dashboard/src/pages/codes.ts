@@ -2,7 +2,7 @@
 
 import { api } from '../api';
 import { navigate, type PageContext } from '../router';
-import { dateTime, duration, h, mount, pill } from '../ui/dom';
+import { dateTime, duration, h, mount, pill, dataTable } from '../ui/dom';
 import { busy, confirmAction, copyButton, loading, showError, toast, toastError, errorBox } from '../ui/feedback';
 import type { SupportCode } from '../types';
 
@@ -59,53 +59,40 @@ export function codesPage({ root, signal }: PageContext): () => void {
     }
     mount(
       list,
-      h(
-        'div',
-        { class: 'table-wrap' },
-        h(
-          'table',
-          { class: 'table', 'data-testid': 'codes-table' },
-          h('thead', {}, h('tr', {}, ['Code', 'Status', 'Note', 'Created by', 'Expires', ''].map((t) => h('th', { scope: 'col' }, t)))),
+      dataTable('codes-table', ['Code', 'Status', 'Note', 'Created by', 'Expires', ''], codes.map((c) => {
+        const cancel = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'aria-label': `Cancel code ${c.code}` }, 'Cancel');
+        cancel.addEventListener('click', () => {
+          void confirmAction('Cancel support code', `Cancel ${c.code}? The customer will no longer be able to use it.`, 'Cancel code').then((ok) => {
+            if (!ok) return;
+            void busy(cancel, () => api.del(`/api/codes/${encodeURIComponent(c.id)}`))
+              .then(() => {
+                toast(`Code ${c.code} cancelled`, 'ok');
+                if (fresh.querySelector(`[data-code-id="${c.id}"]`)) fresh.replaceChildren();
+                void load();
+              })
+              .catch(toastError);
+          });
+        });
+        return h(
+          'tr',
+          { 'data-code-id': c.id },
+          h('td', { class: 'mono strong code-cell' }, c.code),
+          h('td', {}, pill(c.status, TONE[c.status] ?? 'muted')),
+          h('td', {}, c.note ?? h('span', { class: 'muted' }, '—')),
+          h('td', {}, c.created_by),
           h(
-            'tbody',
-            {},
-            codes.map((c) => {
-              const cancel = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'aria-label': `Cancel code ${c.code}` }, 'Cancel');
-              cancel.addEventListener('click', () => {
-                void confirmAction('Cancel support code', `Cancel ${c.code}? The customer will no longer be able to use it.`, 'Cancel code').then((ok) => {
-                  if (!ok) return;
-                  void busy(cancel, () => api.del(`/api/codes/${encodeURIComponent(c.id)}`))
-                    .then(() => {
-                      toast(`Code ${c.code} cancelled`, 'ok');
-                      if (fresh.querySelector(`[data-code-id="${c.id}"]`)) fresh.replaceChildren();
-                      void load();
-                    })
-                    .catch(toastError);
-                });
-              });
-              return h(
-                'tr',
-                { 'data-code-id': c.id },
-                h('td', { class: 'mono strong code-cell' }, c.code),
-                h('td', {}, pill(c.status, TONE[c.status] ?? 'muted')),
-                h('td', {}, c.note ?? h('span', { class: 'muted' }, '—')),
-                h('td', {}, c.created_by),
-                h(
-                  'td',
-                  { title: dateTime(c.expires_at) },
-                  c.status === 'pending' ? h('span', { class: 'countdown', 'data-expires': String(c.expires_at) }, remaining(c.expires_at)) : h('span', { class: 'muted' }, dateTime(c.expires_at)),
-                ),
-                h(
-                  'td',
-                  { class: 'actions' },
-                  c.status === 'consumed' && c.session_id ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${c.session_id}`) }, 'Join') : null,
-                  c.status === 'pending' ? cancel : null,
-                ),
-              );
-            }),
+            'td',
+            { title: dateTime(c.expires_at) },
+            c.status === 'pending' ? h('span', { class: 'countdown', 'data-expires': String(c.expires_at) }, remaining(c.expires_at)) : h('span', { class: 'muted' }, dateTime(c.expires_at)),
           ),
-        ),
-      ),
+          h(
+            'td',
+            { class: 'actions' },
+            c.status === 'consumed' && c.session_id ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${c.session_id}`) }, 'Join') : null,
+            c.status === 'pending' ? cancel : null,
+          ),
+        );
+      })),
     );
   };
 

@@ -2,7 +2,7 @@
 
 import { api } from '../api';
 import { navigate, type PageContext } from '../router';
-import { ago, dateTime, h, mount, pill } from '../ui/dom';
+import { ago, dateTime, h, mount, pill, dataTable } from '../ui/dom';
 import { busy, confirmAction, copyButton, errorBox, loading, showError, toast, toastError } from '../ui/feedback';
 import type { AgentKey, CreatedKey, Machine, Page } from '../types';
 
@@ -109,43 +109,30 @@ export async function keysPage({ root, params, signal }: PageContext): Promise<v
       }
       mount(
         list,
-        h(
-          'div',
-          { class: 'table-wrap' },
-          h(
-            'table',
-            { class: 'table', 'data-testid': 'keys-table' },
-            h('thead', {}, h('tr', {}, ['Key', 'Label', 'Status', 'Created', 'Last used', ''].map((t) => h('th', { scope: 'col' }, t)))),
-            h(
-              'tbody',
-              {},
-              keys.map((k) => {
-                const revoke = h('button', { class: 'btn btn-sm btn-danger', type: 'button' }, 'Revoke');
-                revoke.addEventListener('click', () => {
-                  void confirmAction('Revoke key', `Revoke ${k.prefix}…? An agent using it is disconnected and can no longer connect with it.`, 'Revoke key').then((ok) => {
-                    if (!ok) return;
-                    void busy(revoke, () => api.del(`/api/machines/${agentId}/keys/${k.id}`))
-                      .then(() => {
-                        toast('Key revoked', 'ok');
-                        void load();
-                      })
-                      .catch(toastError);
-                  });
-                });
-                return h(
-                  'tr',
-                  { 'data-key-id': k.id },
-                  h('td', { class: 'mono' }, `${k.prefix}…`),
-                  h('td', {}, k.label ?? h('span', { class: 'muted' }, '—')),
-                  h('td', {}, k.revoked_at ? pill('revoked', 'bad') : pill('active', 'ok')),
-                  h('td', {}, dateTime(k.created_at)),
-                  h('td', { title: dateTime(k.last_used_at) }, ago(k.last_used_at)),
-                  h('td', { class: 'actions' }, k.revoked_at ? null : revoke),
-                );
-              }),
-            ),
-          ),
-        ),
+        dataTable('keys-table', ['Key', 'Label', 'Status', 'Created', 'Last used', ''], keys.map((k) => {
+          const revoke = h('button', { class: 'btn btn-sm btn-danger', type: 'button' }, 'Revoke');
+          revoke.addEventListener('click', () => {
+            void confirmAction('Revoke key', `Revoke ${k.prefix}…? An agent using it is disconnected and can no longer connect with it.`, 'Revoke key').then((ok) => {
+              if (!ok) return;
+              void busy(revoke, () => api.del(`/api/machines/${agentId}/keys/${k.id}`))
+                .then(() => {
+                  toast('Key revoked', 'ok');
+                  void load();
+                })
+                .catch(toastError);
+            });
+          });
+          return h(
+            'tr',
+            { 'data-key-id': k.id },
+            h('td', { class: 'mono' }, `${k.prefix}…`),
+            h('td', {}, k.label ?? h('span', { class: 'muted' }, '—')),
+            h('td', {}, k.revoked_at ? pill('revoked', 'bad') : pill('active', 'ok')),
+            h('td', {}, dateTime(k.created_at)),
+            h('td', { title: dateTime(k.last_used_at) }, ago(k.last_used_at)),
+            h('td', { class: 'actions' }, k.revoked_at ? null : revoke),
+          );
+        })),
       );
     } catch (e) {
       if (!signal.aborted) showError(list, e);

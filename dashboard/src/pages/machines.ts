@@ -3,7 +3,7 @@
 import { api } from '../api';
 import * as session from '../session';
 import { navigate, type PageContext } from '../router';
-import { ago, dateTime, h, icon, mount, pill } from '../ui/dom';
+import { ago, dateTime, h, icon, mount, pill, dataTable } from '../ui/dom';
 import { loading, showError } from '../ui/feedback';
 import type { Machine, Page } from '../types';
 
@@ -48,39 +48,26 @@ export function machinesPage({ root, signal }: PageContext): () => void {
       );
     }
     if (!rows.length) return h('div', { class: 'empty' }, h('p', {}, `No machine matches “${search.value}”.`));
-    return h(
-      'div',
-      { class: 'table-wrap' },
+    return dataTable('machines-table', ['Status', 'Machine', 'OS', 'Labels', 'Agent', 'Last seen', ''], rows.map((m) =>
       h(
-        'table',
-        { class: 'table', 'data-testid': 'machines-table' },
-        h('thead', {}, h('tr', {}, ['Status', 'Machine', 'OS', 'Labels', 'Agent', 'Last seen', ''].map((t) => h('th', { scope: 'col' }, t)))),
+        'tr',
+        { 'data-agent-id': m.agent_id },
+        h('td', {}, m.status === 'pending' ? pill('pending approval', 'warn') : m.online ? pill('online', 'ok') : pill('offline', 'muted')),
+        h('td', {}, h('div', { class: 'strong' }, m.hostname || '(unnamed)'), h('div', { class: 'muted small mono' }, m.external_ip ?? m.agent_id.slice(0, 8))),
+        h('td', {}, [m.os, m.os_version].filter(Boolean).join(' ') || '—'),
+        h('td', {}, labels(m).length ? h('div', { class: 'chips' }, labels(m).map((l) => h('span', { class: 'chip' }, l))) : h('span', { class: 'muted' }, '—')),
+        h('td', { class: 'mono small' }, m.agent_version || '—'),
+        h('td', { title: dateTime(m.last_seen) }, m.online ? 'now' : ago(m.last_seen)),
         h(
-          'tbody',
-          {},
-          rows.map((m) =>
-            h(
-              'tr',
-              { 'data-agent-id': m.agent_id },
-              h('td', {}, m.status === 'pending' ? pill('pending approval', 'warn') : m.online ? pill('online', 'ok') : pill('offline', 'muted')),
-              h('td', {}, h('div', { class: 'strong' }, m.hostname || '(unnamed)'), h('div', { class: 'muted small mono' }, m.external_ip ?? m.agent_id.slice(0, 8))),
-              h('td', {}, [m.os, m.os_version].filter(Boolean).join(' ') || '—'),
-              h('td', {}, labels(m).length ? h('div', { class: 'chips' }, labels(m).map((l) => h('span', { class: 'chip' }, l))) : h('span', { class: 'muted' }, '—')),
-              h('td', { class: 'mono small' }, m.agent_version || '—'),
-              h('td', { title: dateTime(m.last_seen) }, m.online ? 'now' : ago(m.last_seen)),
-              h(
-                'td',
-                { class: 'actions' },
-                m.online && m.session_id
-                  ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${m.session_id}`), 'aria-label': `Join ${m.hostname}` }, 'Join')
-                  : h('button', { class: 'btn btn-sm', type: 'button', disabled: true, title: 'The machine is offline' }, 'Join'),
-                session.isAdmin() ? h('a', { class: 'btn btn-ghost btn-sm', href: `#/keys/${m.agent_id}`, title: 'Agent keys' }, icon('keys'), h('span', { class: 'sr-only' }, 'Keys')) : null,
-              ),
-            ),
-          ),
+          'td',
+          { class: 'actions' },
+          m.online && m.session_id
+            ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${m.session_id}`), 'aria-label': `Join ${m.hostname}` }, 'Join')
+            : h('button', { class: 'btn btn-sm', type: 'button', disabled: true, title: 'The machine is offline' }, 'Join'),
+          session.isAdmin() ? h('a', { class: 'btn btn-ghost btn-sm', href: `#/keys/${m.agent_id}`, title: 'Agent keys' }, icon('keys'), h('span', { class: 'sr-only' }, 'Keys')) : null,
         ),
       ),
-    );
+    ));
   };
   const draw = () => mount(body, table());
   search.addEventListener('input', () => {

@@ -3,7 +3,7 @@
 import { api } from '../api';
 import * as session from '../session';
 import { navigate, type PageContext } from '../router';
-import { dateTime, duration, h, mount, pill } from '../ui/dom';
+import { dateTime, duration, h, mount, pill, dataTable } from '../ui/dom';
 import { busy, confirmAction, loading, showError, toast, toastError } from '../ui/feedback';
 import type { Session } from '../types';
 
@@ -25,56 +25,43 @@ export function sessionsPage({ root, signal }: PageContext): () => void {
     }
     mount(
       body,
-      h(
-        'div',
-        { class: 'table-wrap' },
-        h(
-          'table',
-          { class: 'table', 'data-testid': 'sessions-table' },
-          h('thead', {}, h('tr', {}, ['Machine', 'Kind', 'State', 'Watching', 'Duration', ''].map((t) => h('th', { scope: 'col' }, t)))),
+      dataTable('sessions-table', ['Machine', 'Kind', 'State', 'Watching', 'Duration', ''], sessions.map((s) => {
+        const viewers = s.live?.viewers ?? [];
+        const started = s.live?.started_at ?? s.created_at;
+        const end = h('button', { class: 'btn btn-danger btn-sm', type: 'button' }, 'End');
+        end.addEventListener('click', () => {
+          void confirmAction('End session', `End the session with ${s.live?.hostname ?? s.agent_id}? Everyone watching is disconnected.`, 'End session').then((ok) => {
+            if (!ok) return;
+            void busy(end, () => api.del(`/api/sessions/${s.id}`))
+              .then(() => {
+                toast('Session ended', 'ok');
+                void load();
+              })
+              .catch(toastError);
+          });
+        });
+        return h(
+          'tr',
+          { 'data-session-id': s.id },
+          h('td', {}, h('div', { class: 'strong' }, s.live?.hostname ?? '—'), h('div', { class: 'muted small mono' }, s.id.slice(0, 8))),
+          h('td', {}, s.kind === 'attended' ? pill(`attended${s.code ? ' · ' + s.code : ''}`, 'info') : pill('managed', 'muted')),
+          h('td', {}, phasePill(s)),
           h(
-            'tbody',
+            'td',
             {},
-            sessions.map((s) => {
-              const viewers = s.live?.viewers ?? [];
-              const started = s.live?.started_at ?? s.created_at;
-              const end = h('button', { class: 'btn btn-danger btn-sm', type: 'button' }, 'End');
-              end.addEventListener('click', () => {
-                void confirmAction('End session', `End the session with ${s.live?.hostname ?? s.agent_id}? Everyone watching is disconnected.`, 'End session').then((ok) => {
-                  if (!ok) return;
-                  void busy(end, () => api.del(`/api/sessions/${s.id}`))
-                    .then(() => {
-                      toast('Session ended', 'ok');
-                      void load();
-                    })
-                    .catch(toastError);
-                });
-              });
-              return h(
-                'tr',
-                { 'data-session-id': s.id },
-                h('td', {}, h('div', { class: 'strong' }, s.live?.hostname ?? '—'), h('div', { class: 'muted small mono' }, s.id.slice(0, 8))),
-                h('td', {}, s.kind === 'attended' ? pill(`attended${s.code ? ' · ' + s.code : ''}`, 'info') : pill('managed', 'muted')),
-                h('td', {}, phasePill(s)),
-                h(
-                  'td',
-                  {},
-                  viewers.length
-                    ? h('div', { class: 'chips' }, viewers.map((v) => h('span', { class: 'chip', title: v.access_mode }, `${v.username}${v.access_mode === 'view_only' ? ' (view)' : ''}`)))
-                    : h('span', { class: 'muted' }, 'nobody'),
-                ),
-                h('td', { class: 'mono', title: `started ${dateTime(started)}`, 'data-started': String(started) }, duration(Date.now() - started)),
-                h(
-                  'td',
-                  { class: 'actions' },
-                  s.live ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${s.id}`) }, 'Join') : null,
-                  session.isAdmin() ? end : null,
-                ),
-              );
-            }),
+            viewers.length
+              ? h('div', { class: 'chips' }, viewers.map((v) => h('span', { class: 'chip', title: v.access_mode }, `${v.username}${v.access_mode === 'view_only' ? ' (view)' : ''}`)))
+              : h('span', { class: 'muted' }, 'nobody'),
           ),
-        ),
-      ),
+          h('td', { class: 'mono', title: `started ${dateTime(started)}`, 'data-started': String(started) }, duration(Date.now() - started)),
+          h(
+            'td',
+            { class: 'actions' },
+            s.live ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${s.id}`) }, 'Join') : null,
+            session.isAdmin() ? end : null,
+          ),
+        );
+      })),
     );
   };
   const load = async () => {

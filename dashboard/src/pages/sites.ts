@@ -4,7 +4,7 @@
 
 import { api, saveBlob } from '../api';
 import type { PageContext } from '../router';
-import { dateTime, h, icon, mount } from '../ui/dom';
+import { dateTime, h, icon, mount, dataTable } from '../ui/dom';
 import { busy, confirmAction, copyButton, loading, showError, toast, toastError } from '../ui/feedback';
 import type { Site, SiteWithKey } from '../types';
 
@@ -115,48 +115,35 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
     }
     mount(
       list,
-      h(
-        'div',
-        { class: 'table-wrap' },
-        h(
-          'table',
-          { class: 'table', 'data-testid': 'sites-table' },
-          h('thead', {}, h('tr', {}, ['Name', 'Code', 'Enrollment key', 'Created', 'Rotated', ''].map((t) => h('th', { scope: 'col', class: 'nowrap' }, t)))),
-          h(
-            'tbody',
-            {},
-            sites.map((s) => {
-              const rotate = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'data-action': 'rotate', 'aria-label': `Rotate the enrollment key of ${s.code}` }, 'Rotate key');
-              rotate.addEventListener('click', () => {
-                void confirmAction(
-                  'Rotate enrollment key',
-                  `Rotate the enrollment key of ${s.name} (${s.key_fingerprint})? New enrollments with the old key stop working: installers and scripts must use the new key, which is shown once. Machines already enrolled keep working; they use their own per-machine keys.`,
-                  'Rotate key',
-                ).then((ok) => {
-                  if (!ok) return;
-                  void busy(rotate, () => api.post<SiteWithKey>(`/api/sites/${encodeURIComponent(s.id)}/rotate-key`))
-                    .then((k) => {
-                      showFresh(k, true);
-                      toast(`Enrollment key of ${k.code} rotated to ${k.key_fingerprint}`, 'ok');
-                      void load();
-                    })
-                    .catch(toastError);
-                });
-              });
-              return h(
-                'tr',
-                { 'data-site-id': s.id, 'data-code': s.code },
-                h('td', { class: 'strong' }, s.name),
-                h('td', { class: 'mono nowrap' }, s.code),
-                h('td', { class: 'mono nowrap', 'data-testid': 'fingerprint' }, s.key_fingerprint),
-                h('td', { class: 'nowrap' }, dateTime(s.created_at)),
-                h('td', { class: 'nowrap' }, s.rotated_at ? dateTime(s.rotated_at) : h('span', { class: 'muted' }, 'never')),
-                h('td', { class: 'actions' }, installerButton(s, 'Installer', 'btn-sm'), rotate),
-              );
-            }),
-          ),
-        ),
-      ),
+      dataTable('sites-table', ['Name', 'Code', 'Enrollment key', 'Created', 'Rotated', ''], sites.map((s) => {
+        const rotate = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'data-action': 'rotate', 'aria-label': `Rotate the enrollment key of ${s.code}` }, 'Rotate key');
+        rotate.addEventListener('click', () => {
+          void confirmAction(
+            'Rotate enrollment key',
+            `Rotate the enrollment key of ${s.name} (${s.key_fingerprint})? New enrollments with the old key stop working: installers and scripts must use the new key, which is shown once. Machines already enrolled keep working; they use their own per-machine keys.`,
+            'Rotate key',
+          ).then((ok) => {
+            if (!ok) return;
+            void busy(rotate, () => api.post<SiteWithKey>(`/api/sites/${encodeURIComponent(s.id)}/rotate-key`))
+              .then((k) => {
+                showFresh(k, true);
+                toast(`Enrollment key of ${k.code} rotated to ${k.key_fingerprint}`, 'ok');
+                void load();
+              })
+              .catch(toastError);
+          });
+        });
+        return h(
+          'tr',
+          { 'data-site-id': s.id, 'data-code': s.code },
+          h('td', { class: 'strong' }, s.name),
+          h('td', { class: 'mono nowrap' }, s.code),
+          h('td', { class: 'mono nowrap', 'data-testid': 'fingerprint' }, s.key_fingerprint),
+          h('td', { class: 'nowrap' }, dateTime(s.created_at)),
+          h('td', { class: 'nowrap' }, s.rotated_at ? dateTime(s.rotated_at) : h('span', { class: 'muted' }, 'never')),
+          h('td', { class: 'actions' }, installerButton(s, 'Installer', 'btn-sm'), rotate),
+        );
+      }), { class: 'nowrap' }),
     );
   };
 

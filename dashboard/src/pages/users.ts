@@ -3,7 +3,7 @@
 import { api } from '../api';
 import * as session from '../session';
 import type { PageContext } from '../router';
-import { dateTime, h, mount, pill } from '../ui/dom';
+import { dateTime, h, mount, pill, dataTable } from '../ui/dom';
 import { busy, confirmAction, errorBox, loading, modal, showError, toast, toastError } from '../ui/feedback';
 import type { User } from '../types';
 
@@ -40,54 +40,41 @@ export function usersPage({ root, signal }: PageContext): void {
   const draw = () => {
     mount(
       list,
-      h(
-        'div',
-        { class: 'table-wrap' },
-        h(
-          'table',
-          { class: 'table', 'data-testid': 'users-table' },
-          h('thead', {}, h('tr', {}, ['User', 'Role', 'Status', 'Created', ''].map((t) => h('th', { scope: 'col' }, t)))),
-          h(
-            'tbody',
-            {},
-            users.map((u) => {
-              const role = roleSelect(u.role, { 'aria-label': `Role of ${u.username}` });
-              role.addEventListener('change', () => {
-                role.disabled = true;
-                api
-                  .patch<User>(`/api/users/${u.id}`, { role: role.value })
-                  .then(() => toast(`${u.username} is now ${role.value}`, 'ok'))
-                  .catch(toastError)
-                  .finally(() => void load());
-              });
-              const reset = h('button', { class: 'btn btn-sm', type: 'button' }, 'Reset password');
-              reset.addEventListener('click', () => {
-                void askPassword(u.username).then((pw) => {
-                  if (pw) act(reset, () => api.patch(`/api/users/${u.id}`, { password: pw }), `Password of ${u.username} reset`);
-                });
-              });
-              const disable = h('button', { class: 'btn btn-sm', type: 'button' }, u.disabled ? 'Enable' : 'Disable');
-              disable.addEventListener('click', () => act(disable, () => api.patch(`/api/users/${u.id}`, { disabled: !u.disabled }), `${u.username} ${u.disabled ? 'enabled' : 'disabled'}`));
-              const del = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'aria-label': `Delete ${u.username}` }, 'Delete');
-              del.addEventListener('click', () => {
-                void confirmAction('Delete user', `Delete ${u.username}? This cannot be undone.`, 'Delete user').then((ok) => {
-                  if (ok) act(del, () => api.del(`/api/users/${u.id}`), `${u.username} deleted`);
-                });
-              });
-              const self = u.id === me?.id;
-              return h(
-                'tr',
-                { 'data-username': u.username },
-                h('td', { class: 'strong' }, u.username, self ? h('span', { class: 'muted small' }, ' (you)') : null),
-                h('td', {}, role),
-                h('td', {}, u.disabled ? pill('disabled', 'bad') : pill('active', 'ok')),
-                h('td', {}, dateTime(u.created_at)),
-                h('td', { class: 'actions' }, reset, self ? null : disable, self ? null : del),
-              );
-            }),
-          ),
-        ),
-      ),
+      dataTable('users-table', ['User', 'Role', 'Status', 'Created', ''], users.map((u) => {
+        const role = roleSelect(u.role, { 'aria-label': `Role of ${u.username}` });
+        role.addEventListener('change', () => {
+          role.disabled = true;
+          api
+            .patch<User>(`/api/users/${u.id}`, { role: role.value })
+            .then(() => toast(`${u.username} is now ${role.value}`, 'ok'))
+            .catch(toastError)
+            .finally(() => void load());
+        });
+        const reset = h('button', { class: 'btn btn-sm', type: 'button' }, 'Reset password');
+        reset.addEventListener('click', () => {
+          void askPassword(u.username).then((pw) => {
+            if (pw) act(reset, () => api.patch(`/api/users/${u.id}`, { password: pw }), `Password of ${u.username} reset`);
+          });
+        });
+        const disable = h('button', { class: 'btn btn-sm', type: 'button' }, u.disabled ? 'Enable' : 'Disable');
+        disable.addEventListener('click', () => act(disable, () => api.patch(`/api/users/${u.id}`, { disabled: !u.disabled }), `${u.username} ${u.disabled ? 'enabled' : 'disabled'}`));
+        const del = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'aria-label': `Delete ${u.username}` }, 'Delete');
+        del.addEventListener('click', () => {
+          void confirmAction('Delete user', `Delete ${u.username}? This cannot be undone.`, 'Delete user').then((ok) => {
+            if (ok) act(del, () => api.del(`/api/users/${u.id}`), `${u.username} deleted`);
+          });
+        });
+        const self = u.id === me?.id;
+        return h(
+          'tr',
+          { 'data-username': u.username },
+          h('td', { class: 'strong' }, u.username, self ? h('span', { class: 'muted small' }, ' (you)') : null),
+          h('td', {}, role),
+          h('td', {}, u.disabled ? pill('disabled', 'bad') : pill('active', 'ok')),
+          h('td', {}, dateTime(u.created_at)),
+          h('td', { class: 'actions' }, reset, self ? null : disable, self ? null : del),
+        );
+      })),
     );
   };
 

@@ -32,6 +32,27 @@ function append(el: Node, children: (Child | Child[])[]): void {
   }
 }
 
+/** The console's data table: a scrollable wrapper, column heads, and `body` (a `<tbody>`
+ * the caller fills later, or the rows). */
+export function dataTable(
+  testId: string,
+  headers: string[],
+  body: HTMLTableSectionElement | Child | Child[],
+  headAttrs: Attrs = {},
+): HTMLDivElement {
+  const tbody = body instanceof HTMLTableSectionElement ? body : h('tbody', {}, body);
+  return h(
+    'div',
+    { class: 'table-wrap' },
+    h(
+      'table',
+      { class: 'table', 'data-testid': testId },
+      h('thead', {}, h('tr', {}, headers.map((t) => h('th', { scope: 'col', ...headAttrs }, t)))),
+      tbody,
+    ),
+  );
+}
+
 /** Replaces an element's children. */
 export function mount(el: Element, ...children: (Child | Child[])[]): void {
   el.replaceChildren();

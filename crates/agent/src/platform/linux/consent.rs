@@ -167,36 +167,10 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
                 EventMask::EXPOSURE | EventMask::BUTTON_PRESS | EventMask::STRUCTURE_NOTIFY,
             ),
     )?;
-    let intern = |name: &[u8]| -> anyhow::Result<xproto::Atom> {
-        Ok(conn.intern_atom(false, name)?.reply()?.atom)
-    };
-    let (wm_protocols, wm_delete, net_wm_name, utf8) = (
-        intern(b"WM_PROTOCOLS")?,
-        intern(b"WM_DELETE_WINDOW")?,
-        intern(b"_NET_WM_NAME")?,
-        intern(b"UTF8_STRING")?,
-    );
-    conn.change_property8(
-        PropMode::REPLACE,
-        id,
-        AtomEnum::WM_NAME,
-        AtomEnum::STRING,
-        WINDOW_TITLE.as_bytes(),
-    )?;
-    conn.change_property8(
-        PropMode::REPLACE,
-        id,
-        net_wm_name,
-        utf8,
-        WINDOW_TITLE.as_bytes(),
-    )?;
-    conn.change_property32(
-        PropMode::REPLACE,
-        id,
+    let super::CloseProtocol {
         wm_protocols,
-        AtomEnum::ATOM,
-        &[wm_delete],
-    )?;
+        wm_delete: _,
+    } = super::name_window(&conn, id, WINDOW_TITLE)?;
     // Ask window managers to keep the requested position and size.
     let size_hints: [u32; 18] = {
         let mut h = [0u32; 18];
