@@ -15,16 +15,29 @@
 //! The key file holds the `cak_…` key and must be readable by its owner only (mode 0600 or
 //! stricter); the agent refuses to start otherwise (SPEC §6). A configuration that holds a
 //! secret (`enrollment_key`, `shared_key`) must be owner-only as well.
+//!
+//! On Windows both live under `%ProgramData%\GuruConnect` (`C:\ProgramData\GuruConnect`).
+//! There the file mode check does not apply; protecting the key at rest (DPAPI and an ACL
+//! for SYSTEM and Administrators) is the Windows deployment's job and not done yet.
 
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// Default configuration path.
+#[cfg(not(windows))]
 pub const DEFAULT_CONFIG: &str = "/etc/guruconnect/agent.toml";
 /// Default key path.
+#[cfg(not(windows))]
 pub const DEFAULT_KEY_FILE: &str = "/etc/guruconnect/agent.key";
+/// Default configuration path (`%ProgramData%\GuruConnect`).
+#[cfg(windows)]
+pub const DEFAULT_CONFIG: &str = r"C:\ProgramData\GuruConnect\agent.toml";
+/// Default key path (`%ProgramData%\GuruConnect`).
+#[cfg(windows)]
+pub const DEFAULT_KEY_FILE: &str = r"C:\ProgramData\GuruConnect\agent.key";
 
 /// The managed agent's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,32 +179,46 @@ impl AgentConfig {
 /// (owner-only too) when it is missing.
 pub fn store_key(path: &Path, key: &str) -> std::io::Result<()> {
     use std::io::Write as _;
+    #[cfg(unix)]
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder.create(dir)?;
     }
     let tmp = path.with_extension("key.new");
     let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&tmp)?;
     file.write_all(key.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
-/// Checks that `path` is readable by its owner only.
+/// Checks that `path` is readable by its owner only (on Windows: that it exists; its ACL
+/// is the installer's job).
 pub fn check_key_permissions(path: &Path) -> Result<(), ConfigError> {
     let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
+    #[cfg(windows)]
+    {
+        let _ = meta;
+        Ok(())
+    }
+    #[cfg(not(windows))]
+    check_mode(path, &meta)
+}
+
+#[cfg(not(windows))]
+fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(ConfigError::KeyTooOpen {
@@ -218,7 +245,7 @@ pub fn read_key(path: &Path) -> Result<String, ConfigError> {
     Ok(key.to_owned())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -54,4 +54,15 @@ impl FrameEncoder {
     pub fn encode(&mut self, image: &Image, force_keyframe: bool) -> Option<EncodedFrame> {
         self.inner.encode(image, force_keyframe)
     }
+
+    /// Encodes a capture into messages of at most `max_bytes` each (lossless bands when one
+    /// frame would be larger); empty when nothing changed and no keyframe was forced.
+    pub fn encode_capped(
+        &mut self,
+        image: &Image,
+        force_keyframe: bool,
+        max_bytes: usize,
+    ) -> Vec<EncodedFrame> {
+        self.inner.encode_capped(image, force_keyframe, max_bytes)
+    }
 }

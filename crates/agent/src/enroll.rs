@@ -12,7 +12,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentConfig, ConfigError, Labels, read_key, store_key};
-use crate::platform::linux::{inventory, machine_uid};
 
 /// How long one enrollment request may take.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,13 +124,18 @@ pub async fn enroll(config: &AgentConfig) -> Result<Enrolled, EnrollError> {
             "the configuration has no site_code/enrollment_key".into(),
         ));
     };
+    let identity = tokio::task::spawn_blocking(|| crate::platform::native().identity())
+        .await
+        .map_err(|e| {
+            EnrollError::Unreachable(format!("cannot read this machine's identity: {e}"))
+        })?;
     let body = EnrollRequest {
         site_code,
         enrollment_key,
-        machine_uid: machine_uid::machine_uid(),
-        hostname: inventory::hostname(),
-        os: "linux",
-        os_version: inventory::os_version(),
+        machine_uid: identity.machine_uid,
+        hostname: identity.hostname,
+        os: identity.os,
+        os_version: identity.os_version,
         agent_version: env!("CARGO_PKG_VERSION"),
         labels: &config.labels,
     };

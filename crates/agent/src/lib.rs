@@ -8,26 +8,31 @@
 //!
 //! - `main.rs`: the command line (`--server/--code` support mode, `run`, `install`,
 //!   `uninstall`) and the reconnect policies of the two modes;
-//! - [`session`]: one connection from hello to end: the relay protocol loop plus the
-//!   capture, input, clipboard and chat threads;
+//! - [`session`]: one connection from hello to end: the relay protocol loop
+//!   (`session/mod.rs`) plus the capture, input, clipboard and chat threads
+//!   (`session/{capture,input,clipboard,chat}.rs`), platform-neutral;
 //! - [`encoding`]: the codec negotiation glue over `guruconnect-codec`;
 //! - [`config`]: managed-mode configuration and the key file (owner-only permissions);
 //! - [`enroll`]: zero-touch enrollment and the managed agent's credential;
-//! - [`install`]: the systemd unit;
+//! - `install`: the systemd unit (Linux);
 //! - [`backoff`]: exponential backoff with jitter;
-//! - [`platform`]: the OS layer behind small traits ([`platform::Capturer`],
-//!   [`platform::Injector`], [`platform::ConsentPrompt`], [`platform::ClipboardAccess`],
-//!   [`platform::ChatWindow`]), with [`platform::linux`] as the one implementation.
+//! - [`platform`]: the OS layer behind one seam, [`platform::Desktop`], a factory for small
+//!   traits ([`platform::Capturer`], [`platform::Injector`], [`platform::ConsentPrompt`],
+//!   [`platform::ClipboardAccess`], [`platform::ChatWindow`]) plus identity and inventory;
+//!   `platform::linux` (X11) and `platform::windows` (Win32) implement it, and
+//!   [`platform::native`] picks the one this build is for.
 //!
 //! Platform status: Linux/X11 works and is verified end to end by `tests/e2e_x11.rs`
 //! (Xvfb, the in-process relay, real consent clicks with xdotool, lossless pixels, H.264
 //! closeness, keyboard and mouse arriving in an X client, a technician's chat message opening
-//! the chat window and the reply typed there reaching the viewer). Wayland, Windows and
-//! macOS are not implemented. Enrollment and trust-on-first-use key provisioning are verified by
-//! `tests/enroll.rs`; self-update is not implemented.
+//! the chat window and the reply typed there reaching the viewer). Windows is cross-built
+//! and exercised under Wine on Xvfb by `tests/e2e_wine.rs` (GDI capture, `SendInput`,
+//! consent, clipboard, chat, enrollment, reconnect); DXGI, `SendSAS`, the secure desktop
+//! and running as a service in session 0 are unverified on real Windows. Wayland and macOS
+//! are not implemented. Self-update is not implemented.
 //!
-//! `unsafe` is denied crate-wide; the MIT-SHM mapping in
-//! [`platform::linux::capture`] is the one exception.
+//! `unsafe` is denied crate-wide; the MIT-SHM mapping in `platform::linux::capture` and
+//! the Win32 calls in `platform::windows` are the exceptions.
 
 #![deny(unsafe_code)]
 
@@ -35,6 +40,7 @@ pub mod backoff;
 pub mod config;
 pub mod encoding;
 pub mod enroll;
+#[cfg(target_os = "linux")]
 pub mod install;
 pub mod platform;
 pub mod session;

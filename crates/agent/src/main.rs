@@ -3,10 +3,11 @@
 //! - `guruconnect-agent --server URL --code XXX-XXX-XXX`: one attended support session;
 //! - `guruconnect-agent run [--config PATH]`: the managed agent (enrolls when it has no key
 //!   yet, then reconnects forever);
-//! - `guruconnect-agent install …` / `uninstall`: the systemd service.
+//! - `guruconnect-agent install …` / `uninstall`: the systemd service (Linux; on Windows
+//!   they answer that the service is not implemented yet).
 //!
 //! Exit codes: 0 done (including a denied consent), 1 failure, 2 support code refused,
-//! 3 no X display.
+//! 3 no desktop (no X display, no interactive Windows desktop).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,13 +17,13 @@ use clap::{Parser, Subcommand};
 use guruconnect_agent::backoff::Backoff;
 use guruconnect_agent::config::{AgentConfig, DEFAULT_CONFIG, DEFAULT_KEY_FILE};
 use guruconnect_agent::enroll::{self, Credential};
-use guruconnect_agent::install::{self, DEFAULT_BIN, InstallOptions};
-use guruconnect_agent::platform::linux as native;
+#[cfg(target_os = "linux")]
+use guruconnect_agent::install::{self, InstallOptions};
 use guruconnect_agent::session::{self, ConnectError, Outcome, SessionOptions};
 
 /// Exit status when the support code is refused.
 const EXIT_CODE_REFUSED: u8 = 2;
-/// Exit status when the X display cannot be opened.
+/// Exit status when the desktop (X display, interactive Windows desktop) cannot be opened.
 const EXIT_NO_DISPLAY: u8 = 3;
 /// How long support mode keeps trying to reach the server.
 const SUPPORT_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -55,7 +56,7 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Installs the systemd service (and, with --server, its configuration).
+    /// Installs the systemd service (and, with --server, its configuration). Linux only.
     Install {
         /// Per-agent key file written into a new configuration (owner-only).
         #[arg(long, default_value = DEFAULT_KEY_FILE)]
@@ -64,7 +65,7 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Where to install this binary.
-        #[arg(long, default_value = DEFAULT_BIN)]
+        #[arg(long, default_value = "/usr/local/bin/guruconnect-agent")]
         bin: PathBuf,
         /// Install under this directory instead of / (does not run systemctl).
         #[arg(long)]
@@ -77,7 +78,7 @@ enum Command {
         #[arg(long)]
         xauthority: Option<PathBuf>,
     },
-    /// Stops and removes the systemd service and its configuration.
+    /// Stops and removes the systemd service and its configuration. Linux only.
     Uninstall {
         /// Remove from under this directory instead of / (does not run systemctl).
         #[arg(long)]
@@ -102,7 +103,9 @@ fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn check_display() -> Result<(), ExitCode> {
-    native::check_display().map_err(|e| fail(e, EXIT_NO_DISPLAY))
+    guruconnect_agent::platform::native()
+        .check()
+        .map_err(|e| fail(e, EXIT_NO_DISPLAY))
 }
 
 /// `XXX-XXX-XXX` (dashes and case optional) over the code alphabet.
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Run { config }) => runtime.block_on(managed(config)),
+        #[cfg(target_os = "linux")]
         Some(Command::Install {
             key_file,
             config,
@@ -146,10 +150,17 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("install failed: {e:#}"), 1),
             }
         }
+        #[cfg(target_os = "linux")]
         Some(Command::Uninstall { root }) => match install::uninstall(root.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("uninstall failed: {e:#}"), 1),
         },
+        #[cfg(not(target_os = "linux"))]
+        Some(Command::Install { .. } | Command::Uninstall { .. }) => fail(
+            "installing as a service is not implemented on this system yet; run \
+             `guruconnect-agent run --config PATH` in the foreground",
+            1,
+        ),
         None => match (cli.server, cli.code) {
             (Some(server), Some(code)) => runtime.block_on(support(server, code)),
             _ => fail(
@@ -161,12 +172,22 @@ fn main() -> ExitCode {
 }
 
 async fn shutdown_signal() {
+    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(windows)]
+    let term = async {
+        match tokio::signal::windows::ctrl_close() {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
         }
     };
     tokio::select! {

@@ -164,6 +164,40 @@ impl EncodedFrame {
     }
 }
 
+/// Splits a whole picture into horizontal lossless bands whose payloads each stay under
+/// `max_bytes` even when zstd cannot shrink them (photos, noise): the relay caps agent
+/// messages, and one 1080p frame of noise is 8 MB. Only the first band carries the
+/// keyframe flag, so a viewer waiting for a full picture starts with it and then receives
+/// the rest.
+pub fn lossless_bands(image: &Image, keyframe: bool, max_bytes: usize) -> Vec<EncodedFrame> {
+    let row_bytes = (image.width as usize).max(1) * 4;
+    // Room for zstd's worst-case expansion of incompressible rows.
+    let rows_per_band = ((max_bytes * 3 / 4) / row_bytes).max(1);
+    let height = image.height as usize;
+    let mut bands = Vec::new();
+    let mut y = 0usize;
+    while y < height {
+        let rows = rows_per_band.min(height - y);
+        let band = Image {
+            width: image.width,
+            height: u32::try_from(rows).unwrap_or(u32::MAX),
+            data: image.data[y * row_bytes..(y + rows) * row_bytes].to_vec(),
+        };
+        if let Some(mut part) = Encoder::new(Codec::RawZstd).encode(&band, true) {
+            let offset = u32::try_from(y).unwrap_or(u32::MAX);
+            for rect in &mut part.rects {
+                rect.y += offset;
+            }
+            part.width = image.width;
+            part.height = image.height;
+            part.keyframe = keyframe && y == 0;
+            bands.push(part);
+        }
+        y += rows;
+    }
+    bands
+}
+
 /// Codec failures.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -438,6 +472,23 @@ impl Encoder {
     #[doc(hidden)]
     pub fn inject_h264_failure(&mut self) {
         self.inject_failure = true;
+    }
+
+    /// [`Encoder::encode`] for a transport that caps messages at `max_bytes`: a frame that
+    /// would exceed it is sent as [`lossless_bands`] of the whole picture instead.
+    pub fn encode_capped(
+        &mut self,
+        image: &Image,
+        force_keyframe: bool,
+        max_bytes: usize,
+    ) -> Vec<EncodedFrame> {
+        match self.encode(image, force_keyframe) {
+            Some(frame) if frame.data.len() > max_bytes => {
+                lossless_bands(image, frame.keyframe, max_bytes)
+            }
+            Some(frame) => vec![frame],
+            None => Vec::new(),
+        }
     }
 
     /// Encodes `image` if it changed since the previous call (dirty tiles), or a full keyframe when `force_keyframe` or on the first call or on a size change. None when nothing changed and no keyframe was forced.

@@ -617,3 +617,33 @@ fn encode_1080p_timing() {
         );
     }
 }
+
+#[test]
+fn oversize_frames_are_sent_as_bands_under_the_cap_that_decode_exactly() {
+    // Noise: zstd cannot compress it, so one 1920x1080 frame is ~8 MB, over a 4 MiB cap.
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let image = noise(1920, 1080, &mut rng);
+    let cap = 4 * 1024 * 1024 - 4096;
+    let mut encoder = Encoder::new(Codec::RawZstd);
+    let parts = encoder.encode_capped(&image, true, cap);
+    assert!(parts.len() > 1, "noise must be split");
+    assert!(parts[0].keyframe && parts[1..].iter().all(|p| !p.keyframe));
+    let mut decoder = Decoder::new();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            part.data.len() <= cap,
+            "band {i} is {} bytes",
+            part.data.len()
+        );
+        decoder
+            .decode(&part.to_video_frame(0, i as u64, 0))
+            .expect("band decodes");
+    }
+    assert_eq!(decoder.image(), &image);
+
+    // A frame under the cap is passed through whole.
+    let flat = Image::filled(1920, 1080, [1, 2, 3, 255]);
+    let parts = Encoder::new(Codec::RawZstd).encode_capped(&flat, true, cap);
+    assert_eq!(parts.len(), 1);
+    assert!(parts[0].keyframe);
+}

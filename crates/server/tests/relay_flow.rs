@@ -63,7 +63,19 @@ fn agent_only_payloads() -> Vec<Payload> {
         }),
         Payload::CursorPosition(guruconnect_proto::CursorPosition::default()),
         Payload::DisplayList(guruconnect_proto::DisplayList::default()),
+        notice("forged notice"),
     ]
+}
+
+fn type_text(text: &str) -> Payload {
+    Payload::TypeText(guruconnect_proto::TypeText { text: text.into() })
+}
+
+fn notice(text: &str) -> Payload {
+    Payload::AgentNotice(guruconnect_proto::AgentNotice {
+        level: guruconnect_proto::agent_notice::Level::Warning as i32,
+        text: text.into(),
+    })
 }
 
 /// The first message at the agent that a viewer could have caused must be the marker key.
@@ -102,7 +114,13 @@ async fn view_only_input_and_agent_only_types_never_reach_the_agent() {
         .inventory;
 
     // The view-only viewer tries every input kind, then everything agent-only.
-    for p in [mouse(), key_down(1), special(), clipboard("from view-only")] {
+    for p in [
+        mouse(),
+        key_down(1),
+        special(),
+        type_text("from view-only"),
+        clipboard("from view-only"),
+    ] {
         watcher.send(p).await.unwrap();
     }
     for p in agent_only_payloads() {
@@ -691,4 +709,36 @@ async fn heartbeats_keep_quiet_peers_and_drop_dead_ones() {
         "a peer that never answered pings is still connected after {watch:?}"
     );
     drop(dead_conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_text_reaches_the_agent_and_agent_notices_reach_every_viewer() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let (mut agent, _key) = managed_agent(&server, &admin).await;
+    let viewer_user = user_with_role(&server, &admin, "viewer").await;
+    let tech = user_with_role(&server, &admin, "technician").await;
+    let mut watcher = viewer(&server, &viewer_user, &agent.session_id).await;
+    let mut controller = viewer(&server, &tech, &agent.session_id).await;
+    wait_viewers(&server, &agent.session_id, 2).await;
+
+    controller.send(type_text("Grüße, 1+1=2")).await.unwrap();
+    let got = recv_until(&mut agent.conn, "typed text", WAIT, |p| {
+        matches!(p, Payload::TypeText(_))
+    })
+    .await;
+    assert!(matches!(got, Payload::TypeText(t) if t.text == "Grüße, 1+1=2"));
+
+    agent
+        .conn
+        .send(notice("Ctrl+Alt+Del was refused"))
+        .await
+        .unwrap();
+    for v in [&mut watcher, &mut controller] {
+        let got = recv_until(v, "agent notice", WAIT, |p| {
+            matches!(p, Payload::AgentNotice(_))
+        })
+        .await;
+        assert!(matches!(got, Payload::AgentNotice(n) if n.text == "Ctrl+Alt+Del was refused"));
+    }
 }

@@ -70,6 +70,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const clipIn = h('textarea', { rows: '4', readonly: true, placeholder: 'Nothing received yet', 'aria-label': 'Remote clipboard', 'data-testid': 'remote-clipboard' });
   const clipSend = h('button', { class: 'btn btn-primary btn-sm', type: 'button' }, 'Send to remote');
   const clipPaste = h('button', { class: 'btn btn-sm', type: 'button' }, 'Paste from my clipboard');
+  const clipType = h('button', { class: 'btn btn-sm', type: 'button', title: 'Type this text on the remote machine as keystrokes, whatever its keyboard layout' }, 'Type on remote');
   const chatPanel = h('section', { class: 'side-panel', 'aria-label': 'Chat', hidden: true }, h('h2', {}, 'Chat'), chatLog, chatForm);
   const clipPanel = h(
     'section',
@@ -77,7 +78,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
     h('h2', {}, 'Clipboard'),
     h('label', {}, 'Send to the remote machine'),
     clipOut,
-    h('div', { class: 'row' }, clipPaste, clipSend),
+    h('div', { class: 'row' }, clipPaste, clipType, clipSend),
     h('label', {}, 'Received from the remote machine'),
     clipIn,
     h('div', { class: 'row' }, copyButton(() => clipIn.value, 'Copy')),
@@ -289,6 +290,11 @@ export function viewerPage({ root, params }: PageContext): () => void {
       case 'viewerLeft':
         if (env.viewerLeft?.username) toast(`${env.viewerLeft.username} left the session`, 'info');
         break;
+      case 'agentNotice': {
+        const n = env.agentNotice;
+        if (n?.text) toast(`Remote machine: ${n.text}`, (n.level ?? 0) >= pb.AgentNotice.Level.LEVEL_WARNING ? 'bad' : 'info');
+        break;
+      }
       case 'sessionEnd':
         ended(env.sessionEnd?.reason || 'The session ended.');
         break;
@@ -564,6 +570,19 @@ export function viewerPage({ root, params }: PageContext): () => void {
       return;
     }
     if (send({ clipboard: { text: clipOut.value } })) toast('Clipboard sent', 'ok');
+  });
+  clipType.addEventListener('click', () => {
+    if (!canControl()) {
+      toast('Typing needs control access and an active session', 'bad');
+      return;
+    }
+    const text = clipOut.value;
+    if (!text) return;
+    if (new TextEncoder().encode(text).length > 4096) {
+      toast('At most 4096 bytes can be typed at once', 'bad');
+      return;
+    }
+    if (send({ typeText: { text } })) toast('Typing the text on the remote machine', 'ok');
   });
   clipPaste.addEventListener('click', () => {
     navigator.clipboard

@@ -1,23 +1,40 @@
 //! The platform layer: everything that touches the operating system's desktop sits behind
-//! the small traits here, so the session loop is platform-neutral and other systems can be
-//! added beside [`linux`].
+//! one seam, [`Desktop`], a factory for the small traits here (capture, input, consent,
+//! clipboard, chat) plus the machine's identity and inventory. The session loop
+//! (`crate::session`) only sees these traits; [`native`] picks the implementation for the
+//! system the agent was built for.
 //!
-//! Status: Linux/X11 is implemented and verified end to end (`tests/e2e_x11.rs`). Wayland,
-//! Windows and macOS are not implemented.
+//! Status:
+//! - `linux` (X11): implemented and verified end to end (`tests/e2e_x11.rs`).
+//! - `windows`: GDI capture, `SendInput`, the consent and chat windows, clipboard, monitors,
+//!   identity and inventory are exercised under Wine on Xvfb (`tests/e2e_wine.rs`); DXGI
+//!   Desktop Duplication, `SendSAS`, the secure desktop and session 0 are unverified on real
+//!   Windows (see that module's doc).
+//! - Wayland and macOS are not implemented.
+//!
+//! [`ui`] holds the window layout both implementations draw, so tests click the same spots.
 
 use guruconnect_codec::Image;
-use guruconnect_proto::{ConsentRequest, DisplayInfo, KeyEvent, MouseEvent, SpecialKeyKind};
+use guruconnect_proto::{
+    AgentStatus, ConsentRequest, DisplayInfo, KeyEvent, MouseEvent, SpecialKeyKind,
+};
 
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod ui;
+pub mod uid;
+#[cfg(windows)]
+pub mod windows;
 
 /// Why a platform operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
-    /// The desktop session cannot be reached (no display, refused connection).
-    #[error("cannot open the X display {display:?}: {reason}")]
+    /// The desktop session cannot be reached (no display, refused connection, no
+    /// interactive desktop).
+    #[error("cannot open the {display}: {reason}")]
     NoDisplay {
-        /// The display that was tried (`$DISPLAY`).
+        /// The desktop that was tried, named for people (`X display ":0"`, `interactive
+        /// desktop WinSta0\Default`).
         display: String,
         /// What went wrong.
         reason: String,
@@ -65,6 +82,8 @@ pub struct CursorImage {
 
 /// Screen capture of one desktop.
 pub trait Capturer: Send {
+    /// Which capture path is in use (`"shm"`, `"getimage"`, `"dxgi"`, `"gdi"`), for the log.
+    fn backend(&self) -> &'static str;
     /// The monitors, in a stable order; ids are indices.
     fn displays(&self) -> Vec<DisplayInfo>;
     /// Captures one monitor as BGRA.
@@ -82,14 +101,22 @@ pub trait Injector: Send {
     fn mouse(&mut self, event: &MouseEvent, display: &DisplayInfo) -> PlatformResult<()>;
     /// A key press or release by scancode.
     fn key(&mut self, event: &KeyEvent) -> PlatformResult<()>;
-    /// A key combination the viewer cannot type itself.
+    /// A key combination the viewer cannot type itself. An error is shown to the viewer
+    /// (e.g. Ctrl+Alt+Del refused by policy).
     fn special(&mut self, kind: SpecialKeyKind) -> PlatformResult<()>;
+    /// Types `text` as characters, whatever the keyboard layout (the viewer's "type text").
+    fn text(&mut self, text: &str) -> PlatformResult<()> {
+        let _ = text;
+        Err(PlatformError::Unsupported(
+            "typing text is not supported on this desktop yet".into(),
+        ))
+    }
     /// Releases every key and button this injector holds down.
     fn release_all(&mut self) -> PlatformResult<()>;
 }
 
 /// The attended-session consent prompt.
-pub trait ConsentPrompt: Send {
+pub trait ConsentPrompt: Send + Sync {
     /// Shows the prompt and blocks until the user answers; anything but an explicit
     /// "allow" (deny, closing, timeout, an error, `cancel` becoming true) is `false`.
     fn ask(&self, request: &ConsentRequest, cancel: &std::sync::atomic::AtomicBool) -> bool;
@@ -110,4 +137,55 @@ pub trait ChatWindow: Send {
     fn show(&mut self, from: &str, text: &str) -> PlatformResult<()>;
     /// Handles pending window events; returns the replies the person sent since the last call.
     fn replies(&mut self) -> PlatformResult<Vec<String>>;
+}
+
+/// Who this machine is: what the agent says in its hello and at enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Stable hardware-derived id (see each platform's `machine_uid`).
+    pub machine_uid: String,
+    /// Host name.
+    pub hostname: String,
+    /// Operating system family: `"linux"` or `"windows"`.
+    pub os: &'static str,
+    /// Human-readable OS name and version ("Debian GNU/Linux 12", "Windows 10 Pro 22H2
+    /// (build 19045)").
+    pub os_version: String,
+}
+
+/// One operating system's desktop: the factory the session uses for everything it does on
+/// the machine. Methods that open something are called on the thread that will use it
+/// (desktop APIs such as Win32 windows and X11 connections are thread-affine).
+pub trait Desktop: Send + Sync + 'static {
+    /// Checks that the interactive desktop can be reached; run at start-up, before any
+    /// credential is used, so a support code is never burned by an agent that cannot ask.
+    fn check(&self) -> PlatformResult<()>;
+    /// Opens screen capture.
+    fn capturer(&self) -> PlatformResult<Box<dyn Capturer>>;
+    /// Opens input injection.
+    fn injector(&self) -> PlatformResult<Box<dyn Injector>>;
+    /// The consent prompt (fails closed where none can be shown).
+    fn consent(&self) -> Box<dyn ConsentPrompt>;
+    /// Opens the clipboard.
+    fn clipboard(&self) -> PlatformResult<Box<dyn ClipboardAccess>>;
+    /// Opens the chat window (hidden until the first message is shown).
+    fn chat(&self) -> PlatformResult<Box<dyn ChatWindow>>;
+    /// This machine's identity.
+    fn identity(&self) -> Identity;
+    /// Status and inventory (blocking: it may read files and query the system).
+    fn inventory(&self) -> AgentStatus;
+    /// The name the person at the machine chats under.
+    fn local_user(&self) -> String;
+}
+
+/// The desktop of the system this agent was built for.
+#[cfg(target_os = "linux")]
+pub fn native() -> std::sync::Arc<dyn Desktop> {
+    std::sync::Arc::new(linux::X11Desktop)
+}
+
+/// The desktop of the system this agent was built for.
+#[cfg(windows)]
+pub fn native() -> std::sync::Arc<dyn Desktop> {
+    std::sync::Arc::new(windows::WindowsDesktop)
 }

@@ -755,7 +755,7 @@ async fn handle(
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
             }
         }
-        Payload::Chat(_) => {
+        Payload::Chat(_) | Payload::AgentNotice(_) => {
             if session.is_active() {
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
             }

@@ -390,6 +390,7 @@ fn handle(
         Payload::MouseEvent(_)
         | Payload::KeyEvent(_)
         | Payload::SpecialKey(_)
+        | Payload::TypeText(_)
         | Payload::Clipboard(_) => {
             if ctx.access != AccessMode::Control || !session.is_active() || !bucket.try_take() {
                 metrics.input_dropped.inc();

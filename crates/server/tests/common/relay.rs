@@ -214,6 +214,8 @@ pub fn is_viewer_input(p: &Payload) -> bool {
         Payload::MouseEvent(_)
             | Payload::KeyEvent(_)
             | Payload::SpecialKey(_)
+            | Payload::TypeText(_)
+            | Payload::AgentNotice(_)
             | Payload::Clipboard(_)
             | Payload::VideoFrame(_)
             | Payload::ConsentResponse(_)

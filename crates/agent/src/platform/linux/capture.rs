@@ -227,6 +227,10 @@ fn set_opaque(data: &mut [u8]) {
 }
 
 impl Capturer for X11Capturer {
+    fn backend(&self) -> &'static str {
+        if self.uses_shm() { "shm" } else { "getimage" }
+    }
+
     fn displays(&self) -> Vec<DisplayInfo> {
         self.displays.clone()
     }

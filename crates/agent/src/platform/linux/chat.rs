@@ -23,16 +23,10 @@ use x11rb::wrapper::ConnectionExt as _;
 
 use crate::platform::{ChatWindow, PlatformError, PlatformResult};
 
-/// The window title (`WM_NAME` and `_NET_WM_NAME`).
-pub const WINDOW_TITLE: &str = "GuruConnect chat";
-/// Window width.
-pub const WIDTH: u16 = 480;
-/// Window height.
-pub const HEIGHT: u16 = 300;
-/// The reply field `(x, y, width, height)` inside the window.
-pub const REPLY_FIELD: (i16, i16, u16, u16) = (10, 262, 460, 28);
-/// Longest message kept or reply accepted, in bytes.
-pub const MAX_TEXT: usize = 4096;
+pub use crate::platform::ui::{
+    CHAT_HEIGHT as HEIGHT, CHAT_TITLE as WINDOW_TITLE, CHAT_WIDTH as WIDTH,
+    MAX_CHAT_TEXT as MAX_TEXT, REPLY_FIELD, truncate,
+};
 /// Messages kept for display.
 const MAX_HISTORY: usize = 50;
 /// Lines one message may take on screen (the rest is cut).
@@ -95,18 +89,6 @@ pub fn wrap(line: &[u8], width: usize, max: usize) -> Vec<Vec<u8>> {
         }
     }
     out
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// What a key press does to the reply field.

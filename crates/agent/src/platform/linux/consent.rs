@@ -21,33 +21,11 @@ use x11rb::wrapper::ConnectionExt as _;
 
 use crate::platform::ConsentPrompt;
 
-/// The window title (`WM_NAME` and `_NET_WM_NAME`).
-pub const WINDOW_TITLE: &str = "GuruConnect remote support";
-/// Window width.
-pub const WIDTH: u16 = 460;
-/// Window height.
-pub const HEIGHT: u16 = 200;
-/// "Allow" button `(x, y, width, height)` inside the window.
-pub const ALLOW_BUTTON: (i16, i16, u16, u16) = (70, 130, 140, 44);
-/// "Deny" button `(x, y, width, height)` inside the window.
-pub const DENY_BUTTON: (i16, i16, u16, u16) = (250, 130, 140, 44);
-/// Timeout used when the request carries none.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Centre of a button, for tests that click it.
-pub fn center(button: (i16, i16, u16, u16)) -> (i32, i32) {
-    (
-        i32::from(button.0) + i32::from(button.2) / 2,
-        i32::from(button.1) + i32::from(button.3) / 2,
-    )
-}
-
-fn inside(button: (i16, i16, u16, u16), x: i16, y: i16) -> bool {
-    x >= button.0
-        && y >= button.1
-        && i32::from(x) < i32::from(button.0) + i32::from(button.2)
-        && i32::from(y) < i32::from(button.1) + i32::from(button.3)
-}
+pub use crate::platform::ui::{
+    ALLOW_BUTTON, CONSENT_HEIGHT as HEIGHT, CONSENT_TITLE as WINDOW_TITLE, CONSENT_WIDTH as WIDTH,
+    DENY_BUTTON, center,
+};
+use crate::platform::ui::{CONSENT_TIMEOUT as DEFAULT_TIMEOUT, inside};
 
 /// Latin-1-safe, bounded text for core-font drawing.
 fn printable(text: &str, max: usize) -> String {
@@ -253,10 +231,10 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
         match conn.poll_for_event()? {
             Some(Event::Expose(e)) if e.count == 0 => window.draw()?,
             Some(Event::ButtonPress(e)) if e.detail == 1 => {
-                if inside(ALLOW_BUTTON, e.event_x, e.event_y) {
+                if inside(ALLOW_BUTTON, e.event_x.into(), e.event_y.into()) {
                     break true;
                 }
-                if inside(DENY_BUTTON, e.event_x, e.event_y) {
+                if inside(DENY_BUTTON, e.event_x.into(), e.event_y.into()) {
                     break false;
                 }
             }

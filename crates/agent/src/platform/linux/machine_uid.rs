@@ -16,9 +16,8 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+pub use crate::platform::uid::derive;
 
-const DOMAIN: &[u8] = b"guruconnect-machine-uid-v1";
 const DMI_FILES: &[&str] = &[
     "sys/class/dmi/id/product_uuid",
     "sys/class/dmi/id/board_serial",
@@ -29,19 +28,6 @@ fn read_trimmed(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
-}
-
-/// The hash of the given identifiers (exposed for tests).
-pub fn derive(machine_id: &str, dmi: &[String]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(DOMAIN);
-    hasher.update([0]);
-    hasher.update(machine_id.as_bytes());
-    for value in dmi {
-        hasher.update([0]);
-        hasher.update(value.as_bytes());
-    }
-    hex::encode(hasher.finalize())
 }
 
 /// The machine uid from the files under `root` (`/` on a real system).

@@ -13,13 +13,71 @@ pub mod inventory;
 pub mod keymap;
 pub mod machine_uid;
 
-use super::{PlatformError, PlatformResult};
+use super::{
+    Capturer, ChatWindow, ClipboardAccess, ConsentPrompt, Desktop, Identity, Injector,
+    PlatformError, PlatformResult,
+};
 use x11rb::rust_connection::RustConnection;
+
+/// The X11 desktop named by `$DISPLAY`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct X11Desktop;
+
+impl Desktop for X11Desktop {
+    fn check(&self) -> PlatformResult<()> {
+        check_display()
+    }
+
+    fn capturer(&self) -> PlatformResult<Box<dyn Capturer>> {
+        Ok(Box::new(capture::X11Capturer::open()?))
+    }
+
+    fn injector(&self) -> PlatformResult<Box<dyn Injector>> {
+        Ok(Box::new(input::X11Injector::open()?))
+    }
+
+    fn consent(&self) -> Box<dyn ConsentPrompt> {
+        Box::new(consent::X11Consent)
+    }
+
+    fn clipboard(&self) -> PlatformResult<Box<dyn ClipboardAccess>> {
+        Ok(Box::new(clipboard::X11Clipboard::open()?))
+    }
+
+    fn chat(&self) -> PlatformResult<Box<dyn ChatWindow>> {
+        Ok(Box::new(chat::X11Chat::open()?))
+    }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            machine_uid: machine_uid::machine_uid(),
+            hostname: inventory::hostname(),
+            os: "linux",
+            os_version: inventory::os_version(),
+        }
+    }
+
+    fn inventory(&self) -> guruconnect_proto::AgentStatus {
+        inventory::collect(idle_seconds())
+    }
+
+    fn local_user(&self) -> String {
+        ["USER", "LOGNAME"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .map(|name| name.trim().chars().take(64).collect::<String>())
+            .find(|name| !name.is_empty())
+            .unwrap_or_else(|| "user".into())
+    }
+}
 
 /// Opens the X display named by `$DISPLAY`.
 pub fn connect() -> PlatformResult<(RustConnection, usize)> {
     x11rb::connect(None).map_err(|e| PlatformError::NoDisplay {
-        display: std::env::var("DISPLAY").unwrap_or_else(|_| "(DISPLAY is not set)".into()),
+        display: format!(
+            "X display {:?}",
+            std::env::var("DISPLAY").unwrap_or_else(|_| "(DISPLAY is not set)".into())
+        ),
         reason: e.to_string(),
     })
 }

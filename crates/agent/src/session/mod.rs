@@ -1,0 +1,559 @@
+//! One connection to the relay, from `AgentHello` to its end, on any [`Desktop`].
+//!
+//! This module is the async loop: it owns the socket and reacts to the relay. The desktop
+//! work runs on plain threads because desktop APIs are synchronous and thread-affine:
+//! [`capture`] (capture, encode, cursor), [`input`] (injection), [`clipboard`] and [`chat`]
+//! (started by the first chat message). They talk to the loop over channels, and all of
+//! them stop when the loop returns (their channels close). Nothing here names a platform:
+//! everything desktop-specific comes from the [`Desktop`] the session runs on.
+//!
+//! In an attended (support-code) session nothing is captured and no input is injected until
+//! the person at the machine clicked "Allow"; the relay enforces the same (SPEC §4.8).
+//! Chat is shown to the person only after consent too; its text is never logged.
+
+mod capture;
+mod chat;
+mod clipboard;
+mod input;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use guruconnect_client::{ClientError, Connection, Sender, connect_agent};
+use guruconnect_proto::{
+    self as proto, AgentHello, Codec, DisplayInfo, DisplayList, Envelope, Payload, SpecialKeyKind,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::encoding;
+use crate::platform::ui::{MAX_CHAT_TEXT, truncate};
+use crate::platform::{Desktop, Identity};
+use capture::{CaptureCmd, capture_thread};
+use input::{InputCmd, MAX_TYPED_TEXT, input_thread};
+
+/// Inventory refresh period.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+/// Application-level ping period (the relay also pings at the WebSocket level).
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// Largest frame the relay accepts, less room for the envelope.
+const MAX_FRAME_BYTES: usize = guruconnect_proto::MAX_AGENT_MESSAGE - 4096;
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server answered and refused the credential.
+    #[error("the server refused the credential (HTTP {status})")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The server could not be reached (or failed): worth retrying.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Dials the relay with `credential`.
+pub async fn connect(server: &str, credential: &str) -> Result<Connection, ConnectError> {
+    match connect_agent(server, credential).await {
+        Ok(conn) => Ok(conn),
+        Err(ClientError::Rejected { status, .. }) if (400..500).contains(&status) => {
+            Err(ConnectError::Rejected { status })
+        }
+        Err(e) => Err(ConnectError::Unreachable(e.to_string())),
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The relay (or a technician) ended the session.
+    Ended(String),
+    /// The person at the machine did not allow the session.
+    ConsentDenied,
+    /// The connection dropped.
+    Lost(String),
+    /// The desktop could not be used.
+    Failed(String),
+}
+
+/// A notice for the technicians watching this session.
+fn notice(level: proto::agent_notice::Level, text: String) -> Payload {
+    Payload::AgentNotice(proto::AgentNotice {
+        level: level as i32,
+        text,
+    })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+// ------------------------------------------------------------------ the loop
+
+/// The `AgentHello` for a machine with `identity` and `displays`.
+pub fn hello(identity: Identity, displays: &[DisplayInfo]) -> AgentHello {
+    let mut codecs = vec![Codec::RawZstd as i32];
+    if encoding::h264_available() {
+        codecs.push(Codec::H264 as i32);
+    }
+    AgentHello {
+        protocol_version: guruconnect_proto::PROTOCOL_VERSION,
+        agent_id: String::new(),
+        machine_uid: identity.machine_uid,
+        hostname: identity.hostname,
+        os: identity.os.into(),
+        os_version: identity.os_version,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        codecs,
+        displays: displays.to_vec(),
+        capabilities: [
+            "consent",
+            "input",
+            "clipboard",
+            "chat",
+            "multi_display",
+            "type_text",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
+}
+
+/// How a session behaves.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// A support-code session: consent required before anything flows.
+    pub attended: bool,
+    /// Where a key the relay provisions (trust on first use) is stored; `None` ignores it.
+    pub key_file: Option<PathBuf>,
+}
+
+struct Session {
+    desktop: Arc<dyn Desktop>,
+    tx: Sender,
+    attended: bool,
+    key_file: Option<PathBuf>,
+    granted: bool,
+    codec: Codec,
+    streaming: bool,
+    displays: Vec<DisplayInfo>,
+    active: DisplayInfo,
+    capture: std_mpsc::Sender<CaptureCmd>,
+    input: std_mpsc::Sender<InputCmd>,
+    clipboard: Option<std_mpsc::Sender<String>>,
+    chat: Option<std_mpsc::Sender<proto::ChatMessage>>,
+    out: mpsc::Sender<Payload>,
+    consent: Option<JoinHandle<bool>>,
+    consent_cancel: Arc<AtomicBool>,
+}
+
+enum Flow {
+    Continue,
+    Stop(Outcome),
+}
+
+impl Session {
+    fn may_control(&self) -> bool {
+        !self.attended || self.granted
+    }
+
+    async fn send(&mut self, payload: Payload) -> Result<(), Outcome> {
+        self.tx
+            .send(payload)
+            .await
+            .map_err(|e| Outcome::Lost(e.to_string()))
+    }
+
+    fn start_clipboard(&mut self) {
+        if self.clipboard.is_none() {
+            let (tx, rx) = std_mpsc::channel();
+            let (desktop, out) = (self.desktop.clone(), self.out.clone());
+            let _ = std::thread::Builder::new()
+                .name("clipboard".into())
+                .spawn(move || clipboard::clipboard_thread(desktop, rx, out));
+            self.clipboard = Some(tx);
+        }
+    }
+
+    fn start_chat(&mut self) {
+        if self.chat.is_none() {
+            let (tx, rx) = std_mpsc::channel();
+            let (desktop, out) = (self.desktop.clone(), self.out.clone());
+            let _ = std::thread::Builder::new()
+                .name("chat".into())
+                .spawn(move || chat::chat_thread(desktop, rx, out));
+            self.chat = Some(tx);
+        }
+    }
+
+    fn display_list(&self) -> Payload {
+        Payload::DisplayList(DisplayList {
+            displays: self.displays.clone(),
+            active_display_id: self.active.id,
+        })
+    }
+
+    async fn handle(&mut self, payload: Payload) -> Result<Flow, Outcome> {
+        match payload {
+            Payload::SessionInfo(info) => {
+                tracing::info!(session_id = %info.session_id, agent_id = %info.agent_id, attended = info.attended, "session bound");
+            }
+            Payload::ConsentRequest(request) => {
+                if self.granted || self.consent.is_some() {
+                    return Ok(Flow::Continue);
+                }
+                tracing::info!(technician = %request.technician, "asking the user for consent");
+                let cancel = self.consent_cancel.clone();
+                let prompt = self.desktop.consent();
+                self.consent = Some(tokio::task::spawn_blocking(move || {
+                    prompt.ask(&request, &cancel)
+                }));
+            }
+            Payload::StartStream(start) => {
+                if !self.may_control() {
+                    tracing::warn!("ignoring StartStream before consent");
+                    return Ok(Flow::Continue);
+                }
+                // The display named here picks where a stream starts. A StartStream while one
+                // runs only changes the codec (the relay always names display 0): the display
+                // a technician switched to stays.
+                if !self.streaming
+                    && let Some(d) = self.displays.iter().find(|d| d.id == start.display_id)
+                {
+                    self.active = d.clone();
+                }
+                self.streaming = true;
+                self.codec = Codec::try_from(start.codec).unwrap_or(Codec::RawZstd);
+                let _ = self.capture.send(CaptureCmd::Start {
+                    codec: self.codec,
+                    display: self.active.clone(),
+                    fps: start.max_fps,
+                });
+                self.start_clipboard();
+                let list = self.display_list();
+                self.send(list).await?;
+            }
+            Payload::StopStream(_) => {
+                self.streaming = false;
+                let _ = self.capture.send(CaptureCmd::Stop);
+            }
+            Payload::RefreshRequest(_) => {
+                let _ = self.capture.send(CaptureCmd::Refresh);
+            }
+            Payload::SwitchDisplay(switch) => {
+                let Some(display) = self
+                    .displays
+                    .iter()
+                    .find(|d| d.id == switch.display_id)
+                    .cloned()
+                else {
+                    tracing::debug!(
+                        display_id = switch.display_id,
+                        "ignoring a switch to an unknown display"
+                    );
+                    return Ok(Flow::Continue);
+                };
+                self.active = display;
+                if self.streaming {
+                    // Restarting with the current codec picks the new display and sends a
+                    // keyframe.
+                    let _ = self.capture.send(CaptureCmd::Start {
+                        codec: self.codec,
+                        display: self.active.clone(),
+                        fps: 0,
+                    });
+                    self.send(self.display_list()).await?;
+                }
+            }
+            Payload::QualitySettings(q) => {
+                let _ = self.capture.send(CaptureCmd::Quality {
+                    fps: q.max_fps,
+                    quality: q.quality,
+                });
+            }
+            Payload::MouseEvent(event) => {
+                if self.may_control() {
+                    let _ = self.input.send(InputCmd::Mouse(event, self.active.clone()));
+                }
+            }
+            Payload::KeyEvent(event) => {
+                if self.may_control() {
+                    let _ = self.input.send(InputCmd::Key(event));
+                }
+            }
+            Payload::SpecialKey(special) => match SpecialKeyKind::try_from(special.kind) {
+                Ok(kind) if self.may_control() => {
+                    let _ = self.input.send(InputCmd::Special(kind));
+                }
+                _ => tracing::debug!(kind = special.kind, "ignoring a special key"),
+            },
+            Payload::TypeText(typed) => {
+                if self.may_control() && !typed.text.is_empty() {
+                    let text = truncate(&typed.text, MAX_TYPED_TEXT).to_owned();
+                    tracing::info!(bytes = text.len(), "typing text from a technician");
+                    let _ = self.input.send(InputCmd::Text(text));
+                }
+            }
+            Payload::ReleaseModifiers(_) => {
+                let _ = self.input.send(InputCmd::ReleaseAll);
+            }
+            Payload::Clipboard(clip) => {
+                if self.may_control() {
+                    self.start_clipboard();
+                    if let Some(tx) = &self.clipboard {
+                        let _ = tx.send(clip.text);
+                    }
+                }
+            }
+            Payload::Chat(mut message) => {
+                // The agent is the chat's destination: the person at this machine reads it in
+                // the chat window. Only the arrival is logged, never the text.
+                if !self.may_control() {
+                    tracing::warn!("ignoring a chat message before consent");
+                    return Ok(Flow::Continue);
+                }
+                if message.text.trim().is_empty() {
+                    return Ok(Flow::Continue);
+                }
+                tracing::info!("a chat message arrived");
+                message.text = truncate(&message.text, MAX_CHAT_TEXT).to_owned();
+                message.from = truncate(&message.from, 128).to_owned();
+                self.start_chat();
+                if let Some(tx) = &self.chat {
+                    let _ = tx.send(message);
+                }
+            }
+            Payload::Ping(ping) => {
+                self.send(Payload::Pong(proto::Pong {
+                    ping_timestamp_us: ping.timestamp_us,
+                    timestamp_us: now_us(),
+                }))
+                .await?;
+            }
+            Payload::SessionEnd(end) => return Ok(Flow::Stop(Outcome::Ended(end.reason))),
+            Payload::ViewerJoined(v) => {
+                tracing::info!(viewer = %v.username, "a technician joined");
+                // The display list is otherwise sent only when the stream starts or switches:
+                // a technician joining a running stream would never learn the monitors.
+                if self.streaming {
+                    self.send(self.display_list()).await?;
+                }
+            }
+            Payload::ViewerLeft(v) => tracing::info!(viewer = %v.username, "a technician left"),
+            Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
+            Payload::UpdateCommand(_) => {
+                tracing::warn!(
+                    kind = payload.kind(),
+                    "not supported by this agent yet; ignored"
+                );
+            }
+            other => tracing::debug!(kind = other.kind(), "ignoring a message"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn store_provisioned_key(&self, provision: &proto::KeyProvision) {
+        let Some(path) = &self.key_file else {
+            tracing::warn!("the relay provisioned a key, but this session does not keep one");
+            return;
+        };
+        let plausible = provision.agent_key.starts_with("cak_")
+            && !provision.agent_key.contains(char::is_whitespace);
+        if !plausible {
+            tracing::warn!("ignoring a malformed provisioned key");
+            return;
+        }
+        match crate::config::store_key(path, &provision.agent_key) {
+            Ok(()) => tracing::info!(
+                key_id = %provision.key_id,
+                key_file = %path.display(),
+                "received this machine's per-agent key; it replaces the shared key from now on"
+            ),
+            Err(e) => tracing::error!(
+                key_file = %path.display(),
+                "cannot store the provisioned key: {e}"
+            ),
+        }
+    }
+
+    async fn consent_answer(&mut self, granted: bool) -> Result<Flow, Outcome> {
+        self.consent = None;
+        self.send(Payload::ConsentResponse(proto::ConsentResponse { granted }))
+            .await?;
+        if granted {
+            tracing::info!("the user allowed the session");
+            self.granted = true;
+            Ok(Flow::Continue)
+        } else {
+            tracing::info!("the user did not allow the session");
+            Ok(Flow::Stop(Outcome::ConsentDenied))
+        }
+    }
+}
+
+async fn join_consent(task: &mut Option<JoinHandle<bool>>) -> bool {
+    match task {
+        Some(handle) => handle.await.unwrap_or(false),
+        None => std::future::pending().await,
+    }
+}
+
+async fn status(desktop: &Arc<dyn Desktop>) -> Payload {
+    let desktop = desktop.clone();
+    let status = tokio::task::spawn_blocking(move || desktop.inventory())
+        .await
+        .unwrap_or_default();
+    Payload::AgentStatus(status)
+}
+
+/// Runs one session on an established connection until it ends. `attended` is true for a
+/// support-code session (consent required before anything flows).
+pub async fn run(conn: Connection, attended: bool) -> Outcome {
+    run_with(
+        conn,
+        SessionOptions {
+            attended,
+            key_file: None,
+        },
+    )
+    .await
+}
+
+/// [`run`] with every option, on this system's desktop.
+pub async fn run_with(conn: Connection, options: SessionOptions) -> Outcome {
+    run_on(crate::platform::native(), conn, options).await
+}
+
+/// [`run_with`] on a given desktop.
+pub async fn run_on(
+    desktop: Arc<dyn Desktop>,
+    conn: Connection,
+    options: SessionOptions,
+) -> Outcome {
+    let SessionOptions { attended, key_file } = options;
+    let opened = {
+        let desktop = desktop.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::platform::PlatformError>((
+                desktop.capturer()?,
+                desktop.injector()?,
+                desktop.identity(),
+            ))
+        })
+        .await
+    };
+    let (capturer, injector, identity) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::Failed(format!("cannot open the desktop: {e}")),
+    };
+    tracing::info!(capture = capturer.backend(), "desktop opened");
+    let displays = capturer.displays();
+    let active = displays
+        .iter()
+        .find(|d| d.primary)
+        .or(displays.first())
+        .cloned()
+        .unwrap_or_default();
+    let (mut tx, mut rx) = conn.split();
+    if let Err(e) = tx
+        .send(Payload::AgentHello(hello(identity, &displays)))
+        .await
+    {
+        return Outcome::Lost(e.to_string());
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<Payload>(4);
+    let (capture_tx, capture_rx) = std_mpsc::channel();
+    let (input_tx, input_rx) = std_mpsc::channel();
+    let (capture_out, input_out) = (out_tx.clone(), out_tx.clone());
+    let spawned = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || capture_thread(capturer, capture_rx, capture_out))
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("input".into())
+                .spawn(move || input_thread(injector, input_rx, input_out))
+        });
+    if let Err(e) = spawned {
+        return Outcome::Failed(format!("cannot start a thread: {e}"));
+    }
+    let mut session = Session {
+        desktop,
+        tx,
+        attended,
+        key_file,
+        granted: false,
+        codec: Codec::RawZstd,
+        streaming: false,
+        displays,
+        active,
+        capture: capture_tx,
+        input: input_tx,
+        clipboard: None,
+        chat: None,
+        out: out_tx,
+        consent: None,
+        consent_cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let outcome = drive(&mut session, &mut rx, &mut out_rx).await;
+    session.consent_cancel.store(true, Ordering::Relaxed);
+    if outcome == Outcome::ConsentDenied {
+        // Let the relay record the refusal before the socket goes away.
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while rx.recv().await.is_ok() {}
+        })
+        .await;
+    }
+    let _ = session.tx.close().await;
+    outcome
+}
+
+async fn drive(
+    session: &mut Session,
+    rx: &mut guruconnect_client::Receiver,
+    out_rx: &mut mpsc::Receiver<Payload>,
+) -> Outcome {
+    if let Err(o) = session.send(status(&session.desktop).await).await {
+        return o;
+    }
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.tick().await;
+    let mut ping_tick = tokio::time::interval(PING_EVERY);
+    ping_tick.tick().await;
+    loop {
+        let step = tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(Envelope { payload: Some(payload), .. }) => session.handle(payload).await,
+                Ok(_) => Ok(Flow::Continue),
+                Err(ClientError::Malformed(_)) => {
+                    tracing::warn!("ignoring a malformed message from the relay");
+                    Ok(Flow::Continue)
+                }
+                Err(ClientError::Closed { code, reason }) => {
+                    Err(Outcome::Lost(format!("closed by the server ({code}: {reason})")))
+                }
+                Err(e) => Err(Outcome::Lost(e.to_string())),
+            },
+            Some(payload) = out_rx.recv() => session.send(payload).await.map(|()| Flow::Continue),
+            granted = join_consent(&mut session.consent) => session.consent_answer(granted).await,
+            _ = status_tick.tick() => {
+                let status = status(&session.desktop).await;
+                session.send(status).await.map(|()| Flow::Continue)
+            }
+            _ = ping_tick.tick() => session
+                .send(Payload::Ping(proto::Ping { timestamp_us: now_us() }))
+                .await
+                .map(|()| Flow::Continue),
+        };
+        match step {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop(outcome)) | Err(outcome) => return outcome,
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! End to end for the Windows agent: the cross-built `guruconnect-agent.exe` runs under Wine
+//! on a private Xvfb against the real (Linux) relay, in-process. Consent is clicked with
+//! xdotool as a user would; viewers are protocol clients.
+//!
+//! The `.exe` comes from `scripts/windows/build-agent.sh`; its path is in
+//! `GURUCONNECT_WINDOWS_AGENT_EXE`, and the Wine environment (`WINEPREFIX`, `WINEPATH` with
+//! the `bcryptprimitives.dll` stand-in, `WINEDEBUG`) from `scripts/windows/env.sh`. Without
+//! the `.exe` the tests print a line and pass, unless `GURUCONNECT_REQUIRE_WINE` is set
+//! (`.ci/run` sets it), when they fail.
+//!
+//! What this exercises is the GDI capture path, `SendInput`, the Win32 consent and chat
+//! windows and the clipboard as Wine implements them; DXGI, `SendSAS`, the secure desktop
+//! and session 0 are not exercised (Wine has none of them).
+//!
+//! The tests share one Wine prefix, whose `wineserver` serves one X display at a time, so
+//! they run one after another (a lock) and stop the prefix's `wineserver` after each.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REPLY_FIELD, center};
+use guruconnect_client::Connection;
+use guruconnect_codec::Image;
+use guruconnect_proto::{ChatMessage, ClipboardText, Codec, Payload, TypeText};
+use serde_json::json;
+use support::*;
+use x11rb::connection::Connection as _;
+use x11rb::protocol::xproto::ConnectionExt as _;
+
+/// Set-1 scancodes used here.
+const SC_CTRL: u32 = 0x1d;
+const SC_A: u32 = 0x1e;
+const SC_C: u32 = 0x2e;
+const SC_H: u32 = 0x23;
+const SC_I: u32 = 0x17;
+
+static WINE: Mutex<()> = Mutex::new(());
+
+/// The built `.exe`, or `None` (test skipped) when it was not built.
+fn agent_exe() -> Option<PathBuf> {
+    match std::env::var_os("GURUCONNECT_WINDOWS_AGENT_EXE").map(PathBuf::from) {
+        Some(exe) if exe.is_file() => Some(exe),
+        other => {
+            assert!(
+                std::env::var_os("GURUCONNECT_REQUIRE_WINE").is_none(),
+                "GURUCONNECT_REQUIRE_WINE is set but the Windows agent is missing ({other:?}); \
+                 run scripts/windows/build-agent.sh and source scripts/windows/env.sh"
+            );
+            println!("SKIPPED: no Windows agent (run scripts/windows/build-agent.sh)");
+            None
+        }
+    }
+}
+
+/// One Wine run on its own Xvfb: holds the lock, and stops the prefix's wineserver (every
+/// Wine process of the test with it) when dropped.
+struct WineDesktop {
+    x: Xvfb,
+    exe: PathBuf,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl WineDesktop {
+    fn start() -> Option<WineDesktop> {
+        let exe = agent_exe()?;
+        let lock = WINE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A wineserver left over from another display would serve this test on the wrong one.
+        stop_wineserver();
+        let x = Xvfb::start()?;
+        Some(WineDesktop {
+            x,
+            exe,
+            _lock: lock,
+        })
+    }
+
+    fn display(&self) -> &str {
+        &self.x.display
+    }
+
+    /// The agent `.exe` with `args`, under Wine on this display.
+    fn agent(&self, args: &[&str]) -> AgentProcess {
+        let mut cmd = Command::new("wine");
+        cmd.arg(&self.exe).args(args);
+        AgentProcess::spawn_cmd(cmd, self.display())
+    }
+
+    /// A Windows program (e.g. `notepad`) on this display.
+    fn program(&self, name: &str) -> std::process::Child {
+        Command::new("wine")
+            .arg(name)
+            .env("DISPLAY", self.display())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn a Wine program")
+    }
+}
+
+impl Drop for WineDesktop {
+    fn drop(&mut self) {
+        stop_wineserver();
+    }
+}
+
+fn stop_wineserver() {
+    let _ = Command::new("wineserver")
+        .arg("-k")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = Command::new("wineserver").arg("-w").status();
+}
+
+/// The first visible X window whose name matches, waiting for it.
+fn wait_window(display: &str, name: &str) -> String {
+    let found = xdotool(
+        display,
+        &["search", "--sync", "--onlyvisible", "--name", name],
+    );
+    found.lines().next().expect("a window id").trim().to_owned()
+}
+
+/// `(x, y, width, height)` of an X window in root coordinates.
+fn geometry(display: &str, window: &str) -> (i32, i32, i32, i32) {
+    let out = xdotool(display, &["getwindowgeometry", "--shell", window]);
+    let field = |key: &str| -> i32 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+    };
+    (field("X"), field("Y"), field("WIDTH"), field("HEIGHT"))
+}
+
+/// Where the X pointer is, in root coordinates.
+fn pointer(display: &str) -> (i32, i32) {
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
+    let root = conn.setup().roots[screen].root;
+    let reply = conn
+        .query_pointer(root)
+        .expect("query_pointer")
+        .reply()
+        .expect("pointer");
+    (i32::from(reply.root_x), i32::from(reply.root_y))
+}
+
+/// Waits for the next clipboard text a viewer receives from the agent.
+async fn next_clipboard(conn: &mut Connection, agent: &AgentProcess) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no clipboard text reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(envelope)) => {
+                if let Some(Payload::Clipboard(clip)) = envelope.payload {
+                    return clip.text;
+                }
+            }
+            Ok(Err(e)) => panic!("viewer connection failed: {e}\n{}", agent.stderr()),
+        }
+    }
+}
+
+/// Ctrl+<key> through the agent.
+async fn ctrl(conn: &mut Connection, scancode: u32) {
+    conn.send(key(SC_CTRL, false, true))
+        .await
+        .expect("ctrl down");
+    tap(conn, scancode, false).await;
+    conn.send(key(SC_CTRL, false, false))
+        .await
+        .expect("ctrl up");
+}
+
+/// The support-code session up to a control viewer that has seen `accept`ed pixels.
+async fn allowed_session(
+    wine: &WineDesktop,
+    relay: &Relay,
+    admin: &str,
+    accept: impl Fn(&Image) -> bool,
+) -> (AgentProcess, Connection, Image) {
+    let code = relay.create_code(admin).await;
+    let agent = wine.agent(&["--server", &relay.base, "--code", &code]);
+    click_consent(wine.display(), ALLOW_BUTTON);
+    let session_id = relay.wait_session(admin, "active").await;
+    let (mut viewer, mode) = relay.viewer(admin, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "control");
+    let image = decode_until(&mut viewer, Codec::RawZstd, accept).await;
+    (agent, viewer, image)
+}
+
+// ------------------------------------------------------------------ the tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clipboard() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let app = TestApp::start(wine.display());
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+
+    // 1. Allowed by a click on the Win32 prompt; the picture is the X screen's pixels.
+    let (mut agent, mut viewer, image) = allowed_session(&wine, &relay, &admin, |img| {
+        region_matches(img, WIN_A, 4, 0) && region_matches(img, WIN_B, 4, 0)
+    })
+    .await;
+    assert_eq!((image.width, image.height), (1280, 720));
+    let machines = relay.machines(&admin).await;
+    assert_eq!(machines[0]["os"], "windows", "{machines:?}");
+    assert!(
+        agent.stderr().contains("gdi"),
+        "the capture backend is logged:\n{}",
+        agent.stderr()
+    );
+
+    // 2. A mouse move from the viewer moves the X pointer.
+    viewer
+        .send(mouse(guruconnect_proto::MouseAction::Move, 640, 500))
+        .await
+        .expect("move");
+    let deadline = Instant::now() + WAIT;
+    while pointer(wine.display()) != (640, 500) {
+        assert!(
+            Instant::now() < deadline,
+            "the X pointer did not move: {:?}\n{}",
+            pointer(wine.display()),
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(app);
+
+    // 3. Keys by scancode and Unicode text reach a Windows program: type into Notepad, then
+    //    select all and copy; the agent's clipboard watcher sends what Notepad holds.
+    let mut notepad = wine.program("notepad");
+    let window = wait_window(wine.display(), "Notepad");
+    let (nx, ny, nw, nh) = geometry(wine.display(), &window);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    click(&mut viewer, nx + nw / 2, ny + nh / 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tap(&mut viewer, SC_H, false).await;
+    tap(&mut viewer, SC_I, false).await;
+    viewer
+        .send(Payload::TypeText(TypeText {
+            text: " Grüße, 1+1=2!".into(),
+        }))
+        .await
+        .expect("type text");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ctrl(&mut viewer, SC_A).await;
+    ctrl(&mut viewer, SC_C).await;
+    assert_eq!(
+        next_clipboard(&mut viewer, &agent)
+            .await
+            .replace("\r\n", "\n"),
+        "hi Grüße, 1+1=2!"
+    );
+
+    // 4. Clipboard from the technician lands on the Windows clipboard, which Wine offers
+    //    to X clients as CLIPBOARD.
+    viewer
+        .send(Payload::Clipboard(ClipboardText {
+            text: "from the technician ✓".into(),
+        }))
+        .await
+        .expect("clipboard");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = read_clipboard(wine.display());
+        if now.as_deref() == Some("from the technician ✓") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Windows clipboard was not set: {now:?}\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_alive(&mut agent);
+    let _ = notepad.kill();
+    let _ = notepad.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_chat_window_shows_the_message_and_the_typed_reply_reaches_the_viewer() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let (agent, mut viewer, _) = allowed_session(&wine, &relay, &admin, |_| true).await;
+
+    viewer
+        .send(Payload::Chat(ChatMessage {
+            from: "Alice (technician)".into(),
+            text: "Hello, I am looking at your printer settings.".into(),
+            sent_at_ms: 1,
+        }))
+        .await
+        .expect("chat");
+    let window = wait_window(wine.display(), CHAT_TITLE);
+    let (x, y) = center(REPLY_FIELD);
+    xdotool(
+        wine.display(),
+        &[
+            "mousemove",
+            "--window",
+            &window,
+            &x.to_string(),
+            &y.to_string(),
+            "click",
+            "1",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    xdotool(wine.display(), &["type", "--delay", "30", "thanks a lot"]);
+    xdotool(wine.display(), &["key", "Return"]);
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, viewer.recv()).await {
+            Err(_) => panic!("the reply never reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(envelope)) => {
+                if let Some(Payload::Chat(reply)) = envelope.payload {
+                    assert_eq!(reply.text, "thanks a lot");
+                    assert!(!reply.from.is_empty());
+                    break;
+                }
+            }
+            Ok(Err(e)) => panic!("viewer failed: {e}\n{}", agent.stderr()),
+        }
+    }
+    assert!(
+        !agent.stderr().contains("Hello, I am looking"),
+        "chat text must not be logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_consent_deny_and_timeout_end_the_session_without_a_frame() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let relay = Relay::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |c| {
+        c.consent_timeout_secs = 5;
+    })
+    .await;
+    let admin = relay.admin().await;
+
+    // Deny: a clean exit, no frame, the session ends.
+    let code = relay.create_code(&admin).await;
+    let mut agent = wine.agent(&["--server", &relay.base, "--code", &code]);
+    let session_id = relay.wait_session(&admin, "waiting_consent").await;
+    let (mut viewer, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    click_consent(wine.display(), DENY_BUTTON);
+    let status = agent.wait_exit(WAIT).await;
+    assert!(status.success(), "{status}\n{}", agent.stderr());
+    assert!(agent.stderr().contains("not allowed"), "{}", agent.stderr());
+    assert_eq!(frames_until_closed(&mut viewer).await, 0);
+    relay.wait_session(&admin, "ended").await;
+
+    // No answer: the prompt times out, which is a no.
+    let code = relay.create_code(&admin).await;
+    let mut agent = wine.agent(&["--server", &relay.base, "--code", &code]);
+    let deadline = Instant::now() + WAIT;
+    let session_id = loop {
+        let sessions = relay.sessions(&admin).await;
+        if let Some(s) = sessions
+            .iter()
+            .find(|s| s["status"] == "waiting_consent" && s["id"] != session_id.as_str())
+        {
+            break s["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no second session: {sessions:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut viewer, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", agent.stderr());
+    assert_eq!(frames_until_closed(&mut viewer).await, 0);
+    let ended = relay.sessions(&admin).await;
+    assert!(
+        ended.iter().filter(|s| s["status"] == "ended").count() == 2,
+        "{ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_restart() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let site = relay
+        .post(&admin, "/api/sites", json!({ "name": "Wine Office" }))
+        .await;
+    let site_code = site["code"].as_str().expect("site code").to_owned();
+    let enrollment_key = site["enrollment_key"]
+        .as_str()
+        .expect("enrollment key")
+        .to_owned();
+
+    // The configuration as the Windows installer would write it; Wine's Z: is the Linux /.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let windows_path = |p: &std::path::Path| format!("Z:{}", p.display()).replace('/', "\\");
+    let key_file = dir.path().join("agent.key");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = {server:?}\nkey_file = {key:?}\nsite_code = {site_code:?}\nenrollment_key = {enrollment_key:?}\n[labels]\ncompany = \"Acme Dental\"\n",
+            server = relay.base,
+            key = windows_path(&key_file),
+        ),
+    )
+    .expect("write config");
+    let mut agent = wine.agent(&["run", "--config", &windows_path(&config)]);
+    let machine = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(machine["os"], "windows", "{machine}");
+    assert!(
+        machine["os_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("Windows")),
+        "{machine}"
+    );
+    assert_eq!(machine["company"], "Acme Dental", "{machine}");
+    let stored = std::fs::read_to_string(&key_file).expect("the key was stored");
+    assert!(stored.trim().starts_with("cak_"));
+    assert!(
+        !agent.stderr().contains(&enrollment_key) && !agent.stderr().contains(stored.trim()),
+        "secrets must not be logged"
+    );
+
+    // The server restarts: the agent comes back by itself with its stored key.
+    let relay = relay.restart().await;
+    let admin = relay.admin().await;
+    let again = relay.wait_one_online(&admin, &agent).await;
+    assert_eq!(again["agent_id"], machine["agent_id"]);
+    assert_eq!(
+        std::fs::read_to_string(&key_file).expect("key"),
+        stored,
+        "the stored key is kept"
+    );
+    assert_alive(&mut agent);
+}

@@ -1,0 +1,879 @@
+//! The harness the end-to-end tests share: a private Xvfb, the relay in-process, the agent
+//! as a real process (the Linux binary, or the Windows `.exe` under Wine), viewers over the
+//! protocol client, and picture helpers.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guruconnect_agent::platform::ui::{CONSENT_TITLE, center};
+use guruconnect_client::{Connection, connect_viewer};
+use guruconnect_codec::{Decoder, Image};
+use guruconnect_proto::{
+    Codec, Envelope, KeyEvent, MouseAction, MouseButton, MouseEvent, Payload, ViewerHello,
+};
+use serde_json::{Value, json};
+use x11rb::connection::Connection as _;
+use x11rb::protocol::Event;
+use x11rb::protocol::xproto::{
+    AtomEnum, ConnectionExt as _, CreateWindowAux, EventMask, InputFocus, WindowClass,
+};
+use x11rb::rust_connection::RustConnection;
+use x11rb::wrapper::ConnectionExt as _;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Window A: blue, records input. (x, y, w, h, 0xRRGGBB)
+pub const WIN_A: (i16, i16, u16, u16, u32) = (100, 100, 200, 150, 0x0033_66cc);
+/// Window B: orange.
+pub const WIN_B: (i16, i16, u16, u16, u32) = (300, 100, 200, 150, 0x00cc_6633);
+
+// ------------------------------------------------------------------ processes
+
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// A private Xvfb server, killed on drop.
+pub struct Xvfb {
+    pub child: Child,
+    pub display: String,
+}
+
+impl Xvfb {
+    pub fn start() -> Option<Xvfb> {
+        if !have("Xvfb") {
+            println!("SKIPPED: Xvfb is not installed (apt-get install xvfb)");
+            return None;
+        }
+        assert!(
+            have("xdotool"),
+            "xdotool is not installed (apt-get install xdotool)"
+        );
+        for _ in 0..20 {
+            let n = 100 + (rand_u32() % 800);
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            let display = format!(":{n}");
+            let mut child = Command::new("Xvfb")
+                .args([
+                    &display,
+                    "-screen",
+                    "0",
+                    "1280x720x24",
+                    "-nolisten",
+                    "tcp",
+                    "-noreset",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn Xvfb");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // lost a race for the display number; try another
+                }
+                if x11rb::connect(Some(&display)).is_ok() {
+                    return Some(Xvfb { child, display });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start Xvfb");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM lets Xvfb remove its socket and lock file; SIGKILL only as a last resort.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rand_u32() -> u32 {
+    let id = uuid_like();
+    u32::from_le_bytes([id[0], id[1], id[2], id[3]])
+}
+
+pub fn uuid_like() -> [u8; 16] {
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("urandom");
+    buf
+}
+
+/// Runs a command with a deadline; kills it when the deadline passes.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn xdotool(display: &str, args: &[&str]) -> String {
+    let out = run_with_timeout(
+        Command::new("xdotool").args(args).env("DISPLAY", display),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "xdotool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Finds the consent prompt and clicks one of its buttons as a user would.
+pub fn click_consent(display: &str, button: (i16, i16, u16, u16)) {
+    let found = xdotool(
+        display,
+        &["search", "--sync", "--onlyvisible", "--name", CONSENT_TITLE],
+    );
+    let window = found
+        .lines()
+        .next()
+        .expect("a consent window id")
+        .trim()
+        .to_owned();
+    let (x, y) = center(button);
+    // Give the prompt a moment to finish mapping before the click.
+    std::thread::sleep(Duration::from_millis(200));
+    xdotool(
+        display,
+        &[
+            "mousemove",
+            "--window",
+            &window,
+            &x.to_string(),
+            &y.to_string(),
+            "click",
+            "1",
+        ],
+    );
+}
+
+/// The agent process; its stderr is collected for assertions and failure messages.
+pub struct AgentProcess {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl AgentProcess {
+    pub fn spawn(display: Option<&str>, args: &[&str]) -> AgentProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guruconnect-agent"));
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match display {
+            Some(d) => cmd.env("DISPLAY", d),
+            None => cmd.env_remove("DISPLAY"),
+        };
+        Self::collect(cmd.spawn().expect("spawn agent"))
+    }
+
+    pub fn collect(mut child: Child) -> AgentProcess {
+        let mut pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        AgentProcess { child, stderr }
+    }
+
+    /// Spawns a prepared command (another path to the binary) on `display`.
+    pub fn spawn_cmd(mut cmd: Command, display: &str) -> AgentProcess {
+        cmd.env("RUST_LOG", "info")
+            .env("DISPLAY", display)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Self::collect(cmd.spawn().expect("spawn agent"))
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread drain the pipe.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------ the test X client
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    KeyPress(u8),
+    ButtonPress { button: u8, x: i16, y: i16 },
+}
+
+/// Coloured windows; the first records key and button presses (wheel clicks included: X
+/// reports them as buttons 4 to 7).
+pub struct TestApp {
+    pub conn: Arc<RustConnection>,
+    pub window_a: u32,
+    pub events: Arc<Mutex<Vec<Recorded>>>,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TestApp {
+    /// Windows A (recording) and B.
+    pub fn start(display: &str) -> TestApp {
+        Self::with_windows(display, &[WIN_A, WIN_B])
+    }
+
+    /// The given windows, the first recording input.
+    pub fn with_windows(display: &str, windows: &[(i16, i16, u16, u16, u32)]) -> TestApp {
+        let (conn, screen) = x11rb::connect(Some(display)).expect("connect test app");
+        let root = conn.setup().roots[screen].root;
+        let mut ids = Vec::new();
+        for (i, &(x, y, w, h, colour)) in windows.iter().enumerate() {
+            let id = conn.generate_id().expect("id");
+            let mask = if i == 0 {
+                EventMask::KEY_PRESS | EventMask::BUTTON_PRESS
+            } else {
+                EventMask::NO_EVENT
+            };
+            conn.create_window(
+                x11rb::COPY_DEPTH_FROM_PARENT,
+                id,
+                root,
+                x,
+                y,
+                w,
+                h,
+                0,
+                WindowClass::INPUT_OUTPUT,
+                0,
+                &CreateWindowAux::new()
+                    .background_pixel(colour)
+                    .override_redirect(1)
+                    .event_mask(mask),
+            )
+            .expect("create window");
+            conn.map_window(id).expect("map");
+            ids.push(id);
+        }
+        conn.flush().expect("flush");
+        conn.sync().expect("sync");
+        let conn = Arc::new(conn);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, e, s) = (conn.clone(), events.clone(), stop.clone());
+        let window_a = ids[0];
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.poll_for_event() {
+                    Ok(Some(Event::KeyPress(k))) if k.event == window_a => {
+                        e.lock().unwrap().push(Recorded::KeyPress(k.detail));
+                    }
+                    Ok(Some(Event::ButtonPress(b))) if b.event == window_a => {
+                        e.lock().unwrap().push(Recorded::ButtonPress {
+                            button: b.detail,
+                            x: b.event_x,
+                            y: b.event_y,
+                        });
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => return,
+                }
+            }
+        });
+        TestApp {
+            conn,
+            window_a,
+            events,
+            stop,
+        }
+    }
+
+    pub fn focus(&self) {
+        self.conn
+            .set_input_focus(InputFocus::POINTER_ROOT, self.window_a, x11rb::CURRENT_TIME)
+            .expect("focus");
+        self.conn.sync().expect("sync");
+    }
+
+    pub fn events(&self) -> Vec<Recorded> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Recorded]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !pred(&self.events()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never arrived in the X client; recorded {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// ------------------------------------------------------------------ the relay
+
+pub struct Relay {
+    pub base: String,
+    pub port: u16,
+    pub admin_password: String,
+    pub http: reqwest::Client,
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub state: Option<guruconnect_server::AppState>,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    pub async fn start() -> Relay {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |_| {}).await
+    }
+
+    /// Starts a relay on `dir` (its data directory) and `port` (0: any).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        port: u16,
+        admin_password: Option<String>,
+        tweak: impl FnOnce(&mut guruconnect_server::Config),
+    ) -> Relay {
+        let admin_password =
+            admin_password.unwrap_or_else(|| format!("adm-{}", hex(&uuid_like()[..10])));
+        let mut config = guruconnect_server::Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            admin_password: Some(secrecy::SecretString::from(admin_password.clone())),
+            signing_secret: None,
+            database_url: None,
+            ..guruconnect_server::Config::default()
+        };
+        tweak(&mut config);
+        let state = guruconnect_server::build_state(config)
+            .await
+            .expect("build_state");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(guruconnect_server::serve_state(
+            state.clone(),
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Relay {
+            base: format!("http://{addr}"),
+            port: addr.port(),
+            admin_password,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(WAIT)
+                .build()
+                .expect("client"),
+            shutdown: Some(tx),
+            handle: Some(handle),
+            state: Some(state),
+            dir: Some(dir),
+        }
+    }
+
+    /// Stops this relay and starts a new one on the same data directory and port.
+    pub async fn restart(mut self) -> Relay {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("relay stops");
+        }
+        if let Some(state) = self.state.take() {
+            state.store.close().await;
+        }
+        let dir = self.dir.take().expect("data dir");
+        Self::start_in(dir, self.port, Some(self.admin_password.clone()), |_| {}).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/auth/login", self.base))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("login");
+        assert!(
+            resp.status().is_success(),
+            "login {username}: {}",
+            resp.status()
+        );
+        let body: Value = resp.json().await.expect("body");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn admin(&self) -> String {
+        self.login("admin", &self.admin_password.clone()).await
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "POST {path}: {status} {body}");
+        body
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        body
+    }
+
+    pub async fn machines(&self, token: &str) -> Vec<Value> {
+        self.get(token, "/api/machines").await["items"]
+            .as_array()
+            .expect("items")
+            .clone()
+    }
+
+    /// Waits until exactly one machine is known and online; returns it.
+    pub async fn wait_one_online(&self, token: &str, agent: &AgentProcess) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let machines = self.machines(token).await;
+            if let [m] = machines.as_slice()
+                && m["online"] == true
+            {
+                return m.clone();
+            }
+            assert!(
+                machines.len() <= 1,
+                "one machine expected, got {machines:?}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the machine did not come online: {machines:?}\n{}",
+                agent.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until no machine is online.
+    pub async fn wait_offline(&self, token: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let machines = self.machines(token).await;
+            if machines.iter().all(|m| m["online"] == false) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a machine stayed online: {machines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn count_events(&self, token: &str, event_type: &str) -> usize {
+        self.get(token, &format!("/api/events?type={event_type}&limit=500"))
+            .await["items"]
+            .as_array()
+            .expect("items")
+            .len()
+    }
+
+    pub async fn create_code(&self, token: &str) -> String {
+        self.post(token, "/api/codes", json!({})).await["code"]
+            .as_str()
+            .expect("code")
+            .to_owned()
+    }
+
+    pub async fn sessions(&self, token: &str) -> Vec<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/api/sessions?all=true", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sessions");
+        resp.json::<Vec<Value>>().await.expect("sessions body")
+    }
+
+    /// Waits for the (only) session to reach `status`; returns its id.
+    pub async fn wait_session(&self, token: &str, status: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let sessions = self.sessions(token).await;
+            if let Some(s) = sessions.iter().find(|s| s["status"] == status) {
+                return s["id"].as_str().expect("id").to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no session reached {status}: {sessions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn viewer(
+        &self,
+        user_token: &str,
+        session_id: &str,
+        codecs: &[Codec],
+    ) -> (Connection, String) {
+        let minted = self
+            .post(
+                user_token,
+                &format!("/api/sessions/{session_id}/viewer-token"),
+                json!({}),
+            )
+            .await;
+        let token = minted["token"].as_str().expect("viewer token");
+        let mode = minted["access_mode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut conn = connect_viewer(&self.base, session_id, token)
+            .await
+            .expect("viewer connects");
+        conn.send(Payload::ViewerHello(ViewerHello {
+            protocol_version: guruconnect_proto::PROTOCOL_VERSION,
+            codecs: codecs.iter().map(|c| *c as i32).collect(),
+        }))
+        .await
+        .expect("viewer hello");
+        (conn, mode)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ------------------------------------------------------------------ viewer helpers
+
+/// Decodes frames until `accept` approves the picture (after a keyframe); returns it.
+pub async fn decode_until(
+    conn: &mut Connection,
+    codec: Codec,
+    accept: impl Fn(&Image) -> bool,
+) -> Image {
+    decode_collecting(conn, codec, accept).await.0
+}
+
+/// [`decode_until`], also returning every payload other than a video frame that arrived
+/// meanwhile (display lists, cursor updates, clipboard text...).
+pub async fn decode_collecting(
+    conn: &mut Connection,
+    codec: Codec,
+    accept: impl Fn(&Image) -> bool,
+) -> (Image, Vec<Payload>) {
+    let mut others = Vec::new();
+    let mut decoder = Decoder::new();
+    let mut keyframe_seen = false;
+    let mut frames = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let envelope = match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!(
+                "no acceptable {codec:?} picture within {WAIT:?} ({frames} frames, keyframe seen: {keyframe_seen})"
+            ),
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => panic!("viewer connection failed: {e}"),
+        };
+        let frame = match envelope.payload {
+            Some(Payload::VideoFrame(frame)) => frame,
+            Some(other) => {
+                others.push(other);
+                continue;
+            }
+            None => continue,
+        };
+        frames += 1;
+        if frame.codec != codec as i32 {
+            continue;
+        }
+        keyframe_seen |= frame.keyframe;
+        if !keyframe_seen {
+            continue;
+        }
+        match decoder.decode(&frame) {
+            Ok(image) if accept(image) => return (image.clone(), others),
+            Ok(_) => {}
+            Err(e) => panic!("decode failed: {e}"),
+        }
+    }
+}
+
+pub fn pixel(image: &Image, x: u32, y: u32) -> [u8; 3] {
+    let i = ((y * image.width + x) * 4) as usize;
+    [image.data[i], image.data[i + 1], image.data[i + 2]]
+}
+
+pub fn bgr(colour: u32) -> [u8; 3] {
+    let [b, g, r, _] = colour.to_le_bytes();
+    [b, g, r]
+}
+
+/// Every pixel of the window's rectangle, inset by `inset`, within `tolerance` per channel.
+pub fn region_matches(
+    image: &Image,
+    win: (i16, i16, u16, u16, u32),
+    inset: u32,
+    tolerance: u8,
+) -> bool {
+    let (x0, y0) = (win.0 as u32 + inset, win.1 as u32 + inset);
+    let (x1, y1) = (
+        win.0 as u32 + win.2 as u32 - inset,
+        win.1 as u32 + win.3 as u32 - inset,
+    );
+    if image.width < x1 || image.height < y1 {
+        return false;
+    }
+    let want = bgr(win.4);
+    (y0..y1).all(|y| {
+        (x0..x1).all(|x| {
+            pixel(image, x, y)
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.abs_diff(b) <= tolerance)
+        })
+    })
+}
+
+pub fn key(scancode: u32, extended: bool, down: bool) -> Payload {
+    Payload::KeyEvent(KeyEvent {
+        scancode,
+        extended,
+        down,
+        ..KeyEvent::default()
+    })
+}
+
+pub fn mouse(action: MouseAction, x: i32, y: i32) -> Payload {
+    Payload::MouseEvent(MouseEvent {
+        action: action as i32,
+        button: if action == MouseAction::Move {
+            MouseButton::None as i32
+        } else {
+            MouseButton::Left as i32
+        },
+        x,
+        y,
+        ..MouseEvent::default()
+    })
+}
+
+pub async fn click(conn: &mut Connection, x: i32, y: i32) {
+    for action in [MouseAction::Move, MouseAction::Down, MouseAction::Up] {
+        conn.send(mouse(action, x, y)).await.expect("send mouse");
+    }
+}
+
+pub async fn tap(conn: &mut Connection, scancode: u32, extended: bool) {
+    conn.send(key(scancode, extended, true))
+        .await
+        .expect("key down");
+    conn.send(key(scancode, extended, false))
+        .await
+        .expect("key up");
+}
+
+/// Reads until the socket closes; returns whether any video frame arrived.
+pub async fn frames_until_closed(conn: &mut Connection) -> usize {
+    let mut frames = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("the viewer was not disconnected within {WAIT:?}"),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::VideoFrame(_)),
+                ..
+            })) => frames += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return frames,
+        }
+    }
+}
+
+/// Fails the test when the agent process has exited.
+pub fn assert_alive(agent: &mut AgentProcess) {
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent died:\n{}",
+        agent.stderr()
+    );
+}
+
+// ------------------------------------------------------------------ X selections
+
+/// A 1×1 window of our own on `display`, to receive selections.
+pub fn selection_window(display: &str) -> (RustConnection, u32) {
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
+    let root = conn.setup().roots[screen].root;
+    let window = conn.generate_id().expect("id");
+    conn.create_window(
+        x11rb::COPY_DEPTH_FROM_PARENT,
+        window,
+        root,
+        0,
+        0,
+        1,
+        1,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new(),
+    )
+    .expect("create window");
+    (conn, window)
+}
+
+/// The text on the display's CLIPBOARD selection, converted to UTF8_STRING into a window of
+/// our own (`None`: no owner, or the owner refused).
+pub fn read_clipboard(display: &str) -> Option<String> {
+    let (conn, window) = selection_window(display);
+    let (clipboard, utf8, property) = (
+        intern(&conn, b"CLIPBOARD"),
+        intern(&conn, b"UTF8_STRING"),
+        intern(&conn, b"GURUCONNECT_TEST_CLIPBOARD"),
+    );
+    conn.convert_selection(window, clipboard, utf8, property, x11rb::CURRENT_TIME)
+        .expect("convert_selection");
+    conn.flush().expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match conn.poll_for_event().expect("event") {
+            Some(Event::SelectionNotify(n)) if n.requestor == window => {
+                if n.property == x11rb::NONE {
+                    return None;
+                }
+                let reply = conn
+                    .get_property(true, window, property, AtomEnum::ANY, 0, 1 << 20)
+                    .expect("get_property")
+                    .reply()
+                    .expect("property");
+                assert_eq!(reply.type_, utf8, "the owner answered with another type");
+                return Some(String::from_utf8(reply.value).expect("UTF-8 text"));
+            }
+            Some(_) => {}
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the CLIPBOARD owner never answered"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+pub fn intern(conn: &RustConnection, name: &[u8]) -> u32 {
+    conn.intern_atom(false, name)
+        .expect("intern")
+        .reply()
+        .expect("atom")
+        .atom
+}
