@@ -62,6 +62,12 @@ impl Audit {
         self
     }
 
+    /// The event, for a store call that records it in the same transaction as the
+    /// change it describes.
+    pub fn event(&self) -> &NewEvent {
+        &self.0
+    }
+
     /// Records the event.
     pub async fn record(self, state: &AppState) -> ApiResult<()> {
         state.store.record_event(&self.0, now_millis()).await?;

@@ -70,6 +70,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Lifetime of an unused support code, in seconds.
     pub code_ttl_secs: u64,
+    /// A finished support code (used, expired or cancelled) is deleted this many seconds
+    /// after its expiry.
+    pub code_retention_secs: u64,
     /// Seconds an attended session waits for the end user's consent.
     pub consent_timeout_secs: u64,
     /// Legacy shared agent key (deprecated).
@@ -115,6 +118,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             max_body_bytes: 1024 * 1024,
             code_ttl_secs: 600,
+            code_retention_secs: 30 * 24 * 3600,
             consent_timeout_secs: 60,
             shared_agent_key: None,
             shared_agent_key_file: None,
@@ -281,6 +285,10 @@ max_body_bytes = 1048576
 code_ttl_secs = 600
 consent_timeout_secs = 60
 
+# Finished support codes (used, expired or cancelled) are deleted this many seconds after
+# they expire (default 30 days); the console lists codes a page at a time.
+code_retention_secs = 2592000
+
 # Legacy server-wide agent key (deprecated; every use is logged).
 # Mode: "disabled", "enrollment_only" or "enabled".
 # shared_agent_key = ""
@@ -334,6 +342,10 @@ mod tests {
             .expect("default config parses");
         assert_eq!(parsed.bind, Config::default().bind);
         assert_eq!(parsed.code_ttl_secs, 600);
+        assert_eq!(
+            parsed.code_retention_secs,
+            Config::default().code_retention_secs
+        );
         assert_eq!(parsed.shared_agent_key_mode, SharedKeyMode::Disabled);
     }
 

@@ -160,6 +160,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("not found"),
             StoreError::Conflict(what) => ApiError::Conflict(what.to_owned()),
             StoreError::Unavailable(_) => ApiError::Unavailable,
+            StoreError::Invalid(_) => ApiError::Validation("a value is not valid".into()),
             other => ApiError::internal(other),
         }
     }
@@ -183,10 +184,41 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(value)) => from_json_value(value).map(ApiJson),
             Err(rejection) => Err(json_rejection(&rejection)),
         }
+    }
+}
+
+/// Parses a JSON body read as bytes (for handlers whose body is optional), with the same
+/// checks and answers as [`ApiJson`].
+pub fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::BadRequest("malformed JSON body".into()))?;
+    from_json_value(value)
+}
+
+fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> ApiResult<T> {
+    // PostgreSQL cannot store NUL in text and no field has a use for it: refuse it here,
+    // the same way on both backends.
+    if contains_nul(&value) {
+        return Err(ApiError::Validation(
+            "text must not contain NUL characters".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|_| {
+        ApiError::Validation("request body has missing or wrongly typed fields".into())
+    })
+}
+
+fn contains_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

@@ -177,7 +177,28 @@ pub async fn serve_state(
     Ok(())
 }
 
-/// Periodic pruning: expired token records and idle rate-limit state.
+/// Deletes support codes finished longer than `code_retention_secs` ago; returns how
+/// many. Called periodically; tests call it directly.
+pub async fn prune_codes(state: &AppState) -> u64 {
+    let retention_ms =
+        i64::try_from(state.config.code_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let cutoff = state.clock.now_millis().saturating_sub(retention_ms);
+    match state.store.prune_codes(cutoff).await {
+        Ok(pruned) => {
+            if pruned > 0 {
+                tracing::info!(codes = pruned, "pruned finished support codes");
+            }
+            pruned
+        }
+        Err(e) => {
+            tracing::warn!(error = ?e, "pruning support codes failed");
+            0
+        }
+    }
+}
+
+/// Periodic pruning: expired token records, finished support codes and idle rate-limit
+/// state.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
@@ -191,5 +212,6 @@ async fn housekeeping(state: AppState) {
         {
             tracing::warn!(error = ?e, "pruning expired tokens failed");
         }
+        prune_codes(&state).await;
     }
 }

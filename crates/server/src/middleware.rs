@@ -87,13 +87,25 @@ pub async fn request_context(
     req.extensions_mut().insert(ClientIp(client_ip));
 
     let method = req.method().clone();
-    // Log the path without the query: it may carry a viewer token.
-    let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", correlation_id = %correlation_id, %method, %path, client_ip = %client_ip);
+    // Credentials in the URL (a support code in the path, a viewer token in the query)
+    // never reach the log (SPEC §4.10).
+    let path = loggable_path(req.uri().path());
+    let query = req.uri().query().map(loggable_query).unwrap_or_default();
+    let span = tracing::info_span!("request", correlation_id = %correlation_id, %method, %path, %query, client_ip = %client_ip);
+    let has_nul =
+        has_encoded_nul(req.uri().path()) || req.uri().query().is_some_and(has_encoded_nul);
     let started = Instant::now();
     let cid = correlation_id.clone();
     let mut response = CORRELATION_ID
         .scope(cid.clone(), async move {
+            if has_nul {
+                // PostgreSQL cannot store NUL in text and no URL has a use for it.
+                return envelope_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the URL must not contain NUL characters".to_owned(),
+                );
+            }
             let response = next.run(req).await;
             ensure_envelope(response)
         })
@@ -112,6 +124,60 @@ pub async fn request_context(
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
+}
+
+/// Whether a raw path or query carries a percent-encoded NUL byte.
+fn has_encoded_nul(raw: &str) -> bool {
+    raw.as_bytes().windows(3).any(|w| w == b"%00")
+}
+
+/// The path as the log shows it: a support code in `/api/codes/<code>` becomes
+/// `***-***-XYZ` (its last group at most); a code's public id (16 hex digits) stays.
+pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let Some(rest) = path.strip_prefix("/api/codes/") else {
+        return path.into();
+    };
+    let (segment, tail) = rest.split_once('/').map_or((rest, ""), |(s, t)| (s, t));
+    let is_id = segment.len() == 16 && segment.bytes().all(|b| b.is_ascii_hexdigit());
+    if segment == "validate" || segment.is_empty() || is_id {
+        return path.into();
+    }
+    let decoded = segment
+        .replace("%20", " ")
+        .replace("%2D", "-")
+        .replace("%2d", "-");
+    let masked = match crate::api::codes::normalize_code(&decoded) {
+        Some(code) => crate::api::codes::redact_code(&code),
+        None => "***".to_owned(),
+    };
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("/{tail}")
+    };
+    format!("/api/codes/{masked}{tail}").into()
+}
+
+/// Query parameters whose values are credentials.
+const SECRET_QUERY_KEYS: &[&str] = &["token", "code", "key", "password", "secret"];
+
+/// The query as the log shows it: credential values replaced with `***`.
+pub fn loggable_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let secret = SECRET_QUERY_KEYS
+                .iter()
+                .any(|s| key.to_ascii_lowercase().contains(s));
+            if secret && pair.contains('=') {
+                format!("{key}=***")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Replaces a bare error body (from the router or a layer) with the envelope.
@@ -172,6 +238,48 @@ mod tests {
             HeaderValue::from_str(value).expect("header"),
         );
         headers
+    }
+
+    #[test]
+    fn codes_in_paths_are_redacted() {
+        assert_eq!(
+            loggable_path("/api/codes/ABC-DEF-X9T"),
+            "/api/codes/***-***-X9T"
+        );
+        assert_eq!(
+            loggable_path("/api/codes/abcdefx9t"),
+            "/api/codes/***-***-X9T"
+        );
+        assert_eq!(
+            loggable_path("/api/codes/abc%20def%20x9t"),
+            "/api/codes/***-***-X9T"
+        );
+        assert_eq!(loggable_path("/api/codes/not-a-code"), "/api/codes/***");
+        assert_eq!(
+            loggable_path("/api/codes/0123456789abcdef"),
+            "/api/codes/0123456789abcdef"
+        );
+        assert_eq!(loggable_path("/api/codes/validate"), "/api/codes/validate");
+        assert_eq!(loggable_path("/api/machines/x"), "/api/machines/x");
+    }
+
+    #[test]
+    fn credentials_in_queries_are_redacted() {
+        assert_eq!(
+            loggable_query("session_id=abc&token=eyJ.secret"),
+            "session_id=abc&token=***"
+        );
+        assert_eq!(loggable_query("q=os:linux&limit=5"), "q=os:linux&limit=5");
+        assert_eq!(
+            loggable_query("viewer_token=x&code"),
+            "viewer_token=***&code"
+        );
+    }
+
+    #[test]
+    fn encoded_nul_is_found() {
+        assert!(has_encoded_nul("/api/codes/ABC%00"));
+        assert!(!has_encoded_nul("/api/codes/ABC%2000"));
     }
 
     #[test]

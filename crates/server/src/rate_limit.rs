@@ -1,5 +1,10 @@
 //! Per-client-IP rate limits (SPEC §4.9), built on `governor`'s keyed GCRA limiters, plus
-//! the consecutive-failure lockout for support-code validation.
+//! the consecutive-failure lockout for support codes.
+//!
+//! The code lockout is one per address for every door a code opens: `/api/codes/validate`
+//! and a code presented on `/ws/agent` count towards it and are both refused while it
+//! lasts. Per-agent keys are not codes and are never locked out by code failures, so a
+//! managed machine behind the same NAT as a code guesser keeps its connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,7 +42,7 @@ impl Limit {
     }
 }
 
-/// Consecutive failed code validations that lock an IP out.
+/// Consecutive failed code attempts (validations and agent connects) that lock an IP out.
 pub const CODE_FAILURE_LOCKOUT_THRESHOLD: u32 = 10;
 /// How long the lockout lasts.
 pub const CODE_LOCKOUT: Duration = Duration::from_secs(15 * 60);
@@ -102,7 +107,7 @@ impl RateLimits {
         })
     }
 
-    /// Refuses an IP that is locked out after repeated failed code validations.
+    /// Refuses an IP that is locked out after repeated failed code attempts.
     pub fn check_code_lockout(&self, ip: IpAddr) -> Result<(), ApiError> {
         let map = self.code_failures.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(until) = map.get(&ip).and_then(|s| s.locked_until) {
@@ -114,8 +119,9 @@ impl RateLimits {
         Ok(())
     }
 
-    /// Records a validation outcome; the tenth consecutive failure starts a lockout.
-    pub fn record_code_validation(&self, ip: IpAddr, success: bool) {
+    /// Records the outcome of a code attempt (a validation, or an agent connecting with a
+    /// code); the tenth consecutive failure starts a lockout, a success resets the count.
+    pub fn record_code_attempt(&self, ip: IpAddr, success: bool) {
         let mut map = self.code_failures.lock().unwrap_or_else(|e| e.into_inner());
         if success {
             map.remove(&ip);
@@ -217,12 +223,12 @@ mod tests {
         let limits = RateLimits::new();
         let ip: IpAddr = "192.0.2.3".parse().expect("ip");
         for _ in 0..9 {
-            limits.record_code_validation(ip, false);
+            limits.record_code_attempt(ip, false);
         }
         limits
             .check_code_lockout(ip)
             .expect("nine failures are not a lockout");
-        limits.record_code_validation(ip, false);
+        limits.record_code_attempt(ip, false);
         assert!(limits.check_code_lockout(ip).is_err());
     }
 
@@ -231,10 +237,10 @@ mod tests {
         let limits = RateLimits::new();
         let ip: IpAddr = "192.0.2.4".parse().expect("ip");
         for _ in 0..9 {
-            limits.record_code_validation(ip, false);
+            limits.record_code_attempt(ip, false);
         }
-        limits.record_code_validation(ip, true);
-        limits.record_code_validation(ip, false);
+        limits.record_code_attempt(ip, true);
+        limits.record_code_attempt(ip, false);
         limits.check_code_lockout(ip).expect("count restarted");
     }
 }

@@ -351,6 +351,127 @@ async fn secrets_are_never_logged_and_log_lines_carry_the_correlation_id() {
     }
 }
 
+/// SPEC §4.10: a support code in a request path is logged as its last three characters at
+/// most, whether the request succeeds or is refused; a viewer token in a query string is
+/// never logged.
+#[tokio::test]
+async fn credentials_in_request_paths_and_queries_are_redacted_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_password = random_secret("redadm");
+    let mut cmd = server_command(dir.path());
+    cmd.env("GURUCONNECT_DATA_DIR", dir.path().join("data"))
+        .env("GURUCONNECT_BIND", "127.0.0.1:0")
+        .env("GURUCONNECT_ADMIN_PASSWORD", &admin_password)
+        .env("RUST_LOG", "debug");
+    if let Some(url) = test_database_url().await {
+        cmd.env("GURUCONNECT_DATABASE_URL", url);
+    }
+    let server = RunningBinary::start(&mut cmd);
+    let http = client();
+    let login = |username: &'static str, password: String| {
+        let http = http.clone();
+        let url = server.url("/api/auth/login");
+        async move {
+            let resp = http
+                .post(url)
+                .json(&json!({ "username": username, "password": password }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.json::<Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let admin = login("admin", admin_password.clone()).await;
+    let new_code = || async {
+        let resp = http
+            .post(server.url("/api/codes"))
+            .bearer_auth(&admin)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.json::<Value>().await.unwrap()["code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let viewer_password = random_secret("redvw");
+    let resp = http
+        .post(server.url("/api/users"))
+        .bearer_auth(&admin)
+        .json(&json!({ "username": "redviewer", "password": viewer_password, "role": "viewer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let viewer = login("redviewer", viewer_password).await;
+
+    // Refused (the role may not cancel codes), then cancelled, then refused again (409),
+    // and once typed in lower case without dashes.
+    let refused = new_code().await;
+    let resp = http
+        .delete(server.url(&format!("/api/codes/{refused}")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let cancelled = new_code().await;
+    for expected in [StatusCode::NO_CONTENT, StatusCode::CONFLICT] {
+        let resp = http
+            .delete(server.url(&format!("/api/codes/{cancelled}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected);
+    }
+    let typed = new_code().await;
+    let typed_compact = typed.replace('-', "").to_lowercase();
+    let resp = http
+        .delete(server.url(&format!("/api/codes/{typed_compact}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // A viewer-socket URL with a token in its query (not an upgrade: answered 4xx).
+    let query_token = random_secret("qtok");
+    let resp = http
+        .get(server.url(&format!("/ws/viewer?session_id=abc&token={query_token}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error());
+
+    let log = server.kill();
+    assert!(log.contains("request finished"), "no request lines:\n{log}");
+    for code in [&refused, &cancelled, &typed] {
+        let compact = code.replace('-', "");
+        for shown in [code.as_str(), compact.as_str(), &code[..7], &typed_compact] {
+            assert!(
+                !log.to_uppercase().contains(&shown.to_uppercase()),
+                "{shown} (from code {code}) appears in the log:\n{log}"
+            );
+        }
+        let masked = format!("***-***-{}", &code[8..]);
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&masked) && l.contains("request finished")),
+            "no request line shows {masked}:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains(&query_token),
+        "the query token appears in the log:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn generated_admin_password_is_printed_once_on_stdout_only() {
     let dir = tempfile::tempdir().unwrap();

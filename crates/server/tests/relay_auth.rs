@@ -598,8 +598,15 @@ async fn ten_failed_code_validations_lock_the_ip_out() {
         .parse()
         .unwrap();
     assert!(retry > 60, "lockout is 15 minutes, Retry-After {retry}");
-    // The lockout is about validation; the code itself is intact.
-    agent_hello(&server, &code, hello("pc", "")).await;
+    // The code itself is intact, but this address may not use it on the agent plane
+    // either (one lockout for every door a code opens; see tests/hardening.rs).
+    assert_rejected(
+        connect_agent(&server.base, &code).await,
+        429,
+        "agent with the code from the locked-out address",
+    );
+    let row = server.state.store.get_code(&code).await.unwrap().unwrap();
+    assert_eq!(row.status, "pending");
 }
 
 // ---------------------------------------------------------------- key revocation

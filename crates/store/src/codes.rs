@@ -4,7 +4,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Millis, Store, StoreResult, SupportCode, conflict};
+use crate::events::insert_event;
+use crate::{Millis, NewEvent, Store, StoreResult, SupportCode, conflict};
 
 const CODE_COLS: &str = "code, tenant_id, status, created_by, created_by_name, note, \
      created_at, expires_at, consumed_at, session_id";
@@ -25,8 +26,12 @@ fn code_from_row(row: &AnyRow) -> StoreResult<SupportCode> {
 }
 
 impl Store {
-    /// Stores a new code; `Conflict("code exists")` if the code is already stored.
-    pub async fn create_code(&self, c: &SupportCode) -> StoreResult<()> {
+    /// Stores a new code and its audit event (recorded at the code's `created_at`) in one
+    /// transaction: both or neither. `Conflict("code exists")` if the code is already
+    /// stored.
+    pub async fn create_code(&self, c: &SupportCode, audit: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        insert_event(&mut tx, audit, c.created_at).await?;
         sqlx::query(&format!(
             "INSERT INTO support_codes ({CODE_COLS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -41,9 +46,10 @@ impl Store {
         .bind(c.expires_at)
         .bind(c.consumed_at)
         .bind(c.session_id.as_deref())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(conflict("code exists"))?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -58,26 +64,60 @@ impl Store {
         row.as_ref().map(code_from_row).transpose()
     }
 
-    /// The tenant's codes, newest first; without `include_finished` only `pending`
-    /// ones (expiry is not checked here: the caller filters by time).
-    pub async fn list_codes(
-        &self,
-        tenant_id: &str,
-        include_finished: bool,
-    ) -> StoreResult<Vec<SupportCode>> {
-        let filter = if include_finished {
-            ""
-        } else {
-            " AND status = 'pending'"
-        };
+    /// The tenant's `pending` codes, newest first (expiry is not checked here: the caller
+    /// filters by time). Bounded by [`Store::prune_codes`]: pending codes are removed once
+    /// expired for the retention period.
+    pub async fn list_pending_codes(&self, tenant_id: &str) -> StoreResult<Vec<SupportCode>> {
         let rows = sqlx::query(&format!(
-            "SELECT {CODE_COLS} FROM support_codes WHERE tenant_id = $1{filter} \
+            "SELECT {CODE_COLS} FROM support_codes WHERE tenant_id = $1 AND status = 'pending' \
              ORDER BY created_at DESC, code DESC"
         ))
         .bind(tenant_id)
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(code_from_row).collect()
+    }
+
+    /// One page of the tenant's codes in every status, newest first, and how many there
+    /// are in all.
+    pub async fn list_codes_page(
+        &self,
+        tenant_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<(Vec<SupportCode>, i64)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CODE_COLS} FROM support_codes WHERE tenant_id = $1 \
+             ORDER BY created_at DESC, code DESC LIMIT $2 OFFSET $3"
+        ))
+        .bind(tenant_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        let total: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM support_codes WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_one(self.pool())
+                .await?
+                .try_get("n")?;
+        let codes = rows.iter().map(code_from_row).collect::<StoreResult<_>>()?;
+        Ok((codes, total))
+    }
+
+    /// Deletes every code that expired at or before `expired_before` and can no longer
+    /// be used: pending (expired), cancelled, ended, or consumed by a session that is over
+    /// (or gone). A code whose session is still open is kept. Returns how many went.
+    pub async fn prune_codes(&self, expired_before: Millis) -> StoreResult<u64> {
+        let res = sqlx::query(
+            "DELETE FROM support_codes WHERE expires_at <= $1 AND (status <> 'consumed' \
+             OR NOT EXISTS (SELECT 1 FROM sessions s \
+                            WHERE s.id = support_codes.session_id AND s.status <> 'ended'))",
+        )
+        .bind(expired_before)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
     }
 
     /// Atomically binds a pending, unexpired code to `session_id`. Exactly one caller
@@ -100,16 +140,27 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    /// Cancels a pending code; `true` if it was pending. `now` is accepted for symmetry
-    /// and future auditing; no timestamp column records cancellation.
-    pub async fn cancel_code(&self, code: &str, _now: Millis) -> StoreResult<bool> {
+    /// Cancels a pending code and records its audit event at `now`, in one transaction;
+    /// `true` if it was pending (otherwise nothing changes and no event is recorded).
+    pub async fn cancel_code(
+        &self,
+        code: &str,
+        audit: &NewEvent,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE support_codes SET status = 'cancelled' WHERE code = $1 AND status = 'pending'",
         )
         .bind(code)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(res.rows_affected() == 1)
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Marks a consumed code as ended (its session finished); `true` if it changed.

@@ -32,27 +32,38 @@ fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
     })
 }
 
+/// Inserts `event` on `conn` (a pooled connection or an open transaction, so a change
+/// and its audit event can commit together).
+pub(crate) async fn insert_event(
+    conn: &mut sqlx::AnyConnection,
+    event: &NewEvent,
+    now: Millis,
+) -> StoreResult<i64> {
+    let details = serde_json::to_string(&event.details).map_err(decode_err)?;
+    let row = sqlx::query(
+        "INSERT INTO events (tenant_id, created_at, event_type, user_id, username, \
+         agent_id, session_id, client_ip, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(&event.tenant_id)
+    .bind(now)
+    .bind(&event.event_type)
+    .bind(event.user_id.as_deref())
+    .bind(event.username.as_deref())
+    .bind(event.agent_id.as_deref())
+    .bind(event.session_id.as_deref())
+    .bind(event.client_ip.as_deref())
+    .bind(details)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
 impl Store {
     /// Appends an event recorded at `now`; returns its id (monotonic, usable as cursor).
     pub async fn record_event(&self, event: &NewEvent, now: Millis) -> StoreResult<i64> {
-        let details = serde_json::to_string(&event.details).map_err(decode_err)?;
-        let row = sqlx::query(
-            "INSERT INTO events (tenant_id, created_at, event_type, user_id, username, \
-             agent_id, session_id, client_ip, details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-        )
-        .bind(&event.tenant_id)
-        .bind(now)
-        .bind(&event.event_type)
-        .bind(event.user_id.as_deref())
-        .bind(event.username.as_deref())
-        .bind(event.agent_id.as_deref())
-        .bind(event.session_id.as_deref())
-        .bind(event.client_ip.as_deref())
-        .bind(details)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(row.try_get("id")?)
+        let mut conn = self.pool().acquire().await?;
+        insert_event(&mut conn, event, now).await
     }
 
     /// Events matching `filter`, newest first (by id). The page size is clamped to

@@ -67,6 +67,10 @@ pub enum StoreError {
     /// The database cannot be reached right now (pool timeout, I/O, connection lost).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database refused a value the caller supplied (PostgreSQL's data exceptions,
+    /// SQLSTATE class 22, e.g. a NUL byte in text): the request's fault, not the server's.
+    #[error("invalid value")]
+    Invalid(#[source] sqlx::Error),
     /// Any other database failure.
     #[error("database error")]
     Internal(#[source] sqlx::Error),
@@ -85,9 +89,11 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict("already exists")
             }
-            sqlx::Error::Database(db) if is_transient_db_code(db.code().as_deref()) => {
-                StoreError::Unavailable(e)
-            }
+            sqlx::Error::Database(db) => match classify_db_error(db.as_ref()) {
+                DbErrorKind::Transient => StoreError::Unavailable(e),
+                DbErrorKind::InvalidValue => StoreError::Invalid(e),
+                DbErrorKind::Other => StoreError::Internal(e),
+            },
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
@@ -99,18 +105,55 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Database error codes that mean "try again later" rather than "bad query":
-/// PostgreSQL connection exceptions (class 08), shutdown / starting up (57P01..57P03),
-/// and SQLite `BUSY` / `LOCKED` (primary codes 5 and 6, possibly extended).
-fn is_transient_db_code(code: Option<&str>) -> bool {
-    let Some(code) = code else { return false };
-    if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03") {
-        return true;
+/// What a database error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DbErrorKind {
+    /// Try again later.
+    Transient,
+    /// The caller sent a value the database refuses.
+    InvalidValue,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies by the backend that raised the error: the two speak different code
+/// languages, and a PostgreSQL SQLSTATE such as `22021` is also a valid-looking SQLite
+/// number (`22021 & 0xff` = `SQLITE_BUSY`).
+fn classify_db_error(db: &dyn sqlx::error::DatabaseError) -> DbErrorKind {
+    let code = db.code();
+    let code = code.as_deref();
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        classify_sqlstate(code)
+    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        classify_sqlite_code(code)
+    } else {
+        DbErrorKind::Other
     }
-    // SQLite reports its (extended) result code as a decimal number.
-    code.parse::<i64>()
-        .map(|n| matches!(n & 0xff, 5 | 6))
-        .unwrap_or(false)
+}
+
+/// PostgreSQL: connection exceptions (class 08) and shutdown / starting up
+/// (57P01..57P03) are transient; data exceptions (class 22: bad encoding, NUL byte,
+/// value out of range) are the caller's.
+fn classify_sqlstate(code: Option<&str>) -> DbErrorKind {
+    match code {
+        Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03") => {
+            DbErrorKind::Transient
+        }
+        Some(c) if c.starts_with("22") => DbErrorKind::InvalidValue,
+        _ => DbErrorKind::Other,
+    }
+}
+
+/// SQLite reports its (extended) result code as a decimal number: `BUSY` and `LOCKED`
+/// (primary codes 5 and 6) are transient.
+fn classify_sqlite_code(code: Option<&str>) -> DbErrorKind {
+    match code.and_then(|c| c.parse::<i64>().ok()) {
+        Some(n) if matches!(n & 0xff, 5 | 6) => DbErrorKind::Transient,
+        _ => DbErrorKind::Other,
+    }
 }
 
 impl StoreError {
@@ -288,13 +331,24 @@ mod tests {
     }
 
     #[test]
-    fn transient_codes() {
-        assert!(is_transient_db_code(Some("08006")));
-        assert!(is_transient_db_code(Some("57P01")));
-        assert!(is_transient_db_code(Some("5")));
-        assert!(is_transient_db_code(Some("517")));
-        assert!(!is_transient_db_code(Some("23505")));
-        assert!(!is_transient_db_code(Some("2067")));
-        assert!(!is_transient_db_code(None));
+    fn postgres_codes_are_read_as_sqlstates() {
+        assert_eq!(classify_sqlstate(Some("08006")), DbErrorKind::Transient);
+        assert_eq!(classify_sqlstate(Some("57P01")), DbErrorKind::Transient);
+        // NUL byte in text: a bad value, not SQLite's BUSY (22021 & 0xff == 5).
+        assert_eq!(classify_sqlstate(Some("22021")), DbErrorKind::InvalidValue);
+        assert_eq!(classify_sqlstate(Some("22P05")), DbErrorKind::InvalidValue);
+        assert_eq!(classify_sqlstate(Some("23505")), DbErrorKind::Other);
+        assert_eq!(classify_sqlstate(Some("5")), DbErrorKind::Other);
+        assert_eq!(classify_sqlstate(None), DbErrorKind::Other);
+    }
+
+    #[test]
+    fn sqlite_codes_are_read_as_result_codes() {
+        assert_eq!(classify_sqlite_code(Some("5")), DbErrorKind::Transient);
+        assert_eq!(classify_sqlite_code(Some("517")), DbErrorKind::Transient);
+        assert_eq!(classify_sqlite_code(Some("6")), DbErrorKind::Transient);
+        assert_eq!(classify_sqlite_code(Some("2067")), DbErrorKind::Other);
+        assert_eq!(classify_sqlite_code(Some("08006")), DbErrorKind::Other);
+        assert_eq!(classify_sqlite_code(None), DbErrorKind::Other);
     }
 }

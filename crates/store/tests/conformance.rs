@@ -81,9 +81,13 @@ conformance!(
     case_codes_expired_and_cancelled,
     case_codes_consume_race,
     case_codes_list_and_end,
+    case_codes_pagination,
+    case_codes_prune,
+    case_codes_audit_in_same_transaction,
     case_sessions,
     case_out_of_order_binding,
     case_errors_map,
+    case_nul_byte_is_not_transient,
 );
 
 const T: &str = DEFAULT_TENANT;
@@ -1108,10 +1112,13 @@ async fn case_keys(store: Store) {
 
 async fn case_codes_consume_once(store: Store) {
     let c = code("123-456-789", 1_000, 10_000);
-    store.create_code(&c).await.expect("create");
+    store
+        .create_code(&c, &ev("code.created"))
+        .await
+        .expect("create");
     assert_eq!(store.get_code("123-456-789").await.expect("get"), Some(c));
     let err = store
-        .create_code(&code("123-456-789", 1_000, 10_000))
+        .create_code(&code("123-456-789", 1_000, 10_000), &ev("code.created"))
         .await
         .expect_err("dup");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -1138,7 +1145,7 @@ async fn case_codes_consume_once(store: Store) {
     assert_eq!(got.session_id.as_deref(), Some("s-1"));
     assert!(
         !store
-            .cancel_code("123-456-789", 3_000)
+            .cancel_code("123-456-789", &ev("code.cancelled"), 3_000)
             .await
             .expect("cancel consumed")
     );
@@ -1153,7 +1160,7 @@ async fn case_codes_consume_once(store: Store) {
 
 async fn case_codes_expired_and_cancelled(store: Store) {
     store
-        .create_code(&code("111-111-111", 1_000, 5_000))
+        .create_code(&code("111-111-111", 1_000, 5_000), &ev("code.created"))
         .await
         .expect("create");
     // Exactly at expiry it is no longer consumable.
@@ -1171,18 +1178,18 @@ async fn case_codes_expired_and_cancelled(store: Store) {
     );
 
     store
-        .create_code(&code("222-222-222", 1_000, 5_000))
+        .create_code(&code("222-222-222", 1_000, 5_000), &ev("code.created"))
         .await
         .expect("create");
     assert!(
         store
-            .cancel_code("222-222-222", 2_000)
+            .cancel_code("222-222-222", &ev("code.cancelled"), 2_000)
             .await
             .expect("cancel")
     );
     assert!(
         !store
-            .cancel_code("222-222-222", 2_001)
+            .cancel_code("222-222-222", &ev("code.cancelled"), 2_001)
             .await
             .expect("cancel again")
     );
@@ -1205,7 +1212,7 @@ async fn case_codes_consume_race(store: Store) {
     for round in 0..3 {
         let c = format!("900-000-00{round}");
         store
-            .create_code(&code(&c, 1_000, 100_000))
+            .create_code(&code(&c, 1_000, 100_000), &ev("code.created"))
             .await
             .expect("create");
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
@@ -1237,25 +1244,28 @@ async fn case_codes_consume_race(store: Store) {
 
 async fn case_codes_list_and_end(store: Store) {
     store
-        .create_code(&code("100-000-001", 1_000, 9_000))
+        .create_code(&code("100-000-001", 1_000, 9_000), &ev("code.created"))
         .await
         .expect("create");
     store
-        .create_code(&code("100-000-002", 2_000, 9_000))
+        .create_code(&code("100-000-002", 2_000, 9_000), &ev("code.created"))
         .await
         .expect("create");
     store
-        .create_code(&code("100-000-003", 3_000, 9_000))
+        .create_code(&code("100-000-003", 3_000, 9_000), &ev("code.created"))
         .await
         .expect("create");
     // Pending but expired: still listed (the caller filters expiry).
     store
-        .create_code(&code("100-000-004", 500, 600))
+        .create_code(&code("100-000-004", 500, 600), &ev("code.created"))
         .await
         .expect("create");
     let mut other = code("100-000-005", 4_000, 9_000);
     other.tenant_id = "other".to_owned();
-    store.create_code(&other).await.expect("create other");
+    store
+        .create_code(&other, &ev("code.created"))
+        .await
+        .expect("create other");
 
     assert!(
         store
@@ -1265,26 +1275,22 @@ async fn case_codes_list_and_end(store: Store) {
     );
     assert!(
         store
-            .cancel_code("100-000-003", 3_500)
+            .cancel_code("100-000-003", &ev("code.cancelled"), 3_500)
             .await
             .expect("cancel")
     );
 
     let pending: Vec<String> = store
-        .list_codes(T, false)
+        .list_pending_codes(T)
         .await
         .expect("list")
         .into_iter()
         .map(|c| c.code)
         .collect();
     assert_eq!(pending, ["100-000-001", "100-000-004"]);
-    let all: Vec<String> = store
-        .list_codes(T, true)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|c| c.code)
-        .collect();
+    let (all, total) = store.list_codes_page(T, 100, 0).await.expect("list");
+    assert_eq!(total, 4);
+    let all: Vec<String> = all.into_iter().map(|c| c.code).collect();
     assert_eq!(
         all,
         ["100-000-003", "100-000-002", "100-000-001", "100-000-004"]
@@ -1302,6 +1308,160 @@ async fn case_codes_list_and_end(store: Store) {
             .status,
         "ended"
     );
+}
+
+async fn case_codes_pagination(store: Store) {
+    for i in 0..5 {
+        store
+            .create_code(
+                &code(&format!("300-000-00{i}"), 1_000 + i, 9_000),
+                &ev("code.created"),
+            )
+            .await
+            .expect("create");
+    }
+    let mut other = code("300-000-009", 5_000, 9_000);
+    other.tenant_id = "other".to_owned();
+    store
+        .create_code(&other, &ev("code.created"))
+        .await
+        .expect("create other");
+
+    let page = |limit, offset| {
+        let store = store.clone();
+        async move {
+            let (items, total) = store.list_codes_page(T, limit, offset).await.expect("page");
+            (items.into_iter().map(|c| c.code).collect::<Vec<_>>(), total)
+        }
+    };
+    assert_eq!(
+        page(2, 0).await,
+        (vec!["300-000-004".to_owned(), "300-000-003".to_owned()], 5)
+    );
+    assert_eq!(
+        page(2, 2).await,
+        (vec!["300-000-002".to_owned(), "300-000-001".to_owned()], 5)
+    );
+    assert_eq!(page(2, 4).await, (vec!["300-000-000".to_owned()], 5));
+    assert_eq!(page(2, 10).await, (Vec::<String>::new(), 5));
+}
+
+async fn code_events(store: &Store, event_type: &str) -> usize {
+    let mut f = filter();
+    f.event_type = Some(event_type.to_owned());
+    store.list_events(&f).await.expect("events").len()
+}
+
+/// A code and its audit event commit together: a refused change records no event, and
+/// every stored change has one.
+async fn case_codes_audit_in_same_transaction(store: Store) {
+    store
+        .create_code(&code("600-000-001", 1_000, 9_000), &ev("code.created"))
+        .await
+        .expect("create");
+    assert_eq!(code_events(&store, "code.created").await, 1);
+    // The same code again: refused, and its event is rolled back with it.
+    let err = store
+        .create_code(&code("600-000-001", 1_000, 9_000), &ev("code.created"))
+        .await
+        .expect_err("duplicate");
+    assert!(
+        matches!(err, StoreError::Conflict("code exists")),
+        "{err:?}"
+    );
+    assert_eq!(code_events(&store, "code.created").await, 1);
+
+    assert!(
+        store
+            .cancel_code("600-000-001", &ev("code.cancelled"), 2_000)
+            .await
+            .expect("cancel")
+    );
+    assert_eq!(code_events(&store, "code.cancelled").await, 1);
+    // No longer pending: nothing changes, nothing is recorded.
+    assert!(
+        !store
+            .cancel_code("600-000-001", &ev("code.cancelled"), 2_001)
+            .await
+            .expect("cancel again")
+    );
+    assert!(
+        !store
+            .cancel_code("600-000-404", &ev("code.cancelled"), 2_002)
+            .await
+            .expect("cancel missing")
+    );
+    assert_eq!(code_events(&store, "code.cancelled").await, 1);
+}
+
+async fn case_codes_prune(store: Store) {
+    // (code, expires_at, what happens to it)
+    store
+        .create_code(&code("400-000-001", 1_000, 2_000), &ev("code.created"))
+        .await
+        .expect("create");
+    store
+        .create_code(&code("400-000-002", 1_000, 2_000), &ev("code.created"))
+        .await
+        .expect("create");
+    store
+        .create_code(&code("400-000-003", 1_000, 2_000), &ev("code.created"))
+        .await
+        .expect("create");
+    store
+        .create_code(&code("400-000-004", 1_000, 2_000), &ev("code.created"))
+        .await
+        .expect("create");
+    store
+        .create_code(&code("400-000-005", 1_000, 2_000), &ev("code.created"))
+        .await
+        .expect("create");
+    store
+        .create_code(&code("400-000-006", 1_000, 9_000), &ev("code.created"))
+        .await
+        .expect("create");
+    // 001 stays pending (expired), 002 is cancelled, 003 is consumed and its session ended
+    // (code ended), 004 is consumed by a session that is still open, 005 is consumed by a
+    // session that was ended without ending the code (a crash), 006 expires later.
+    assert!(
+        store
+            .cancel_code("400-000-002", &ev("code.cancelled"), 1_500)
+            .await
+            .expect("cancel")
+    );
+    for (c, sid) in [
+        ("400-000-003", "s-3"),
+        ("400-000-004", "s-4"),
+        ("400-000-005", "s-5"),
+    ] {
+        assert!(store.consume_code(c, sid, 1_500).await.expect("consume"));
+        let mut s = session(sid, "a-1", "waiting_consent", 1_500);
+        s.kind = "attended".to_owned();
+        s.code = Some(c.to_owned());
+        store.create_session(&s).await.expect("session");
+    }
+    assert!(store.end_session("s-3", "done", 1_600).await.expect("end"));
+    assert!(store.end_code("400-000-003").await.expect("end code"));
+    assert!(store.end_session("s-5", "crash", 1_600).await.expect("end"));
+
+    // Nothing has been expired for the retention period yet.
+    assert_eq!(store.prune_codes(1_999).await.expect("prune"), 0);
+    assert_eq!(store.list_codes_page(T, 100, 0).await.expect("list").1, 6);
+
+    // Cut-off past their expiry: all finished ones go, the live one and 006 stay.
+    assert_eq!(store.prune_codes(2_000).await.expect("prune"), 4);
+    let (left, total) = store.list_codes_page(T, 100, 0).await.expect("list");
+    let mut left: Vec<String> = left.into_iter().map(|c| c.code).collect();
+    left.sort();
+    assert_eq!(left, ["400-000-004", "400-000-006"]);
+    assert_eq!(total, 2);
+    assert!(store.get_code("400-000-001").await.expect("get").is_none());
+
+    // Once its session ends, the consumed code goes too; 006 only after its own expiry.
+    assert!(store.end_session("s-4", "done", 3_000).await.expect("end"));
+    assert_eq!(store.prune_codes(8_999).await.expect("prune"), 1);
+    assert_eq!(store.prune_codes(9_000).await.expect("prune"), 1);
+    assert_eq!(store.list_codes_page(T, 100, 0).await.expect("list").1, 0);
 }
 
 // ---------------------------------------------------------------- sessions
@@ -1445,7 +1605,7 @@ async fn case_out_of_order_binding(store: Store) {
     );
 
     store
-        .create_code(&code("321-321-321", 1_000, 8_000))
+        .create_code(&code("321-321-321", 1_000, 8_000), &ev("code.created"))
         .await
         .expect("create");
     assert!(
@@ -1515,6 +1675,32 @@ async fn case_errors_map(store: Store) {
         !shown.contains("INSERT") && !shown.contains("users"),
         "{shown}"
     );
+}
+
+/// A NUL byte in a string is the caller's mistake, never "database unavailable":
+/// PostgreSQL refuses it with SQLSTATE 22021 (whose number, read as a SQLite code, would
+/// be BUSY), SQLite stores it.
+async fn case_nul_byte_is_not_transient(store: Store) {
+    let outcomes = [
+        store.find_user_by_username(T, "ad\0min").await.map(|_| ()),
+        store
+            .create_user(&new_user("u-nul", "nul\0name", "admin"), 1)
+            .await
+            .map(|_| ()),
+        store
+            .create_code(&code("500-000-X\0Y", 1_000, 9_000), &ev("code.created"))
+            .await,
+    ];
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => assert_eq!(store.backend(), Backend::Sqlite, "PostgreSQL took a NUL"),
+            Err(StoreError::Invalid(_)) => {
+                assert_eq!(store.backend(), Backend::Postgres, "SQLite refused a NUL");
+            }
+            Err(other) => panic!("a NUL byte must be an invalid value, got {other:?}"),
+        }
+    }
+    store.ping().await.expect("the store is still usable");
 }
 
 // ---------------------------------------------------------------- backend specifics

@@ -4,7 +4,7 @@ import { api } from '../api';
 import { navigate, type PageContext } from '../router';
 import { dateTime, duration, h, mount, pill, dataTable } from '../ui/dom';
 import { busy, confirmAction, copyButton, loading, showError, toast, toastError, errorBox } from '../ui/feedback';
-import type { SupportCode } from '../types';
+import type { Page, SupportCode } from '../types';
 
 const TONE: Record<string, 'ok' | 'warn' | 'bad' | 'info' | 'muted'> = {
   pending: 'info',
@@ -14,6 +14,9 @@ const TONE: Record<string, 'ok' | 'warn' | 'bad' | 'info' | 'muted'> = {
   expired: 'warn',
 };
 
+/** How many of the newest codes the page lists. */
+const RECENT = 100;
+
 function remaining(expiresAt: number): string {
   const ms = expiresAt - Date.now();
   return ms > 0 ? duration(ms) : 'expired';
@@ -21,6 +24,8 @@ function remaining(expiresAt: number): string {
 
 export function codesPage({ root, signal }: PageContext): () => void {
   let codes: SupportCode[] = [];
+  let total = 0;
+  const count = h('span', { class: 'muted', 'data-testid': 'codes-count' });
   const note = h('input', { id: 'code-note', placeholder: 'Customer name or ticket (optional)', maxlength: '200' });
   const ttl = h(
     'select',
@@ -53,6 +58,7 @@ export function codesPage({ root, signal }: PageContext): () => void {
   };
 
   const draw = () => {
+    count.textContent = total > codes.length ? `newest ${codes.length} of ${total}` : '';
     if (!codes.length) {
       mount(list, h('div', { class: 'empty' }, h('p', {}, 'No support codes yet.')));
       return;
@@ -98,7 +104,10 @@ export function codesPage({ root, signal }: PageContext): () => void {
 
   const load = async () => {
     try {
-      codes = await api.get<SupportCode[]>('/api/codes', undefined, signal);
+      // The newest page only; finished codes are pruned by the server after a while.
+      const page = await api.get<Page<SupportCode>>('/api/codes', { limit: RECENT }, signal);
+      codes = page.items;
+      total = page.total;
       draw();
     } catch (e) {
       if (!signal.aborted) showError(list, e);
@@ -123,7 +132,7 @@ export function codesPage({ root, signal }: PageContext): () => void {
       .catch((err: unknown) => mount(fresh, errorBox(err)));
   });
 
-  mount(root, form, fresh, h('h2', { class: 'section-title' }, 'Recent codes'), list);
+  mount(root, form, fresh, h('h2', { class: 'section-title' }, 'Recent codes ', count), list);
   void load();
   const tick = window.setInterval(() => {
     root.querySelectorAll<HTMLElement>('.countdown[data-expires]').forEach((el) => {

@@ -2,7 +2,7 @@
 //! from the OS CSPRNG with rejection sampling (9 × log2(31) ≈ 44.6 bits). Single use:
 //! the agent bind consumes a code through one conditional update in the store.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::audit::Audit;
 use crate::auth::{AuthUser, Permission};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult, parse_json_body};
 use crate::middleware::ClientIp;
 use crate::rate_limit::Limit;
 use crate::secrets::random_below;
@@ -71,6 +71,16 @@ pub fn mask_code(code: &str) -> String {
     format!("•••-•••-{}", &code[code.len().saturating_sub(3)..])
 }
 
+/// The code as logs may show it: its last group only, e.g. `***-***-XYZ` (SPEC §4.10).
+pub fn redact_code(code: &str) -> String {
+    let tail = code
+        .char_indices()
+        .rev()
+        .nth(2)
+        .map_or("", |(at, _)| &code[at..]);
+    format!("***-***-{tail}")
+}
+
 /// A code as the API shows it.
 #[derive(Debug, Serialize)]
 pub struct CodeView {
@@ -126,8 +136,7 @@ async fn create(
     let req: CreateCode = if body.iter().all(u8::is_ascii_whitespace) {
         CreateCode::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|_| ApiError::BadRequest("malformed JSON body".into()))?
+        parse_json_body(&body)?
     };
     let ttl = req.ttl_secs.unwrap_or(state.config.code_ttl_secs);
     if !(30..=86_400).contains(&ttl) {
@@ -155,16 +164,13 @@ async fn create(
             consumed_at: None,
             session_id: None,
         };
-        match state.store.create_code(&code).await {
+        let audit = Audit::new("code.created")
+            .user(&auth.user)
+            .ip(ip)
+            .details(json!({ "code_suffix": &code.code[8..], "expires_at": code.expires_at }));
+        // The code and its audit event commit together.
+        match state.store.create_code(&code, audit.event()).await {
             Ok(()) => {
-                Audit::new("code.created")
-                    .user(&auth.user)
-                    .ip(ip)
-                    .details(
-                        json!({ "code_suffix": &code.code[8..], "expires_at": code.expires_at }),
-                    )
-                    .record(&state)
-                    .await?;
                 return Ok((
                     StatusCode::CREATED,
                     Json(CodeView::from_code(code, now, true)),
@@ -179,17 +185,46 @@ async fn create(
     )))
 }
 
-async fn list(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json<Vec<CodeView>>> {
+/// Paging parameters, as for the other lists.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// One page of codes, newest first.
+#[derive(Debug, Serialize)]
+pub struct CodePage {
+    items: Vec<CodeView>,
+    /// Codes in all (finished ones are pruned after `code_retention_secs`).
+    total: i64,
+    limit: i64,
+    offset: i64,
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
+async fn list(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<CodePage>> {
     auth.require(Permission::ManageCodes)?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = page.offset.unwrap_or(0).max(0);
     let now = state.clock.now_millis();
-    let codes = state.store.list_codes(DEFAULT_TENANT, true).await?;
-    Ok(Json(
-        codes
+    let (codes, total) = state
+        .store
+        .list_codes_page(&auth.user.tenant_id, limit, offset)
+        .await?;
+    Ok(Json(CodePage {
+        items: codes
             .into_iter()
-            .take(200)
             .map(|c| CodeView::from_code(c, now, false))
             .collect(),
-    ))
+        total,
+        limit,
+        offset,
+    }))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
@@ -200,12 +235,13 @@ async fn cancel(
     Path(code): Path<String>,
 ) -> ApiResult<StatusCode> {
     auth.require(Permission::ManageCodes)?;
-    // The path holds the code itself or its id (lists show only the id and a masked code).
+    // The path holds the code itself or its id (lists show only the id and a masked code);
+    // only a pending code can be cancelled, so an id is looked for among those.
     let row = match normalize_code(&code) {
         Some(code) => state.store.get_code(&code).await?,
         None => state
             .store
-            .list_codes(&auth.user.tenant_id, true)
+            .list_pending_codes(&auth.user.tenant_id)
             .await?
             .into_iter()
             .find(|c| code_id(&c.code) == code),
@@ -215,19 +251,17 @@ async fn cancel(
     if row.tenant_id != auth.user.tenant_id {
         return Err(ApiError::NotFound("no such code"));
     }
+    let audit = Audit::new("code.cancelled")
+        .user(&auth.user)
+        .ip(ip)
+        .details(json!({ "code_suffix": &code[8..] }));
     if !state
         .store
-        .cancel_code(&code, state.clock.now_millis())
+        .cancel_code(&code, audit.event(), state.clock.now_millis())
         .await?
     {
         return Err(ApiError::Conflict("the code is no longer pending".into()));
     }
-    Audit::new("code.cancelled")
-        .user(&auth.user)
-        .ip(ip)
-        .details(json!({ "code_suffix": &code[8..] }))
-        .record(&state)
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,13 +293,13 @@ async fn validate(
     };
     match found {
         Some(c) if c.status == "pending" && c.expires_at > now => {
-            state.limits.record_code_validation(ip, true);
+            state.limits.record_code_attempt(ip, true);
             Ok(Json(
                 json!({ "valid": true, "technician": c.created_by_name, "expires_at": c.expires_at }),
             ))
         }
         _ => {
-            state.limits.record_code_validation(ip, false);
+            state.limits.record_code_attempt(ip, false);
             state.metrics.auth_failure("code");
             Err(ApiError::NotFound("invalid or expired code"))
         }

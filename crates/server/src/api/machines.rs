@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::audit::Audit;
 use crate::auth::{AdminUser, AuthUser, Permission};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult, parse_json_body};
 use crate::middleware::ClientIp;
 use crate::relay::agent::AGENT_KEY_PREFIX;
 use crate::secrets::{random_bytes, sha256_hex};
@@ -172,8 +172,7 @@ async fn create_key(
     let req: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateKey::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|_| ApiError::BadRequest("malformed JSON body".into()))?
+        parse_json_body(&body)?
     };
     if uuid::Uuid::parse_str(&agent_id).is_err() {
         return Err(ApiError::Validation("agent_id must be a UUID".into()));

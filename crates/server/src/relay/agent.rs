@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::registry::{LiveSession, NewLive, Phase, SessionKind, close_message, message};
-use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, is_too_big};
+use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
 use crate::api::codes::normalize_code;
 use crate::audit::Audit;
@@ -69,7 +69,13 @@ fn unauthorized(state: &AppState) -> ApiError {
 }
 
 /// Checks the credential; for a support code this consumes it (the single-use gate).
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<AgentCredential> {
+/// Codes share the per-address lockout of `/api/codes/validate` (SPEC §4.9): a locked-out
+/// `ip` is refused with 429 before the code is looked at, and every failed code counts.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+) -> ApiResult<AgentCredential> {
     let credential = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -88,17 +94,21 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Ag
         return Ok(AgentCredential::Key(key));
     }
     if let Some(code) = normalize_code(credential) {
-        let now = state.clock.now_millis();
-        let row = state
-            .store
-            .get_code(&code)
-            .await?
-            .ok_or_else(|| unauthorized(state))?;
-        let session_id = uuid::Uuid::new_v4().to_string();
-        // The conditional update is the gate: exactly one agent, on any instance, wins.
-        if !state.store.consume_code(&code, &session_id, now).await? {
-            return Err(unauthorized(state));
+        if let Err(e) = state.limits.check_code_lockout(ip) {
+            state.metrics.rate_limited("agent_code");
+            return Err(e);
         }
+        let now = state.clock.now_millis();
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let row = match state.store.get_code(&code).await? {
+            // The conditional update is the gate: exactly one agent, on any instance, wins.
+            Some(row) if state.store.consume_code(&code, &session_id, now).await? => row,
+            _ => {
+                state.limits.record_code_attempt(ip, false);
+                return Err(unauthorized(state));
+            }
+        };
+        state.limits.record_code_attempt(ip, true);
         return Ok(AgentCredential::Code {
             code: row,
             session_id,
@@ -132,7 +142,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let credential = match authenticate(&state, &headers).await {
+    let credential = match authenticate(&state, &headers, ip).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -171,8 +181,7 @@ async fn read_hello(socket: &mut WebSocket) -> Result<proto::AgentHello, (u16, &
                 }
                 Some(Ok(Message::Close(_))) | None => return Err((close::NORMAL, "closed")),
                 Some(Ok(_)) => {}
-                Some(Err(e)) if is_too_big(&e) => return Err((close::TOO_BIG, "message too big")),
-                Some(Err(_)) => return Err((close::NORMAL, "closed")),
+                Some(Err(e)) => return Err(read_error_close(&e).unwrap_or((close::NORMAL, "closed"))),
             }
         }
     }
@@ -234,8 +243,10 @@ async fn unkeyed_identity(
     })
 }
 
+/// At most `max` characters of an agent-supplied string, without NUL (which PostgreSQL
+/// cannot store in text).
 fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
+    s.chars().filter(|&c| c != '\0').take(max).collect()
 }
 
 /// Everything needed once the agent said hello.
@@ -690,8 +701,10 @@ async fn read_loop(
                     Some(Ok(Message::Text(_))) => { last_seen = Instant::now(); state.metrics.ignored_message("text"); continue }
                     Some(Ok(_)) => { last_seen = Instant::now(); continue }
                     Some(Err(e)) => {
-                        if is_too_big(&e) {
-                            session.end_with(close::TOO_BIG, "message too big");
+                        // A broken frame ends the session with its close code; a dropped
+                        // connection only takes the agent offline.
+                        if let Some((code, reason)) = read_error_close(&e) {
+                            session.end_with(code, reason);
                             return LoopEnd::Ended;
                         }
                         return LoopEnd::Disconnected("agent disconnected");

@@ -26,7 +26,9 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// A message did not decode.
+    /// The peer broke the WebSocket protocol (reserved bits, unmasked or unknown frames).
+    pub const PROTOCOL: u16 = 1002;
+    /// A message did not decode, or a text message was not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy (revoked key, protocol misuse).
     pub const POLICY: u16 = 1008;
@@ -46,9 +48,19 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, prost::DecodeError> {
     Envelope::from_bytes(bytes.clone())
 }
 
-/// Whether a socket read error was a message over the cap. axum wraps tungstenite's
-/// capacity error without exposing its type, so the text is the only handle.
-pub fn is_too_big(err: &axum::Error) -> bool {
+/// The close a socket read error calls for: a code and reason, or `None` when the peer
+/// simply went away (nothing can be sent). axum wraps tungstenite's error without
+/// exposing its type (and a direct dependency would have to track axum's tungstenite
+/// version), so its text is the only handle; the relay tests pin each case.
+pub fn read_error_close(err: &axum::Error) -> Option<(u16, &'static str)> {
     let text = err.to_string();
-    text.contains("too long") || text.contains("Space limit") || text.contains("too big")
+    if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+        Some((close::TOO_BIG, "message too big"))
+    } else if text.contains("UTF-8") {
+        Some((close::INVALID_PAYLOAD, "text message is not UTF-8"))
+    } else if text.contains("WebSocket protocol error") && !text.contains("without closing") {
+        Some((close::PROTOCOL, "protocol error"))
+    } else {
+        None
+    }
 }

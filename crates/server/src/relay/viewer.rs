@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::registry::{LiveSession, Phase, ViewerQueues, close_message, message};
 use super::throttle::TokenBucket;
-use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, is_too_big};
+use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
 use crate::audit::Audit;
 use crate::auth::tokens::{AccessMode, Claims, Purpose};
@@ -337,7 +337,10 @@ async fn read_loop(
                     Some(Ok(Message::Text(_))) => { last_seen = Instant::now(); ctx.state.metrics.ignored_message("text"); continue }
                     Some(Ok(_)) => { last_seen = Instant::now(); continue }
                     Some(Err(e)) => {
-                        return if is_too_big(&e) { (Some(close::TOO_BIG), "message too big".into()) } else { (None, "connection lost".into()) };
+                        return match read_error_close(&e) {
+                            Some((code, reason)) => (Some(code), reason.into()),
+                            None => (None, "connection lost".into()),
+                        };
                     }
                 };
                 last_seen = Instant::now();

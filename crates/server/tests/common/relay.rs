@@ -501,6 +501,13 @@ impl RawWs {
         self.stream.write_all(&frame).await.expect("raw send");
     }
 
+    /// Writes `bytes` as they are (a hand-made frame, possibly invalid).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        // The server may already have closed; the close code is what tests look at.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     /// Sends the header of a binary message of `len` bytes and only `partial` bytes of
     /// its payload.
     pub async fn send_partial(&mut self, len: usize, partial: usize) {
