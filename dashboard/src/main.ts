@@ -70,6 +70,11 @@ async function render(): Promise<void> {
     navigate('/login');
     return;
   }
+  if (signedIn && session.enrolOnly() && path !== '/account') {
+    // The role requires a second factor: nothing else until it is enrolled.
+    navigate('/account');
+    return;
+  }
   if (signedIn && (path === '/login' || path === '/')) {
     navigate('/machines');
     return;

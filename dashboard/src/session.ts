@@ -5,6 +5,7 @@ import type { User } from './types';
 const TOKEN = 'gc.token';
 const USER = 'gc.user';
 const FLASH = 'gc.flash';
+const ENROL_ONLY = 'gc.enrol-only';
 
 export function token(): string | null {
   return sessionStorage.getItem(TOKEN);
@@ -20,9 +21,17 @@ export function currentUser(): User | null {
   }
 }
 
-export function signedIn(tok: string, user: User): void {
+/** Stores a sign-in; `enrolOnly` marks one that may only enrol the required second factor. */
+export function signedIn(tok: string, user: User, enrolOnly = false): void {
   sessionStorage.setItem(TOKEN, tok);
   sessionStorage.setItem(USER, JSON.stringify(user));
+  if (enrolOnly) sessionStorage.setItem(ENROL_ONLY, '1');
+  else sessionStorage.removeItem(ENROL_ONLY);
+}
+
+/** The sign-in may only enrol a second factor (the role requires one). */
+export function enrolOnly(): boolean {
+  return sessionStorage.getItem(ENROL_ONLY) === '1';
 }
 
 export function setUser(user: User): void {
@@ -32,6 +41,7 @@ export function setUser(user: User): void {
 export function clear(): void {
   sessionStorage.removeItem(TOKEN);
   sessionStorage.removeItem(USER);
+  sessionStorage.removeItem(ENROL_ONLY);
 }
 
 /** A one-shot message for the sign-in page ("your session expired"). */

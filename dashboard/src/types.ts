@@ -6,13 +6,50 @@ export interface User {
   role: 'admin' | 'technician' | 'viewer' | string;
   permissions: string[];
   disabled: boolean;
+  /** Sign-in asks for a TOTP code after the password. */
+  totp_enabled: boolean;
   created_at: number;
 }
 
-export interface LoginResponse {
+/** Signed in; `totp_enrollment_required` marks a sign-in that may only enrol a second factor. */
+export interface LoginOk {
   token: string;
   expires_at: number;
   user: User;
+  totp_enrollment_required?: boolean;
+}
+
+/** The password was right; the second factor is still to come. */
+export interface MfaRequired {
+  mfa_required: true;
+  mfa_token: string;
+  expires_at: number;
+}
+
+export type LoginResponse = LoginOk | MfaRequired;
+
+export function isMfaRequired(r: LoginResponse): r is MfaRequired {
+  return 'mfa_required' in r && r.mfa_required;
+}
+
+/** `GET /api/auth/me`. */
+export interface Me extends User {
+  totp_required: boolean;
+  totp_enrollment_required: boolean;
+}
+
+/** `POST /api/auth/totp/setup`: shown once. */
+export interface TotpSetup {
+  secret: string;
+  otpauth_uri: string;
+  qr_svg_data_url: string;
+}
+
+/** `POST /api/auth/totp/confirm`: recovery codes shown once; an enrol-only sign-in also gets a full one. */
+export interface TotpConfirmed {
+  recovery_codes: string[];
+  token?: string;
+  user?: User;
 }
 
 export interface Machine {

@@ -102,6 +102,15 @@ pub struct Config {
     pub agent_binary_path: Option<PathBuf>,
     /// Public base URL of this server for installers (default: from the request's Host).
     pub public_url: Option<String>,
+    /// Roles whose users must sign in with a TOTP second factor. A user of such a role
+    /// without one gets an enrol-only sign-in (it can enrol, read `me` and sign out).
+    pub require_totp_roles: Vec<String>,
+    /// A request head (the first on a connection, or the next on a kept-alive one) must
+    /// arrive complete within this many seconds, or the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Plain-HTTP connections allowed at once per source address (0: no cap); a
+    /// WebSocket no longer counts once upgraded. Trusted proxies are exempt.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Config {
@@ -132,6 +141,9 @@ impl Default for Config {
             offline_session_ttl_secs: 300,
             agent_binary_path: None,
             public_url: None,
+            require_totp_roles: Vec::new(),
+            header_read_timeout_secs: 15,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -236,12 +248,31 @@ impl Config {
                 return Err(ConfigError::WeakSigningSecret(len));
             }
         }
+        if let Some(bad) = self
+            .require_totp_roles
+            .iter()
+            .find(|r| crate::auth::Role::parse(r).is_none())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "require_totp_roles: unknown role {bad:?} (expected admin, technician or viewer)"
+            )));
+        }
+        if self.header_read_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "header_read_timeout_secs must be positive".into(),
+            ));
+        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_body_bytes must be positive".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Whether users of `role` must sign in with a second factor.
+    pub fn totp_required_for(&self, role: &str) -> bool {
+        self.require_totp_roles.iter().any(|r| r == role)
     }
 
     /// The database URL to open: the configured one, or SQLite in the data directory.
@@ -316,6 +347,19 @@ offline_session_ttl_secs = 300
 
 # Public URL of this server written into installers (default: taken from the request).
 # public_url = "https://support.example.com"
+
+# Roles whose users must sign in with a TOTP second factor, e.g. ["admin"]. A user of such
+# a role who has not enrolled one gets a sign-in that can only enrol it (then sign in
+# fully); an administrator can reset a user's second factor.
+require_totp_roles = []
+
+# Connections: a request head must arrive complete within header_read_timeout_secs
+# (silent, slow and idle kept-alive connections are closed), and one address may hold at
+# most max_connections_per_address plain-HTTP connections at once (0: no cap; upgraded
+# WebSockets and trusted proxies do not count). At start the soft open-file limit is
+# raised to the hard limit.
+header_read_timeout_secs = 15
+max_connections_per_address = 256
 "#;
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Layout: [`config`] (layered settings), [`api`] (REST resources, one router each),
 //! [`auth`] (passwords, tokens, extractors), [`relay`] (WebSocket planes and the live
 //! session registry), [`error`] (the one error envelope), [`middleware`] (correlation id,
-//! client IP, request log), [`rate_limit`], [`metrics`] and [`audit`]. Durable state lives
+//! client IP, request log), [`conn`] (accepting connections, their deadlines and caps), [`rate_limit`], [`metrics`] and [`audit`]. Durable state lives
 //! in `guruconnect-store`.
 //!
 //! The test seam is [`serve`]: it runs the whole server on a given listener until the
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod console;
 pub mod error;
 pub mod metrics;
@@ -27,7 +28,6 @@ pub mod relay;
 pub mod secrets;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,8 +152,13 @@ pub async fn serve_state(
     tracing::info!(%addr, "GuruConnect server listening");
     let cancel = state.shutdown.clone();
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let graceful = {
+    let limits = conn::ConnLimits {
+        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
+        max_per_address: state.config.max_connections_per_address,
+        exempt: state.config.trusted_proxies.clone(),
+    };
+    let app = router(state);
+    let signal = tokio::spawn({
         let cancel = cancel.clone();
         async move {
             tokio::select! {
@@ -162,17 +167,11 @@ pub async fn serve_state(
             }
             cancel.cancel();
         }
-    };
-    // Small relay messages (input, cursor) must not wait for delayed ACKs (Nagle).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await?;
+    let served = conn::serve(listener, app, limits, cancel).await;
+    signal.abort();
     housekeeping.abort();
+    served?;
     tracing::info!("GuruConnect server stopped");
     Ok(())
 }

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         config.data_dir = dir;
     }
     init_tracing(config.log_format);
+    guruconnect_server::conn::raise_open_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -28,6 +28,10 @@ pub enum Limit {
     CodeValidate,
     /// `POST /api/enroll`: 10 per minute.
     Enroll,
+    /// A second-factor code (`POST /api/auth/login/totp`, confirming and disabling TOTP):
+    /// 5 per minute per IP; per user, 5 failures a minute (see
+    /// [`RateLimits::check_second_factor_user`]).
+    SecondFactor,
 }
 
 impl Limit {
@@ -38,6 +42,7 @@ impl Limit {
             Limit::ChangePassword => "change_password",
             Limit::CodeValidate => "code_validate",
             Limit::Enroll => "enroll",
+            Limit::SecondFactor => "second_factor",
         }
     }
 }
@@ -46,6 +51,11 @@ impl Limit {
 pub const CODE_FAILURE_LOCKOUT_THRESHOLD: u32 = 10;
 /// How long the lockout lasts.
 pub const CODE_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Failed second-factor attempts per user that block further attempts…
+pub const SECOND_FACTOR_FAILURES: usize = 5;
+/// …within this window.
+pub const SECOND_FACTOR_WINDOW: Duration = Duration::from_secs(60);
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
@@ -57,6 +67,9 @@ pub struct RateLimits {
     change_password: DefaultKeyedRateLimiter<IpAddr>,
     code_validate: DefaultKeyedRateLimiter<IpAddr>,
     enroll: DefaultKeyedRateLimiter<IpAddr>,
+    second_factor: DefaultKeyedRateLimiter<IpAddr>,
+    /// Failed second-factor attempts per user id, the last minute's.
+    second_factor_failures: Mutex<HashMap<String, Vec<Instant>>>,
     code_failures: Mutex<HashMap<IpAddr, FailureState>>,
     /// Failed enrollments per client IP and per site code.
     enroll_failures: Mutex<HashMap<String, FailureState>>,
@@ -88,6 +101,8 @@ impl RateLimits {
             change_password: RateLimiter::keyed(per_minute(5)),
             code_validate: RateLimiter::keyed(per_minute(15)),
             enroll: RateLimiter::keyed(per_minute(10)),
+            second_factor: RateLimiter::keyed(per_minute(5)),
+            second_factor_failures: Mutex::new(HashMap::new()),
             code_failures: Mutex::new(HashMap::new()),
             enroll_failures: Mutex::new(HashMap::new()),
         }
@@ -100,11 +115,44 @@ impl RateLimits {
             Limit::ChangePassword => &self.change_password,
             Limit::CodeValidate => &self.code_validate,
             Limit::Enroll => &self.enroll,
+            Limit::SecondFactor => &self.second_factor,
         };
         limiter.check_key(&ip).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::RateLimited(wait.as_secs() + 1)
         })
+    }
+
+    /// Refuses a second-factor attempt for `user_id` (from any address) once it has had
+    /// [`SECOND_FACTOR_FAILURES`] failures in the last [`SECOND_FACTOR_WINDOW`].
+    pub fn check_second_factor_user(&self, user_id: &str) -> Result<(), ApiError> {
+        let mut map = self
+            .second_factor_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(failures) = map.get_mut(user_id) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        failures.retain(|t| now.duration_since(*t) < SECOND_FACTOR_WINDOW);
+        match failures.first() {
+            Some(oldest) if failures.len() >= SECOND_FACTOR_FAILURES => {
+                let wait = SECOND_FACTOR_WINDOW.saturating_sub(now.duration_since(*oldest));
+                Err(ApiError::RateLimited(wait.as_secs() + 1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed second-factor attempt for `user_id`.
+    pub fn record_second_factor_failure(&self, user_id: &str) {
+        let mut map = self
+            .second_factor_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(user_id.to_owned())
+            .or_default()
+            .push(Instant::now());
     }
 
     /// Refuses an IP that is locked out after repeated failed code attempts.
@@ -190,6 +238,16 @@ impl RateLimits {
         self.change_password.retain_recent();
         self.code_validate.retain_recent();
         self.enroll.retain_recent();
+        self.second_factor.retain_recent();
+        let mut map = self
+            .second_factor_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, failures| {
+            failures.retain(|t| t.elapsed() < SECOND_FACTOR_WINDOW);
+            !failures.is_empty()
+        });
+        drop(map);
         let now = Instant::now();
         let mut map = self.code_failures.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| s.locked_until.is_none_or(|until| until > now));

@@ -14,7 +14,7 @@
 //!
 //! Layout: this file holds [`Store`], connecting and [`StoreError`]; [`model`] holds the
 //! records; every other module is one `impl Store` block per table
-//! (`users`, `tokens`, `events`, `settings`, `machines`, `keys`, `codes`, `sessions`,
+//! (`users`, `totp`, `tokens`, `events`, `settings`, `machines`, `keys`, `codes`, `sessions`,
 //! `sites`); `search` derives the machines' search columns and parses fleet queries;
 //! [`testing`] helps tests get an isolated PostgreSQL schema.
 //!
@@ -42,6 +42,7 @@ mod sessions;
 mod settings;
 mod sites;
 mod tokens;
+mod totp;
 mod users;
 
 pub use events::MAX_EVENT_PAGE;

@@ -25,6 +25,8 @@ pub struct User {
     pub role: String,
     /// Disabled users cannot sign in.
     pub disabled: bool,
+    /// A confirmed TOTP second factor is required at sign-in.
+    pub totp_enabled: bool,
     /// Creation time.
     pub created_at: Millis,
     /// Last change.
@@ -55,6 +57,29 @@ pub struct UserPatch {
     pub password_hash: Option<String>,
     /// Enable or disable.
     pub disabled: Option<bool>,
+}
+
+/// A user's TOTP second factor. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TotpRecord {
+    /// Owner.
+    pub user_id: String,
+    /// Base32 shared secret.
+    pub secret: String,
+    /// Confirmed by a code; until then the secret is only pending.
+    pub enabled: bool,
+    /// Newest accepted 30-second step (replay guard).
+    pub last_step: i64,
+}
+
+impl std::fmt::Debug for TotpRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpRecord")
+            .field("user_id", &self.user_id)
+            .field("enabled", &self.enabled)
+            .field("last_step", &self.last_step)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Kind of an issued token.

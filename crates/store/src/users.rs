@@ -5,8 +5,9 @@ use sqlx::any::AnyRow;
 
 use crate::{Millis, NewUser, Store, StoreError, StoreResult, User, UserPatch, conflict};
 
-const USER_COLS: &str =
-    "id, tenant_id, username, password_hash, role, disabled, created_at, updated_at";
+const USER_COLS: &str = "id, tenant_id, username, password_hash, role, disabled, \
+     created_at, updated_at, (SELECT COUNT(*) FROM user_totp t \
+     WHERE t.user_id = users.id AND t.enabled = 1) AS totp_enabled";
 
 fn user_from_row(row: &AnyRow) -> StoreResult<User> {
     Ok(User {
@@ -16,6 +17,7 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         password_hash: row.try_get("password_hash")?,
         role: row.try_get("role")?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
+        totp_enabled: row.try_get::<i64, _>("totp_enabled")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -177,10 +179,13 @@ impl Store {
                 .await?;
             }
             None => {
-                sqlx::query("DELETE FROM users WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    "DELETE FROM users WHERE id = $1",
+                    "DELETE FROM user_totp WHERE user_id = $1",
+                    "DELETE FROM totp_recovery_codes WHERE user_id = $1",
+                ] {
+                    sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+                }
             }
         }
         let admins: i64 = sqlx::query(

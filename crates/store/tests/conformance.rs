@@ -88,6 +88,7 @@ conformance!(
     case_out_of_order_binding,
     case_errors_map,
     case_nul_byte_is_not_transient,
+    case_totp_lifecycle,
 );
 
 const T: &str = DEFAULT_TENANT;
@@ -3166,4 +3167,126 @@ async fn postgres_backfills_search_columns() {
         return;
     };
     backfill_on_connect(&url).await;
+}
+
+// ---------------------------------------------------------------- TOTP
+
+async fn count_events(store: &Store, event_type: &str) -> usize {
+    store
+        .list_events(&EventFilter {
+            tenant_id: T.to_owned(),
+            event_type: Some(event_type.to_owned()),
+            limit: 500,
+            ..EventFilter::default()
+        })
+        .await
+        .expect("events")
+        .len()
+}
+
+async fn case_totp_lifecycle(store: Store) {
+    store
+        .create_user(&new_user("t1", "tina", "admin"), 1_000)
+        .await
+        .expect("user");
+    assert!(!store.get_user("t1").await.expect("get").totp_enabled);
+    assert!(store.get_totp("t1").await.expect("get").is_none());
+
+    // Pending until confirmed; a new setup replaces a pending secret.
+    store
+        .begin_totp_setup("t1", "AAAA", 1_000)
+        .await
+        .expect("setup");
+    store
+        .begin_totp_setup("t1", "BBBB", 1_001)
+        .await
+        .expect("setup again");
+    let rec = store.get_totp("t1").await.expect("get").expect("pending");
+    assert_eq!((rec.secret.as_str(), rec.enabled), ("BBBB", false));
+    assert!(
+        !format!("{rec:?}").contains("BBBB"),
+        "Debug redacts the secret"
+    );
+    assert!(!store.get_user("t1").await.expect("get").totp_enabled);
+    // A step is not accepted for a pending secret.
+    assert!(!store.accept_totp_step("t1", 5).await.expect("step"));
+
+    let hashes = vec!["h1".to_owned(), "h2".to_owned()];
+    assert!(
+        store
+            .confirm_totp("t1", 100, &hashes, &ev("totp.enrolled"), 2_000)
+            .await
+            .expect("confirm")
+    );
+    assert_eq!(count_events(&store, "totp.enrolled").await, 1);
+    // Confirming again changes nothing and records nothing.
+    assert!(
+        !store
+            .confirm_totp("t1", 101, &hashes, &ev("totp.enrolled"), 2_001)
+            .await
+            .expect("confirm again")
+    );
+    assert_eq!(count_events(&store, "totp.enrolled").await, 1);
+    assert!(store.get_user("t1").await.expect("get").totp_enabled);
+    assert!(matches!(
+        store.begin_totp_setup("t1", "CCCC", 2_002).await,
+        Err(StoreError::Conflict("totp enabled"))
+    ));
+    assert_eq!(
+        store.get_totp("t1").await.expect("get").expect("on").secret,
+        "BBBB"
+    );
+
+    // Steps: only newer than the last accepted (the confirming one was 100).
+    assert!(!store.accept_totp_step("t1", 100).await.expect("replay"));
+    assert!(store.accept_totp_step("t1", 101).await.expect("next"));
+    assert!(!store.accept_totp_step("t1", 101).await.expect("replay"));
+    assert!(!store.accept_totp_step("t1", 99).await.expect("older"));
+
+    // Recovery codes: once each, audited with their use.
+    assert_eq!(store.recovery_codes_left("t1").await.expect("left"), 2);
+    assert!(
+        store
+            .use_recovery_code("t1", "h1", &ev("recovery_code.used"), 3_000)
+            .await
+            .expect("use")
+    );
+    assert!(
+        !store
+            .use_recovery_code("t1", "h1", &ev("recovery_code.used"), 3_001)
+            .await
+            .expect("reuse")
+    );
+    assert!(
+        !store
+            .use_recovery_code("t1", "nope", &ev("recovery_code.used"), 3_002)
+            .await
+            .expect("unknown")
+    );
+    assert_eq!(count_events(&store, "recovery_code.used").await, 1);
+    assert_eq!(store.recovery_codes_left("t1").await.expect("left"), 1);
+
+    // Removal: audited once, recovery codes go with it.
+    assert!(
+        store
+            .remove_totp("t1", &ev("totp.reset"), 4_000)
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !store
+            .remove_totp("t1", &ev("totp.reset"), 4_001)
+            .await
+            .expect("again")
+    );
+    assert_eq!(count_events(&store, "totp.reset").await, 1);
+    assert!(store.get_totp("t1").await.expect("get").is_none());
+    assert_eq!(store.recovery_codes_left("t1").await.expect("left"), 0);
+    assert!(
+        !store
+            .use_recovery_code("t1", "h2", &ev("recovery_code.used"), 4_002)
+            .await
+            .expect("gone")
+    );
+    assert!(!store.get_user("t1").await.expect("get").totp_enabled);
 }

@@ -1,4 +1,5 @@
-// Users (admin): create, change role, reset password, disable/enable, delete.
+// Users (admin): create, change role, reset password, reset two-factor sign-in,
+// disable/enable, delete.
 
 import { api } from '../api';
 import * as session from '../session';
@@ -40,7 +41,7 @@ export function usersPage({ root, signal }: PageContext): void {
   const draw = () => {
     mount(
       list,
-      dataTable('users-table', ['User', 'Role', 'Status', 'Created', ''], users.map((u) => {
+      dataTable('users-table', ['User', 'Role', 'Status', '2FA', 'Created', ''], users.map((u) => {
         const role = roleSelect(u.role, { 'aria-label': `Role of ${u.username}` });
         role.addEventListener('change', () => {
           role.disabled = true;
@@ -56,6 +57,16 @@ export function usersPage({ root, signal }: PageContext): void {
             if (pw) act(reset, () => api.patch(`/api/users/${u.id}`, { password: pw }), `Password of ${u.username} reset`);
           });
         });
+        let resetTotp: HTMLButtonElement | null = null;
+        if (u.totp_enabled) {
+          const btn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-label': `Reset 2FA of ${u.username}` }, 'Reset 2FA');
+          btn.addEventListener('click', () => {
+            void confirmAction('Reset two-factor sign-in', `Remove ${u.username}'s authenticator and recovery codes? They sign in with their password only until they set it up again (at once, if their role requires it).`, 'Reset 2FA').then((ok) => {
+              if (ok) act(btn, () => api.post(`/api/users/${u.id}/totp/reset`), `Two-factor sign-in of ${u.username} reset`);
+            });
+          });
+          resetTotp = btn;
+        }
         const disable = h('button', { class: 'btn btn-sm', type: 'button' }, u.disabled ? 'Enable' : 'Disable');
         disable.addEventListener('click', () => act(disable, () => api.patch(`/api/users/${u.id}`, { disabled: !u.disabled }), `${u.username} ${u.disabled ? 'enabled' : 'disabled'}`));
         const del = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'aria-label': `Delete ${u.username}` }, 'Delete');
@@ -71,8 +82,9 @@ export function usersPage({ root, signal }: PageContext): void {
           h('td', { class: 'strong' }, u.username, self ? h('span', { class: 'muted small' }, ' (you)') : null),
           h('td', {}, role),
           h('td', {}, u.disabled ? pill('disabled', 'bad') : pill('active', 'ok')),
+          h('td', {}, u.totp_enabled ? pill('on', 'ok') : pill('off', 'muted')),
           h('td', {}, dateTime(u.created_at)),
-          h('td', { class: 'actions' }, reset, self ? null : disable, self ? null : del),
+          h('td', { class: 'actions' }, reset, resetTotp, self ? null : disable, self ? null : del),
         );
       })),
     );

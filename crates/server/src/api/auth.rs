@@ -10,8 +10,10 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::audit::Audit;
-use crate::auth::tokens::{Claims, ISSUER, LOGIN_TTL_SECS, Purpose, now_millis, now_secs};
-use crate::auth::{AuthUser, Permission, Role, password};
+use crate::auth::tokens::{
+    Claims, ENROL_TTL_SECS, ISSUER, LOGIN_TTL_SECS, MFA_TTL_SECS, Purpose, now_millis, now_secs,
+};
+use crate::auth::{AuthUser, Permission, Role, SignedInUser, password};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::middleware::ClientIp;
 use crate::rate_limit::Limit;
@@ -45,6 +47,8 @@ pub struct UserView {
     pub permissions: Vec<Permission>,
     /// Disabled users cannot sign in.
     pub disabled: bool,
+    /// Sign-in asks for a TOTP code after the password.
+    pub totp_enabled: bool,
     /// Creation time (ms).
     pub created_at: i64,
 }
@@ -61,30 +65,79 @@ impl UserView {
             role: user.role.clone(),
             permissions,
             disabled: user.disabled,
+            totp_enabled: user.totp_enabled,
             created_at: user.created_at,
         }
     }
 }
 
-/// Sign-in response.
+/// Sign-in response: signed in, or the second step still to come.
 #[derive(Serialize)]
-pub struct LoginResponse {
-    token: String,
-    expires_at: i64,
-    user: UserView,
+#[serde(untagged)]
+pub enum LoginResponse {
+    /// Signed in. `totp_enrollment_required` marks an enrol-only token: the user's role
+    /// requires a second factor they have not enrolled yet.
+    SignedIn {
+        /// Bearer token.
+        token: String,
+        /// Expiry (seconds).
+        expires_at: i64,
+        /// The user.
+        user: UserView,
+        /// Present (true) only for an enrol-only sign-in.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        totp_enrollment_required: bool,
+    },
+    /// The password was right; `POST /api/auth/login/totp` with this token and a code.
+    MfaRequired {
+        /// Always true.
+        mfa_required: bool,
+        /// Single-purpose token for the second step.
+        mfa_token: String,
+        /// Its expiry (seconds).
+        expires_at: i64,
+    },
+}
+
+impl LoginResponse {
+    /// A full sign-in for `user`.
+    pub async fn signed_in(state: &AppState, user: &User) -> ApiResult<Self> {
+        let (token, expires_at) = issue_login_token(state, user).await?;
+        Ok(LoginResponse::SignedIn {
+            token,
+            expires_at,
+            user: UserView::from_user(user),
+            totp_enrollment_required: false,
+        })
+    }
 }
 
 /// Mints and records a login token for a user.
 pub async fn issue_login_token(state: &AppState, user: &User) -> ApiResult<(String, i64)> {
+    issue_user_token(state, user, Purpose::Login).await
+}
+
+/// Mints and records a token of a user-facing `purpose` (login, enrol-only or the
+/// second-factor step); every one is revocable by `jti`.
+pub async fn issue_user_token(
+    state: &AppState,
+    user: &User,
+    purpose: Purpose,
+) -> ApiResult<(String, i64)> {
     let iat = now_secs();
-    let exp = iat + LOGIN_TTL_SECS;
+    let ttl = match purpose {
+        Purpose::Mfa => MFA_TTL_SECS,
+        Purpose::Enrol => ENROL_TTL_SECS,
+        Purpose::Login | Purpose::Viewer => LOGIN_TTL_SECS,
+    };
+    let exp = iat + ttl;
     let claims = Claims {
         sub: user.id.clone(),
         jti: uuid::Uuid::new_v4().to_string(),
         iat,
         exp,
         iss: ISSUER.to_owned(),
-        purpose: Purpose::Login,
+        purpose,
         tenant_id: user.tenant_id.clone(),
         username: user.username.clone(),
         session_id: None,
@@ -139,25 +192,45 @@ async fn login(
             return Err(ApiError::Unauthorized("invalid username or password"));
         }
     };
-    let (token, expires_at) = issue_login_token(&state, &user).await?;
+    if user.totp_enabled {
+        let (mfa_token, expires_at) = issue_user_token(&state, &user, Purpose::Mfa).await?;
+        tracing::info!(user_id = %user.id, "password accepted; second factor required");
+        return Ok(Json(LoginResponse::MfaRequired {
+            mfa_required: true,
+            mfa_token,
+            expires_at,
+        }));
+    }
+    if state.config.totp_required_for(&user.role) {
+        let (token, expires_at) = issue_user_token(&state, &user, Purpose::Enrol).await?;
+        Audit::new("auth.login_enrol_only")
+            .user(&user)
+            .ip(ip)
+            .record(&state)
+            .await?;
+        tracing::info!(user_id = %user.id, "signed in to enrol a required second factor");
+        return Ok(Json(LoginResponse::SignedIn {
+            token,
+            expires_at,
+            user: UserView::from_user(&user),
+            totp_enrollment_required: true,
+        }));
+    }
+    let response = LoginResponse::signed_in(&state, &user).await?;
     Audit::new("auth.login_success")
         .user(&user)
         .ip(ip)
         .record(&state)
         .await?;
     tracing::info!(user_id = %user.id, "signed in");
-    Ok(Json(LoginResponse {
-        token,
-        expires_at,
-        user: UserView::from_user(&user),
-    }))
+    Ok(Json(response))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
 async fn logout(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    auth: AuthUser,
+    SignedInUser(auth): SignedInUser,
 ) -> ApiResult<Json<serde_json::Value>> {
     let now = now_millis();
     state.store.revoke_token(&auth.claims.jti, now).await?;
@@ -224,6 +297,24 @@ async fn change_password(
     Ok(Json(json!({ "ok": true, "other_tokens_revoked": revoked })))
 }
 
-async fn me(auth: AuthUser) -> Json<UserView> {
-    Json(UserView::from_user(&auth.user))
+/// `GET /api/auth/me`: the user, and whether their sign-in only allows enrolling the
+/// second factor their role requires.
+#[derive(Serialize)]
+pub struct MeView {
+    #[serde(flatten)]
+    user: UserView,
+    /// The user's role requires a second factor.
+    totp_required: bool,
+    /// This token only allows enrolment (and `me`, logout).
+    totp_enrollment_required: bool,
+}
+
+async fn me(State(state): State<AppState>, signed_in: SignedInUser) -> Json<MeView> {
+    let enrol_only = signed_in.enrol_only();
+    let user = signed_in.0.user;
+    Json(MeView {
+        user: UserView::from_user(&user),
+        totp_required: state.config.totp_required_for(&user.role),
+        totp_enrollment_required: enrol_only,
+    })
 }

@@ -8,6 +8,7 @@ pub mod machines;
 pub mod sessions;
 pub mod sites;
 pub mod system;
+pub mod totp;
 pub mod users;
 
 use axum::Router;
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .merge(system::router())
         .merge(auth::router())
         .merge(users::router())
+        .merge(totp::router())
         .merge(codes::router())
         .merge(enroll::router())
         .merge(sites::router())

@@ -4,6 +4,7 @@
 pub mod password;
 pub mod roles;
 pub mod tokens;
+pub mod totp;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -51,12 +52,22 @@ impl AuthUser {
 
 /// Verifies a login token completely: signature, purpose, revocation, user state.
 pub async fn authenticate_login(state: &AppState, token: &str) -> ApiResult<AuthUser> {
+    authenticate(state, token, &[Purpose::Login]).await
+}
+
+/// Verifies a recorded user token of one of `purposes`: signature, purpose, revocation,
+/// user state.
+pub async fn authenticate(
+    state: &AppState,
+    token: &str,
+    purposes: &[Purpose],
+) -> ApiResult<AuthUser> {
     let unauthorized = || {
         state.metrics.auth_failure("user");
         ApiError::Unauthorized("invalid or expired token")
     };
     let claims = state.tokens.verify(token).ok_or_else(unauthorized)?;
-    if claims.purpose != Purpose::Login {
+    if !purposes.contains(&claims.purpose) {
         return Err(unauthorized());
     }
     let record = state.store.get_token(&claims.jti).await?;
@@ -84,6 +95,32 @@ impl FromRequestParts<AppState> for AuthUser {
             return Err(ApiError::Unauthorized("authentication required"));
         };
         authenticate_login(state, token).await
+    }
+}
+
+/// A signed-in user, or one signed in only to enrol the second factor their role
+/// requires (an enrol-only token): for enrolment, `me` and logout.
+#[derive(Debug, Clone)]
+pub struct SignedInUser(pub AuthUser);
+
+impl SignedInUser {
+    /// Whether the token only allows enrolment.
+    pub fn enrol_only(&self) -> bool {
+        self.0.claims.purpose == Purpose::Enrol
+    }
+}
+
+impl FromRequestParts<AppState> for SignedInUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let Some(token) = bearer(parts) else {
+            state.metrics.auth_failure("user");
+            return Err(ApiError::Unauthorized("authentication required"));
+        };
+        authenticate(state, token, &[Purpose::Login, Purpose::Enrol])
+            .await
+            .map(SignedInUser)
     }
 }
 

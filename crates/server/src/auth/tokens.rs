@@ -1,4 +1,5 @@
-//! JWTs: 24 h login tokens and 5 min viewer tokens, HS256 pinned, each recorded by `jti`
+//! JWTs: 24 h login tokens, 5 min viewer tokens and the short single-purpose tokens of
+//! two-factor sign-in, HS256 pinned, each recorded by `jti`
 //! in the store so that revocation survives restarts and unknown tokens are refused.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -13,6 +14,10 @@ pub const ISSUER: &str = "guruconnect";
 pub const LOGIN_TTL_SECS: i64 = 24 * 3600;
 /// Viewer token lifetime.
 pub const VIEWER_TTL_SECS: i64 = 5 * 60;
+/// Lifetime of the token between a correct password and the second factor.
+pub const MFA_TTL_SECS: i64 = 5 * 60;
+/// Lifetime of a sign-in that may only enrol a second factor.
+pub const ENROL_TTL_SECS: i64 = 15 * 60;
 
 /// What a token may be used for; a token is accepted only for its own purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +27,12 @@ pub enum Purpose {
     Login,
     /// One session's viewer socket.
     Viewer,
+    /// Only `POST /api/auth/login/totp`: the password was right, the second factor is
+    /// still to come.
+    Mfa,
+    /// A sign-in whose role requires a second factor the user has not enrolled: only
+    /// enrolment, `me` and logout accept it.
+    Enrol,
 }
 
 /// What a viewer may do in its session.
