@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REPLY_FIELD, center};
 use guruconnect_client::Connection;
 use guruconnect_codec::Image;
-use guruconnect_proto::{ChatMessage, ClipboardText, Codec, Payload, TypeText};
+use guruconnect_proto::{
+    AgentNotice, ChatMessage, ClipboardText, Codec, Payload, SpecialKey, SpecialKeyKind, TypeText,
+};
 use serde_json::json;
 use support::*;
 use x11rb::connection::Connection as _;
@@ -169,6 +171,22 @@ async fn next_clipboard(conn: &mut Connection, agent: &AgentProcess) -> String {
     }
 }
 
+/// Waits for the next notice the agent sends the viewers.
+async fn next_notice(conn: &mut Connection, agent: &AgentProcess) -> AgentNotice {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no notice reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(envelope)) => {
+                if let Some(Payload::AgentNotice(notice)) = envelope.payload {
+                    return notice;
+                }
+            }
+            Ok(Err(e)) => panic!("viewer connection failed: {e}\n{}", agent.stderr()),
+        }
+    }
+}
+
 /// Ctrl+<key> through the agent.
 async fn ctrl(conn: &mut Connection, scancode: u32) {
     conn.send(key(SC_CTRL, false, true))
@@ -286,6 +304,19 @@ async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clip
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // 5. Ctrl+Alt+Del needs SendSAS, which Wine (like a Windows without the policy) lacks:
+    //    the technician is told why, and the agent carries on.
+    viewer
+        .send(Payload::SpecialKey(SpecialKey {
+            kind: SpecialKeyKind::SpecialKeyCtrlAltDel as i32,
+        }))
+        .await
+        .expect("special key");
+    let notice = next_notice(&mut viewer, &agent).await;
+    assert!(
+        notice.text.contains("Ctrl+Alt+Del") && notice.text.contains("SendSAS"),
+        "{notice:?}"
+    );
     assert_alive(&mut agent);
     let _ = notepad.kill();
     let _ = notepad.wait();

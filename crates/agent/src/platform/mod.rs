@@ -19,8 +19,10 @@ use guruconnect_proto::{
     AgentStatus, ConsentRequest, DisplayInfo, KeyEvent, MouseEvent, SpecialKeyKind,
 };
 
+pub mod clipboard;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod net;
 pub mod ui;
 pub mod uid;
 #[cfg(windows)]

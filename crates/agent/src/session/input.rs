@@ -34,6 +34,14 @@ fn special_name(kind: SpecialKeyKind) -> &'static str {
     }
 }
 
+/// The platform's own words, without the error kind's prefix.
+fn detail(e: &PlatformError) -> String {
+    match e {
+        PlatformError::Unsupported(m) | PlatformError::Request(m) => m.clone(),
+        PlatformError::NoDisplay { .. } => e.to_string(),
+    }
+}
+
 /// Runs until the session drops its command channel.
 pub(super) fn input_thread(
     mut injector: Box<dyn Injector>,
@@ -53,10 +61,12 @@ pub(super) fn input_thread(
         // What the technician asked for explicitly and did not happen is said to them;
         // a failed mouse move is only logged (there would be hundreds).
         let told = match (&cmd, &e) {
-            (InputCmd::Special(kind), _) => {
-                Some(format!("{} was not sent: {e}", special_name(*kind)))
-            }
-            (InputCmd::Text(_), _) => Some(format!("The text was not typed: {e}")),
+            (InputCmd::Special(kind), _) => Some(format!(
+                "{} was not sent. {}",
+                special_name(*kind),
+                detail(&e)
+            )),
+            (InputCmd::Text(_), _) => Some(format!("The text was not typed. {}", detail(&e))),
             (_, PlatformError::NoDisplay { .. }) => Some(format!("Input is not possible: {e}")),
             _ => None,
         };

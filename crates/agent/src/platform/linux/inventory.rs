@@ -2,7 +2,7 @@
 //! memory, serial, private addresses with MACs, logged-on user, idle time, time zone and
 //! uptime. Every probe is best effort: a value that cannot be read is left empty.
 
-use std::net::IpAddr;
+use crate::platform::net::is_private;
 use std::path::Path;
 
 use guruconnect_proto::{AgentStatus, NetworkInterface};
@@ -40,21 +40,6 @@ pub fn hostname() -> String {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_default()
-}
-
-/// Whether an address is worth reporting as a private address (RFC 1918, CGNAT, ULA,
-/// link-local); loopback is not.
-pub fn is_private(addr: &IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (64..128).contains(&o[1]))
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 fn time_zone() -> String {
@@ -153,23 +138,6 @@ mod tests {
             Some("Debian GNU/Linux 12 (bookworm)")
         );
         assert_eq!(os_release_field(text, "ID"), None);
-    }
-
-    #[test]
-    fn private_addresses() {
-        for a in [
-            "10.1.2.3",
-            "192.168.0.9",
-            "172.16.5.5",
-            "100.64.1.1",
-            "fd00::1",
-            "fe80::1",
-        ] {
-            assert!(is_private(&a.parse().expect("ip")), "{a}");
-        }
-        for a in ["8.8.8.8", "127.0.0.1", "2001:db8::1", "::1"] {
-            assert!(!is_private(&a.parse().expect("ip")), "{a}");
-        }
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 pub mod capture;
 pub mod chat;
-pub mod clipboard;
 pub mod consent;
 pub mod input;
 pub mod inventory;
@@ -41,7 +40,7 @@ impl Desktop for X11Desktop {
     }
 
     fn clipboard(&self) -> PlatformResult<Box<dyn ClipboardAccess>> {
-        Ok(Box::new(clipboard::X11Clipboard::open()?))
+        Ok(Box::new(crate::platform::clipboard::TextClipboard::open()?))
     }
 
     fn chat(&self) -> PlatformResult<Box<dyn ChatWindow>> {
