@@ -218,6 +218,33 @@ async fn allowed_session(
 // ------------------------------------------------------------------ the tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exe_prints_its_version_under_wine_as_on_linux() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let out = run_with_timeout(
+        Command::new("wine")
+            .arg(&wine.exe)
+            .arg("--version")
+            .env("DISPLAY", wine.display()),
+        WAIT,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let linux = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_guruconnect-agent")).arg("--version"),
+        WAIT,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&linux.stdout).trim()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("guruconnect-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clipboard() {
     let Some(wine) = WineDesktop::start() else {
         return;
