@@ -114,6 +114,13 @@ test('a controlling technician sees the screen and drives it', async () => {
   assert.equal(agent.of('clipboard')[0].text, 'copied text');
   agent.send({ clipboard: { text: 'remote text' } });
   await page.waitForFunction(() => document.querySelector('[data-testid=remote-clipboard]').value === 'remote text');
+  // The same text typed as characters (layout-independent), then an agent's notice shown.
+  await page.fill('textarea[aria-label="Text to send"]', 'Grüße, 1+1=2');
+  await page.click('button:has-text("Type on remote")');
+  await agent.until((a) => a.of('typeText').length === 1, 'type text');
+  assert.equal(agent.of('typeText')[0].text, 'Grüße, 1+1=2');
+  agent.send({ agentNotice: { level: 1, text: 'Ctrl+Alt+Del was not sent. SendSAS is not available' } });
+  await page.locator('.toast', { hasText: 'Ctrl+Alt+Del was not sent' }).waitFor();
   await page.click('button:has-text("Chat")');
 
   // Stats overlay shows a measured round trip.
@@ -145,12 +152,12 @@ test('a view-only user sees VIEW ONLY and cannot control', async () => {
   await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1);
   await page.locator('[data-testid=view-only]').waitFor();
   assert.equal(await page.locator('button:has-text("Ctrl+Alt+Del")').isVisible(), false);
-  const before = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard'].includes(e.payload)).length;
+  const before = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard', 'typeText'].includes(e.payload)).length;
   const box = await page.locator('canvas.screen').boundingBox();
   await page.mouse.click(box.x + 20, box.y + 20);
   await page.keyboard.press('b');
   await page.waitForTimeout(800);
-  const afterCount = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard'].includes(e.payload)).length;
+  const afterCount = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard', 'typeText'].includes(e.payload)).length;
   assert.equal(afterCount, before, 'a view-only viewer must send no input');
   assert.deepEqual(await pixel(page, 10, 10), [...LEFT, 255]);
   await shot(page, '15-viewer-view-only');
