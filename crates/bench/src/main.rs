@@ -2,7 +2,8 @@
 //!
 //! Scenarios: `throughput` (1 agent → 1 viewer, 1 MiB frames), `latency` (added latency
 //! of small and 64 KiB frames at 200/s), `fanout` (1 agent → 10 viewers at 60 fps with
-//! one slow viewer), `idle` (server RSS per idle agent) and `all`. Each prints markdown
+//! one slow viewer), `idle` (server RSS per idle agent), `soak` (idle agents with
+//! periodic fan-out bursts, server RSS over time) and `all` (all but `soak`). Each prints markdown
 //! table rows. Run in release mode; see `docs/benchmarks.md`.
 
 #![forbid(unsafe_code)]
@@ -31,7 +32,10 @@ enum Scenario {
     Fanout,
     /// Server RSS per idle agent (spawns target/release/guruconnect-server).
     Idle,
-    /// All of the above.
+    /// Idle agents with a fan-out burst every --burst-every-secs, RSS over time (spawns
+    /// the server like `idle`); not part of `all`.
+    Soak,
+    /// All of the above but `soak`.
     All,
 }
 
@@ -64,6 +68,15 @@ struct Cli {
     /// Idle agents connecting at the same time.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
+    /// Soak: fan-out bursts to run.
+    #[arg(long, default_value_t = 3)]
+    bursts: usize,
+    /// Soak: seconds of idling before each burst (and after the last).
+    #[arg(long, default_value_t = 600)]
+    burst_every_secs: u64,
+    /// Soak: seconds between RSS readings.
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
 }
 
 impl Cli {
@@ -85,7 +98,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let stream_scenarios: &[Scenario] = match cli.scenario {
         Scenario::All => &[Scenario::Throughput, Scenario::Latency, Scenario::Fanout],
-        Scenario::Idle => &[],
+        Scenario::Idle | Scenario::Soak => &[],
         ref one => std::slice::from_ref(one),
     };
     if !stream_scenarios.is_empty() {
@@ -99,7 +112,7 @@ async fn main() -> Result<()> {
                 Scenario::Throughput => scenarios::throughput(&target).await?,
                 Scenario::Latency => scenarios::latency(&target).await?,
                 Scenario::Fanout => scenarios::fanout(&target).await?,
-                Scenario::Idle | Scenario::All => continue,
+                Scenario::Idle | Scenario::Soak | Scenario::All => continue,
             };
             print_table(&format!("{scenario:?}").to_lowercase(), &rows);
         }
@@ -114,6 +127,24 @@ async fn main() -> Result<()> {
         println!("Server (idle): {} pid {:?}", target.base, target.pid);
         let rows = scenarios::idle(&target, cli.agents, cli.concurrency).await?;
         print_table("idle", &rows);
+        target.stop();
+    }
+    if cli.scenario == Scenario::Soak {
+        let target = match cli.external()? {
+            Some(target) => target,
+            None => Target::child(cli.server_bin.as_deref()).await?,
+        };
+        println!("Server (soak): {} pid {:?}", target.base, target.pid);
+        let rows = scenarios::soak(
+            &target,
+            cli.agents,
+            cli.concurrency,
+            cli.bursts,
+            std::time::Duration::from_secs(cli.burst_every_secs),
+            std::time::Duration::from_secs(cli.sample_secs.max(1)),
+        )
+        .await?;
+        print_table("soak", &rows);
         target.stop();
     }
     Ok(())

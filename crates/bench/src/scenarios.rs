@@ -677,3 +677,95 @@ pub async fn idle(target: &Target, agents: usize, concurrency: usize) -> Result<
         ),
     ])
 }
+
+// ---------------------------------------------------------------------------------------
+// soak: idle agents with periodic fan-out bursts
+
+/// Holds `agents` idle agents on the server for `bursts` rounds; each round waits
+/// `every`, then runs the fan-out scenario once. Server RSS is printed every `sample` as
+/// `rss t_s=… rss_kib=… phase=…` (so an interrupted run still leaves its series) and
+/// summarized per burst: whether memory keeps growing with each burst (a leak) or stops
+/// after the first (retained peak).
+pub async fn soak(
+    target: &Target,
+    agents: usize,
+    concurrency: usize,
+    bursts: usize,
+    every: Duration,
+    sample: Duration,
+) -> Result<Vec<Row>> {
+    let pid = target
+        .pid
+        .ok_or_else(|| anyhow!("the soak scenario needs the server's pid (--server-pid)"))?;
+    let key = target
+        .shared_key
+        .clone()
+        .ok_or_else(|| anyhow!("the soak scenario needs the shared agent key (--shared-key)"))?;
+    let mut fleet = Fleet {
+        base: target.base.clone(),
+        key,
+        run: uuid::Uuid::new_v4().simple().to_string(),
+        concurrency,
+        alive: Arc::new(AtomicUsize::new(0)),
+        keepers: Vec::new(),
+    };
+    let started = Instant::now();
+    fleet.grow(agents, |_| Ok(())).await?;
+    let phase = Arc::new(std::sync::Mutex::new("idle".to_owned()));
+    let sampler = {
+        let phase = phase.clone();
+        tokio::spawn(async move {
+            let mut tick = interval(sample);
+            loop {
+                tick.tick().await;
+                let Ok(rss) = rss_kib(pid) else { break };
+                let phase = phase.lock().map(|p| p.clone()).unwrap_or_default();
+                println!(
+                    "rss t_s={:.0} rss_kib={rss} phase={phase}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    sleep(Duration::from_secs(3)).await;
+    let baseline = rss_kib(pid)?;
+    let mut rows = vec![Row::info(
+        "Before the first burst",
+        format!("{baseline} KiB with {agents} idle agents"),
+    )];
+    for burst in 1..=bursts {
+        sleep(every).await;
+        set_phase(&phase, &format!("burst{burst}"));
+        let peak_before = rss_kib(pid)?;
+        fanout(target).await?;
+        set_phase(&phase, "idle");
+        // Let closed connections and their tasks go before reading.
+        sleep(Duration::from_secs(5)).await;
+        let after = rss_kib(pid)?;
+        rows.push(Row::info(
+            format!("After burst {burst}"),
+            format!(
+                "{after} KiB ({:+} KiB since the burst began, {:+} KiB since the first \
+                 reading); {} agents connected",
+                after as i64 - peak_before as i64,
+                after as i64 - baseline as i64,
+                fleet.alive.load(Ordering::Relaxed)
+            ),
+        ));
+    }
+    sleep(every).await;
+    let end = rss_kib(pid)?;
+    rows.push(Row::info(
+        "End",
+        format!("{end} KiB after {:.0} s", started.elapsed().as_secs_f64()),
+    ));
+    sampler.abort();
+    drop(fleet);
+    Ok(rows)
+}
+
+fn set_phase(phase: &std::sync::Mutex<String>, to: &str) {
+    if let Ok(mut p) = phase.lock() {
+        to.clone_into(&mut p);
+    }
+}

@@ -83,7 +83,13 @@ pub async fn first_admin(config: &Config, store: &Store) -> anyhow::Result<Optio
         password_hash: hash,
         role: "admin".to_owned(),
     };
-    match store.create_user(&user, now_millis()).await {
+    let audit = crate::audit::Audit::new("user.created").details(serde_json::json!({
+        "target_user_id": user.id,
+        "target_username": user.username,
+        "role": user.role,
+        "first_administrator": true,
+    }));
+    match store.create_user(&user, now_millis(), audit.event()).await {
         Ok(_) => tracing::info!(username = "admin", "created the first administrator"),
         // Another instance won the race; its admin stands.
         Err(StoreError::Conflict(_)) => return Ok(None),

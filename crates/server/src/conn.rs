@@ -10,7 +10,9 @@
 //!   the count when it ends or becomes a WebSocket, which only an authenticated
 //!   request achieves, so agents behind one NAT are not limited;
 //! - `EMFILE`/`ENFILE` on accept is logged once a second and retried after a short
-//!   pause instead of spinning.
+//!   pause instead of spinning;
+//! - a request the HTTP parser rejects (malformed request line, bad header, head too
+//!   large) never reaches the router, so it is logged here, with a fresh request id.
 //!
 //! [`raise_open_file_limit`] lifts the soft descriptor limit to the hard one at start.
 
@@ -153,19 +155,28 @@ async fn serve_connection(
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        result = conn.as_mut() => log_end(result),
+        result = conn.as_mut() => log_end(result, peer),
         () = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            log_end(conn.await);
+            log_end(conn.await, peer);
         }
     }
     // An upgraded connection lives on in its WebSocket task, no longer counted.
     drop(slot);
 }
 
-fn log_end(result: Result<(), hyper::Error>) {
+fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
     if let Err(e) = result {
-        if e.is_timeout() {
+        if e.is_parse() || e.is_parse_too_large() {
+            // Same id format as the request middleware's correlation ids.
+            let request_id = uuid::Uuid::new_v4().simple().to_string();
+            let reason = if e.is_parse_too_large() {
+                "request head too large"
+            } else {
+                "malformed request head"
+            };
+            tracing::info!(%request_id, client_ip = %peer.ip(), reason, error = %e, "request rejected by the HTTP parser");
+        } else if e.is_timeout() {
             tracing::debug!("connection closed: request head not received in time");
         } else {
             tracing::trace!(error = %e, "connection ended with an error");

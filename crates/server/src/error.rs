@@ -55,6 +55,9 @@ pub enum ApiError {
     /// 503: the database is unreachable.
     #[error("service temporarily unavailable")]
     Unavailable,
+    /// 507: the database's disk is full; nothing was written.
+    #[error("the server's storage is full; nothing was saved")]
+    StorageFull,
     /// 500; the cause is logged, never returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +109,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable => "service_unavailable",
+            ApiError::StorageFull => "storage_full",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -141,6 +146,9 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable => {
                 tracing::warn!(correlation_id = %correlation_id(), "database unavailable");
             }
+            ApiError::StorageFull => {
+                tracing::error!(correlation_id = %correlation_id(), "write refused: database storage is full");
+            }
             _ => {}
         }
         let status = self.status();
@@ -160,6 +168,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("not found"),
             StoreError::Conflict(what) => ApiError::Conflict(what.to_owned()),
             StoreError::Unavailable(_) => ApiError::Unavailable,
+            StoreError::StorageFull(_) => ApiError::StorageFull,
             StoreError::Invalid(_) => ApiError::Validation("a value is not valid".into()),
             other => ApiError::internal(other),
         }

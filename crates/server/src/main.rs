@@ -56,6 +56,12 @@ fn main() -> ExitCode {
         config.data_dir = dir;
     }
     init_tracing(config.log_format);
+    if let Some(value) = std::env::var_os(MMAP_THRESHOLD_VAR) {
+        tracing::info!(
+            threshold = %value.to_string_lossy(),
+            "glibc malloc: fixed mmap threshold"
+        );
+    }
     guruconnect_server::conn::raise_open_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -72,6 +78,11 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc's malloc setting for the size from which blocks are mmapped. Setting it to 131072
+/// keeps the relay's memory flat after fan-out bursts at some cost in throughput
+/// (`docs/benchmarks.md`, "Memory after bursts"); it is logged when set.
+const MMAP_THRESHOLD_VAR: &str = "MALLOC_MMAP_THRESHOLD_";
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.bind)

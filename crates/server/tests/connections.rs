@@ -2,7 +2,8 @@
 //! slowloris header drips, refused upgrades left open and half-sent upgrades all end at
 //! the header-read deadline; one address cannot hold more than its share of
 //! connections; and with a 1,024 soft open-file limit the real binary still answers
-//! `/health` and sign-in under a flood of 1,100 silent connections. Outcomes only, with
+//! `/health` and sign-in under a flood of 1,100 silent connections; requests the HTTP
+//! parser rejects are logged with a request id (issue 15 item 3). Outcomes only, with
 //! generous deadlines: no test asserts how fast anything is.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -343,4 +344,66 @@ async fn with_a_1024_hard_limit_the_address_cap_keeps_the_binary_answering() {
         log.contains("open-file limit") && log.contains("soft=1024"),
         "{log}"
     );
+}
+
+// ---------------------------------------------------------------- parser rejections
+
+/// Sends `raw` on a fresh connection and returns what the server answers before closing.
+async fn raw_exchange(to: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(to).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_parser_rejects_are_logged_with_a_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(4096, 4096, &[], dir.path());
+    let garbage: [&[u8]; 3] = [
+        b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nBad Name: value\r\n\r\n",
+    ];
+    for raw in garbage {
+        let answer = raw_exchange(server.addr, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "answer: {answer:?}");
+    }
+    let mut ids = Vec::new();
+    let logged = common::eventually(Duration::from_secs(10), || {
+        let log = server.log.lock().unwrap().clone();
+        ids = log
+            .lines()
+            .filter(|l| l.contains("request rejected by the HTTP parser"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("request_id="))
+                    .map(str::to_owned)
+            })
+            .collect();
+        std::future::ready(ids.len() == garbage.len())
+    })
+    .await;
+    let log = server.log.lock().unwrap().clone();
+    assert!(logged, "parser rejections not logged:\n{log}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        garbage.len(),
+        "request ids are not distinct:\n{log}"
+    );
+    assert!(
+        ids.iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{ids:?}"
+    );
+    // The server still answers.
+    let health = common::client()
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
 }

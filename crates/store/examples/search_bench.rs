@@ -484,6 +484,7 @@ async fn run(
                     ..MachineLabels::default()
                 },
                 1_700_000_000_001,
+                None,
             )
             .await?;
     }

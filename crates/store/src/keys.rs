@@ -3,7 +3,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{AgentKey, Millis, Store, StoreError, StoreResult, conflict};
+use crate::events::insert_event;
+use crate::{AgentKey, Millis, NewEvent, Store, StoreError, StoreResult, conflict};
 
 const KEY_COLS: &str = "k.id, k.agent_id, k.key_hash, k.prefix, k.label, k.created_by, \
      k.created_at, k.last_used_at, k.revoked_at";
@@ -24,7 +25,10 @@ fn key_from_row(row: &AnyRow) -> StoreResult<AgentKey> {
 
 impl Store {
     /// Stores a new key; `Conflict("key exists")` if its id or hash is already stored.
-    pub async fn create_agent_key(&self, key: &AgentKey) -> StoreResult<()> {
+    /// `audit` is recorded (at `created_at`) in the same transaction.
+    pub async fn create_agent_key(&self, key: &AgentKey, audit: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        insert_event(&mut tx, audit, key.created_at).await?;
         sqlx::query(
             "INSERT INTO agent_keys (id, agent_id, key_hash, prefix, label, created_by, \
              created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -38,9 +42,10 @@ impl Store {
         .bind(key.created_at)
         .bind(key.last_used_at)
         .bind(key.revoked_at)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(conflict("key exists"))?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -71,13 +76,16 @@ impl Store {
     }
 
     /// Revokes a key of `agent_id` and returns it; `NotFound` if that agent has no such
-    /// key. Idempotent: an already revoked key keeps its first `revoked_at`.
+    /// key. Idempotent: an already revoked key keeps its first `revoked_at`. `audit` is
+    /// recorded in the same transaction, also on a repeated revoke (someone asked).
     pub async fn revoke_agent_key(
         &self,
         agent_id: &str,
         key_id: &str,
         now: Millis,
+        audit: &NewEvent,
     ) -> StoreResult<AgentKey> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, $3) \
              WHERE id = $1 AND agent_id = $2",
@@ -85,17 +93,23 @@ impl Store {
         .bind(key_id)
         .bind(agent_id)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLS} FROM agent_keys k WHERE k.id = $1 AND k.agent_id = $2"
         ))
         .bind(key_id)
         .bind(agent_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        key_from_row(&row)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound);
+        };
+        let key = key_from_row(&row)?;
+        insert_event(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(key)
     }
 
     /// Records a successful use of a key; `NotFound` if missing.

@@ -75,6 +75,10 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("database error")]
     Internal(#[source] sqlx::Error),
+    /// The database's disk is full (SQLite `SQLITE_FULL`, PostgreSQL `53100`): nothing
+    /// was written; writes succeed again once space is freed.
+    #[error("storage full")]
+    StorageFull(#[source] sqlx::Error),
     /// Running the embedded migrations failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -93,6 +97,7 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) => match classify_db_error(db.as_ref()) {
                 DbErrorKind::Transient => StoreError::Unavailable(e),
                 DbErrorKind::InvalidValue => StoreError::Invalid(e),
+                DbErrorKind::StorageFull => StoreError::StorageFull(e),
                 DbErrorKind::Other => StoreError::Internal(e),
             },
             sqlx::Error::PoolTimedOut
@@ -113,6 +118,8 @@ enum DbErrorKind {
     Transient,
     /// The caller sent a value the database refuses.
     InvalidValue,
+    /// No space left for the database.
+    StorageFull,
     /// Anything else.
     Other,
 }
@@ -144,15 +151,17 @@ fn classify_sqlstate(code: Option<&str>) -> DbErrorKind {
             DbErrorKind::Transient
         }
         Some(c) if c.starts_with("22") => DbErrorKind::InvalidValue,
+        Some("53100") => DbErrorKind::StorageFull,
         _ => DbErrorKind::Other,
     }
 }
 
 /// SQLite reports its (extended) result code as a decimal number: `BUSY` and `LOCKED`
-/// (primary codes 5 and 6) are transient.
+/// (primary codes 5 and 6) are transient, `FULL` (13) is a full disk.
 fn classify_sqlite_code(code: Option<&str>) -> DbErrorKind {
     match code.and_then(|c| c.parse::<i64>().ok()) {
         Some(n) if matches!(n & 0xff, 5 | 6) => DbErrorKind::Transient,
+        Some(n) if n & 0xff == 13 => DbErrorKind::StorageFull,
         _ => DbErrorKind::Other,
     }
 }
@@ -237,6 +246,7 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_release(|conn, _meta| Box::pin(release_outside_transaction(conn)))
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             conn.execute("PRAGMA busy_timeout=5000").await?;
@@ -304,6 +314,26 @@ impl Store {
     }
 }
 
+/// Keeps a connection returned to the SQLite pool only if it is outside any transaction.
+///
+/// sqlx counts transactions per connection and only lowers the count when `COMMIT` or
+/// `ROLLBACK` succeeds. On a full disk SQLite may roll a transaction back by itself, so
+/// the `ROLLBACK` queued by the dropped transaction fails and the count stays up. The
+/// connection's next `begin()` then issues `SAVEPOINT` instead of `BEGIN`, and a failing
+/// step `ROLLBACK TO SAVEPOINT`, which leaves a transaction open for good: later writes on
+/// it are acknowledged but never committed, and its write lock makes every other
+/// connection wait for `BUSY`. Such a connection is closed instead of pooled.
+async fn release_outside_transaction(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    // Runs the queued rollback first: commands are processed in order.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a database connection left inside a transaction");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Percent-encodes a filesystem path for a `sqlite://` URL (sqlx decodes it again), so
 /// spaces, `?` and `#` in directory names survive.
 fn percent_encode_path(path: &Path) -> String {
@@ -339,6 +369,7 @@ mod tests {
         assert_eq!(classify_sqlstate(Some("22021")), DbErrorKind::InvalidValue);
         assert_eq!(classify_sqlstate(Some("22P05")), DbErrorKind::InvalidValue);
         assert_eq!(classify_sqlstate(Some("23505")), DbErrorKind::Other);
+        assert_eq!(classify_sqlstate(Some("53100")), DbErrorKind::StorageFull);
         assert_eq!(classify_sqlstate(Some("5")), DbErrorKind::Other);
         assert_eq!(classify_sqlstate(None), DbErrorKind::Other);
     }
@@ -348,6 +379,7 @@ mod tests {
         assert_eq!(classify_sqlite_code(Some("5")), DbErrorKind::Transient);
         assert_eq!(classify_sqlite_code(Some("517")), DbErrorKind::Transient);
         assert_eq!(classify_sqlite_code(Some("6")), DbErrorKind::Transient);
+        assert_eq!(classify_sqlite_code(Some("13")), DbErrorKind::StorageFull);
         assert_eq!(classify_sqlite_code(Some("2067")), DbErrorKind::Other);
         assert_eq!(classify_sqlite_code(Some("08006")), DbErrorKind::Other);
         assert_eq!(classify_sqlite_code(None), DbErrorKind::Other);

@@ -3,10 +3,11 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row};
 
+use crate::events::insert_event;
 use crate::search::{SearchColumns, id_set_json, in_id_set, parse_query, where_clause};
 use crate::{
-    Machine, MachineLabels, MachineSearch, MachineUpsert, Millis, NewMachine, Store, StoreError,
-    StoreResult, conflict, decode_err,
+    Machine, MachineLabels, MachineSearch, MachineUpsert, Millis, NewEvent, NewMachine, Store,
+    StoreError, StoreResult, conflict, decode_err,
 };
 
 const MACHINE_COLS: &str = "agent_id, tenant_id, machine_uid, hostname, os, os_version, \
@@ -130,6 +131,7 @@ impl Store {
         .await
         .map_err(conflict("machine uid taken"))?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
         let machine = refresh_search(&mut tx, &m.agent_id).await?;
@@ -212,18 +214,28 @@ impl Store {
         Ok(())
     }
 
-    /// Soft-deletes a machine; `NotFound` if missing or already deleted.
-    pub async fn soft_delete_machine(&self, agent_id: &str, now: Millis) -> StoreResult<()> {
+    /// Soft-deletes a machine; `NotFound` if missing or already deleted. `audit` is
+    /// recorded in the same transaction.
+    pub async fn soft_delete_machine(
+        &self,
+        agent_id: &str,
+        now: Millis,
+        audit: &NewEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE machines SET deleted_at = $2 WHERE agent_id = $1 AND deleted_at IS NULL",
         )
         .bind(agent_id)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
+        insert_event(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -247,6 +259,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
         refresh_search(&mut tx, agent_id).await?;
@@ -256,15 +269,16 @@ impl Store {
 
     /// Changes a live machine's labels (see [`MachineLabels`]: `None` leaves a field,
     /// `Some(None)` clears it) and returns the machine. `now` is the time of the change
-    /// (machines keep no `updated_at`; it is accepted for symmetry with other updates).
+    /// (the time `audit` is recorded at, in the same transaction; `None` when the change
+    /// is one step of a larger operation audited on its own, such as enrollment).
     /// `NotFound` if missing or soft-deleted.
     pub async fn update_machine_labels(
         &self,
         agent_id: &str,
         labels: &MachineLabels,
         now: Millis,
+        audit: Option<&NewEvent>,
     ) -> StoreResult<Machine> {
-        let _ = now;
         let mut sets = Vec::new();
         let mut args: Vec<Option<String>> = Vec::new();
         for (column, value) in [
@@ -295,21 +309,29 @@ impl Store {
             q = q.bind(a.as_deref());
         }
         if q.execute(&mut *tx).await?.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
         let machine = refresh_search(&mut tx, agent_id).await?;
+        if let Some(audit) = audit {
+            insert_event(&mut tx, audit, now).await?;
+        }
         tx.commit().await?;
         Ok(machine)
     }
 
     /// Marks a live machine pending with `reason` (`Some`), or approves it (`None`:
     /// status `active`, reason cleared; a collided machine's `claimed_machine_uid` is
-    /// kept for the record). `NotFound` if missing or soft-deleted.
+    /// kept for the record). `NotFound` if missing or soft-deleted. `audit`, if given, is
+    /// recorded at `now` in the same transaction.
     pub async fn set_machine_pending(
         &self,
         agent_id: &str,
         reason: Option<&str>,
+        now: Millis,
+        audit: Option<&NewEvent>,
     ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
         let status = if reason.is_some() {
             "pending"
         } else {
@@ -322,11 +344,16 @@ impl Store {
         .bind(agent_id)
         .bind(status)
         .bind(reason)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
+        if let Some(audit) = audit {
+            insert_event(&mut tx, audit, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Millis, SessionRecord, Store, StoreError, StoreResult, conflict};
+use crate::events::insert_event;
+use crate::{Millis, NewEvent, SessionRecord, Store, StoreError, StoreResult, conflict};
 
 const SESSION_COLS: &str =
     "id, tenant_id, agent_id, kind, code, status, created_at, ended_at, end_reason";
@@ -23,8 +24,11 @@ fn session_from_row(row: &AnyRow) -> StoreResult<SessionRecord> {
 }
 
 impl Store {
-    /// Stores a new session; `Conflict("session exists")` if the id is taken.
-    pub async fn create_session(&self, s: &SessionRecord) -> StoreResult<()> {
+    /// Stores a new session; `Conflict("session exists")` if the id is taken. `audit` is
+    /// recorded (at `created_at`) in the same transaction.
+    pub async fn create_session(&self, s: &SessionRecord, audit: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        insert_event(&mut tx, audit, s.created_at).await?;
         sqlx::query(&format!(
             "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
@@ -37,9 +41,10 @@ impl Store {
         .bind(s.created_at)
         .bind(s.ended_at)
         .bind(s.end_reason.as_deref())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(conflict("session exists"))?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -94,8 +99,15 @@ impl Store {
     }
 
     /// Ends a session (status `ended`, `ended_at`, `end_reason`); `true` if it was
-    /// not ended yet.
-    pub async fn end_session(&self, id: &str, reason: &str, now: Millis) -> StoreResult<bool> {
+    /// not ended yet. `audit`, if given, is recorded in the same transaction either way.
+    pub async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Millis,
+        audit: Option<&NewEvent>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE sessions SET status = 'ended', ended_at = $3, end_reason = $2 \
              WHERE id = $1 AND status <> 'ended'",
@@ -103,8 +115,12 @@ impl Store {
         .bind(id)
         .bind(reason)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        if let Some(audit) = audit {
+            insert_event(&mut tx, audit, now).await?;
+        }
+        tx.commit().await?;
         Ok(res.rows_affected() == 1)
     }
 
@@ -122,17 +138,27 @@ impl Store {
         Ok(res.rows_affected())
     }
 
-    /// Soft-deletes a session; `NotFound` if missing or already deleted.
-    pub async fn soft_delete_session(&self, id: &str, now: Millis) -> StoreResult<()> {
+    /// Soft-deletes a session; `NotFound` if missing or already deleted. `audit` is
+    /// recorded in the same transaction.
+    pub async fn soft_delete_session(
+        &self,
+        id: &str,
+        now: Millis,
+        audit: &NewEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
         let res =
             sqlx::query("UPDATE sessions SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
                 .bind(now)
-                .execute(self.pool())
+                .execute(&mut *tx)
                 .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
+        insert_event(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

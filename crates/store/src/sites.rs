@@ -3,7 +3,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Millis, Site, Store, StoreError, StoreResult};
+use crate::events::insert_event;
+use crate::{Millis, NewEvent, Site, Store, StoreError, StoreResult};
 
 const SITE_COLS: &str = "id, tenant_id, name, code, key_hash, key_version, key_fingerprint, \
      created_at, rotated_at";
@@ -25,8 +26,11 @@ fn site_from_row(row: &AnyRow) -> StoreResult<Site> {
 impl Store {
     /// Stores a new site as given and returns it. `Conflict("site code taken")` if the
     /// tenant has a site with this code (compared case-insensitively);
-    /// `Conflict("site exists")` if the id is taken.
-    pub async fn create_site(&self, s: &Site) -> StoreResult<Site> {
+    /// `Conflict("site exists")` if the id is taken. `audit` is recorded (at
+    /// `created_at`) in the same transaction: both or neither.
+    pub async fn create_site(&self, s: &Site, audit: &NewEvent) -> StoreResult<Site> {
+        let mut tx = self.pool().begin().await?;
+        insert_event(&mut tx, audit, s.created_at).await?;
         let res = sqlx::query(&format!(
             "INSERT INTO sites ({SITE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
@@ -39,9 +43,11 @@ impl Store {
         .bind(&s.key_fingerprint)
         .bind(s.created_at)
         .bind(s.rotated_at)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await;
         if let Err(e) = res {
+            // Rolled back first: PostgreSQL refuses reads in a failed transaction.
+            tx.rollback().await?;
             let err = StoreError::from(e);
             if matches!(err, StoreError::Conflict(_)) {
                 return Err(match self.get_site(&s.id).await {
@@ -52,6 +58,7 @@ impl Store {
             }
             return Err(err);
         }
+        tx.commit().await?;
         self.get_site(&s.id).await
     }
 
@@ -96,6 +103,7 @@ impl Store {
     /// two concurrent rotations cannot both win), sets `rotated_at = now` and returns the
     /// site. `NotFound` if the site is missing; `Conflict("site key changed")` if its
     /// version is not `key_version - 1` (rotated concurrently, or a stale caller).
+    /// `audit` is recorded in the same transaction as the rotation.
     pub async fn rotate_site_key(
         &self,
         id: &str,
@@ -103,7 +111,9 @@ impl Store {
         key_version: i64,
         key_fingerprint: &str,
         now: Millis,
+        audit: &NewEvent,
     ) -> StoreResult<Site> {
+        let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE sites SET key_hash = $2, key_version = $3, key_fingerprint = $4, \
              rotated_at = $5 WHERE id = $1 AND key_version = $6",
@@ -114,13 +124,16 @@ impl Store {
         .bind(key_fingerprint)
         .bind(now)
         .bind(key_version.wrapping_sub(1))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             // Missing → NotFound (from get_site); present → someone else rotated.
             self.get_site(id).await?;
             return Err(StoreError::Conflict("site key changed"));
         }
+        insert_event(&mut tx, audit, now).await?;
+        tx.commit().await?;
         self.get_site(id).await
     }
 }

@@ -3,7 +3,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Millis, NewUser, Store, StoreError, StoreResult, User, UserPatch, conflict};
+use crate::events::insert_event;
+use crate::{Millis, NewEvent, NewUser, Store, StoreError, StoreResult, User, UserPatch, conflict};
 
 const USER_COLS: &str = "id, tenant_id, username, password_hash, role, disabled, \
      created_at, updated_at, (SELECT COUNT(*) FROM user_totp t \
@@ -25,8 +26,16 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
 
 impl Store {
     /// Creates a user; `Conflict("username taken")` if the tenant already has that
-    /// username, compared case-insensitively.
-    pub async fn create_user(&self, new: &NewUser, now: Millis) -> StoreResult<User> {
+    /// username, compared case-insensitively. `audit` is recorded in the same
+    /// transaction.
+    pub async fn create_user(
+        &self,
+        new: &NewUser,
+        now: Millis,
+        audit: &NewEvent,
+    ) -> StoreResult<User> {
+        let mut tx = self.pool().begin().await?;
+        insert_event(&mut tx, audit, now).await?;
         sqlx::query(
             "INSERT INTO users (id, tenant_id, username, password_hash, role, disabled, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $6)",
@@ -37,9 +46,10 @@ impl Store {
         .bind(&new.password_hash)
         .bind(&new.role)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(conflict("username taken"))?;
+        tx.commit().await?;
         self.get_user(&new.id).await
     }
 
@@ -80,7 +90,15 @@ impl Store {
     }
 
     /// Applies a partial update and returns the updated user; `NotFound` if missing.
-    pub async fn update_user(&self, id: &str, patch: &UserPatch, now: Millis) -> StoreResult<User> {
+    /// `audit` is recorded in the same transaction.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        patch: &UserPatch,
+        now: Millis,
+        audit: &NewEvent,
+    ) -> StoreResult<User> {
+        let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE users SET role = COALESCE($2, role), \
              password_hash = COALESCE($3, password_hash), \
@@ -91,11 +109,14 @@ impl Store {
         .bind(patch.password_hash.as_deref())
         .bind(patch.disabled.map(i64::from))
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
+        insert_event(&mut tx, audit, now).await?;
+        tx.commit().await?;
         self.get_user(id).await
     }
 
@@ -137,12 +158,14 @@ impl Store {
     /// the user's tenant without an enabled administrator (`Conflict("last admin")`).
     /// Check and change happen in one transaction that holds the tenant's admin rows
     /// (PostgreSQL `FOR UPDATE`; SQLite's single writer lock, taken by the first write),
-    /// so two administrators demoting each other at once cannot both succeed.
+    /// so two administrators demoting each other at once cannot both succeed. `audit` is
+    /// recorded in the same transaction.
     pub async fn change_user_keeping_an_admin(
         &self,
         id: &str,
         patch: Option<&UserPatch>,
         now: Millis,
+        audit: &NewEvent,
     ) -> StoreResult<Option<User>> {
         let mut tx = self.pool().begin().await?;
         let touched = sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
@@ -150,6 +173,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if touched.rows_affected() == 0 {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
         }
         let tenant: String = sqlx::query("SELECT tenant_id FROM users WHERE id = $1")
@@ -209,6 +233,7 @@ impl Store {
             )?),
             None => None,
         };
+        insert_event(&mut tx, audit, now).await?;
         tx.commit().await?;
         Ok(user)
     }

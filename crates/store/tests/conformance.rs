@@ -84,6 +84,11 @@ conformance!(
     case_codes_pagination,
     case_codes_prune,
     case_codes_audit_in_same_transaction,
+    case_users_audit_in_same_transaction,
+    case_sites_audit_in_same_transaction,
+    case_keys_audit_in_same_transaction,
+    case_machines_audit_in_same_transaction,
+    case_sessions_audit_in_same_transaction,
     case_sessions,
     case_out_of_order_binding,
     case_errors_map,
@@ -184,7 +189,7 @@ async fn case_ping(store: Store) {
 
 async fn case_users_crud(store: Store) {
     let u = store
-        .create_user(&new_user("u-1", "Alice", "admin"), 100)
+        .create_user(&new_user("u-1", "Alice", "admin"), 100, &ev("user.created"))
         .await
         .expect("create");
     assert_eq!(u.id, "u-1");
@@ -197,15 +202,23 @@ async fn case_users_crud(store: Store) {
     assert_eq!(store.get_user("u-1").await.expect("get"), u);
 
     store
-        .create_user(&new_user("u-2", "bob", "technician"), 101)
+        .create_user(
+            &new_user("u-2", "bob", "technician"),
+            101,
+            &ev("user.created"),
+        )
         .await
         .expect("create bob");
     store
-        .create_user(&new_user("u-3", "Carol", "viewer"), 102)
+        .create_user(
+            &new_user("u-3", "Carol", "viewer"),
+            102,
+            &ev("user.created"),
+        )
         .await
         .expect("create carol");
     store
-        .create_user(&new_user("u-4", "_zed", "viewer"), 103)
+        .create_user(&new_user("u-4", "_zed", "viewer"), 103, &ev("user.created"))
         .await
         .expect("create _zed");
 
@@ -242,6 +255,7 @@ async fn case_users_crud(store: Store) {
                 disabled: Some(true),
             },
             200,
+            &ev("user.updated"),
         )
         .await
         .expect("update");
@@ -259,6 +273,7 @@ async fn case_users_crud(store: Store) {
                 ..UserPatch::default()
             },
             300,
+            &ev("user.updated"),
         )
         .await
         .expect("update 2");
@@ -268,7 +283,9 @@ async fn case_users_crud(store: Store) {
     assert_eq!(patched.updated_at, 300);
 
     assert!(matches!(
-        store.update_user("nope", &UserPatch::default(), 1).await,
+        store
+            .update_user("nope", &UserPatch::default(), 1, &ev("user.updated"))
+            .await,
         Err(StoreError::NotFound)
     ));
 
@@ -286,11 +303,11 @@ async fn case_users_crud(store: Store) {
 
 async fn case_users_case_insensitive_conflict(store: Store) {
     store
-        .create_user(&new_user("u-1", "Admin", "admin"), 1)
+        .create_user(&new_user("u-1", "Admin", "admin"), 1, &ev("user.created"))
         .await
         .expect("create");
     let err = store
-        .create_user(&new_user("u-2", "ADMIN", "viewer"), 2)
+        .create_user(&new_user("u-2", "ADMIN", "viewer"), 2, &ev("user.created"))
         .await
         .expect_err("duplicate");
     assert!(
@@ -300,7 +317,7 @@ async fn case_users_case_insensitive_conflict(store: Store) {
     assert_eq!(err.to_string(), "conflict: username taken");
     // Same id is also a conflict.
     let err = store
-        .create_user(&new_user("u-1", "other", "viewer"), 2)
+        .create_user(&new_user("u-1", "other", "viewer"), 2, &ev("user.created"))
         .await
         .expect_err("duplicate id");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -309,13 +326,13 @@ async fn case_users_case_insensitive_conflict(store: Store) {
 
 async fn case_users_tenant_isolation(store: Store) {
     store
-        .create_user(&new_user("u-1", "alice", "admin"), 1)
+        .create_user(&new_user("u-1", "alice", "admin"), 1, &ev("user.created"))
         .await
         .expect("create");
     let mut other = new_user("u-2", "ALICE", "admin");
     other.tenant_id = "other".to_owned();
     store
-        .create_user(&other, 1)
+        .create_user(&other, 1, &ev("user.created"))
         .await
         .expect("same name in other tenant");
     assert_eq!(store.count_users(T).await.expect("count"), 1);
@@ -333,15 +350,19 @@ async fn case_users_tenant_isolation(store: Store) {
 async fn case_last_admin_counting(store: Store) {
     assert_eq!(store.count_active_admins(T).await.expect("count"), 0);
     store
-        .create_user(&new_user("a-1", "root", "admin"), 1)
+        .create_user(&new_user("a-1", "root", "admin"), 1, &ev("user.created"))
         .await
         .expect("create");
     store
-        .create_user(&new_user("a-2", "root2", "admin"), 1)
+        .create_user(&new_user("a-2", "root2", "admin"), 1, &ev("user.created"))
         .await
         .expect("create");
     store
-        .create_user(&new_user("t-1", "tech", "technician"), 1)
+        .create_user(
+            &new_user("t-1", "tech", "technician"),
+            1,
+            &ev("user.created"),
+        )
         .await
         .expect("create");
     assert_eq!(store.count_active_admins(T).await.expect("count"), 2);
@@ -351,7 +372,7 @@ async fn case_last_admin_counting(store: Store) {
         ..UserPatch::default()
     };
     store
-        .update_user("a-2", &disable, 2)
+        .update_user("a-2", &disable, 2, &ev("user.updated"))
         .await
         .expect("disable");
     assert_eq!(store.count_active_admins(T).await.expect("count"), 1);
@@ -360,7 +381,10 @@ async fn case_last_admin_counting(store: Store) {
         role: Some("viewer".to_owned()),
         ..UserPatch::default()
     };
-    store.update_user("a-1", &demote, 3).await.expect("demote");
+    store
+        .update_user("a-1", &demote, 3, &ev("user.updated"))
+        .await
+        .expect("demote");
     assert_eq!(store.count_active_admins(T).await.expect("count"), 0);
     assert_eq!(store.count_users(T).await.expect("count"), 3);
 }
@@ -909,7 +933,7 @@ async fn case_machines_soft_delete(store: Store) {
         .await
         .expect("insert");
     store
-        .soft_delete_machine("a-1", 2_000)
+        .soft_delete_machine("a-1", 2_000, &ev("machine.removed"))
         .await
         .expect("delete");
     assert!(matches!(
@@ -917,11 +941,15 @@ async fn case_machines_soft_delete(store: Store) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.soft_delete_machine("a-1", 3_000).await,
+        store
+            .soft_delete_machine("a-1", 3_000, &ev("machine.removed"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.soft_delete_machine("never", 3_000).await,
+        store
+            .soft_delete_machine("never", 3_000, &ev("machine.removed"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(
@@ -1027,10 +1055,16 @@ async fn case_keys(store: Store) {
         .expect("machine");
     let k1 = agent_key("k-1", "a-1", "hash-1", 1_000);
     let k2 = agent_key("k-2", "a-1", "hash-2", 2_000);
-    store.create_agent_key(&k1).await.expect("create");
-    store.create_agent_key(&k2).await.expect("create");
+    store
+        .create_agent_key(&k1, &ev("key.issued"))
+        .await
+        .expect("create");
+    store
+        .create_agent_key(&k2, &ev("key.issued"))
+        .await
+        .expect("create");
     let err = store
-        .create_agent_key(&agent_key("k-3", "a-1", "hash-1", 3_000))
+        .create_agent_key(&agent_key("k-3", "a-1", "hash-1", 3_000), &ev("key.issued"))
         .await
         .expect_err("dup hash");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -1065,12 +1099,12 @@ async fn case_keys(store: Store) {
     ));
 
     let revoked = store
-        .revoke_agent_key("a-1", "k-1", 5_000)
+        .revoke_agent_key("a-1", "k-1", 5_000, &ev("key.revoked"))
         .await
         .expect("revoke");
     assert_eq!(revoked.revoked_at, Some(5_000));
     let again = store
-        .revoke_agent_key("a-1", "k-1", 6_000)
+        .revoke_agent_key("a-1", "k-1", 6_000, &ev("key.revoked"))
         .await
         .expect("idempotent");
     assert_eq!(again.revoked_at, Some(5_000), "first revocation kept");
@@ -1082,11 +1116,15 @@ async fn case_keys(store: Store) {
     assert_eq!(store.list_agent_keys("a-1").await.expect("list").len(), 2);
     // Wrong agent or unknown key.
     assert!(matches!(
-        store.revoke_agent_key("a-2", "k-2", 6_000).await,
+        store
+            .revoke_agent_key("a-2", "k-2", 6_000, &ev("key.revoked"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.revoke_agent_key("a-1", "k-9", 6_000).await,
+        store
+            .revoke_agent_key("a-1", "k-9", 6_000, &ev("key.revoked"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(
@@ -1100,7 +1138,7 @@ async fn case_keys(store: Store) {
 
     // Keys of a soft-deleted machine are not found.
     store
-        .soft_delete_machine("a-1", 7_000)
+        .soft_delete_machine("a-1", 7_000, &ev("machine.removed"))
         .await
         .expect("delete");
     assert_eq!(
@@ -1395,6 +1433,184 @@ async fn case_codes_audit_in_same_transaction(store: Store) {
     assert_eq!(code_events(&store, "code.cancelled").await, 1);
 }
 
+/// A user change and its event commit together; a refused change records none.
+async fn case_users_audit_in_same_transaction(store: Store) {
+    store
+        .create_user(&new_user("u-a1", "Ann", "admin"), 10, &ev("user.created"))
+        .await
+        .expect("create");
+    let err = store
+        .create_user(&new_user("u-a2", "ann", "viewer"), 11, &ev("user.created"))
+        .await
+        .expect_err("duplicate name");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(code_events(&store, "user.created").await, 1);
+
+    let patch = UserPatch {
+        role: Some("technician".to_owned()),
+        ..UserPatch::default()
+    };
+    store
+        .create_user(&new_user("u-a3", "Ben", "viewer"), 12, &ev("user.created"))
+        .await
+        .expect("create ben");
+    store
+        .update_user("u-a3", &patch, 13, &ev("user.updated"))
+        .await
+        .expect("update");
+    store
+        .update_user("u-missing", &patch, 14, &ev("user.updated"))
+        .await
+        .expect_err("missing");
+    assert_eq!(code_events(&store, "user.updated").await, 1);
+
+    // The last admin cannot be demoted: refused, no event.
+    store
+        .change_user_keeping_an_admin("u-a1", Some(&patch), 15, &ev("user.demoted"))
+        .await
+        .expect_err("last admin");
+    assert_eq!(code_events(&store, "user.demoted").await, 0);
+    store
+        .change_user_keeping_an_admin("u-a3", None, 16, &ev("user.deleted"))
+        .await
+        .expect("delete ben");
+    store
+        .change_user_keeping_an_admin("u-a3", None, 17, &ev("user.deleted"))
+        .await
+        .expect_err("already gone");
+    assert_eq!(code_events(&store, "user.deleted").await, 1);
+}
+
+/// A site change and its event commit together; a refused change records none.
+async fn case_sites_audit_in_same_transaction(store: Store) {
+    let s = site("s-a1", T, "Audit", "AUD");
+    store
+        .create_site(&s, &ev("site.created"))
+        .await
+        .expect("create");
+    store
+        .create_site(&site("s-a2", T, "Again", "aud"), &ev("site.created"))
+        .await
+        .expect_err("code taken");
+    assert_eq!(code_events(&store, "site.created").await, 1);
+    store
+        .rotate_site_key("s-a1", "h2", 2, "fp2", 20, &ev("site.key_rotated"))
+        .await
+        .expect("rotate");
+    // Stale version: refused, no event.
+    store
+        .rotate_site_key("s-a1", "h3", 2, "fp3", 21, &ev("site.key_rotated"))
+        .await
+        .expect_err("stale");
+    assert_eq!(code_events(&store, "site.key_rotated").await, 1);
+}
+
+/// A key change and its event commit together; a refused change records none.
+async fn case_keys_audit_in_same_transaction(store: Store) {
+    store
+        .upsert_machine(&machine("m-a1", Some("uid-a1"), "pc-a1", 1))
+        .await
+        .expect("machine");
+    store
+        .create_agent_key(&agent_key("k-a1", "m-a1", "hash-a1", 2), &ev("key.issued"))
+        .await
+        .expect("key");
+    store
+        .create_agent_key(&agent_key("k-a2", "m-a1", "hash-a1", 3), &ev("key.issued"))
+        .await
+        .expect_err("same hash");
+    assert_eq!(code_events(&store, "key.issued").await, 1);
+    store
+        .revoke_agent_key("m-a1", "k-a1", 4, &ev("key.revoked"))
+        .await
+        .expect("revoke");
+    store
+        .revoke_agent_key("m-other", "k-a1", 5, &ev("key.revoked"))
+        .await
+        .expect_err("not this machine's key");
+    assert_eq!(code_events(&store, "key.revoked").await, 1);
+}
+
+/// A machine change and its event commit together; a refused change records none.
+async fn case_machines_audit_in_same_transaction(store: Store) {
+    store
+        .upsert_machine(&machine("m-b1", Some("uid-b1"), "pc-b1", 1))
+        .await
+        .expect("machine");
+    let mut l = labels();
+    l.company = some("Acme");
+    store
+        .update_machine_labels("m-b1", &l, 2, Some(&ev("machine.labels_changed")))
+        .await
+        .expect("labels");
+    store
+        .update_machine_labels("m-none", &l, 3, Some(&ev("machine.labels_changed")))
+        .await
+        .expect_err("missing");
+    assert_eq!(code_events(&store, "machine.labels_changed").await, 1);
+    store
+        .set_machine_pending("m-b1", Some("collision"), 4, None)
+        .await
+        .expect("pending");
+    store
+        .set_machine_pending("m-b1", None, 5, Some(&ev("machine.approved")))
+        .await
+        .expect("approve");
+    store
+        .set_machine_pending("m-none", None, 6, Some(&ev("machine.approved")))
+        .await
+        .expect_err("missing");
+    assert_eq!(code_events(&store, "machine.approved").await, 1);
+    store
+        .soft_delete_machine("m-b1", 7, &ev("machine.removed"))
+        .await
+        .expect("remove");
+    store
+        .soft_delete_machine("m-b1", 8, &ev("machine.removed"))
+        .await
+        .expect_err("already removed");
+    assert_eq!(code_events(&store, "machine.removed").await, 1);
+}
+
+/// A session change and its event commit together; a refused change records none.
+async fn case_sessions_audit_in_same_transaction(store: Store) {
+    store
+        .upsert_machine(&machine("m-c1", Some("uid-c1"), "pc-c1", 1))
+        .await
+        .expect("machine");
+    store
+        .create_session(
+            &session("s-c1", "m-c1", "active", 2),
+            &ev("session.created"),
+        )
+        .await
+        .expect("session");
+    store
+        .create_session(
+            &session("s-c1", "m-c1", "active", 3),
+            &ev("session.created"),
+        )
+        .await
+        .expect_err("same id");
+    assert_eq!(code_events(&store, "session.created").await, 1);
+    assert!(
+        store
+            .end_session("s-c1", "bye", 4, Some(&ev("session.ended")))
+            .await
+            .expect("end")
+    );
+    assert_eq!(code_events(&store, "session.ended").await, 1);
+    store
+        .soft_delete_session("s-c1", 5, &ev("session.removed"))
+        .await
+        .expect("remove");
+    store
+        .soft_delete_session("s-c1", 6, &ev("session.removed"))
+        .await
+        .expect_err("already removed");
+    assert_eq!(code_events(&store, "session.removed").await, 1);
+}
+
 async fn case_codes_prune(store: Store) {
     // (code, expires_at, what happens to it)
     store
@@ -1439,11 +1655,24 @@ async fn case_codes_prune(store: Store) {
         let mut s = session(sid, "a-1", "waiting_consent", 1_500);
         s.kind = "attended".to_owned();
         s.code = Some(c.to_owned());
-        store.create_session(&s).await.expect("session");
+        store
+            .create_session(&s, &ev("session.created"))
+            .await
+            .expect("session");
     }
-    assert!(store.end_session("s-3", "done", 1_600).await.expect("end"));
+    assert!(
+        store
+            .end_session("s-3", "done", 1_600, None)
+            .await
+            .expect("end")
+    );
     assert!(store.end_code("400-000-003").await.expect("end code"));
-    assert!(store.end_session("s-5", "crash", 1_600).await.expect("end"));
+    assert!(
+        store
+            .end_session("s-5", "crash", 1_600, None)
+            .await
+            .expect("end")
+    );
 
     // Nothing has been expired for the retention period yet.
     assert_eq!(store.prune_codes(1_999).await.expect("prune"), 0);
@@ -1459,7 +1688,12 @@ async fn case_codes_prune(store: Store) {
     assert!(store.get_code("400-000-001").await.expect("get").is_none());
 
     // Once its session ends, the consumed code goes too; 006 only after its own expiry.
-    assert!(store.end_session("s-4", "done", 3_000).await.expect("end"));
+    assert!(
+        store
+            .end_session("s-4", "done", 3_000, None)
+            .await
+            .expect("end")
+    );
     assert_eq!(store.prune_codes(8_999).await.expect("prune"), 1);
     assert_eq!(store.prune_codes(9_000).await.expect("prune"), 1);
     assert_eq!(store.list_codes_page(T, 100, 0).await.expect("list").1, 0);
@@ -1471,20 +1705,35 @@ async fn case_sessions(store: Store) {
     let mut s1 = session("s-1", "a-1", "waiting_consent", 1_000);
     s1.kind = "attended".to_owned();
     s1.code = Some("123-456-789".to_owned());
-    store.create_session(&s1).await.expect("create");
     store
-        .create_session(&session("s-2", "a-2", "active", 2_000))
+        .create_session(&s1, &ev("session.created"))
         .await
         .expect("create");
     store
-        .create_session(&session("s-3", "a-1", "active", 3_000))
+        .create_session(
+            &session("s-2", "a-2", "active", 2_000),
+            &ev("session.created"),
+        )
+        .await
+        .expect("create");
+    store
+        .create_session(
+            &session("s-3", "a-1", "active", 3_000),
+            &ev("session.created"),
+        )
         .await
         .expect("create");
     let mut other = session("s-9", "a-9", "active", 3_500);
     other.tenant_id = "other".to_owned();
-    store.create_session(&other).await.expect("create other");
+    store
+        .create_session(&other, &ev("session.created"))
+        .await
+        .expect("create other");
     assert_eq!(store.get_session("s-1").await.expect("get"), s1);
-    let err = store.create_session(&s1).await.expect_err("dup");
+    let err = store
+        .create_session(&s1, &ev("session.created"))
+        .await
+        .expect_err("dup");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
     store
@@ -1502,13 +1751,13 @@ async fn case_sessions(store: Store) {
 
     assert!(
         store
-            .end_session("s-2", "viewer_closed", 4_000)
+            .end_session("s-2", "viewer_closed", 4_000, None)
             .await
             .expect("end")
     );
     assert!(
         !store
-            .end_session("s-2", "again", 5_000)
+            .end_session("s-2", "again", 5_000, None)
             .await
             .expect("end again")
     );
@@ -1534,7 +1783,7 @@ async fn case_sessions(store: Store) {
     assert_eq!(list_ids(false, 2).await, ["s-3", "s-2"]);
 
     store
-        .soft_delete_session("s-3", 5_000)
+        .soft_delete_session("s-3", 5_000, &ev("session.removed"))
         .await
         .expect("delete");
     assert!(matches!(
@@ -1542,7 +1791,9 @@ async fn case_sessions(store: Store) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.soft_delete_session("s-3", 5_001).await,
+        store
+            .soft_delete_session("s-3", 5_001, &ev("session.removed"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(list_ids(false, 50).await, ["s-2", "s-1"]);
@@ -1626,15 +1877,20 @@ async fn case_out_of_order_binding(store: Store) {
     // `$1` used in two places, `$2`/`$3` bound after it.
     assert!(
         store
-            .end_session("missing", "r", 1)
+            .end_session("missing", "r", 1, None)
             .await
             .is_ok_and(|changed| !changed)
     );
     store
-        .create_session(&session("s-o", "a-1", "active", 1))
+        .create_session(&session("s-o", "a-1", "active", 1), &ev("session.created"))
         .await
         .expect("create");
-    assert!(store.end_session("s-o", "why", 99).await.expect("end"));
+    assert!(
+        store
+            .end_session("s-o", "why", 99, None)
+            .await
+            .expect("end")
+    );
     let s = store.get_session("s-o").await.expect("get");
     assert_eq!(
         (s.ended_at, s.end_reason.as_deref()),
@@ -1659,16 +1915,18 @@ async fn case_errors_map(store: Store) {
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.revoke_agent_key("a", "k", 1).await,
+        store
+            .revoke_agent_key("a", "k", 1, &ev("key.revoked"))
+            .await,
         Err(StoreError::NotFound)
     ));
     // Display never leaks SQL or driver text.
     store
-        .create_user(&new_user("u-1", "x", "admin"), 1)
+        .create_user(&new_user("u-1", "x", "admin"), 1, &ev("user.created"))
         .await
         .expect("create");
     let err = store
-        .create_user(&new_user("u-2", "X", "admin"), 1)
+        .create_user(&new_user("u-2", "X", "admin"), 1, &ev("user.created"))
         .await
         .expect_err("conflict");
     let shown = err.to_string();
@@ -1685,7 +1943,11 @@ async fn case_nul_byte_is_not_transient(store: Store) {
     let outcomes = [
         store.find_user_by_username(T, "ad\0min").await.map(|_| ()),
         store
-            .create_user(&new_user("u-nul", "nul\0name", "admin"), 1)
+            .create_user(
+                &new_user("u-nul", "nul\0name", "admin"),
+                1,
+                &ev("user.created"),
+            )
             .await
             .map(|_| ()),
         store
@@ -1713,7 +1975,7 @@ async fn sqlite_open_creates_dir_reopens_and_uses_wal() {
     {
         let store = Store::open_sqlite_in(&nested).await.expect("open");
         store
-            .create_user(&new_user("u-1", "keep", "admin"), 1)
+            .create_user(&new_user("u-1", "keep", "admin"), 1, &ev("user.created"))
             .await
             .expect("create");
         assert!(nested.join("guruconnect.db").exists());
@@ -1854,10 +2116,10 @@ async fn postgres_schema_per_test_isolation() {
 
     let a = Store::connect(&url_a).await.expect("connect a");
     let b = Store::connect(&url_b).await.expect("connect b");
-    a.create_user(&new_user("u-1", "same", "admin"), 1)
+    a.create_user(&new_user("u-1", "same", "admin"), 1, &ev("user.created"))
         .await
         .expect("create in a");
-    b.create_user(&new_user("u-1", "same", "admin"), 1)
+    b.create_user(&new_user("u-1", "same", "admin"), 1, &ev("user.created"))
         .await
         .expect("same row in b does not collide");
     a.set_setting("k", "a").await.expect("set a");
@@ -1975,6 +2237,7 @@ async fn case_machine_labels(store: Store) {
                 tags: Some(vec!["vip".to_owned(), "eu".to_owned()]),
             },
             2_000,
+            None,
         )
         .await
         .expect("set all");
@@ -1995,6 +2258,7 @@ async fn case_machine_labels(store: Store) {
                 ..labels()
             },
             3_000,
+            None,
         )
         .await
         .expect("partial");
@@ -2005,7 +2269,7 @@ async fn case_machine_labels(store: Store) {
     assert_eq!(m.tags, ["vip", "eu"]);
     // Nothing to change is fine; an empty tag list clears tags.
     let same = store
-        .update_machine_labels("a-1", &labels(), 3_100)
+        .update_machine_labels("a-1", &labels(), 3_100, None)
         .await
         .expect("noop");
     assert_eq!(same, m);
@@ -2017,6 +2281,7 @@ async fn case_machine_labels(store: Store) {
                 ..labels()
             },
             3_200,
+            None,
         )
         .await
         .expect("clear tags");
@@ -2029,10 +2294,15 @@ async fn case_machine_labels(store: Store) {
     assert_eq!(m.site.as_deref(), Some("Main Office"));
 
     assert!(matches!(
-        store.update_machine_labels("missing", &labels(), 1).await,
+        store
+            .update_machine_labels("missing", &labels(), 1, None)
+            .await,
         Err(StoreError::NotFound)
     ));
-    store.soft_delete_machine("a-1", 5_000).await.expect("del");
+    store
+        .soft_delete_machine("a-1", 5_000, &ev("machine.removed"))
+        .await
+        .expect("del");
     assert!(matches!(
         store
             .update_machine_labels(
@@ -2041,7 +2311,8 @@ async fn case_machine_labels(store: Store) {
                     company: some("x"),
                     ..labels()
                 },
-                6_000
+                6_000,
+                None
             )
             .await,
         Err(StoreError::NotFound)
@@ -2054,7 +2325,7 @@ async fn case_machine_pending_and_site(store: Store) {
         .await
         .expect("insert");
     store
-        .set_machine_pending("a-1", Some("machine_uid_collision"))
+        .set_machine_pending("a-1", Some("machine_uid_collision"), 0, None)
         .await
         .expect("pending");
     let m = store.get_machine("a-1").await.expect("get");
@@ -2067,23 +2338,28 @@ async fn case_machine_pending_and_site(store: Store) {
         .expect("reconnect");
     assert_eq!(m.status, "pending");
     store
-        .set_machine_pending("a-1", None)
+        .set_machine_pending("a-1", None, 0, None)
         .await
         .expect("approve");
     let m = store.get_machine("a-1").await.expect("get");
     assert_eq!(m.status, "active");
     assert_eq!(m.pending_reason, None);
     assert!(matches!(
-        store.set_machine_pending("missing", Some("x")).await,
+        store
+            .set_machine_pending("missing", Some("x"), 0, None)
+            .await,
         Err(StoreError::NotFound)
     ));
 
     store
-        .create_site(&site("s-1", T, "Main", "MAIN"))
+        .create_site(&site("s-1", T, "Main", "MAIN"), &ev("site.created"))
         .await
         .expect("site");
     store
-        .create_site(&site("s-other", "other", "Other", "OTH"))
+        .create_site(
+            &site("s-other", "other", "Other", "OTH"),
+            &ev("site.created"),
+        )
         .await
         .expect("site");
     store
@@ -2123,9 +2399,12 @@ async fn case_machine_pending_and_site(store: Store) {
         store.set_machine_site("missing", None).await,
         Err(StoreError::NotFound)
     ));
-    store.soft_delete_machine("a-1", 3_000).await.expect("del");
+    store
+        .soft_delete_machine("a-1", 3_000, &ev("machine.removed"))
+        .await
+        .expect("del");
     assert!(matches!(
-        store.set_machine_pending("a-1", None).await,
+        store.set_machine_pending("a-1", None, 0, None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -2136,7 +2415,7 @@ async fn case_machine_pending_and_site(store: Store) {
 
 async fn case_create_machine_and_collision_row(store: Store) {
     store
-        .create_site(&site("s-1", T, "Main", "MAIN"))
+        .create_site(&site("s-1", T, "Main", "MAIN"), &ev("site.created"))
         .await
         .expect("site");
     let mut nm = new_machine("a-1", Some("uid-1"), "enrolled");
@@ -2206,7 +2485,7 @@ async fn case_create_machine_and_collision_row(store: Store) {
     assert_eq!(found(&store, "uid-1 status:active").await, ["a-1"]);
     // Approval keeps the claimed uid for the record.
     store
-        .set_machine_pending("a-2", None)
+        .set_machine_pending("a-2", None, 0, None)
         .await
         .expect("approve");
     let c = store.get_machine("a-2").await.expect("get");
@@ -2214,7 +2493,10 @@ async fn case_create_machine_and_collision_row(store: Store) {
     assert_eq!(c.claimed_machine_uid.as_deref(), Some("uid-1"));
 
     // After the original is removed, its uid is free for a new machine.
-    store.soft_delete_machine("a-1", 6_000).await.expect("del");
+    store
+        .soft_delete_machine("a-1", 6_000, &ev("machine.removed"))
+        .await
+        .expect("del");
     store
         .create_machine(&new_machine("a-3", Some("uid-1"), "reinstalled"))
         .await
@@ -2235,7 +2517,10 @@ async fn case_machines_by_ids_and_count(store: Store) {
     let mut other = machine("o-1", None, "other", 1_000);
     other.tenant_id = "other".to_owned();
     store.upsert_machine(&other).await.expect("other");
-    store.soft_delete_machine("a-3", 2_000).await.expect("del");
+    store
+        .soft_delete_machine("a-3", 2_000, &ev("machine.removed"))
+        .await
+        .expect("del");
     assert_eq!(store.count_machines(T).await.expect("count"), 2);
     assert_eq!(store.count_machines("other").await.expect("count"), 1);
     assert_eq!(store.count_machines("none").await.expect("count"), 0);
@@ -2346,6 +2631,7 @@ async fn case_search_maintained_on_every_write(store: Store) {
                 tags: Some(vec!["Front-Office".to_owned(), "kiosk".to_owned()]),
             },
             5_000,
+            None,
         )
         .await
         .expect("labels");
@@ -2372,6 +2658,7 @@ async fn case_search_maintained_on_every_write(store: Store) {
                 ..labels()
             },
             6_000,
+            None,
         )
         .await
         .expect("labels 2");
@@ -2384,11 +2671,14 @@ async fn case_search_maintained_on_every_write(store: Store) {
     // touch / pending / site moves keep the index; soft delete hides the machine.
     store.touch_machine("a-1", 7_000).await.expect("touch");
     store
-        .set_machine_pending("a-1", Some("review"))
+        .set_machine_pending("a-1", Some("review"), 0, None)
         .await
         .expect("pending");
     assert_eq!(found(&store, "boston").await, ["a-1"]);
-    store.soft_delete_machine("a-1", 8_000).await.expect("del");
+    store
+        .soft_delete_machine("a-1", 8_000, &ev("machine.removed"))
+        .await
+        .expect("del");
     assert!(found(&store, "boston").await.is_empty());
     assert!(found(&store, "").await.is_empty());
 }
@@ -2414,6 +2704,7 @@ async fn case_search_like_escaping(store: Store) {
                     ..labels()
                 },
                 1_000,
+                None,
             )
             .await
             .expect("tag");
@@ -2462,7 +2753,7 @@ async fn case_search_pagination_and_order(store: Store) {
         .await
         .expect("insert");
     store
-        .soft_delete_machine("m-del", 2_000)
+        .soft_delete_machine("m-del", 2_000, &ev("machine.removed"))
         .await
         .expect("del");
     let mut other = machine("o-1", None, "match-other-tenant", 1_000);
@@ -2534,7 +2825,7 @@ async fn case_search_field_terms_and_status(store: Store) {
         store.upsert_machine(&up).await.expect("insert");
     }
     store
-        .set_machine_pending("a-3", Some("machine_uid_collision"))
+        .set_machine_pending("a-3", Some("machine_uid_collision"), 0, None)
         .await
         .expect("pending");
     assert_eq!(found(&store, "win").await, ["a-1", "a-3"]);
@@ -2562,6 +2853,7 @@ async fn case_search_field_terms_and_status(store: Store) {
                 ..labels()
             },
             2_000,
+            None,
         )
         .await
         .expect("tag");
@@ -2822,18 +3114,18 @@ async fn case_search_matches_brute_force(store: Store) {
             ),
         };
         store
-            .update_machine_labels(&agent_id, &lab, 3_000)
+            .update_machine_labels(&agent_id, &lab, 3_000, None)
             .await
             .expect("labels");
         if rng.chance(10) {
             store
-                .set_machine_pending(&agent_id, Some("machine_uid_collision"))
+                .set_machine_pending(&agent_id, Some("machine_uid_collision"), 0, None)
                 .await
                 .expect("pending");
         }
         if rng.chance(5) {
             store
-                .soft_delete_machine(&agent_id, 4_000)
+                .soft_delete_machine(&agent_id, 4_000, &ev("machine.removed"))
                 .await
                 .expect("del");
         }
@@ -2990,13 +3282,13 @@ async fn case_search_matches_brute_force(store: Store) {
 
 async fn case_sites(store: Store) {
     let s = store
-        .create_site(&site("s-1", T, "Main Office", "MAIN"))
+        .create_site(&site("s-1", T, "Main Office", "MAIN"), &ev("site.created"))
         .await
         .expect("create");
     assert_eq!(s, site("s-1", T, "Main Office", "MAIN"));
     assert_eq!(store.get_site("s-1").await.expect("get"), s);
     let err = store
-        .create_site(&site("s-2", T, "Dup", "main"))
+        .create_site(&site("s-2", T, "Dup", "main"), &ev("site.created"))
         .await
         .expect_err("code taken case-insensitively");
     assert!(
@@ -3004,7 +3296,7 @@ async fn case_sites(store: Store) {
         "{err:?}"
     );
     let err = store
-        .create_site(&site("s-1", T, "Same id", "OTHER"))
+        .create_site(&site("s-1", T, "Same id", "OTHER"), &ev("site.created"))
         .await
         .expect_err("id taken");
     assert!(
@@ -3012,11 +3304,14 @@ async fn case_sites(store: Store) {
         "{err:?}"
     );
     store
-        .create_site(&site("s-3", T, "branch", "BR-1"))
+        .create_site(&site("s-3", T, "branch", "BR-1"), &ev("site.created"))
         .await
         .expect("second");
     store
-        .create_site(&site("s-o", "other", "Main elsewhere", "MAIN"))
+        .create_site(
+            &site("s-o", "other", "Main elsewhere", "MAIN"),
+            &ev("site.created"),
+        )
         .await
         .expect("same code in another tenant");
 
@@ -3063,11 +3358,18 @@ async fn case_sites(store: Store) {
 
 async fn case_site_key_rotation(store: Store) {
     store
-        .create_site(&site("s-1", T, "Main", "MAIN"))
+        .create_site(&site("s-1", T, "Main", "MAIN"), &ev("site.created"))
         .await
         .expect("create");
     let r = store
-        .rotate_site_key("s-1", "$argon2id$new2", 2, "v2 (CD34)", 9_000)
+        .rotate_site_key(
+            "s-1",
+            "$argon2id$new2",
+            2,
+            "v2 (CD34)",
+            9_000,
+            &ev("site.key_rotated"),
+        )
         .await
         .expect("rotate");
     assert_eq!(r.key_hash, "$argon2id$new2");
@@ -3079,19 +3381,33 @@ async fn case_site_key_rotation(store: Store) {
 
     // A stale caller (expects version 1 → 2 again) loses and changes nothing.
     let err = store
-        .rotate_site_key("s-1", "$argon2id$stale", 2, "v2 (FFFF)", 9_500)
+        .rotate_site_key(
+            "s-1",
+            "$argon2id$stale",
+            2,
+            "v2 (FFFF)",
+            9_500,
+            &ev("site.key_rotated"),
+        )
         .await
         .expect_err("stale");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     let err = store
-        .rotate_site_key("s-1", "$argon2id$skip", 4, "v4 (FFFF)", 9_500)
+        .rotate_site_key(
+            "s-1",
+            "$argon2id$skip",
+            4,
+            "v4 (FFFF)",
+            9_500,
+            &ev("site.key_rotated"),
+        )
         .await
         .expect_err("skipping a version");
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert_eq!(store.get_site("s-1").await.expect("get"), r);
     assert!(matches!(
         store
-            .rotate_site_key("missing", "$h", 2, "v2 (0000)", 1)
+            .rotate_site_key("missing", "$h", 2, "v2 (0000)", 1, &ev("site.key_rotated"))
             .await,
         Err(StoreError::NotFound)
     ));
@@ -3102,7 +3418,14 @@ async fn case_site_key_rotation(store: Store) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .rotate_site_key("s-1", &format!("$argon2id$race{i}"), 3, "v3 (0000)", 10_000)
+                .rotate_site_key(
+                    "s-1",
+                    &format!("$argon2id$race{i}"),
+                    3,
+                    "v3 (0000)",
+                    10_000,
+                    &ev("site.key_rotated"),
+                )
                 .await
         }));
     }
@@ -3186,7 +3509,7 @@ async fn count_events(store: &Store, event_type: &str) -> usize {
 
 async fn case_totp_lifecycle(store: Store) {
     store
-        .create_user(&new_user("t1", "tina", "admin"), 1_000)
+        .create_user(&new_user("t1", "tina", "admin"), 1_000, &ev("user.created"))
         .await
         .expect("user");
     assert!(!store.get_user("t1").await.expect("get").totp_enabled);

@@ -273,6 +273,16 @@ async fn change_password(
     password::validate_new(req.new_password.expose_secret())?;
     let hash = password::hash(req.new_password).await?;
     let now = now_millis();
+    // Other sign-ins end first, so the event recorded with the change can count them; a
+    // failed change then only costs those sign-ins.
+    let revoked = state
+        .store
+        .revoke_user_tokens_except(&auth.user.id, Some(&auth.claims.jti), now)
+        .await?;
+    let audit = Audit::new("auth.password_changed")
+        .user(&auth.user)
+        .ip(ip)
+        .details(json!({ "other_tokens_revoked": revoked }));
     state
         .store
         .update_user(
@@ -282,17 +292,8 @@ async fn change_password(
                 ..UserPatch::default()
             },
             now,
+            audit.event(),
         )
-        .await?;
-    let revoked = state
-        .store
-        .revoke_user_tokens_except(&auth.user.id, Some(&auth.claims.jti), now)
-        .await?;
-    Audit::new("auth.password_changed")
-        .user(&auth.user)
-        .ip(ip)
-        .details(json!({ "other_tokens_revoked": revoked }))
-        .record(&state)
         .await?;
     Ok(Json(json!({ "ok": true, "other_tokens_revoked": revoked })))
 }

@@ -217,15 +217,19 @@ async fn enroll(
     };
     let machine = state
         .store
-        .update_machine_labels(&machine.agent_id, &labels, now)
+        .update_machine_labels(&machine.agent_id, &labels, now, None)
         .await?;
 
     // A fresh key for this install; earlier keys of the machine stop working.
     for old in state.store.list_agent_keys(&machine.agent_id).await? {
         if old.revoked_at.is_none() {
+            let audit = Audit::new("key.revoked")
+                .agent(&machine.agent_id)
+                .ip(ip)
+                .details(json!({ "key_id": old.id, "reason": "re-enrolled" }));
             state
                 .store
-                .revoke_agent_key(&machine.agent_id, &old.id, now)
+                .revoke_agent_key(&machine.agent_id, &old.id, now, audit.event())
                 .await?;
             state
                 .relay
@@ -244,13 +248,12 @@ async fn enroll(
         last_used_at: None,
         revoked_at: None,
     };
-    state.store.create_agent_key(&key).await?;
-    Audit::new("machine.enrolled")
+    // The enrollment's event commits with its key, the step that completes it.
+    let audit = Audit::new("machine.enrolled")
         .agent(&machine.agent_id)
         .ip(ip)
-        .details(json!({ "site_id": site.id, "outcome": outcome, "key_id": key.id, "key_version": site.key_version }))
-        .record(&state)
-        .await?;
+        .details(json!({ "site_id": site.id, "outcome": outcome, "key_id": key.id, "key_version": site.key_version }));
+    state.store.create_agent_key(&key, audit.event()).await?;
     let status = if outcome == "created" {
         StatusCode::CREATED
     } else {

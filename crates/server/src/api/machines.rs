@@ -210,14 +210,12 @@ async fn create_key(
         last_used_at: None,
         revoked_at: None,
     };
-    state.store.create_agent_key(&key).await?;
-    Audit::new("key.issued")
+    let audit = Audit::new("key.issued")
         .user(&admin.0.user)
         .ip(ip)
         .agent(&agent_id)
-        .details(json!({ "key_id": key.id, "prefix": key.prefix }))
-        .record(&state)
-        .await?;
+        .details(json!({ "key_id": key.id, "prefix": key.prefix }));
+    state.store.create_agent_key(&key, audit.event()).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -234,9 +232,14 @@ async fn revoke_key(
     ClientIp(ip): ClientIp,
     Path((agent_id, key_id)): Path<(String, String)>,
 ) -> ApiResult<Json<AgentKey>> {
+    let audit = Audit::new("key.revoked")
+        .user(&admin.0.user)
+        .ip(ip)
+        .agent(&agent_id)
+        .details(json!({ "key_id": key_id }));
     let key = match state
         .store
-        .revoke_agent_key(&agent_id, &key_id, state.clock.now_millis())
+        .revoke_agent_key(&agent_id, &key_id, state.clock.now_millis(), audit.event())
         .await
     {
         Err(StoreError::NotFound) => {
@@ -246,13 +249,7 @@ async fn revoke_key(
     };
     // A live connection made with the key ends now.
     let closed = state.relay.end_by_key(&key_id, "agent key revoked");
-    Audit::new("key.revoked")
-        .user(&admin.0.user)
-        .ip(ip)
-        .agent(&agent_id)
-        .details(json!({ "key_id": key_id, "live_sessions_closed": closed }))
-        .record(&state)
-        .await?;
+    tracing::info!(key_id, live_sessions_closed = closed, "agent key revoked");
     Ok(Json(key))
 }
 
@@ -320,15 +317,18 @@ async fn update_labels(
         device_type: label(req.device_type)?,
         tags,
     };
-    let machine = state
-        .store
-        .update_machine_labels(&agent_id, &labels, state.clock.now_millis())
-        .await?;
-    Audit::new("machine.labels_changed")
+    let audit = Audit::new("machine.labels_changed")
         .user(&admin.0.user)
         .ip(ip)
-        .agent(&agent_id)
-        .record(&state)
+        .agent(&agent_id);
+    let machine = state
+        .store
+        .update_machine_labels(
+            &agent_id,
+            &labels,
+            state.clock.now_millis(),
+            Some(audit.event()),
+        )
         .await?;
     Ok(Json(view(&state, machine)))
 }
@@ -346,7 +346,14 @@ async fn remove_one(
     }
     load(state, agent_id).await?;
     let now = state.clock.now_millis();
-    state.store.soft_delete_machine(agent_id, now).await?;
+    let audit = Audit::new("machine.removed")
+        .user(&admin.0.user)
+        .ip(ip)
+        .agent(agent_id);
+    state
+        .store
+        .soft_delete_machine(agent_id, now, audit.event())
+        .await?;
     if let Some(live) = state.relay.by_agent(agent_id) {
         // An offline session has no agent task to end it: end it here.
         if state
@@ -356,7 +363,7 @@ async fn remove_one(
             state.metrics.sessions.dec();
             if let Err(e) = state
                 .store
-                .end_session(&live.id, "machine removed", now)
+                .end_session(&live.id, "machine removed", now, None)
                 .await
             {
                 tracing::warn!(error = ?e, "could not record the end of a session");
@@ -365,12 +372,7 @@ async fn remove_one(
             live.end_with(crate::relay::close::POLICY, "machine removed");
         }
     }
-    Audit::new("machine.removed")
-        .user(&admin.0.user)
-        .ip(ip)
-        .agent(agent_id)
-        .record(state)
-        .await
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(admin = %admin.0.user.id))]
@@ -459,13 +461,19 @@ async fn approve(
             "the machine is not pending approval".into(),
         ));
     }
-    state.store.set_machine_pending(&agent_id, None).await?;
-    Audit::new("machine.approved")
+    let audit = Audit::new("machine.approved")
         .user(&admin.0.user)
         .ip(ip)
         .agent(&agent_id)
-        .details(json!({ "pending_reason": machine.pending_reason }))
-        .record(&state)
+        .details(json!({ "pending_reason": machine.pending_reason }));
+    state
+        .store
+        .set_machine_pending(
+            &agent_id,
+            None,
+            state.clock.now_millis(),
+            Some(audit.event()),
+        )
         .await?;
     Ok(Json(view(&state, load(&state, &agent_id).await?)))
 }

@@ -115,15 +115,16 @@ async fn end(
     let now = state.clock.now_millis();
     state
         .store
-        .end_session(&id, "ended by an administrator", now)
+        .end_session(&id, "ended by an administrator", now, None)
         .await?;
-    state.store.soft_delete_session(&id, now).await?;
-    Audit::new("session.removed")
+    let audit = Audit::new("session.removed")
         .user(&admin.0.user)
         .ip(ip)
         .agent(&record.agent_id)
-        .session(&id)
-        .record(&state)
+        .session(&id);
+    state
+        .store
+        .soft_delete_session(&id, now, audit.event())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

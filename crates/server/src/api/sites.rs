@@ -162,7 +162,13 @@ async fn create(
         created_at: now,
         rotated_at: None,
     };
-    let site = match state.store.create_site(&site).await {
+    let audit = Audit::new("site.created")
+        .user(&admin.0.user)
+        .ip(ip)
+        .details(
+            json!({ "site_id": site.id, "code": site.code, "fingerprint": site.key_fingerprint }),
+        );
+    let site = match state.store.create_site(&site, audit.event()).await {
         Err(StoreError::Conflict(_)) => {
             return Err(ApiError::Conflict(
                 "a site with that code already exists".into(),
@@ -170,14 +176,6 @@ async fn create(
         }
         other => other?,
     };
-    Audit::new("site.created")
-        .user(&admin.0.user)
-        .ip(ip)
-        .details(
-            json!({ "site_id": site.id, "code": site.code, "fingerprint": site.key_fingerprint }),
-        )
-        .record(&state)
-        .await?;
     Ok((
         StatusCode::CREATED,
         Json(SiteWithKey {
@@ -206,14 +204,24 @@ async fn rotate(
     let key = mint_enrollment_key();
     let key_hash = password::hash(SecretString::from(key.clone())).await?;
     let version = site.key_version + 1;
+    let new_fingerprint = fingerprint(version, &key);
+    let audit = Audit::new("site.key_rotated")
+        .user(&admin.0.user)
+        .ip(ip)
+        .details(json!({
+            "site_id": id,
+            "old_fingerprint": site.key_fingerprint,
+            "new_fingerprint": new_fingerprint,
+        }));
     let rotated = match state
         .store
         .rotate_site_key(
             &id,
             &key_hash,
             version,
-            &fingerprint(version, &key),
+            &new_fingerprint,
             state.clock.now_millis(),
+            audit.event(),
         )
         .await
     {
@@ -224,16 +232,6 @@ async fn rotate(
         }
         other => other?,
     };
-    Audit::new("site.key_rotated")
-        .user(&admin.0.user)
-        .ip(ip)
-        .details(json!({
-            "site_id": id,
-            "old_fingerprint": site.key_fingerprint,
-            "new_fingerprint": rotated.key_fingerprint,
-        }))
-        .record(&state)
-        .await?;
     Ok(Json(SiteWithKey {
         site: rotated.into(),
         enrollment_key: key,

@@ -99,7 +99,17 @@ async fn create(
         password_hash: hash,
         role: role.as_str().to_owned(),
     };
-    let user = match state.store.create_user(&new, now_millis()).await {
+    let audit = Audit::new("user.created")
+        .user(&admin.0.user)
+        .ip(ip)
+        .details(
+            json!({ "target_user_id": new.id, "target_username": new.username, "role": new.role }),
+        );
+    let user = match state
+        .store
+        .create_user(&new, now_millis(), audit.event())
+        .await
+    {
         Err(StoreError::Conflict(_)) => {
             return Err(ApiError::Conflict(
                 "a user with that username already exists".into(),
@@ -107,27 +117,22 @@ async fn create(
         }
         other => other?,
     };
-    Audit::new("user.created")
-        .user(&admin.0.user)
-        .ip(ip)
-        .details(json!({ "target_user_id": user.id, "target_username": user.username, "role": user.role }))
-        .record(&state)
-        .await?;
     Ok((StatusCode::CREATED, Json(UserView::from_user(&user))))
 }
 
 const LAST_ADMIN: &str = "the last administrator cannot be removed, demoted or disabled";
 
-/// Applies a change (or, with no patch, the deletion) atomically with the
-/// last-administrator check.
+/// Applies a change (or, with no patch, the deletion) and records `audit`, atomically
+/// with the last-administrator check.
 async fn change_keeping_an_admin(
     state: &AppState,
     id: &str,
     patch: Option<&UserPatch>,
+    audit: &Audit,
 ) -> ApiResult<Option<User>> {
     match state
         .store
-        .change_user_keeping_an_admin(id, patch, now_millis())
+        .change_user_keeping_an_admin(id, patch, now_millis(), audit.event())
         .await
     {
         Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(LAST_ADMIN.into())),
@@ -161,7 +166,16 @@ async fn update(
         disabled: req.disabled,
     };
     let now = now_millis();
-    let user = change_keeping_an_admin(&state, &id, Some(&patch))
+    let audit = Audit::new("user.updated")
+        .user(&admin.0.user)
+        .ip(ip)
+        .details(json!({
+            "target_user_id": id,
+            "role": patch.role,
+            "password_reset": password_reset,
+            "disabled": req.disabled,
+        }));
+    let user = change_keeping_an_admin(&state, &id, Some(&patch), &audit)
         .await?
         .ok_or(ApiError::NotFound("no such user"))?;
     if password_reset || req.disabled == Some(true) || role_changed {
@@ -171,17 +185,6 @@ async fn update(
             .revoke_user_tokens_except(&id, None, now)
             .await?;
     }
-    Audit::new("user.updated")
-        .user(&admin.0.user)
-        .ip(ip)
-        .details(json!({
-            "target_user_id": user.id,
-            "role": patch.role,
-            "password_reset": password_reset,
-            "disabled": req.disabled,
-        }))
-        .record(&state)
-        .await?;
     Ok(Json(UserView::from_user(&user)))
 }
 
@@ -193,16 +196,14 @@ async fn remove(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let target = load(&state, &id).await?;
-    change_keeping_an_admin(&state, &id, None).await?;
+    let audit = Audit::new("user.deleted")
+        .user(&admin.0.user)
+        .ip(ip)
+        .details(json!({ "target_user_id": target.id, "target_username": target.username }));
+    change_keeping_an_admin(&state, &id, None, &audit).await?;
     state
         .store
         .revoke_user_tokens_except(&id, None, now_millis())
-        .await?;
-    Audit::new("user.deleted")
-        .user(&admin.0.user)
-        .ip(ip)
-        .details(json!({ "target_user_id": target.id, "target_username": target.username }))
-        .record(&state)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -263,6 +263,10 @@ async fn bind(
     ip: IpAddr,
 ) -> Result<Bound, (u16, &'static str)> {
     let internal = |e: ApiError| {
+        if matches!(e, ApiError::StorageFull) {
+            tracing::error!("agent refused: database storage is full");
+            return (close::GOING_AWAY, "server storage full; try again later");
+        }
         tracing::error!(error = %e, "binding an agent failed");
         (close::GOING_AWAY, "server error")
     };
@@ -348,7 +352,7 @@ async fn bind(
         if kind == SessionKind::Managed {
             state
                 .store
-                .set_machine_pending(&agent_id, Some(&reason))
+                .set_machine_pending(&agent_id, Some(&reason), now, None)
                 .await
                 .map_err(|e| internal(e.into()))?;
             crate::alerts::raise(
@@ -377,9 +381,21 @@ async fn bind(
         ended_at: None,
         end_reason: None,
     };
+    let mut audit = Audit::new("session.created")
+        .agent(&agent_id)
+        .session(&session_id)
+        .ip(ip)
+        .details(json!({ "kind": kind.as_str(), "hostname": upsert.hostname, "credential": match credential {
+            AgentCredential::Key(_) => "agent_key",
+            AgentCredential::Code { .. } => "support_code",
+            AgentCredential::SharedKey => "shared_key",
+        }}));
+    if let AgentCredential::Code { code, .. } = credential {
+        audit = audit.details(json!({ "kind": "attended", "hostname": upsert.hostname, "credential": "support_code", "code_created_by": code.created_by }));
+    }
     state
         .store
-        .create_session(&record)
+        .create_session(&record, audit.event())
         .await
         .map_err(|e| internal(e.into()))?;
     let mut codecs: Vec<i32> = hello.codecs.clone();
@@ -400,17 +416,7 @@ async fn bind(
         codecs,
         started_at: now,
     });
-    let mut audit = Audit::new("session.created")
-        .agent(&agent_id)
-        .session(&session_id)
-        .ip(ip)
-        .details(json!({ "kind": kind.as_str(), "hostname": upsert.hostname, "credential": match credential {
-            AgentCredential::Key(_) => "agent_key",
-            AgentCredential::Code { .. } => "support_code",
-            AgentCredential::SharedKey => "shared_key",
-        }}));
     if let AgentCredential::Code { code, .. } = credential {
-        audit = audit.details(json!({ "kind": "attended", "hostname": upsert.hostname, "credential": "support_code", "code_created_by": code.created_by }));
         Audit::new("code.consumed")
             .agent(&agent_id)
             .session(&session_id)
@@ -419,7 +425,6 @@ async fn bind(
             .record_quietly(state)
             .await;
     }
-    audit.record_quietly(state).await;
     for old in superseded_offline {
         state.metrics.sessions.dec();
         let _ = state
@@ -428,6 +433,7 @@ async fn bind(
                 &old,
                 "superseded by a new connection of the same machine",
                 now,
+                None,
             )
             .await;
     }
@@ -469,7 +475,12 @@ async fn provision_key(state: &AppState, session: &LiveSession, ip: IpAddr) {
         last_used_at: None,
         revoked_at: None,
     };
-    if let Err(e) = state.store.create_agent_key(&key).await {
+    let audit = Audit::new("key.issued")
+        .agent(&session.agent_id)
+        .session(&session.id)
+        .ip(ip)
+        .details(json!({ "key_id": key.id, "prefix": key.prefix, "trust_on_first_use": true }));
+    if let Err(e) = state.store.create_agent_key(&key, audit.event()).await {
         tracing::warn!(error = ?e, "could not provision an agent key");
         return;
     }
@@ -477,13 +488,6 @@ async fn provision_key(state: &AppState, session: &LiveSession, ip: IpAddr) {
         agent_key: plaintext,
         key_id: key.id.clone(),
     })));
-    Audit::new("key.issued")
-        .agent(&session.agent_id)
-        .session(&session.id)
-        .ip(ip)
-        .details(json!({ "key_id": key.id, "prefix": key.prefix, "trust_on_first_use": true }))
-        .record_quietly(state)
-        .await;
 }
 
 /// Runs one agent connection to its end.
@@ -595,7 +599,15 @@ async fn run(state: AppState, mut socket: WebSocket, credential: AgentCredential
         reason
     };
     let now = state.clock.now_millis();
-    if let Err(e) = state.store.end_session(&session.id, &reason, now).await {
+    let audit = Audit::new("session.ended")
+        .agent(&session.agent_id)
+        .session(&session.id)
+        .details(json!({ "reason": reason }));
+    if let Err(e) = state
+        .store
+        .end_session(&session.id, &reason, now, Some(audit.event()))
+        .await
+    {
         tracing::warn!(error = ?e, "could not record the end of a session");
     }
     if let Some(code) = &session.code {
@@ -603,12 +615,6 @@ async fn run(state: AppState, mut socket: WebSocket, credential: AgentCredential
         let _ = state.store.end_code(code).await;
     }
     let _ = state.store.touch_machine(&session.agent_id, now).await;
-    Audit::new("session.ended")
-        .agent(&session.agent_id)
-        .session(&session.id)
-        .details(json!({ "reason": reason }))
-        .record_quietly(&state)
-        .await;
     tracing::info!(session_id = %session.id, reason = %reason, "agent session ended");
 }
 
@@ -617,7 +623,12 @@ async fn release_unbound_code(state: &AppState, credential: &AgentCredential) {
         let _ = state.store.end_code(&code.code).await;
         let _ = state
             .store
-            .end_session(session_id, "agent never bound", state.clock.now_millis())
+            .end_session(
+                session_id,
+                "agent never bound",
+                state.clock.now_millis(),
+                None,
+            )
             .await;
     }
 }
@@ -863,15 +874,21 @@ pub async fn reap_offline_sessions(state: &AppState) -> usize {
     let reaped = state.relay.reap_offline(now, ttl_ms);
     for session in &reaped {
         state.metrics.sessions.dec();
-        let _ = state
-            .store
-            .end_session(&session.id, "reaped: agent offline", now)
-            .await;
-        Audit::new("session.reaped")
+        let audit = Audit::new("session.reaped")
             .agent(&session.agent_id)
-            .session(&session.id)
-            .record_quietly(state)
-            .await;
+            .session(&session.id);
+        if let Err(e) = state
+            .store
+            .end_session(
+                &session.id,
+                "reaped: agent offline",
+                now,
+                Some(audit.event()),
+            )
+            .await
+        {
+            tracing::warn!(error = ?e, "could not record the end of a reaped session");
+        }
     }
     reaped.len()
 }
