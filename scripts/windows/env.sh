@@ -26,7 +26,16 @@ export GURUCONNECT_WINDOWS_AGENT_EXE="$GURUCONNECT_WINDOWS_TARGET_DIR/$GURUCONNE
 export GURUCONNECT_WINDOWS_STUB_DIR="$GURUCONNECT_WINDOWS_TARGET_DIR/wine-stub"
 
 # Target-scoped toolchain variables (cargo and the cc crate read them for this target only).
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER="$GURUCONNECT_REPO_ROOT/scripts/windows/mingw-link.sh"
+# The linker wrapper runs from a stable path inside the target dir: cargo hashes the linker's
+# path into every unit's fingerprint, so a wrapper inside the clone would rebuild std and
+# every dependency in each new clone (CI clones afresh each run).
+GURUCONNECT_WINDOWS_LINKER="$GURUCONNECT_WINDOWS_TARGET_DIR/bin/mingw-link.sh"
+if ! cmp -s "$GURUCONNECT_REPO_ROOT/scripts/windows/mingw-link.sh" "$GURUCONNECT_WINDOWS_LINKER"; then
+  mkdir -p "$GURUCONNECT_WINDOWS_TARGET_DIR/bin"
+  cp "$GURUCONNECT_REPO_ROOT/scripts/windows/mingw-link.sh" "$GURUCONNECT_WINDOWS_LINKER"
+  chmod +x "$GURUCONNECT_WINDOWS_LINKER"
+fi
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER="$GURUCONNECT_WINDOWS_LINKER"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$GURUCONNECT_REPO_ROOT/scripts/windows/wine-run.sh"
 export CC_x86_64_pc_windows_gnu=x86_64-w64-mingw32-gcc
 export CXX_x86_64_pc_windows_gnu=x86_64-w64-mingw32-g++

@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REPLY_FIELD, center};
+use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REPLY_FIELD};
 use guruconnect_client::Connection;
 use guruconnect_codec::Image;
 use guruconnect_proto::{
@@ -120,15 +120,6 @@ fn stop_wineserver() {
         .stderr(std::process::Stdio::null())
         .status();
     let _ = Command::new("wineserver").arg("-w").status();
-}
-
-/// The first visible X window whose name matches, waiting for it.
-fn wait_window(display: &str, name: &str) -> String {
-    let found = xdotool(
-        display,
-        &["search", "--sync", "--onlyvisible", "--name", name],
-    );
-    found.lines().next().expect("a window id").trim().to_owned()
 }
 
 /// `(x, y, width, height)` of an X window in root coordinates.
@@ -367,19 +358,7 @@ async fn windows_chat_window_shows_the_message_and_the_typed_reply_reaches_the_v
         .await
         .expect("chat");
     let window = wait_window(wine.display(), CHAT_TITLE);
-    let (x, y) = center(REPLY_FIELD);
-    xdotool(
-        wine.display(),
-        &[
-            "mousemove",
-            "--window",
-            &window,
-            &x.to_string(),
-            &y.to_string(),
-            "click",
-            "1",
-        ],
-    );
+    click_in_window(wine.display(), &window, REPLY_FIELD);
     tokio::time::sleep(Duration::from_millis(300)).await;
     xdotool(wine.display(), &["type", "--delay", "30", "thanks a lot"]);
     xdotool(wine.display(), &["key", "Return"]);

@@ -678,16 +678,7 @@ fn visible_chat_windows(display: &str) -> Vec<String> {
 
 /// Waits for the chat window to be shown; returns its id.
 fn wait_chat_window(display: &str) -> String {
-    let found = xdotool(
-        display,
-        &["search", "--sync", "--onlyvisible", "--name", CHAT_TITLE],
-    );
-    found
-        .lines()
-        .next()
-        .expect("a chat window id")
-        .trim()
-        .to_owned()
+    wait_window(display, CHAT_TITLE)
 }
 
 /// Dark (text) pixels in the message area of `window` (above the reply field).
@@ -797,23 +788,7 @@ async fn chat_is_shown_to_the_user_and_the_typed_reply_reaches_the_viewer() {
     .await;
 
     // 2. The user clicks into the reply field, types and presses Return.
-    let (fx, fy, fw, fh) = REPLY_FIELD;
-    let (cx, cy) = (
-        i32::from(fx) + i32::from(fw) / 2,
-        i32::from(fy) + i32::from(fh) / 2,
-    );
-    xdotool(
-        &x.display,
-        &[
-            "mousemove",
-            "--window",
-            &window,
-            &cx.to_string(),
-            &cy.to_string(),
-            "click",
-            "1",
-        ],
-    );
+    click_in_window(&x.display, &window, REPLY_FIELD);
     wait_until("the keyboard focus in the chat window", || {
         xdotool(&x.display, &["getwindowfocus", "-f"]).trim() == window
     })

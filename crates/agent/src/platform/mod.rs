@@ -124,6 +124,15 @@ pub trait ConsentPrompt: Send + Sync {
     fn ask(&self, request: &ConsentRequest, cancel: &std::sync::atomic::AtomicBool) -> bool;
 }
 
+/// The answer of a consent prompt that failed closed: only an explicit "allow" grants; a
+/// prompt that could not be shown, or broke, denies (and says why in the log).
+pub fn fail_closed<E: std::fmt::Display>(answer: Result<bool, E>) -> bool {
+    answer.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the consent prompt failed; denying");
+        false
+    })
+}
+
 /// The desktop clipboard (text).
 pub trait ClipboardAccess: Send {
     /// The clipboard text, if there is text.

@@ -163,33 +163,38 @@ pub fn xdotool(display: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Finds the consent prompt and clicks one of its buttons as a user would.
-pub fn click_consent(display: &str, button: (i16, i16, u16, u16)) {
+/// The first visible X window whose name matches, waiting for it.
+pub fn wait_window(display: &str, name: &str) -> String {
     let found = xdotool(
         display,
-        &["search", "--sync", "--onlyvisible", "--name", CONSENT_TITLE],
+        &["search", "--sync", "--onlyvisible", "--name", name],
     );
-    let window = found
-        .lines()
-        .next()
-        .expect("a consent window id")
-        .trim()
-        .to_owned();
-    let (x, y) = center(button);
-    // Give the prompt a moment to finish mapping before the click.
-    std::thread::sleep(Duration::from_millis(200));
+    found.lines().next().expect("a window id").trim().to_owned()
+}
+
+/// Clicks the centre of `rect` (window coordinates) of `window`, as a user would.
+pub fn click_in_window(display: &str, window: &str, rect: (i16, i16, u16, u16)) {
+    let (x, y) = center(rect);
     xdotool(
         display,
         &[
             "mousemove",
             "--window",
-            &window,
+            window,
             &x.to_string(),
             &y.to_string(),
             "click",
             "1",
         ],
     );
+}
+
+/// Finds the consent prompt and clicks one of its buttons as a user would.
+pub fn click_consent(display: &str, button: (i16, i16, u16, u16)) {
+    let window = wait_window(display, CONSENT_TITLE);
+    // Give the prompt a moment to finish mapping before the click.
+    std::thread::sleep(Duration::from_millis(200));
+    click_in_window(display, &window, button);
 }
 
 /// The agent process; its stderr is collected for assertions and failure messages.

@@ -47,13 +47,7 @@ pub struct X11Consent;
 
 impl ConsentPrompt for X11Consent {
     fn ask(&self, request: &ConsentRequest, cancel: &AtomicBool) -> bool {
-        match prompt(request, cancel) {
-            Ok(granted) => granted,
-            Err(e) => {
-                tracing::warn!(error = %e, "the consent prompt failed; denying");
-                false
-            }
-        }
+        crate::platform::fail_closed(prompt(request, cancel))
     }
 }
 

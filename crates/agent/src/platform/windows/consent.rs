@@ -110,13 +110,7 @@ pub struct WindowsConsent;
 
 impl ConsentPrompt for WindowsConsent {
     fn ask(&self, request: &ConsentRequest, cancel: &AtomicBool) -> bool {
-        match prompt(request, cancel) {
-            Ok(granted) => granted,
-            Err(e) => {
-                tracing::warn!(error = %e, "the consent prompt failed; denying");
-                false
-            }
-        }
+        crate::platform::fail_closed(prompt(request, cancel))
     }
 }
 
