@@ -16,9 +16,16 @@
 //! stricter); the agent refuses to start otherwise (SPEC §6). A configuration that holds a
 //! secret (`enrollment_key`, `shared_key`) must be owner-only as well.
 //!
-//! On Windows both live under `%ProgramData%\GuruConnect` (`C:\ProgramData\GuruConnect`).
-//! There the file mode check does not apply; protecting the key at rest (DPAPI and an ACL
-//! for SYSTEM and Administrators) is the Windows deployment's job and not done yet.
+//! On Windows both live under `%ProgramData%\GuruConnect` (`C:\ProgramData\GuruConnect`),
+//! a directory only SYSTEM and Administrators may open, and the keys are DPAPI-protected
+//! there (`platform::windows::keystore`): [`store_key`] writes the protected format,
+//! [`read_key`] reads it (and rewrites a key file in the old plain format protected), and
+//! [`check_key_permissions`] (re)applies the private ACL instead of checking a file mode.
+//! The enrollment key is not kept in `agent.toml` there: `guruconnect-agent configure`
+//! writes it protected to [`ENROLLMENT_KEY_FILE`] beside the key file, [`AgentConfig::load`]
+//! reads it back, and [`AgentConfig::forget_enrollment_key`] deletes it once the relay has
+//! accepted the per-agent key. (A hand-written `agent.toml` with an inline `enrollment_key`
+//! still works, with a warning.)
 
 #[cfg(unix)]
 use std::os::unix::fs::PermissionsExt as _;
@@ -38,6 +45,9 @@ pub const DEFAULT_CONFIG: &str = r"C:\ProgramData\GuruConnect\agent.toml";
 /// Default key path (`%ProgramData%\GuruConnect`).
 #[cfg(windows)]
 pub const DEFAULT_KEY_FILE: &str = r"C:\ProgramData\GuruConnect\agent.key";
+
+/// The protected enrollment key's file name, beside the key file (Windows).
+pub const ENROLLMENT_KEY_FILE: &str = "enroll.key";
 
 /// The managed agent's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +133,15 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
     },
+    /// A protected secret file cannot be decrypted (Windows: changed, or from another
+    /// machine).
+    #[error("the secret file {path} is unusable: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// Why, for the person installing.
+        reason: String,
+    },
 }
 
 impl AgentConfig {
@@ -132,10 +151,17 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        #[allow(unused_mut)] // Windows fills in the protected enrollment key.
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             reason: e.message().to_owned(),
         })?;
+        #[cfg(windows)]
+        let inline_secret = config.enrollment_key.is_some() || config.shared_key.is_some();
+        #[cfg(windows)]
+        if config.site_code.is_some() && config.enrollment_key.is_none() {
+            config.enrollment_key = read_enrollment_key(&config.enrollment_key_file())?;
+        }
         let invalid = |reason: &str| ConfigError::Invalid {
             path: path.to_owned(),
             reason: reason.to_owned(),
@@ -143,7 +169,10 @@ impl AgentConfig {
         if !(config.server.starts_with("https://") || config.server.starts_with("http://")) {
             return Err(invalid("server must be an http:// or https:// URL"));
         }
-        if config.site_code.is_some() != config.enrollment_key.is_some() {
+        // On Windows a site code without an enrollment key is an enrolled machine whose
+        // `enroll.key` was deleted once it had its own key.
+        let orphan_site_code = cfg!(windows) && config.site_code.is_some();
+        if config.site_code.is_some() != config.enrollment_key.is_some() && !orphan_site_code {
             return Err(invalid(
                 "site_code and enrollment_key go together: set both or neither",
             ));
@@ -157,11 +186,48 @@ impl AgentConfig {
                 "enrollment_key is not a GuruConnect enrollment key (gce_…)",
             ));
         }
+        #[cfg(not(windows))]
         if config.enrollment_key.is_some() || config.shared_key.is_some() {
             // The file carries a secret: same rule as the key file.
             check_key_permissions(path)?;
         }
+        #[cfg(windows)]
+        if inline_secret {
+            tracing::warn!(
+                config = %path.display(),
+                "this configuration holds a secret in plain text; `guruconnect-agent \
+                 configure` stores the enrollment key DPAPI-protected instead"
+            );
+        }
         Ok(config)
+    }
+
+    /// Where the protected enrollment key lives: [`ENROLLMENT_KEY_FILE`] beside the key
+    /// file (Windows; elsewhere the key stays in the configuration).
+    pub fn enrollment_key_file(&self) -> PathBuf {
+        self.key_file.with_file_name(ENROLLMENT_KEY_FILE)
+    }
+
+    /// Called once the relay has accepted the per-agent key: on Windows the protected
+    /// enrollment key is no longer needed and is deleted. Elsewhere it does nothing (the
+    /// enrollment key is part of the configuration there).
+    pub fn forget_enrollment_key(&self) {
+        #[cfg(windows)]
+        {
+            let path = self.enrollment_key_file();
+            if path.exists() {
+                match crate::platform::windows::keystore::remove_secret(&path) {
+                    Ok(()) => tracing::info!(
+                        file = %path.display(),
+                        "this machine has its own key; removed the enrollment key"
+                    ),
+                    Err(e) => tracing::warn!(
+                        file = %path.display(),
+                        "cannot remove the enrollment key, no longer needed: {e}"
+                    ),
+                }
+            }
+        }
     }
 
     /// True when the configuration can enroll this machine.
@@ -175,9 +241,42 @@ impl AgentConfig {
     }
 }
 
+/// Reads the protected enrollment key (Windows): `None` when the file is missing.
+#[cfg(windows)]
+fn read_enrollment_key(path: &Path) -> Result<Option<String>, ConfigError> {
+    use crate::platform::windows::keystore::{self, Secret, SecretError};
+    match keystore::read_secret(path) {
+        Ok(Secret::Protected(key)) => Ok(Some(key)),
+        Ok(Secret::Plain(_)) => Err(ConfigError::Damaged {
+            path: path.to_owned(),
+            reason: "it is not DPAPI-protected; run `guruconnect-agent configure` again".into(),
+        }),
+        Err(SecretError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(SecretError::Io(source)) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) => Err(ConfigError::Damaged {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// Writes a per-agent key atomically, readable by its owner only, creating the directory
-/// (owner-only too) when it is missing.
+/// (owner-only too) when it is missing. On Windows: DPAPI-protected, with a DACL for
+/// SYSTEM and Administrators only.
 pub fn store_key(path: &Path, key: &str) -> std::io::Result<()> {
+    #[cfg(windows)]
+    {
+        crate::platform::windows::keystore::write_secret(path, key)
+    }
+    #[cfg(not(windows))]
+    store_plain_key(path, key)
+}
+
+#[cfg(not(windows))]
+fn store_plain_key(path: &Path, key: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     #[cfg(unix)]
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -201,8 +300,9 @@ pub fn store_key(path: &Path, key: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Checks that `path` is readable by its owner only (on Windows: that it exists; its ACL
-/// is the installer's job).
+/// Checks that `path` is readable by its owner only. On Windows: that it exists, and its
+/// DACL is (re)set to SYSTEM and Administrators only (a failure to set it is logged: Wine,
+/// or a file on a share).
 pub fn check_key_permissions(path: &Path) -> Result<(), ConfigError> {
     let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -211,6 +311,9 @@ pub fn check_key_permissions(path: &Path) -> Result<(), ConfigError> {
     #[cfg(windows)]
     {
         let _ = meta;
+        if let Err(e) = crate::platform::windows::keystore::restrict(path) {
+            tracing::warn!("{e}");
+        }
         Ok(())
     }
     #[cfg(not(windows))]
@@ -229,7 +332,53 @@ fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigError> 
     Ok(())
 }
 
+fn plausible_key(key: &str) -> bool {
+    key.starts_with("cak_") && key.len() >= 8 && !key.contains(char::is_whitespace)
+}
+
+/// Reads the per-agent key after checking the file's permissions. On Windows the file is
+/// DPAPI-protected; one in the old plain format is accepted once and rewritten protected.
+#[cfg(windows)]
+pub fn read_key(path: &Path) -> Result<String, ConfigError> {
+    use crate::platform::windows::keystore::{self, Secret, SecretError};
+    let secret = keystore::read_secret(path).map_err(|e| match e {
+        SecretError::Io(source) => ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        other => ConfigError::Damaged {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    })?;
+    let (key, plain) = match secret {
+        Secret::Protected(key) => (key, false),
+        Secret::Plain(key) => (key, true),
+    };
+    if !plausible_key(&key) {
+        return Err(ConfigError::BadKey {
+            path: path.to_owned(),
+        });
+    }
+    if plain {
+        match keystore::write_secret(path, &key) {
+            Ok(()) => tracing::info!(
+                key_file = %path.display(),
+                "the key file was in the old plain-text format; it is now DPAPI-protected"
+            ),
+            Err(e) => tracing::warn!(
+                key_file = %path.display(),
+                "the key file is in plain text and cannot be rewritten protected: {e}"
+            ),
+        }
+    } else {
+        check_key_permissions(path)?;
+    }
+    Ok(key)
+}
+
 /// Reads the per-agent key after checking the file's permissions.
+#[cfg(not(windows))]
 pub fn read_key(path: &Path) -> Result<String, ConfigError> {
     check_key_permissions(path)?;
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -237,7 +386,7 @@ pub fn read_key(path: &Path) -> Result<String, ConfigError> {
         source,
     })?;
     let key = text.trim();
-    if !key.starts_with("cak_") || key.len() < 8 || key.contains(char::is_whitespace) {
+    if !plausible_key(key) {
         return Err(ConfigError::BadKey {
             path: path.to_owned(),
         });
@@ -378,5 +527,89 @@ mod tests {
         assert_eq!(read_key(&path).expect("read"), "cak_first");
         store_key(&path, "cak_second").expect("replace");
         assert_eq!(read_key(&path).expect("read"), "cak_second");
+    }
+}
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+    use crate::platform::windows::keystore::MAGIC;
+
+    const KEY: &str = "cak_0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn stored_keys_are_protected_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("GuruConnect").join("agent.key");
+        store_key(&path, KEY).expect("store");
+        let bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.starts_with(MAGIC));
+        assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
+        check_key_permissions(&path).expect("permissions");
+        assert_eq!(read_key(&path).expect("read"), KEY);
+    }
+
+    #[test]
+    fn a_plain_key_file_is_read_once_and_rewritten_protected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.key");
+        std::fs::write(&path, format!("{KEY}\n")).expect("write");
+        assert_eq!(read_key(&path).expect("read"), KEY);
+        let bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.starts_with(MAGIC), "rewritten protected");
+        assert_eq!(read_key(&path).expect("read again"), KEY);
+        // A plain file that is not a key is still refused.
+        std::fs::write(&path, "not a key").expect("write");
+        assert!(matches!(read_key(&path), Err(ConfigError::BadKey { .. })));
+    }
+
+    #[test]
+    fn a_changed_key_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.key");
+        store_key(&path, KEY).expect("store");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = read_key(&path).expect_err("refused");
+        assert!(matches!(err, ConfigError::Damaged { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("agent.key"), "{text}");
+        assert!(text.contains("cannot be decrypted"), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+    }
+
+    #[test]
+    fn the_enrollment_key_comes_from_its_protected_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("agent.key");
+        let config_path = dir.path().join("agent.toml");
+        let config = AgentConfig {
+            server: "https://relay.example".into(),
+            key_file: key_file.clone(),
+            site_code: Some("HQ".into()),
+            enrollment_key: None,
+            shared_key: None,
+            labels: Labels::default(),
+        };
+        std::fs::write(&config_path, config.to_toml()).expect("write");
+        // No enroll.key: an enrolled machine; it loads, and cannot enroll again.
+        let loaded = AgentConfig::load(&config_path).expect("load");
+        assert!(!loaded.can_enroll());
+        crate::platform::windows::keystore::write_secret(
+            &config.enrollment_key_file(),
+            "gce_site_key",
+        )
+        .expect("store");
+        let loaded = AgentConfig::load(&config_path).expect("load");
+        assert_eq!(loaded.enrollment_key.as_deref(), Some("gce_site_key"));
+        assert!(loaded.can_enroll());
+        loaded.forget_enrollment_key();
+        assert!(!config.enrollment_key_file().exists());
+        // A plain enroll.key is refused with a message that says what to do.
+        std::fs::write(config.enrollment_key_file(), "gce_plain").expect("write");
+        let err = AgentConfig::load(&config_path).expect_err("plain");
+        assert!(err.to_string().contains("configure"), "{err}");
     }
 }

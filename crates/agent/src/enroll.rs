@@ -73,7 +73,10 @@ impl CredentialError {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
     /// The server refused (bad site code or key, rotated key, lockout).
-    #[error("the server refused the enrollment (HTTP {status}): {detail}")]
+    #[error(
+        "the server refused the enrollment (HTTP {status}): {detail}; check the site code \
+         and the enrollment key (a rotated key no longer enrolls new machines)"
+    )]
     Refused {
         /// HTTP status.
         status: u16,

@@ -3,19 +3,26 @@
 //! - `guruconnect-agent --server URL --code XXX-XXX-XXX`: one attended support session;
 //! - `guruconnect-agent run [--config PATH]`: the managed agent (enrolls when it has no key
 //!   yet, then reconnects forever);
-//! - `guruconnect-agent install …` / `uninstall`: the systemd service (Linux; on Windows
-//!   they answer that the service is not implemented yet).
+//! - `guruconnect-agent install …` / `uninstall`: the systemd service (Linux), or the
+//!   `GuruConnectAgent` Windows service (`platform::windows::setup`);
+//! - Windows only: `configure …` writes the configuration and the protected enrollment key
+//!   (the MSI's custom action), and `service` is what the Service Control Manager starts
+//!   (`platform::windows::service`), which runs `run --control-pipe NAME --log-file PATH`
+//!   in the console session.
 //!
 //! Exit codes: 0 done (including a denied consent), 1 failure, 2 support code refused,
-//! 3 no desktop (no X display, no interactive Windows desktop).
+//! 3 no desktop (no X display, no interactive Windows desktop), 4 (`configure`) the
+//! configuration cannot be written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use guruconnect_agent::backoff::Backoff;
-use guruconnect_agent::config::{AgentConfig, DEFAULT_CONFIG, DEFAULT_KEY_FILE};
+#[cfg(not(windows))]
+use guruconnect_agent::config::DEFAULT_KEY_FILE;
+use guruconnect_agent::config::{AgentConfig, DEFAULT_CONFIG};
 use guruconnect_agent::enroll::{self, Credential};
 #[cfg(target_os = "linux")]
 use guruconnect_agent::install::{self, InstallOptions};
@@ -55,8 +62,42 @@ enum Command {
         /// `site_code` and `enrollment_key`).
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Named pipe on which the service asks this agent to stop (`stop`).
+        #[cfg(windows)]
+        #[arg(long, value_name = "NAME")]
+        control_pipe: Option<String>,
+        /// Append the log to this file (rotated past a few MB) instead of stderr.
+        #[cfg(windows)]
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
     },
+    /// Registers and starts the GuruConnectAgent service (with --server, after writing the
+    /// configuration as `configure` does). Run it elevated.
+    #[cfg(windows)]
+    Install {
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// Stops and removes the GuruConnectAgent service.
+    #[cfg(windows)]
+    Uninstall {
+        /// Also remove %ProgramData%\GuruConnect (configuration, keys, log).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Writes the configuration and the DPAPI-protected enrollment key to
+    /// %ProgramData%\GuruConnect, keeping this machine's key; does not touch the service.
+    /// Exit codes: 0 done, 1 bad input (nothing written), 4 cannot write.
+    #[cfg(windows)]
+    Configure {
+        #[command(flatten)]
+        site: SiteArgs,
+    },
+    /// The service entry point, started by the Service Control Manager.
+    #[cfg(windows)]
+    Service,
     /// Installs the systemd service (and, with --server, its configuration). Linux only.
+    #[cfg(not(windows))]
     Install {
         /// Per-agent key file written into a new configuration (owner-only).
         #[arg(long, default_value = DEFAULT_KEY_FILE)]
@@ -79,6 +120,7 @@ enum Command {
         xauthority: Option<PathBuf>,
     },
     /// Stops and removes the systemd service and its configuration. Linux only.
+    #[cfg(not(windows))]
     Uninstall {
         /// Remove from under this directory instead of / (does not run systemctl).
         #[arg(long)]
@@ -86,15 +128,105 @@ enum Command {
     },
 }
 
-fn init_logging() {
+/// The site and labels of `configure` and `install` (Windows). The server is the global
+/// `--server`.
+#[cfg(windows)]
+#[derive(Debug, clap::Args)]
+struct SiteArgs {
+    /// The site's code (shown on the site's page in the console).
+    #[arg(long)]
+    site_code: Option<String>,
+    /// The site's enrollment key (gce_…); stored DPAPI-protected, never in agent.toml.
+    #[arg(long, env = "GURUCONNECT_ENROLLMENT_KEY", hide_env_values = true)]
+    enrollment_key: Option<String>,
+    /// Company (customer) label.
+    #[arg(long)]
+    company: Option<String>,
+    /// Department label.
+    #[arg(long)]
+    department: Option<String>,
+    /// Device type label (desktop, laptop, server…).
+    #[arg(long)]
+    device_type: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    tag: Vec<String>,
+    /// Tags, comma-separated.
+    #[arg(long)]
+    tags: Option<String>,
+}
+
+#[cfg(windows)]
+impl SiteArgs {
+    fn options(
+        self,
+        server: Option<String>,
+    ) -> guruconnect_agent::platform::windows::setup::SiteOptions {
+        let mut tags = self.tag;
+        tags.extend(self.tags);
+        guruconnect_agent::platform::windows::setup::SiteOptions {
+            server,
+            site_code: self.site_code,
+            enrollment_key: self.enrollment_key,
+            labels: guruconnect_agent::config::Labels {
+                company: self.company,
+                department: self.department,
+                device_type: self.device_type,
+                tags,
+            },
+        }
+    }
+}
+
+fn init_logging(log_file: Option<&Path>) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    #[cfg(windows)]
+    if let Some(path) = log_file {
+        use guruconnect_agent::platform::windows::keystore;
+        match path.parent() {
+            // The data directory is made private when this creates it.
+            Some(dir) if dir == keystore::data_dir() && !dir.is_dir() => {
+                let _ = keystore::ensure_private_dir(dir);
+            }
+            Some(dir) => {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            None => {}
+        }
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(guruconnect_agent::platform::windows::service::LogFile::new(
+                path,
+            ))
+            .with_ansi(false)
+            .init();
+        return;
+    }
+    #[cfg(not(windows))]
+    let _ = log_file;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Where this command logs: a file for the Windows service and its worker, else stderr.
+#[cfg(windows)]
+fn log_file_of(command: Option<&Command>) -> Option<PathBuf> {
+    match command {
+        Some(Command::Run { log_file, .. }) => log_file.clone(),
+        Some(Command::Service) => Some(guruconnect_agent::platform::windows::service::log_path()),
+        _ => None,
+    }
+}
+
+/// Where this command logs: stderr.
+#[cfg(not(windows))]
+fn log_file_of(_command: Option<&Command>) -> Option<PathBuf> {
+    None
 }
 
 fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
@@ -116,7 +248,37 @@ fn plausible_code(code: &str) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(log_file_of(cli.command.as_ref()).as_deref());
+    #[cfg(windows)]
+    match cli.command {
+        Some(Command::Service) => {
+            return match guruconnect_agent::platform::windows::service::run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e, 1),
+            };
+        }
+        Some(Command::Configure { site }) => {
+            let options = site.options(cli.server);
+            return match guruconnect_agent::platform::windows::setup::configure(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("configure failed: {e}"), e.exit_code()),
+            };
+        }
+        Some(Command::Install { site }) => {
+            let options = site.options(cli.server);
+            return match guruconnect_agent::platform::windows::setup::install(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("install failed: {e}"), e.exit_code()),
+            };
+        }
+        Some(Command::Uninstall { purge }) => {
+            return match guruconnect_agent::platform::windows::setup::uninstall(purge) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("uninstall failed: {e}"), e.exit_code()),
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -126,7 +288,14 @@ fn main() -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}"), 1),
     };
     match cli.command {
-        Some(Command::Run { config }) => runtime.block_on(managed(config)),
+        #[cfg(not(windows))]
+        Some(Command::Run { config }) => runtime.block_on(managed(config, None)),
+        #[cfg(windows)]
+        Some(Command::Run {
+            config,
+            control_pipe,
+            ..
+        }) => runtime.block_on(managed(config, control_pipe)),
         #[cfg(target_os = "linux")]
         Some(Command::Install {
             key_file,
@@ -155,7 +324,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("uninstall failed: {e:#}"), 1),
         },
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(windows)]
+        Some(
+            Command::Install { .. }
+            | Command::Uninstall { .. }
+            | Command::Configure { .. }
+            | Command::Service,
+        ) => unreachable!("handled before the runtime starts"),
+        #[cfg(not(any(target_os = "linux", windows)))]
         Some(Command::Install { .. } | Command::Uninstall { .. }) => fail(
             "installing as a service is not implemented on this system yet; run \
              `guruconnect-agent run --config PATH` in the foreground",
@@ -256,9 +432,27 @@ async fn support(server: String, code: String) -> ExitCode {
     }
 }
 
+/// Resolves when the Windows service asks this agent to stop over `pipe`; never without
+/// a pipe (or when it cannot be served: that is logged).
+async fn stop_requested(pipe: Option<String>) {
+    #[cfg(windows)]
+    if let Some(name) = pipe {
+        match guruconnect_agent::platform::windows::service::wait_for_stop(&name).await {
+            Ok(()) => {
+                tracing::info!("the service asked this agent to stop");
+                return;
+            }
+            Err(e) => tracing::error!("cannot serve the control pipe {name}: {e}"),
+        }
+    }
+    #[cfg(not(windows))]
+    let _ = pipe;
+    std::future::pending::<()>().await;
+}
+
 /// Managed mode: get a credential (stored key, enrollment, or the shared key), then
-/// reconnect forever with backoff.
-async fn managed(config_path: PathBuf) -> ExitCode {
+/// reconnect forever with backoff. `control_pipe` (Windows service): stop on its `stop`.
+async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode {
     let config = match AgentConfig::load(&config_path) {
         Ok(c) => c,
         Err(e) => return fail(e, 1),
@@ -277,6 +471,9 @@ async fn managed(config_path: PathBuf) -> ExitCode {
                     match session::connect(&server, credential.secret()).await {
                         Ok(conn) => {
                             tracing::info!("connected to {server}");
+                            if matches!(credential, Credential::Key(_)) {
+                                config.forget_enrollment_key();
+                            }
                             let started = Instant::now();
                             let options = SessionOptions {
                                 attended: false,
@@ -325,6 +522,7 @@ async fn managed(config_path: PathBuf) -> ExitCode {
             tracing::info!("stopping");
             ExitCode::SUCCESS
         }
+        () = stop_requested(control_pipe) => ExitCode::SUCCESS,
     }
 }
 

@@ -39,7 +39,11 @@
 //!   the input desktop with `OpenInputDesktop`/`SetThreadDesktop` when `BitBlt` fails, which
 //!   needs the agent to run as LocalSystem in the user's session; that switch is untested.
 //! - Session 0: a service has no interactive desktop. [`WindowsDesktop::check`] reports
-//!   that; launching a helper into the console session is not implemented here.
+//!   that; the `GuruConnectAgent` service ([`service`]) therefore only supervises, and runs
+//!   the agent in the console session. Wine has one session and ignores the token, so that
+//!   move is unverified (see [`service`]).
+//! - Keys at rest ([`keystore`]): DPAPI with machine scope and a private DACL; Wine's DPAPI
+//!   and its (unenforced) ACLs are not Windows'.
 //! - Per-monitor DPI awareness (set at start-up) and mixed-DPI multi-monitor layouts.
 
 #![allow(unsafe_code)]
@@ -50,7 +54,10 @@ pub mod consent;
 pub mod dxgi;
 pub mod input;
 pub mod inventory;
+pub mod keystore;
 pub mod machine_uid;
+pub mod service;
+pub mod setup;
 mod window;
 
 use guruconnect_proto::AgentStatus;
