@@ -23,6 +23,9 @@ guruconnect_windows_prefix
 
 if [ "${1:-}" = "--service" ]; then
   guruconnect_windows_cargo build --locked -p guruconnect-agent --bin guruconnect-agent
+  # Processes that services.exe starts get the system environment, without WINEPATH: the
+  # bcryptprimitives.dll stand-in must be in system32 for the service to load.
+  cp "$GURUCONNECT_WINDOWS_STUB_DIR/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
   exec xvfb-run -a -s "-screen 0 1024x768x24" bash -c '
     set -euo pipefail
     . scripts/windows/env.sh

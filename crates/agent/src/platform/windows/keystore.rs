@@ -4,9 +4,12 @@
 //!
 //! # Format
 //!
-//! A protected file is [`MAGIC`] (`GCDPAPI1`, 8 bytes) followed by the blob
-//! `CryptProtectData` returns for the secret's UTF-8 bytes, made with
-//! `CRYPTPROTECT_LOCAL_MACHINE | CRYPTPROTECT_UI_FORBIDDEN` and the [`ENTROPY`] constant. Any
+//! A protected file is [`MAGIC`] (`GCDPAPI1`, 8 bytes), the SHA-256 of the blob (32 bytes),
+//! then the blob `CryptProtectData` returns for the secret's UTF-8 bytes, made with
+//! `CRYPTPROTECT_LOCAL_MACHINE | CRYPTPROTECT_UI_FORBIDDEN` and the [`ENTROPY`] constant.
+//! The checksum makes any changed byte an error before DPAPI is asked (Wine's DPAPI does not
+//! authenticate every byte of its blob; Windows' does, and it also refuses a blob made on
+//! another machine or with other entropy). Any
 //! process on this machine that can *read* the file could unprotect it (machine scope is
 //! what a LocalSystem service and an elevated installer both need), so the ACL is what
 //! keeps other users out: each file is written with the protected DACL [`PRIVATE_SDDL`]
@@ -65,11 +68,27 @@ pub const ENTROPY: &[u8] = b"GuruConnect agent secret store v1";
 /// files and subdirectories.
 pub const PRIVATE_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
 
-/// `%ProgramData%\GuruConnect` (`C:\ProgramData\GuruConnect` when the variable is unset).
+/// `%ProgramData%\GuruConnect`. The ProgramData folder is read from the registry
+/// (`ProfileList\ProgramData`, the same for every account and session), then from the
+/// environment, else `C:\ProgramData`: a service's environment may differ from the
+/// installer's (under Wine it says `C:\users\Public`).
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("ProgramData")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from)
+    static PROGRAM_DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROGRAM_DATA
+        .get_or_init(|| {
+            super::hklm_string(
+                r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList",
+                "ProgramData",
+            )
+            .filter(|p| !p.contains('%'))
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("ProgramData")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+        })
         .join("GuruConnect")
 }
 
@@ -153,19 +172,39 @@ pub fn protect(plain: &[u8]) -> std::io::Result<Vec<u8>> {
     let _free = LocalBox(output.pbData.cast());
     // SAFETY: on success DPAPI returned `cbData` readable bytes at `pbData`.
     let data = unsafe { std::slice::from_raw_parts(output.pbData, output.cbData as usize) };
-    let mut file = Vec::with_capacity(MAGIC.len() + data.len());
+    let mut file = Vec::with_capacity(MAGIC.len() + CHECKSUM_LEN + data.len());
     file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&checksum(data));
     file.extend_from_slice(data);
     Ok(file)
 }
 
+/// Length of the blob's SHA-256 after [`MAGIC`].
+const CHECKSUM_LEN: usize = 32;
+
+fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
 /// Reverses [`protect`]: `file` must start with [`MAGIC`].
 pub fn unprotect(file: &[u8]) -> Result<Vec<u8>, SecretError> {
-    let Some(data) = file.strip_prefix(MAGIC.as_slice()) else {
+    let Some(rest) = file.strip_prefix(MAGIC.as_slice()) else {
         return Err(SecretError::Damaged {
             reason: "no GuruConnect header".into(),
         });
     };
+    if rest.len() <= CHECKSUM_LEN {
+        return Err(SecretError::Damaged {
+            reason: "the file is truncated".into(),
+        });
+    }
+    let (sum, data) = rest.split_at(CHECKSUM_LEN);
+    if sum != checksum(data).as_slice() {
+        return Err(SecretError::Damaged {
+            reason: "its checksum does not match".into(),
+        });
+    }
     let input = blob(data)?;
     let entropy = blob(ENTROPY)?;
     let mut output = CRYPT_INTEGER_BLOB {
@@ -403,8 +442,12 @@ mod tests {
         let path = dir.path().join("agent.key");
         write_secret(&path, KEY).expect("store");
         let good = std::fs::read(&path).expect("read");
-        // A byte in the middle (the encrypted data) and the last byte (the MAC).
-        for at in [MAGIC.len() + (good.len() - MAGIC.len()) / 2, good.len() - 1] {
+        // A byte of the checksum, of the blob's middle, and the last one.
+        for at in [
+            MAGIC.len() + 3,
+            MAGIC.len() + CHECKSUM_LEN + (good.len() - MAGIC.len() - CHECKSUM_LEN) / 2,
+            good.len() - 1,
+        ] {
             let mut bad = good.clone();
             bad[at] ^= 0x5a;
             std::fs::write(&path, &bad).expect("write");

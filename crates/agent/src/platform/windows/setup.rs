@@ -20,8 +20,9 @@
 //!
 //! Under Wine, `install` registers a service that `wine sc query GuruConnectAgent` shows and
 //! `wine net start` starts; `uninstall` removes it; `configure` writes the protected files.
-//! Whether the recovery actions fire is UNVERIFIED (Wine's service manager does not restart
-//! failed services).
+//! The recovery actions are UNVERIFIED: Wine's service manager refuses
+//! `SERVICE_CONFIG_FAILURE_ACTIONS` (`ERROR_INVALID_LEVEL`, reported as a warning, not an
+//! error) and does not restart failed services.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -208,21 +209,28 @@ pub fn configure(options: &SiteOptions) -> Result<(), SetupError> {
     {
         match set_recovery(&service) {
             Ok(()) => println!("set the {SERVICE_NAME} service's recovery actions"),
-            Err(e) => eprintln!("guruconnect-agent: cannot set the recovery actions: {e}"),
+            Err(e) => eprintln!(
+                "guruconnect-agent: cannot set the recovery actions: {}",
+                describe(&e)
+            ),
         }
     }
     Ok(())
 }
 
 fn scm_error(what: &str, e: windows_service::Error) -> SetupError {
-    let detail = match &e {
+    SetupError::Service(format!("{what}: {}", describe(&e)))
+}
+
+/// The error with its Win32 cause (the crate's own text omits it).
+fn describe(e: &windows_service::Error) -> String {
+    match e {
         windows_service::Error::Winapi(io) if io.raw_os_error() == Some(5) => {
             "access denied: run it from an elevated (administrator) prompt".to_owned()
         }
         windows_service::Error::Winapi(io) => io.to_string(),
         other => other.to_string(),
-    };
-    SetupError::Service(format!("{what}: {detail}"))
+    }
 }
 
 /// Restart after 5 s, 10 s and 30 s; the failure count resets after a day; a non-zero exit
@@ -327,7 +335,15 @@ pub fn install(options: &SiteOptions) -> Result<(), SetupError> {
     if let Err(e) = service.set_description(DESCRIPTION) {
         eprintln!("guruconnect-agent: cannot set the service's description: {e}");
     }
-    set_recovery(&service).map_err(|e| scm_error("cannot set the recovery actions", e))?;
+    // Not fatal: the service works without them (Wine's service manager answers
+    // ERROR_INVALID_LEVEL to SERVICE_CONFIG_FAILURE_ACTIONS).
+    match set_recovery(&service) {
+        Ok(()) => println!("set the recovery actions: restart after 5 s, 10 s, 30 s"),
+        Err(e) => eprintln!(
+            "guruconnect-agent: cannot set the recovery actions: {}",
+            describe(&e)
+        ),
+    }
     let state = service
         .query_status()
         .map_err(|e| scm_error("cannot query the service", e))?
