@@ -151,6 +151,15 @@ export interface Site {
   rotated_at: number | null;
 }
 
+/** A platform a site installer is made for. */
+export type InstallerPlatform = 'linux' | 'windows';
+
+/** `GET /api/installers`: what this server can serve, and what to configure otherwise. */
+export type InstallerAvailability = Record<
+  InstallerPlatform,
+  { available: boolean; agent_served: boolean; hint?: string; signed?: boolean }
+>;
+
 /** Creation and rotation answers: the only ones that carry the enrollment key. */
 export interface SiteWithKey extends Site {
   enrollment_key: string;

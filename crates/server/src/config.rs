@@ -100,6 +100,18 @@ pub struct Config {
     /// Path of the Linux agent binary that site installers download from
     /// `/download/guruconnect-agent` (unset: the installer expects it next to the script).
     pub agent_binary_path: Option<PathBuf>,
+    /// Windows agent MSI (`scripts/windows/build-msi.sh`) from which
+    /// `/api/sites/:id/installer?platform=windows` makes per-site MSIs.
+    pub agent_windows_msi_path: Option<PathBuf>,
+    /// PKCS#12 certificate with which per-site MSIs are Authenticode-signed (osslsigncode).
+    pub installer_signing_pkcs12: Option<PathBuf>,
+    /// Password of `installer_signing_pkcs12`.
+    #[serde(skip_serializing)]
+    pub installer_signing_password: Option<SecretString>,
+    /// File holding `installer_signing_password`.
+    pub installer_signing_password_file: Option<PathBuf>,
+    /// Refuse to serve a Windows installer that cannot be signed.
+    pub require_signed_installers: bool,
     /// Public base URL of this server for installers (default: from the request's Host).
     pub public_url: Option<String>,
     /// Roles whose users must sign in with a TOTP second factor. A user of such a role
@@ -140,6 +152,11 @@ impl Default for Config {
             alert_webhook_secret_file: None,
             offline_session_ttl_secs: 300,
             agent_binary_path: None,
+            agent_windows_msi_path: None,
+            installer_signing_pkcs12: None,
+            installer_signing_password: None,
+            installer_signing_password_file: None,
+            require_signed_installers: false,
             public_url: None,
             require_totp_roles: Vec::new(),
             header_read_timeout_secs: 15,
@@ -236,6 +253,11 @@ impl Config {
             "alert_webhook_secret",
             &mut self.alert_webhook_secret,
             &self.alert_webhook_secret_file,
+        )?;
+        read(
+            "installer_signing_password",
+            &mut self.installer_signing_password,
+            &self.installer_signing_password_file,
         )?;
         Ok(())
     }
@@ -344,6 +366,14 @@ offline_session_ttl_secs = 300
 
 # Linux agent binary served to site installers at /download/guruconnect-agent.
 # agent_binary_path = "/opt/guruconnect/guruconnect-agent"
+
+# Windows agent MSI (scripts/windows/build-msi.sh) from which per-site MSIs are made, and
+# the certificate that signs them (osslsigncode must be installed). With
+# require_signed_installers, a Windows installer that cannot be signed is not served.
+# agent_windows_msi_path = "/opt/guruconnect/guruconnect.msi"
+# installer_signing_pkcs12 = "/etc/guruconnect/codesign.p12"
+# installer_signing_password_file = "/etc/guruconnect/codesign.pass"
+require_signed_installers = false
 
 # Public URL of this server written into installers (default: taken from the request).
 # public_url = "https://support.example.com"

@@ -43,6 +43,10 @@ pub enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
+    /// 404 `not_configured`: the server lacks what the request needs (the detail says
+    /// which setting to set).
+    #[error("{0}")]
+    NotConfigured(&'static str),
     /// 413.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -88,6 +92,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::NotConfigured(_) => "not_configured",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Validation(_) => "validation_failed",
             ApiError::RateLimited(_) => "rate_limited",

@@ -1,21 +1,40 @@
 // Sites (admin): zero-touch fleet enrollment. Create a site (its enrollment key is shown
 // once), list sites with their key fingerprints, rotate a key (the new one is shown once),
-// download the per-site Linux installer.
+// download the per-site installers (Linux script, Windows MSI) and build one with labels.
 
 import { api, saveBlob } from '../api';
 import type { PageContext } from '../router';
 import { dateTime, h, icon, mount, dataTable } from '../ui/dom';
 import { busy, confirmAction, copyButton, loading, showError, toast, toastError } from '../ui/feedback';
-import type { Site, SiteWithKey } from '../types';
+import type { InstallerAvailability, InstallerPlatform, Site, SiteWithKey } from '../types';
 
 /** The installer's file name when the server sends none. */
-function installerName(code: string): string {
-  return `guruconnect-install-${code}.sh`;
+function installerName(code: string, platform: InstallerPlatform = 'linux'): string {
+  return platform === 'windows' ? `guruconnect-${code}.msi` : `guruconnect-install-${code}.sh`;
 }
 
 /** The exact command an administrator runs on a machine (codes and keys need no quoting). */
-export function installCommand(code: string, key: string): string {
-  return `sudo sh ${installerName(code)} ${key}`;
+export function installCommand(code: string, key: string, platform: InstallerPlatform = 'linux'): string {
+  return platform === 'windows'
+    ? `msiexec /i ${installerName(code, 'windows')} /qn ENROLLMENT_KEY=${key}`
+    : `sudo sh ${installerName(code)} ${key}`;
+}
+
+/** Labels an installer carries. */
+interface BuilderLabels {
+  company: string;
+  department: string;
+  device_type: string;
+  tags: string;
+}
+
+/** `/api/sites/:id/installer` with the platform and the non-empty labels. */
+export function installerPath(siteId: string, platform: InstallerPlatform, labels?: BuilderLabels): string {
+  const q = new URLSearchParams({ platform });
+  for (const [k, v] of Object.entries(labels ?? {})) {
+    if (v.trim()) q.set(k, v.trim());
+  }
+  return `/api/sites/${encodeURIComponent(siteId)}/installer?${q.toString()}`;
 }
 
 export async function sitesPage({ root, signal }: PageContext): Promise<void> {
@@ -41,18 +60,110 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
   const fresh = h('div', { class: 'fresh-slot' });
   const list = h('div', {}, loading());
 
-  const downloadInstaller = (btn: HTMLButtonElement, s: Site) =>
-    void busy(btn, () => api.download(`/api/sites/${encodeURIComponent(s.id)}/installer`))
+  let availability: InstallerAvailability | null = null;
+  const platformName = (p: InstallerPlatform) => (p === 'windows' ? 'Windows MSI' : 'Linux script');
+
+  const downloadInstaller = (btn: HTMLButtonElement, s: Site, platform: InstallerPlatform, labels?: BuilderLabels) =>
+    void busy(btn, () => api.download(installerPath(s.id, platform, labels)))
       .then(({ blob, filename }) => {
-        saveBlob(blob, filename ?? installerName(s.code));
-        toast(`Installer for ${s.code} downloaded`, 'ok');
+        saveBlob(blob, filename ?? installerName(s.code, platform));
+        toast(`${platformName(platform)} for ${s.code} downloaded`, 'ok');
       })
       .catch(toastError);
 
-  const installerButton = (s: Site, label: string, extra = '') => {
-    const btn = h('button', { class: `btn ${extra}`.trim(), type: 'button', 'data-action': 'installer', 'aria-label': `Download the installer for ${s.code}` }, icon('download'), h('span', {}, label));
-    btn.addEventListener('click', () => downloadInstaller(btn, s));
+  const installerButton = (s: Site, label: string, extra = '', platform: InstallerPlatform = 'linux') => {
+    const btn = h(
+      'button',
+      {
+        class: `btn ${extra}`.trim(),
+        type: 'button',
+        'data-action': platform === 'windows' ? 'installer-windows' : 'installer',
+        'aria-label': `Download the ${platformName(platform)} for ${s.code}`,
+      },
+      icon('download'),
+      h('span', {}, label),
+    );
+    const missing = availability?.[platform];
+    if (missing && !missing.available) {
+      btn.disabled = true;
+      btn.title = missing.hint ?? 'not available on this server';
+    }
+    btn.addEventListener('click', () => downloadInstaller(btn, s, platform));
     return btn;
+  };
+
+  // The installer builder: a site, a platform and labels -> a download and its command.
+  const builder = h('section', { class: 'card', 'aria-label': 'Installer builder', 'data-testid': 'installer-builder' });
+  const builderSite = h('select', { id: 'builder-site' }) as HTMLSelectElement;
+  const builderPlatform = h(
+    'select',
+    { id: 'builder-platform' },
+    h('option', { value: 'linux' }, 'Linux (shell script)'),
+    h('option', { value: 'windows' }, 'Windows (MSI)'),
+  ) as HTMLSelectElement;
+  const labelInput = (id: string, placeholder: string) =>
+    h('input', { id: `builder-${id}`, placeholder, maxlength: '128', autocomplete: 'off' }) as HTMLInputElement;
+  const builderFields = {
+    company: labelInput('company', 'e.g. Acme Dental'),
+    department: labelInput('department', 'e.g. Front desk'),
+    device_type: labelInput('device_type', 'desktop, laptop, server…'),
+    tags: labelInput('tags', 'comma-separated, e.g. pos,kiosk'),
+  };
+  const builderNote = h('div', { class: 'muted small', 'data-testid': 'builder-note' });
+  const builderDownload = h('button', { class: 'btn btn-primary', type: 'button', 'data-testid': 'builder-download' }, icon('download'), h('span', {}, 'Download'));
+  const builderCommand = h('div', { class: 'key-big key-cmd mono', 'data-testid': 'builder-command' });
+  const builderLabels = (): BuilderLabels => ({
+    company: builderFields.company.value,
+    department: builderFields.department.value,
+    device_type: builderFields.device_type.value,
+    tags: builderFields.tags.value,
+  });
+  const builderChoice = () => {
+    const site = sites.find((x) => x.id === builderSite.value);
+    const platform = builderPlatform.value as InstallerPlatform;
+    return { site, platform };
+  };
+  const refreshBuilder = () => {
+    const { site, platform } = builderChoice();
+    const state = availability?.[platform];
+    builderDownload.disabled = !site || (state ? !state.available : false);
+    builderCommand.textContent = site ? installCommand(site.code, '<enrollment key>', platform) : '';
+    const notes: string[] = [];
+    if (state?.hint) notes.push(state.hint);
+    if (platform === 'windows' && state?.available) {
+      notes.push(state.signed ? 'The MSI is Authenticode-signed by this server.' : 'The MSI is not signed: this server has no signing certificate (installer_signing_pkcs12).');
+      notes.push('Deploy it with your RMM or a GPO; the enrollment key goes on the command line, never in the file.');
+    }
+    builderNote.replaceChildren(...notes.map((n) => h('p', {}, n)));
+  };
+  builderSite.addEventListener('change', refreshBuilder);
+  builderPlatform.addEventListener('change', refreshBuilder);
+  builderDownload.addEventListener('click', () => {
+    const { site, platform } = builderChoice();
+    if (site) downloadInstaller(builderDownload, site, platform, builderLabels());
+  });
+  const drawBuilder = () => {
+    const chosen = builderSite.value;
+    builderSite.replaceChildren(...sites.map((x) => h('option', { value: x.id }, `${x.name} (${x.code})`)));
+    if (chosen && sites.some((x) => x.id === chosen)) builderSite.value = chosen;
+    mount(
+      builder,
+      h('h2', { class: 'section-title' }, 'Installer builder'),
+      h(
+        'div',
+        { class: 'form-inline' },
+        h('div', { class: 'field' }, h('label', { for: 'builder-site' }, 'Site'), builderSite),
+        h('div', { class: 'field' }, h('label', { for: 'builder-platform' }, 'Platform'), builderPlatform),
+        ...Object.entries(builderFields).map(([k, input]) =>
+          h('div', { class: 'field' }, h('label', { for: `builder-${k}` }, k === 'device_type' ? 'Device type' : k[0].toUpperCase() + k.slice(1)), input),
+        ),
+      ),
+      builderNote,
+      h('div', { class: 'code-card-label fresh-sub' }, 'Run on each machine (as root / administrator)'),
+      builderCommand,
+      h('div', { class: 'code-card-meta' }, builderDownload, copyButton(() => builderCommand.textContent ?? '', 'Copy command')),
+    );
+    refreshBuilder();
   };
 
   const showFresh = (s: SiteWithKey, rotated: boolean) => {
@@ -84,6 +195,14 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
           { class: 'code-card-meta' },
           copyButton(() => command, 'Copy command'),
           installerButton(s, 'Download installer'),
+        ),
+        h('div', { class: 'code-card-label fresh-sub' }, 'Install command (Windows, as administrator)'),
+        h('div', { class: 'key-big key-cmd mono', 'data-testid': 'install-command-windows' }, installCommand(s.code, key, 'windows')),
+        h(
+          'div',
+          { class: 'code-card-meta' },
+          copyButton(() => installCommand(s.code, key, 'windows'), 'Copy command'),
+          installerButton(s, 'Download MSI', '', 'windows'),
           h('span', { class: 'spacer' }),
           done,
         ),
@@ -141,7 +260,7 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
           h('td', { class: 'mono nowrap', 'data-testid': 'fingerprint' }, s.key_fingerprint),
           h('td', { class: 'nowrap' }, dateTime(s.created_at)),
           h('td', { class: 'nowrap' }, s.rotated_at ? dateTime(s.rotated_at) : h('span', { class: 'muted' }, 'never')),
-          h('td', { class: 'actions' }, installerButton(s, 'Installer', 'btn-sm'), rotate),
+          h('td', { class: 'actions' }, installerButton(s, 'Linux', 'btn-sm'), installerButton(s, 'Windows', 'btn-sm', 'windows'), rotate),
         );
       }), { class: 'nowrap' }),
     );
@@ -149,8 +268,12 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
 
   const load = async () => {
     try {
-      sites = await api.get<Site[]>('/api/sites', undefined, signal);
+      [sites, availability] = await Promise.all([
+        api.get<Site[]>('/api/sites', undefined, signal),
+        api.get<InstallerAvailability>('/api/installers', undefined, signal),
+      ]);
       draw();
+      drawBuilder();
     } catch (e) {
       if (!signal.aborted) showError(list, e);
     }
@@ -181,6 +304,7 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
     fresh,
     h('h2', { class: 'section-title' }, 'Sites'),
     list,
+    builder,
   );
   await load();
 }

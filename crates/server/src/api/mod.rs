@@ -4,6 +4,7 @@ pub mod auth;
 pub mod codes;
 pub mod enroll;
 pub mod events;
+pub mod installers;
 pub mod machines;
 pub mod sessions;
 pub mod sites;
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .merge(codes::router())
         .merge(enroll::router())
         .merge(sites::router())
+        .merge(installers::router())
         .merge(system::download_router())
         .merge(events::router())
         .merge(machines::router())

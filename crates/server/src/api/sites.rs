@@ -1,4 +1,4 @@
-//! Sites and their enrollment keys (admin), and the per-site Linux installer.
+//! Sites and their enrollment keys (admin). The per-site installers are in `installers`.
 //!
 //! An enrollment key is `gce_` + 256 bits from the OS CSPRNG (base64url), stored only as an
 //! Argon2id hash and shown once, at creation or rotation. Its public fingerprint is
@@ -7,8 +7,8 @@
 //! machines already enrolled keep their own per-agent keys and keep working.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
@@ -32,7 +32,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/sites", get(list).post(create))
         .route("/api/sites/{id}/rotate-key", post(rotate))
-        .route("/api/sites/{id}/installer", get(installer))
 }
 
 /// A site as the API shows it (never the key hash).
@@ -185,7 +184,7 @@ async fn create(
     ))
 }
 
-async fn load(state: &AppState, id: &str) -> ApiResult<Site> {
+pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<Site> {
     match state.store.get_site(id).await {
         Ok(site) if site.tenant_id == DEFAULT_TENANT => Ok(site),
         Ok(_) | Err(StoreError::NotFound) => Err(ApiError::NotFound("no such site")),
@@ -237,136 +236,6 @@ async fn rotate(
         enrollment_key: key,
     }))
 }
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// The server's public base URL: configured, or from the request's Host header.
-fn public_url(state: &AppState, headers: &HeaderMap) -> String {
-    if let Some(url) = &state.config.public_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        })
-        .unwrap_or("127.0.0.1:3002");
-    format!("http://{host}")
-}
-
-/// `GET /api/sites/:id/installer`: a POSIX shell script that installs the agent, writes
-/// the site configuration and enables the systemd service. The enrollment key is not in
-/// it (only its hash is stored): the script takes it as its argument or from
-/// `GURUCONNECT_ENROLLMENT_KEY`.
-async fn installer(
-    State(state): State<AppState>,
-    _admin: AdminUser,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let site = load(&state, &id).await?;
-    let script = INSTALLER
-        .replace("@SERVER@", &shell_quote(&public_url(&state, &headers)))
-        .replace("@SITE_CODE@", &shell_quote(&site.code))
-        .replace("@SITE_NAME@", &site.name.replace(['\n', '\r'], " "))
-        .replace("@FINGERPRINT@", &site.key_fingerprint);
-    let disposition = format!(
-        "attachment; filename=\"guruconnect-install-{}.sh\"",
-        site.code
-    );
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/x-shellscript; charset=utf-8".to_owned(),
-            ),
-            (header::CONTENT_DISPOSITION, disposition),
-        ],
-        script,
-    )
-        .into_response())
-}
-
-const INSTALLER: &str = r##"#!/bin/sh
-# GuruConnect agent installer for site "@SITE_NAME@" (enrollment key @FINGERPRINT@).
-# Usage: sudo sh install.sh <enrollment-key>     (or GURUCONNECT_ENROLLMENT_KEY=… sudo -E sh install.sh)
-# Options (environment): GURUCONNECT_PREFIX=/opt/guruconnect GURUCONNECT_ETC=/etc/guruconnect
-#   GURUCONNECT_AGENT_BIN=./guruconnect-agent (use a local binary instead of downloading)
-#   GURUCONNECT_ROOT=/ (install into another root, for testing; skips systemctl)
-#   GURUCONNECT_COMPANY / _DEPARTMENT / _DEVICE_TYPE / _TAGS (comma-separated) labels
-#   GURUCONNECT_DISPLAY=:0 GURUCONNECT_XAUTHORITY=/run/user/1000/gdm/Xauthority (the desktop)
-set -eu
-SERVER=@SERVER@
-SITE_CODE=@SITE_CODE@
-KEY="${1:-${GURUCONNECT_ENROLLMENT_KEY:-}}"
-ROOT="${GURUCONNECT_ROOT:-}"
-PREFIX="${GURUCONNECT_PREFIX:-/opt/guruconnect}"
-ETC="${GURUCONNECT_ETC:-/etc/guruconnect}"
-
-die() { echo "guruconnect-install: $*" >&2; exit 2; }
-[ -n "$KEY" ] || die "the site enrollment key is required: sh install.sh <enrollment-key>"
-case "$KEY" in gce_*) ;; *) die "that does not look like a GuruConnect enrollment key (gce_…)";; esac
-if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo)"; fi
-
-mkdir -p "$ROOT$PREFIX" "$ROOT$ETC"
-chmod 0755 "$ROOT$PREFIX"
-chmod 0700 "$ROOT$ETC"
-BIN="$ROOT$PREFIX/guruconnect-agent"
-if [ -n "${GURUCONNECT_AGENT_BIN:-}" ]; then
-  cp "$GURUCONNECT_AGENT_BIN" "$BIN.new"
-elif command -v curl >/dev/null 2>&1; then
-  curl -fsSL "$SERVER/download/guruconnect-agent" -o "$BIN.new" || die "cannot download the agent from $SERVER"
-elif command -v wget >/dev/null 2>&1; then
-  wget -qO "$BIN.new" "$SERVER/download/guruconnect-agent" || die "cannot download the agent from $SERVER"
-else
-  die "need curl or wget, or GURUCONNECT_AGENT_BIN=/path/to/guruconnect-agent"
-fi
-chmod 0755 "$BIN.new"
-mv "$BIN.new" "$BIN"
-
-toml_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
-umask 077
-{
-  echo "# GuruConnect agent site configuration (written by the site installer)."
-  echo "server = $(toml_str "$SERVER")"
-  echo "site_code = $(toml_str "$SITE_CODE")"
-  echo "enrollment_key = $(toml_str "$KEY")"
-  echo "key_file = $(toml_str "$ETC/agent.key")"
-  echo "[labels]"
-  [ -n "${GURUCONNECT_COMPANY:-}" ] && echo "company = $(toml_str "$GURUCONNECT_COMPANY")"
-  [ -n "${GURUCONNECT_DEPARTMENT:-}" ] && echo "department = $(toml_str "$GURUCONNECT_DEPARTMENT")"
-  [ -n "${GURUCONNECT_DEVICE_TYPE:-}" ] && echo "device_type = $(toml_str "$GURUCONNECT_DEVICE_TYPE")"
-  if [ -n "${GURUCONNECT_TAGS:-}" ]; then
-    printf 'tags = ['
-    first=1
-    OLDIFS=$IFS; IFS=','
-    for t in $GURUCONNECT_TAGS; do
-      [ $first = 1 ] || printf ', '
-      first=0
-      printf '%s' "$(toml_str "$t")"
-    done
-    IFS=$OLDIFS
-    echo ']'
-  fi
-  true
-} > "$ROOT$ETC/agent.toml"
-chmod 0600 "$ROOT$ETC/agent.toml"
-
-# The X display the service captures, and its authority file when the X server needs one.
-set --
-if [ -n "${GURUCONNECT_DISPLAY:-}" ]; then set -- "$@" --display "$GURUCONNECT_DISPLAY"; fi
-if [ -n "${GURUCONNECT_XAUTHORITY:-}" ]; then set -- "$@" --xauthority "$GURUCONNECT_XAUTHORITY"; fi
-if [ -n "$ROOT" ]; then
-  "$BIN" install --root "$ROOT" --config "$ETC/agent.toml" --bin "$PREFIX/guruconnect-agent" "$@"
-else
-  "$BIN" install --config "$ETC/agent.toml" --bin "$PREFIX/guruconnect-agent" "$@"
-fi
-echo "GuruConnect agent installed for site $SITE_CODE; it enrolls on its first start."
-"##;
 
 #[cfg(test)]
 mod tests {
