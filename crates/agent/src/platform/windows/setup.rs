@@ -275,7 +275,10 @@ fn wait_for(
 
 /// `guruconnect-agent install`.
 pub fn install(options: &SiteOptions) -> Result<(), SetupError> {
-    if options.server.is_some() {
+    let configuring = [&options.server, &options.site_code, &options.enrollment_key]
+        .iter()
+        .any(|o| o.is_some());
+    if configuring {
         configure_in(&data_dir(), options).map(|lines| {
             for line in lines {
                 println!("{line}");
