@@ -93,10 +93,28 @@ EOF
     echo "== installing again updates the service"
     wine "$exe" install || fail "reinstall failed"
 
-    echo "== uninstall stops the agent over its pipe; then --purge"
+    echo "== uninstall stops the agent over its pipe"
     wine "$exe" uninstall || fail "uninstall failed"
     grep -q "the agent stopped" "$data/agent.log" || fail "the agent was not stopped over its pipe"
     if wine sc query GuruConnectAgent >/dev/null 2>&1; then fail "the service is still there"; fi
+    echo "== a worker that exits is restarted with backoff"
+    # Wine ends its session (services too) once no ordinary process is left: keep one.
+    wine notepad >/dev/null 2>&1 &
+    wine "$exe" install --server "http://127.0.0.1:$port" --site-code HQ \
+      --enrollment-key "$secret" >/dev/null 2>&1 || fail "install failed"
+    for _ in $(seq 40); do grep -q "started the agent" "$data/agent.log" && break; sleep 0.5; done
+    echo "server = \"nonsense\"" >"$data/agent.toml"
+    wpid="$(grep -o "started the agent pid=[0-9]*" "$data/agent.log" | tail -1 | grep -o "[0-9]*$")"
+    wine taskkill /f /pid "$wpid" >/dev/null 2>&1 || true
+    for _ in $(seq 40); do
+      [ "$(grep -c "exited with code 1; restarting it in" "$data/agent.log")" -ge 2 ] && break
+      sleep 0.5
+    done
+    [ "$(grep -c "exited with code 1; restarting it in" "$data/agent.log")" -ge 2 ] \
+      || fail "the worker was not restarted"
+    grep -q "invalid configuration" "$data/agent.log" || fail "the worker'"'"'s error is not in agent.log"
+    wine "$exe" uninstall >/dev/null || fail "uninstall failed"
+
     wine "$exe" uninstall --purge | tee "$work/second"
     grep -q "not installed" "$work/second" || fail "a second uninstall did not say so"
     [ ! -e "$data" ] || fail "--purge left $data"

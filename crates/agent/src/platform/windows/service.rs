@@ -27,8 +27,11 @@
 //! Under Wine (`services.exe`), `install` registers the service (`wine sc query
 //! GuruConnectAgent` shows it), `wine net start GuruConnectAgent` runs this supervisor, which
 //! launches the worker, logs to `agent.log` (the worker's refused enrollment and its retry
-//! delay included), and on a stop (`uninstall`, `net stop`) stops the worker over the pipe
-//! (`scripts/windows/test.sh --service` checks all of this). The named pipe and the log writer are also
+//! delay included), restarts a worker that exits with growing delays, and on a stop
+//! (`uninstall`, `net stop`) stops the worker over the pipe (`scripts/windows/test.sh
+//! --service` checks all of this). Wine ends its whole session, services included, once no
+//! ordinary (non-service) process is left, e.g. between two worker launches: a test under
+//! Wine keeps one running. The named pipe and the log writer are also
 //! covered by unit tests. UNVERIFIED (real Windows only): session 0 isolation itself, the
 //! token's move to the console session (Wine ignores the token of `CreateProcessAsUserW`
 //! and has a single session), `SERVICE_CONTROL_SESSIONCHANGE` (Wine's service manager never
