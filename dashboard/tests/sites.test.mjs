@@ -121,6 +121,34 @@ describe('sites', () => {
     assert.ok(!script.includes(key), 'the installer contains the old enrollment key');
     assert.doesNotMatch(script, /gce_[A-Za-z0-9_-]{43}/, 'the installer contains a key');
 
+    // Windows beside Linux: the fresh key's msiexec command, and a Windows button that says
+    // what to configure on a server without an MSI (this one has none).
+    assert.equal(
+      (await page.locator('[data-testid=install-command-windows]').innerText()).trim(),
+      `msiexec /i guruconnect-HQ-TEST.msi /qn ENROLLMENT_KEY=${key2}`,
+    );
+    const windowsButton = row.locator('[data-action=installer-windows]');
+    assert.ok(await windowsButton.isDisabled(), 'the Windows download is offered without an MSI');
+    assert.match((await windowsButton.getAttribute('title')) ?? '', /agent_windows_msi_path/);
+
+    // The installer builder: labels built into the script; Windows explains what is missing.
+    const builder = page.locator('[data-testid=installer-builder]');
+    await builder.waitFor();
+    await page.selectOption('#builder-platform', 'windows');
+    assert.match(await builder.locator('[data-testid=builder-note]').innerText(), /agent_windows_msi_path/);
+    assert.ok(await builder.locator('[data-testid=builder-download]').isDisabled());
+    assert.match(await builder.locator('[data-testid=builder-command]').innerText(), /^msiexec \/i guruconnect-HQ-TEST\.msi \/qn ENROLLMENT_KEY=/);
+    await page.selectOption('#builder-platform', 'linux');
+    assert.match(await builder.locator('[data-testid=builder-note]').innerText(), /agent_binary_path/);
+    await page.fill('#builder-company', 'Acme Dental');
+    await page.fill('#builder-tags', 'front-desk, pos');
+    const [built] = await Promise.all([page.waitForEvent('download'), builder.locator('[data-testid=builder-download]').click()]);
+    assert.equal(built.suggestedFilename(), 'guruconnect-install-HQ-TEST.sh');
+    const builtScript = readFileSync(await built.path(), 'utf8');
+    assert.ok(builtScript.includes("BUILTIN_COMPANY='Acme Dental'"), 'the builder\'s company is in the script');
+    assert.ok(builtScript.includes("BUILTIN_TAGS='front-desk,pos'"), 'the builder\'s tags are in the script');
+    assert.doesNotMatch(builtScript, /gce_[A-Za-z0-9_-]{43}/, 'the built installer contains a key');
+
     assert.equal(await page.locator('.alert-bad').count(), 0, 'the earlier error is cleared by the new key');
     // Screenshot with the new key and the list, once the toasts are gone.
     await page.setViewportSize({ width: 1280, height: 960 });

@@ -7,14 +7,16 @@
 //! Layout:
 //!
 //! - `main.rs`: the command line (`--server/--code` support mode, `run`, `install`,
-//!   `uninstall`) and the reconnect policies of the two modes;
+//!   `uninstall`, and on Windows `configure` and `service`) and the reconnect policies of
+//!   the two modes;
 //! - [`session`]: one connection from hello to end: the relay protocol loop
 //!   (`session/mod.rs`) plus the capture, input, clipboard and chat threads
 //!   (`session/{capture,input,clipboard,chat}.rs`), platform-neutral;
 //! - [`encoding`]: the codec negotiation glue over `guruconnect-codec`;
 //! - [`config`]: managed-mode configuration and the key file (owner-only permissions);
 //! - [`enroll`]: zero-touch enrollment and the managed agent's credential;
-//! - `install`: the systemd unit (Linux);
+//! - `install`: the systemd unit (Linux); on Windows `platform::windows::{service, setup,
+//!   keystore}`: the GuruConnectAgent service, install/configure, DPAPI-protected keys;
 //! - [`backoff`]: exponential backoff with jitter;
 //! - [`platform`]: the OS layer behind one seam, [`platform::Desktop`], a factory for small
 //!   traits ([`platform::Capturer`], [`platform::Injector`], [`platform::ConsentPrompt`],
@@ -27,8 +29,9 @@
 //! closeness, keyboard and mouse arriving in an X client, a technician's chat message opening
 //! the chat window and the reply typed there reaching the viewer). Windows is cross-built
 //! and exercised under Wine on Xvfb by `tests/e2e_wine.rs` (GDI capture, `SendInput`,
-//! consent, clipboard, chat, enrollment, reconnect); DXGI, `SendSAS`, the secure desktop
-//! and running as a service in session 0 are unverified on real Windows. Wayland and macOS
+//! consent, clipboard, chat, enrollment, reconnect) and, installed by the MSI as a service,
+//! by `tests/e2e_msi.rs`; DXGI, `SendSAS`, the secure desktop, session 0 isolation and the
+//! hand-off to the console session are unverified on real Windows. Wayland and macOS
 //! are not implemented. Self-update is not implemented.
 //!
 //! `unsafe` is denied crate-wide; the MIT-SHM mapping in `platform::linux::capture` and

@@ -17,7 +17,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,7 @@ fn built_msi() -> Option<PathBuf> {
 struct WinePrefix {
     dir: tempfile::TempDir,
     x: Xvfb,
+    keepalive: Option<std::process::Child>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -59,7 +60,10 @@ impl WinePrefix {
         let lock = WINE
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let base = PathBuf::from(std::env::var_os("WINEPREFIX")?);
+        let base = PathBuf::from(
+            std::env::var_os("WINEPREFIX")
+                .expect("WINEPREFIX is not set: source scripts/windows/env.sh"),
+        );
         assert!(
             base.join("system.reg").is_file(),
             "no prepared Wine prefix at {} (scripts/windows/build-agent.sh makes it)",
@@ -76,12 +80,33 @@ impl WinePrefix {
             .status()
             .unwrap();
         assert!(status.success(), "copying the Wine prefix");
+        // Services do not search WINEPATH: the ProcessPrng stand-in goes into system32.
+        if let Some(stub) = std::env::var_os("GURUCONNECT_WINDOWS_STUB_DIR") {
+            std::fs::copy(
+                Path::new(&stub).join("bcryptprimitives.dll"),
+                dir.path()
+                    .join("drive_c/windows/system32/bcryptprimitives.dll"),
+            )
+            .expect("copy the bcryptprimitives.dll stand-in");
+        }
         let x = Xvfb::start()?;
-        Some(WinePrefix {
+        let mut prefix = WinePrefix {
             dir,
             x,
+            keepalive: None,
             _lock: lock,
-        })
+        };
+        // Wine ends its session, services included, once no ordinary process is left.
+        prefix.keepalive = Some(
+            prefix
+                .command("wine")
+                .arg("notepad")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start notepad"),
+        );
+        Some(prefix)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -91,11 +116,12 @@ impl WinePrefix {
         cmd
     }
 
-    /// Runs `wine ARGS…` to completion (bounded).
-    fn wine(&self, args: &[&str]) -> Output {
+    /// Runs `wine ARGS…` to completion (bounded): the exit code and the output.
+    fn wine(&self, args: &[&str]) -> (Option<i32>, String) {
         let mut cmd = self.command("wine");
         cmd.args(args);
-        run_with_timeout(&mut cmd, Duration::from_secs(180))
+        run_bounded(&mut cmd, Duration::from_secs(180))
+            .unwrap_or_else(|| panic!("wine {args:?} did not finish within 180 s"))
     }
 
     /// `C:\…` inside the prefix.
@@ -111,20 +137,15 @@ impl WinePrefix {
         let mut all: Vec<&str> = vec!["msiexec"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["/l*v", &log_arg]);
-        let out = self.wine(&all);
+        let (code, _) = self.wine(&all);
         let text = std::fs::read(log)
             .map(|b| decode_log(&b))
             .unwrap_or_default();
-        (out.status.code().unwrap_or(-1), text)
+        (code.unwrap_or(-1), text)
     }
 
     fn service_state(&self) -> String {
-        let out = self.wine(&["sc", "query", SERVICE]);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        self.wine(&["sc", "query", SERVICE]).1
     }
 
     fn wait_service_running(&self) -> String {
@@ -150,8 +171,45 @@ impl WinePrefix {
 
 impl Drop for WinePrefix {
     fn drop(&mut self) {
-        let _ = self.command("wineserver").arg("-k").status();
-        let _ = self.command("wineserver").arg("-w").status();
+        // Stop the prefix's wineserver (every Wine process of it) first, bounded: a hung
+        // shutdown must not hold the lock the next test waits for.
+        let _ = run_bounded(
+            self.command("wineserver").arg("-k"),
+            Duration::from_secs(30),
+        );
+        if let Some(mut child) = self.keepalive.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = run_bounded(
+            self.command("wineserver").arg("-w"),
+            Duration::from_secs(30),
+        );
+    }
+}
+
+/// Runs `cmd` with its output in files, not pipes (a Wine service started by it would keep
+/// a pipe open forever), and kills it past `timeout`. `None` when it timed out.
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> Option<(Option<i32>, String)> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out.reopen().unwrap())
+        .stderr(out.reopen().unwrap())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let text = std::fs::read_to_string(out.path()).unwrap_or_default();
+            return Some((status.code(), text));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -291,6 +349,7 @@ async fn msi_installs_the_service_which_enrolls_and_uninstalls_cleanly() {
     assert!(state.contains(SERVICE), "{state}");
 
     let machine = wait_machine(&relay, &admin, &wine, |m| m["online"] == true).await;
+    println!("enrolled and online: {machine}");
     assert_eq!(machine["site"], "Head Office", "{machine}");
     assert_eq!(machine["company"], "Acme", "{machine}");
     let agent_id = machine["agent_id"].as_str().unwrap().to_owned();
@@ -394,7 +453,7 @@ async fn a_wrong_enrollment_key_installs_and_the_service_log_names_the_refusal()
         let text = wine.agent_log();
         if text.contains("enrollment") && (text.contains("refused") || text.contains("rejected")) {
             assert!(
-                text.contains("retry") || text.contains("again"),
+                text.contains("reconnecting in") || text.contains("retry"),
                 "the log does not say it retries:\n{text}"
             );
             break;

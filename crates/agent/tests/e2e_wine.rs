@@ -472,10 +472,15 @@ async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_res
         "{machine}"
     );
     assert_eq!(machine["company"], "Acme Dental", "{machine}");
-    let stored = std::fs::read_to_string(&key_file).expect("the key was stored");
-    assert!(stored.trim().starts_with("cak_"));
+    // Stored DPAPI-protected (platform::windows::keystore): never the key in plain text.
+    let stored = std::fs::read(&key_file).expect("the key was stored");
+    assert!(stored.starts_with(b"GCDPAPI1"), "not a protected key file");
     assert!(
-        !agent.stderr().contains(&enrollment_key) && !agent.stderr().contains(stored.trim()),
+        !stored.windows(4).any(|w| w == b"cak_"),
+        "the per-agent key is stored in plain text"
+    );
+    assert!(
+        !agent.stderr().contains(&enrollment_key) && !agent.stderr().contains("cak_"),
         "secrets must not be logged"
     );
 
@@ -485,7 +490,7 @@ async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_res
     let again = relay.wait_one_online(&admin, &agent).await;
     assert_eq!(again["agent_id"], machine["agent_id"]);
     assert_eq!(
-        std::fs::read_to_string(&key_file).expect("key"),
+        std::fs::read(&key_file).expect("key"),
         stored,
         "the stored key is kept"
     );
