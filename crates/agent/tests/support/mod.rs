@@ -164,12 +164,29 @@ pub fn xdotool(display: &str, args: &[&str]) -> String {
 }
 
 /// The first visible X window whose name matches, waiting for it.
+///
+/// xdotool's search walks the window tree; a window destroyed during the walk (Wine's
+/// transient windows) fails it with BadWindow, which is retried rather than a failure.
 pub fn wait_window(display: &str, name: &str) -> String {
-    let found = xdotool(
-        display,
-        &["search", "--sync", "--onlyvisible", "--name", name],
-    );
-    found.lines().next().expect("a window id").trim().to_owned()
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = run_with_timeout(
+            Command::new("xdotool")
+                .args(["search", "--sync", "--onlyvisible", "--name", name])
+                .env("DISPLAY", display),
+            WAIT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let found = String::from_utf8_lossy(&out.stdout);
+            return found.lines().next().expect("a window id").trim().to_owned();
+        }
+        assert!(
+            stderr.contains("BadWindow") && Instant::now() < deadline,
+            "xdotool search for {name:?} failed: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Clicks the centre of `rect` (window coordinates) of `window`, as a user would.
