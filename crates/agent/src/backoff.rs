@@ -42,7 +42,20 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Records a connection that was accepted and then ended after `lasted`: one that
+    /// held for [`STABLE_CONNECTION`] starts the delays over, one that ended at once
+    /// (a server that accepts and drops) keeps them growing.
+    pub fn connection_ended(&mut self, lasted: Duration) {
+        if lasted >= STABLE_CONNECTION {
+            self.reset();
+        }
+    }
 }
+
+/// How long a connection must hold for the next reconnect to start from the shortest
+/// delay again.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -70,5 +83,20 @@ mod tests {
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));
         assert_eq!(b.attempts(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_held_starts_over_and_a_flapping_one_does_not() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..6 {
+            b.next_delay();
+        }
+        b.connection_ended(Duration::from_secs(1));
+        assert!(
+            b.next_delay() >= Duration::from_secs(30),
+            "a flap reset the delay"
+        );
+        b.connection_ended(STABLE_CONNECTION);
+        assert!(b.next_delay() <= Duration::from_secs(1));
     }
 }

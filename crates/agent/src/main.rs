@@ -32,6 +32,9 @@ use guruconnect_agent::session::{self, ConnectError, Outcome, SessionOptions};
 const EXIT_CODE_REFUSED: u8 = 2;
 /// Exit status when the desktop (X display, interactive Windows desktop) cannot be opened.
 const EXIT_NO_DISPLAY: u8 = 3;
+/// Exit status when the server URL cannot be right (no scheme, not GuruConnect, TLS
+/// against plain HTTP): retrying would not help.
+const EXIT_WRONG_SERVER: u8 = 4;
 /// How long support mode keeps trying to reach the server.
 const SUPPORT_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Message for a refused support code.
@@ -388,6 +391,7 @@ async fn support(server: String, code: String) -> ExitCode {
         match session::connect(&server, &code).await {
             Ok(conn) => break conn,
             Err(ConnectError::Rejected { .. }) => return fail(CODE_REFUSED, EXIT_CODE_REFUSED),
+            Err(ConnectError::WrongServer(why)) => return fail(why, EXIT_WRONG_SERVER),
             Err(ConnectError::Unreachable(e)) => {
                 let delay = backoff.next_delay();
                 if started.elapsed() + delay > SUPPORT_RETRY_FOR {
@@ -481,9 +485,7 @@ async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode
                             };
                             let outcome = session::run_with(conn, options).await;
                             tracing::warn!(?outcome, "session ended");
-                            if started.elapsed() > Duration::from_secs(60) {
-                                backoff.reset();
-                            }
+                            backoff.connection_ended(started.elapsed());
                         }
                         Err(ConnectError::Rejected { status }) => {
                             let fallback = config.can_enroll() || config.shared_key.is_some();
@@ -498,6 +500,10 @@ async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode
                                 ),
                             }
                             skip_stored = fallback && matches!(credential, Credential::Key(_));
+                        }
+                        Err(ConnectError::WrongServer(why)) => {
+                            // The configuration may be fixed while the service keeps running.
+                            tracing::error!("{why}");
                         }
                         Err(ConnectError::Unreachable(e)) => {
                             tracing::warn!("cannot reach the server at {server}: {e}");

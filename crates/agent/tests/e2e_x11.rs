@@ -870,6 +870,64 @@ async fn used_or_unknown_code_is_refused_with_a_clear_message() {
     drop(first);
 }
 
+/// A plain-HTTP server that is not GuruConnect: every request gets `status` and an HTML
+/// page. Returns its `http://` base.
+async fn foreign_web_server(status: &'static str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html><body><h1>Welcome to our intranet</h1></body></html>";
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_server_url_is_named_and_not_retried() {
+    let Some(x) = Xvfb::start() else { return };
+    let not_found = foreign_web_server("404 Not Found").await;
+    let ok_page = foreign_web_server("200 OK").await;
+    let https_to_plain = ok_page.replace("http://", "https://");
+    let no_scheme = ok_page.trim_start_matches("http://").to_owned();
+    let cases = [
+        (not_found.as_str(), "is not a GuruConnect server"),
+        (ok_page.as_str(), "is not a GuruConnect server"),
+        (https_to_plain.as_str(), "does not speak https"),
+        (no_scheme.as_str(), "must start with https:// or http://"),
+    ];
+    for (server, says) in cases {
+        let mut agent = AgentProcess::spawn(
+            Some(&x.display),
+            &["--server", server, "--code", "ABC-DEF-GHJ"],
+        );
+        // Under the 60 s support mode spends retrying a server it cannot reach.
+        let status = agent.wait_exit(WAIT).await;
+        let stderr = agent.stderr();
+        assert_eq!(status.code(), Some(4), "{server}: {stderr}");
+        assert!(stderr.contains(says), "{server}: {stderr}");
+        assert!(
+            !stderr.contains("<html"),
+            "{server}: the page was dumped: {stderr}"
+        );
+        assert!(
+            !stderr.contains("support code is invalid"),
+            "{server}: blamed the code: {stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_display_is_a_clear_error() {
     let mut agent = AgentProcess::spawn(

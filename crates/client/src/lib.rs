@@ -11,10 +11,13 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use guruconnect_proto::{Envelope, Payload};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The WebSocket library, for matching on [`ClientError::Transport`].
+pub use tokio_tungstenite::tungstenite;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -74,6 +74,13 @@ impl Audit {
         Ok(())
     }
 
+    /// Records the event on its own task (quietly), for hot loops that must not wait on
+    /// the database, such as a relay read loop.
+    pub fn record_in_background(self, state: &AppState) {
+        let state = state.clone();
+        tokio::spawn(async move { self.record_quietly(&state).await });
+    }
+
     /// Records the event; a failure is logged, never surfaced (for paths that must not
     /// fail because auditing did, such as a socket closing).
     pub async fn record_quietly(self, state: &AppState) {

@@ -78,3 +78,27 @@ async fn audit_log_is_admin_only_filterable_and_paginated() {
     let resp = server.get("/api/events?limit=0", &admin).await;
     expect_envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
 }
+
+#[tokio::test]
+async fn events_name_their_machine_by_host_name() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let agent_id = uuid::Uuid::new_v4().to_string();
+    let resp = server
+        .client()
+        .post(server.url(&format!("/api/machines/{agent_id}/keys")))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "hostname": "front-desk-01" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    let issued = page(&server, &admin, "type=key.issued").await;
+    let event = &issued["items"][0];
+    assert_eq!(event["agent_id"], agent_id.as_str(), "{issued}");
+    assert_eq!(event["hostname"], "front-desk-01", "{issued}");
+    // Events without a machine carry no host name.
+    let logins = page(&server, &admin, "type=auth.login_success").await;
+    assert!(logins["items"][0].get("hostname").is_none(), "{logins}");
+}

@@ -746,6 +746,45 @@ async fn removing_a_session_is_admin_only_ends_it_and_hides_it() {
     assert_ne!(back.session_id, offline_id);
 }
 
+#[tokio::test]
+async fn sessions_list_filters_by_machine() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let tech = user_with_role(&server, &admin, "technician").await;
+    let (mut first, first_key) = managed_agent(&server, &admin).await;
+    let (mut second, second_key) = managed_agent(&server, &admin).await;
+    sync(&mut first.conn).await;
+    sync(&mut second.conn).await;
+    let ids = |query: String| {
+        let (server, tech) = (&server, &tech);
+        async move {
+            let resp = server.get(&format!("/api/sessions?{query}"), tech).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{query}");
+            let body: Vec<Value> = resp.json().await.expect("sessions");
+            body.iter()
+                .map(|s| s["id"].as_str().expect("id").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = ids("all=true".to_owned()).await;
+    assert!(all.contains(&first.session_id) && all.contains(&second.session_id));
+    // The machine page's history: one machine's sessions, open or all, no other's.
+    for all in ["", "all=true&"] {
+        assert_eq!(
+            ids(format!("{all}agent_id={}", first_key.agent_id)).await,
+            vec![first.session_id.clone()]
+        );
+        assert_eq!(
+            ids(format!("{all}agent_id={}", second_key.agent_id)).await,
+            vec![second.session_id.clone()]
+        );
+    }
+    let unknown = ids(format!("all=true&agent_id={}", uuid::Uuid::new_v4())).await;
+    assert!(unknown.is_empty(), "{unknown:?}");
+    // An empty filter is no filter.
+    assert_eq!(ids("all=true&agent_id=".to_owned()).await.len(), all.len());
+}
+
 // ---------------------------------------------------------------- 8. reaping
 
 #[tokio::test]
@@ -912,6 +951,74 @@ async fn a_keyed_agent_claiming_another_machines_uid_changes_nothing() {
     // And B's hardware still enrolls as B.
     let again = enroll(&server, &site, "uid-b", "host-b").await;
     assert_eq!(again.agent_id, b.agent_id);
+}
+
+#[tokio::test]
+async fn a_support_session_on_an_enrolled_machine_reuses_its_row_beside_its_managed_session() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let site = create_site(&server, &admin, "Dental", "DENT").await;
+    let enrolled = enroll(&server, &site, "uid-dent-1", "reception").await;
+    let mut managed = agent_hello(
+        &server,
+        &enrolled.agent_key,
+        hello("reception", "uid-dent-1"),
+    )
+    .await;
+    sync(&mut managed.conn).await;
+
+    // The customer at that machine runs the support agent with a code.
+    let code = create_code(&server, &admin).await;
+    let mut attended = agent_hello(&server, &code, hello("reception", "uid-dent-1")).await;
+    recv_until(&mut attended.conn, "consent request", WAIT, |p| {
+        matches!(p, Payload::ConsentRequest(_))
+    })
+    .await;
+    assert_eq!(
+        attended.agent_id, enrolled.agent_id,
+        "the support session got its own row"
+    );
+    assert_eq!(machine_count(&server).await, 1);
+    assert!(server.events_of("alert.machine_collision").await.is_empty());
+    // Neither session ends the other.
+    sync(&mut managed.conn).await;
+    assert_eq!(server.state.relay.all_of_agent(&enrolled.agent_id).len(), 2);
+    assert_eq!(
+        server
+            .state
+            .relay
+            .by_agent(&enrolled.agent_id)
+            .expect("live")
+            .id,
+        managed.session_id,
+        "Join on the machine opens its managed session"
+    );
+    // Consent still gates the support session.
+    let record = server
+        .state
+        .store
+        .get_session(&attended.session_id)
+        .await
+        .expect("session");
+    assert_eq!(record.status, "waiting_consent");
+
+    // Another host with that uid is still a collision, code or not.
+    let code = create_code(&server, &admin).await;
+    let other = agent_hello(&server, &code, hello("not-reception", "uid-dent-1")).await;
+    assert_ne!(other.agent_id, enrolled.agent_id);
+
+    // Removing the machine ends both of its sessions.
+    let resp = server
+        .client()
+        .delete(server.url(&format!("/api/machines/{}", enrolled.agent_id)))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("remove");
+    assert!(resp.status().is_success(), "{resp:?}");
+    let (_, managed_close, _) = expect_closed(&mut managed.conn, WAIT).await;
+    let (_, attended_close, _) = expect_closed(&mut attended.conn, WAIT).await;
+    assert_eq!((managed_close, attended_close), (1008, 1008));
 }
 
 // ---------------------------------------------------------------- 10. trust on first use

@@ -329,6 +329,26 @@ async fn consent_denied_ends_the_session_and_burns_the_code() {
     })
     .await;
     assert!(ended);
+    // The codes page tells a denial from an ordinary end.
+    let denied = common::eventually(WAIT, || async {
+        server
+            .state
+            .store
+            .get_code(&code)
+            .await
+            .is_ok_and(|c| c.is_some_and(|c| c.status == "denied"))
+    })
+    .await;
+    assert!(
+        denied,
+        "the code reads {:?}, not denied",
+        server
+            .state
+            .store
+            .get_code(&code)
+            .await
+            .map(|c| c.map(|c| c.status))
+    );
     assert!(!server.events_of("consent.denied").await.is_empty());
     assert_eq!(
         metric(&server, "guruconnect_frames_relayed_total").await,
@@ -604,7 +624,46 @@ async fn chat_clipboard_and_modifier_release() {
     .await;
     assert!(matches!(got, Payload::Clipboard(c) if c.text == "to the agent"));
 
-    // Chat content never reaches the audit log.
+    // Chat and clipboard use is audited (who, which way, how long); never the content.
+    let audited = common::eventually(WAIT, || async {
+        server.events_of("chat.sent").await.len() == 3
+            && server.events_of("clipboard.sent").await.len() == 2
+    })
+    .await;
+    assert!(
+        audited,
+        "chat.sent {:?} clipboard.sent {:?}",
+        server.events_of("chat.sent").await,
+        server.events_of("clipboard.sent").await
+    );
+    let from_watcher = server
+        .events_of("chat.sent")
+        .await
+        .into_iter()
+        .find(|e| e.event.details["from"] == "technician")
+        .expect("a technician's chat event");
+    assert_eq!(from_watcher.event.session_id.as_deref(), Some(sid.as_str()));
+    assert!(from_watcher.event.username.is_some(), "{from_watcher:?}");
+    assert_eq!(
+        from_watcher.event.details["chars"],
+        "hi from the watcher".len()
+    );
+    let directions: Vec<_> = server
+        .events_of("clipboard.sent")
+        .await
+        .iter()
+        .map(|e| {
+            e.event.details["to"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        directions.contains(&"machine".to_owned())
+            && directions.contains(&"technicians".to_owned()),
+        "{directions:?}"
+    );
     let events = server.events().await;
     let dump = serde_json::to_string(&events).unwrap();
     assert!(!dump.contains("hi from the watcher") && !dump.contains("secret clipboard"));

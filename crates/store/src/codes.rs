@@ -165,10 +165,21 @@ impl Store {
 
     /// Marks a consumed code as ended (its session finished); `true` if it changed.
     pub async fn end_code(&self, code: &str) -> StoreResult<bool> {
+        self.finish_code(code, "ended").await
+    }
+
+    /// Marks a consumed code as denied (the customer refused consent); `true` if it
+    /// changed. A later [`Store::end_code`] leaves it denied.
+    pub async fn deny_code(&self, code: &str) -> StoreResult<bool> {
+        self.finish_code(code, "denied").await
+    }
+
+    async fn finish_code(&self, code: &str, status: &str) -> StoreResult<bool> {
         let res = sqlx::query(
-            "UPDATE support_codes SET status = 'ended' WHERE code = $1 AND status = 'consumed'",
+            "UPDATE support_codes SET status = $2 WHERE code = $1 AND status = 'consumed'",
         )
         .bind(code)
+        .bind(status)
         .execute(self.pool())
         .await?;
         Ok(res.rows_affected() == 1)

@@ -127,4 +127,31 @@ impl Store {
         let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(event_from_row).collect()
     }
+
+    /// The host name of each machine in `agent_ids` that the tenant has or had (removed
+    /// machines too: their events outlive them), by agent id.
+    pub async fn machine_hostnames(
+        &self,
+        tenant_id: &str,
+        agent_ids: &[&str],
+    ) -> StoreResult<std::collections::HashMap<String, String>> {
+        let mut names = std::collections::HashMap::new();
+        // A page of events names at most MAX_EVENT_PAGE machines; chunk to stay far
+        // below either backend's bind-parameter limit.
+        for chunk in agent_ids.chunks(100) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT agent_id, hostname FROM machines WHERE tenant_id = $1 AND agent_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant_id);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                names.insert(row.try_get("agent_id")?, row.try_get("hostname")?);
+            }
+        }
+        Ok(names)
+    }
 }

@@ -49,7 +49,12 @@ export function auditPage({ root, signal }: PageContext): void {
       h('td', { class: 'nowrap' }, dateTime(e.created_at)),
       h('td', {}, h('code', {}, e.event_type)),
       h('td', {}, e.username ?? (e.user_id ? e.user_id.slice(0, 8) : h('span', { class: 'muted' }, '—'))),
-      h('td', { class: 'mono small' }, e.agent_id ? e.agent_id.slice(0, 8) : '—', e.session_id ? h('div', { class: 'muted' }, `session ${e.session_id.slice(0, 8)}`) : null),
+      h(
+        'td',
+        { class: 'small', title: e.agent_id ?? '' },
+        e.agent_id ? (e.hostname ? h('span', { class: 'strong' }, e.hostname) : h('span', { class: 'mono' }, e.agent_id.slice(0, 8))) : '—',
+        e.session_id ? h('div', { class: 'muted mono' }, `session ${e.session_id.slice(0, 8)}`) : null,
+      ),
       h('td', { class: 'mono small' }, e.client_ip ?? '—'),
       h('td', { class: 'details small mono', title: details(e.details) }, details(e.details)),
     );

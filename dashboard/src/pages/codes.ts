@@ -11,6 +11,7 @@ const TONE: Record<string, 'ok' | 'warn' | 'bad' | 'info' | 'muted'> = {
   consumed: 'ok',
   cancelled: 'muted',
   ended: 'muted',
+  denied: 'bad',
   expired: 'warn',
 };
 

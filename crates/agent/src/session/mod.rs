@@ -45,12 +45,16 @@ const MAX_FRAME_BYTES: usize = guruconnect_proto::MAX_AGENT_MESSAGE - 4096;
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The server answered and refused the credential.
+    /// A GuruConnect server answered and refused the credential.
     #[error("the server refused the credential (HTTP {status})")]
     Rejected {
         /// HTTP status.
         status: u16,
     },
+    /// The server URL is wrong in a way retrying cannot fix: no scheme, not a GuruConnect
+    /// server, `https` against a plain-HTTP port. The text says which.
+    #[error("{0}")]
+    WrongServer(String),
     /// The server could not be reached (or failed): worth retrying.
     #[error("{0}")]
     Unreachable(String),
@@ -58,12 +62,75 @@ pub enum ConnectError {
 
 /// Dials the relay with `credential`.
 pub async fn connect(server: &str, credential: &str) -> Result<Connection, ConnectError> {
-    match connect_agent(server, credential).await {
-        Ok(conn) => Ok(conn),
-        Err(ClientError::Rejected { status, .. }) if (400..500).contains(&status) => {
-            Err(ConnectError::Rejected { status })
+    check_server_url(server)?;
+    connect_agent(server, credential)
+        .await
+        .map_err(|e| classify(server, e))
+}
+
+/// Refuses a server URL without an `http://` or `https://` scheme before dialing.
+pub fn check_server_url(server: &str) -> Result<(), ConnectError> {
+    let lower = server.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Ok(());
+    }
+    let host = server.split_once("://").map_or(server, |(_, rest)| rest);
+    Err(ConnectError::WrongServer(format!(
+        "the server URL \"{server}\" must start with https:// or http:// \
+         (for example https://{host})"
+    )))
+}
+
+/// Sorts a failed dial into a refusal, a wrong URL or a transient failure. Only a
+/// GuruConnect error envelope counts as a refusal; a foreign page is never printed whole.
+fn classify(server: &str, e: ClientError) -> ConnectError {
+    match e {
+        ClientError::Rejected { status, body } => {
+            // GuruConnect's error envelope: `{ "detail", "error_code", "status_code", … }`.
+            let envelope = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .filter(|v| {
+                    v.get("error_code")
+                        .is_some_and(serde_json::Value::is_string)
+                })
+                .and_then(|v| v.get("detail")?.as_str().map(str::to_owned));
+            match envelope {
+                Some(_) if (400..500).contains(&status) => ConnectError::Rejected { status },
+                Some(message) => ConnectError::Unreachable(format!(
+                    "the server at {server} failed (HTTP {status}): {message}"
+                )),
+                // A proxy in front of a restarting server: try again.
+                None if matches!(status, 502..=504) => ConnectError::Unreachable(format!(
+                    "the server at {server} is not answering (HTTP {status} from a proxy in front of it)"
+                )),
+                None => ConnectError::WrongServer(format!(
+                    "{server} is not a GuruConnect server (it answered HTTP {status} with no \
+                     GuruConnect reply at /ws/agent); check the server URL"
+                )),
+            }
         }
-        Err(e) => Err(ConnectError::Unreachable(e.to_string())),
+        ClientError::Transport(t) => {
+            let text = t.to_string();
+            if text.contains("InvalidContentType") || text.contains("invalid content type") {
+                ConnectError::WrongServer(format!(
+                    "the server at {server} does not speak https on that port (it answered in \
+                     plain text); use http:// or the server's https port"
+                ))
+            } else if matches!(t, guruconnect_client::tungstenite::Error::HttpFormat(_))
+                && !server.to_ascii_lowercase().starts_with("https://")
+            {
+                ConnectError::WrongServer(format!(
+                    "the server at {server} did not answer in HTTP ({text}); if it serves \
+                     https, use an https:// URL"
+                ))
+            } else {
+                ConnectError::Unreachable(text)
+            }
+        }
+        ClientError::InvalidRequest(why) => {
+            ConnectError::WrongServer(format!("cannot use the server URL {server}: {why}"))
+        }
+        other => ConnectError::Unreachable(other.to_string()),
     }
 }
 

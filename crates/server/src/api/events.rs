@@ -37,10 +37,20 @@ pub struct EventQuery {
     limit: Option<i64>,
 }
 
+/// An event with the host name of its machine, so the log reads without lookups.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    #[serde(flatten)]
+    event: Event,
+    /// The machine's host name when the event names one the server knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+}
+
 /// One page of events.
 #[derive(Debug, Serialize)]
 pub struct EventPage {
-    items: Vec<Event>,
+    items: Vec<EventView>,
     /// Pass as `before_id` for the next page; absent on the last page.
     next_before_id: Option<i64>,
 }
@@ -67,12 +77,33 @@ async fn list(
         before_id: q.before_id,
         limit,
     };
-    let items = state.store.list_events(&filter).await?;
-    let next_before_id = if items.len() as i64 == limit {
-        items.last().map(|e| e.id)
+    let events = state.store.list_events(&filter).await?;
+    let next_before_id = if events.len() as i64 == limit {
+        events.last().map(|e| e.id)
     } else {
         None
     };
+    let mut agent_ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.event.agent_id.as_deref())
+        .collect();
+    agent_ids.sort_unstable();
+    agent_ids.dedup();
+    let hostnames = state
+        .store
+        .machine_hostnames(&admin.user.tenant_id, &agent_ids)
+        .await?;
+    let items = events
+        .into_iter()
+        .map(|event| {
+            let hostname = event
+                .event
+                .agent_id
+                .as_deref()
+                .and_then(|id| hostnames.get(id).cloned());
+            EventView { event, hostname }
+        })
+        .collect();
     Ok(Json(EventPage {
         items,
         next_before_id,

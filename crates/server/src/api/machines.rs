@@ -354,7 +354,7 @@ async fn remove_one(
         .store
         .soft_delete_machine(agent_id, now, audit.event())
         .await?;
-    if let Some(live) = state.relay.by_agent(agent_id) {
+    for live in state.relay.all_of_agent(agent_id) {
         // An offline session has no agent task to end it: end it here.
         if state
             .relay

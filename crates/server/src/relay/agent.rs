@@ -201,10 +201,14 @@ struct UnkeyedIdentity {
 
 /// Resolves an unkeyed agent by its claimed machine_uid: the same endpoint (same uid, same
 /// host name, no per-agent key) reuses its row; a uid held by a keyed machine or by a
-/// different host is a collision and never takes that row over (SPEC §4.13, §7).
+/// different host is a collision and never takes that row over (SPEC §4.13, §7). An
+/// `attended` (support-code) session from the same endpoint as a keyed machine is that
+/// machine asking for help: it is listed under the machine's row, next to its managed
+/// session, and gets no more than any code session (consent still gates it).
 async fn unkeyed_identity(
     state: &AppState,
     hello: &proto::AgentHello,
+    attended: bool,
 ) -> ApiResult<UnkeyedIdentity> {
     let uid = truncate(&hello.machine_uid, 128);
     let fresh = |machine_uid, collision| UnkeyedIdentity {
@@ -225,7 +229,7 @@ async fn unkeyed_identity(
     };
     let keyed = state.store.count_active_keys(&machine.agent_id).await? > 0;
     let same_host = machine.hostname.eq_ignore_ascii_case(&hello.hostname);
-    if !keyed && same_host {
+    if same_host && (!keyed || attended) {
         return Ok(UnkeyedIdentity {
             agent_id: machine.agent_id,
             machine_uid: Some(uid),
@@ -272,7 +276,16 @@ async fn bind(
     };
     let unkeyed = match credential {
         AgentCredential::Key(_) => None,
-        _ => Some(unkeyed_identity(state, hello).await.map_err(internal)?),
+        AgentCredential::Code { .. } => Some(
+            unkeyed_identity(state, hello, true)
+                .await
+                .map_err(internal)?,
+        ),
+        AgentCredential::SharedKey => Some(
+            unkeyed_identity(state, hello, false)
+                .await
+                .map_err(internal)?,
+        ),
     };
     let (agent_id, kind, key_id, code, session_id, technician) = match credential {
         AgentCredential::Key(key) => (
@@ -779,14 +792,30 @@ async fn handle(
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
             }
         }
-        Payload::Chat(_) | Payload::AgentNotice(_) => {
+        Payload::AgentNotice(_) => {
             if session.is_active() {
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
             }
         }
-        Payload::Clipboard(_) => {
+        // Audited by who and how long, never by content.
+        Payload::Chat(chat) => {
+            if session.is_active() {
+                session.broadcast(&Message::Binary(bytes.clone()), false, None);
+                Audit::new("chat.sent")
+                    .agent(&session.agent_id)
+                    .session(&session.id)
+                    .details(json!({ "from": "machine", "chars": chat.text.chars().count() }))
+                    .record_in_background(state);
+            }
+        }
+        Payload::Clipboard(clip) => {
             if session.is_active() {
                 session.broadcast(&Message::Binary(bytes.clone()), true, None);
+                Audit::new("clipboard.sent")
+                    .agent(&session.agent_id)
+                    .session(&session.id)
+                    .details(json!({ "to": "technicians", "chars": clip.text.chars().count() }))
+                    .record_in_background(state);
             }
         }
         Payload::ConsentResponse(answer) => {
@@ -816,6 +845,9 @@ async fn handle(
                     .session(&session.id)
                     .record_quietly(state)
                     .await;
+                if let Some(code) = &session.code {
+                    let _ = state.store.deny_code(code).await;
+                }
                 session.end("consent denied");
                 return Break(());
             }

@@ -431,7 +431,8 @@ impl Registry {
     }
 
     /// Registers a session and returns it with the receiver of the agent's queue.
-    /// A live session of the same machine is superseded (ended) by the new one.
+    /// A live session of the same machine and kind is superseded (ended) by the new one:
+    /// a machine's support-code session and its managed session live side by side.
     pub fn register(&self, new: NewLive) -> Registered {
         let (agent_tx, agent_rx) = mpsc::channel(AGENT_QUEUE);
         let phase = match new.kind {
@@ -462,7 +463,7 @@ impl Registry {
             let mut map = self.lock();
             let old: Vec<String> = map
                 .values()
-                .filter(|s| s.agent_id == new.agent_id)
+                .filter(|s| s.agent_id == new.agent_id && s.kind == new.kind)
                 .map(|s| s.id.clone())
                 .collect();
             let removed = old.iter().filter_map(|id| map.remove(id)).collect();
@@ -555,10 +556,28 @@ impl Registry {
 
     /// The live session of a machine.
     pub fn by_agent(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
+        let map = self.lock();
+        let mut sessions = map.values().filter(|s| s.agent_id == agent_id);
+        let first = sessions.next()?;
+        if first.kind == SessionKind::Managed {
+            return Some(first.clone());
+        }
+        // The managed session, when the machine also has a support-code one.
+        Some(
+            sessions
+                .find(|s| s.kind == SessionKind::Managed)
+                .unwrap_or(first)
+                .clone(),
+        )
+    }
+
+    /// Every live session of one machine (its managed one and a support-code one).
+    pub fn all_of_agent(&self, agent_id: &str) -> Vec<Arc<LiveSession>> {
         self.lock()
             .values()
-            .find(|s| s.agent_id == agent_id)
+            .filter(|s| s.agent_id == agent_id)
             .cloned()
+            .collect()
     }
 
     /// Every live session.

@@ -222,6 +222,8 @@ async fn run(
     let ctx = ViewerCtx {
         state: &state,
         session: &session,
+        user,
+        ip,
         viewer_id: &viewer_id,
         access: grant.access,
         control_tx,
@@ -309,6 +311,8 @@ async fn write_loop(
 struct ViewerCtx<'a> {
     state: &'a AppState,
     session: &'a Arc<LiveSession>,
+    user: &'a User,
+    ip: IpAddr,
     viewer_id: &'a str,
     access: AccessMode,
     control_tx: tokio::sync::mpsc::Sender<Message>,
@@ -393,13 +397,24 @@ fn handle(
         Payload::MouseEvent(_)
         | Payload::KeyEvent(_)
         | Payload::SpecialKey(_)
-        | Payload::TypeText(_)
-        | Payload::Clipboard(_) => {
+        | Payload::TypeText(_) => {
             if ctx.access != AccessMode::Control || !session.is_active() || !bucket.try_take() {
                 metrics.input_dropped.inc();
                 return;
             }
             forward(bytes);
+        }
+        Payload::Clipboard(clip) => {
+            if ctx.access != AccessMode::Control || !session.is_active() || !bucket.try_take() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            forward(bytes);
+            audit_use(
+                ctx,
+                "clipboard.sent",
+                json!({ "to": "machine", "chars": clip.text.chars().count() }),
+            );
         }
         // Viewing requests: any viewer, after consent, under the throttle.
         Payload::SwitchDisplay(_) | Payload::RefreshRequest(_) | Payload::QualitySettings(_) => {
@@ -409,14 +424,31 @@ fn handle(
             }
             forward(bytes);
         }
-        Payload::Chat(_) => {
+        Payload::Chat(chat) => {
             if !session.is_active() || !bucket.try_take() {
                 metrics.input_dropped.inc();
                 return;
             }
             session.broadcast(&Message::Binary(bytes.clone()), false, Some(ctx.viewer_id));
             forward(bytes);
+            audit_use(
+                ctx,
+                "chat.sent",
+                json!({ "from": "technician", "chars": chat.text.chars().count() }),
+            );
         }
         other => metrics.ignored_message(other.kind()),
     }
+}
+
+/// Audits a chat or clipboard use by this viewer (who, which way, how long; never the
+/// text) without holding up the read loop.
+fn audit_use(ctx: &ViewerCtx<'_>, event_type: &str, details: serde_json::Value) {
+    Audit::new(event_type)
+        .user(ctx.user)
+        .ip(ctx.ip)
+        .agent(&ctx.session.agent_id)
+        .session(&ctx.session.id)
+        .details(details)
+        .record_in_background(ctx.state);
 }
