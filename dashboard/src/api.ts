@@ -37,6 +37,9 @@ export interface RequestOptions {
   anonymous?: boolean;
   /** A 401 with this detail is an answer (a wrong current password), not an expired session. */
   expected401?: string;
+  /** Send this token instead of the session's (sign-out, after the session is cleared); a
+   * 401 is then no expired session. */
+  bearer?: string;
   signal?: AbortSignal;
 }
 
@@ -56,7 +59,7 @@ function buildUrl(path: string, query?: RequestOptions['query']): string {
 /** Sends the request with the bearer token; resolves with an OK response, throws `ApiError` otherwise. */
 async function send(method: string, path: string, opts: RequestOptions, accept: string): Promise<Response> {
   const headers: Record<string, string> = { Accept: accept };
-  const tok = session.token();
+  const tok = opts.bearer ?? session.token();
   if (tok && !opts.anonymous) headers.Authorization = `Bearer ${tok}`;
   let body: string | undefined;
   if (opts.body !== undefined) {
@@ -87,7 +90,7 @@ async function send(method: string, path: string, opts: RequestOptions, accept: 
     const retry = res.headers.get('retry-after');
     if (retry) err.message = `${err.detail} (retry in ${retry} s)`;
   }
-  if (res.status === 401 && !opts.anonymous && tok && err.detail !== opts.expected401) {
+  if (res.status === 401 && !opts.anonymous && !opts.bearer && tok && err.detail !== opts.expected401) {
     err.handled = true;
     onUnauthorized('Your session has expired or was signed out. Please sign in again.');
   }

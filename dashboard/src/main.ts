@@ -8,6 +8,7 @@ import { currentPath, navigate, type Cleanup, type Page } from './router';
 import { shell } from './ui/shell';
 import { loginPage } from './pages/login';
 import { machinesPage } from './pages/machines';
+import { machinePage } from './pages/machine';
 import { sessionsPage } from './pages/sessions';
 import { codesPage } from './pages/codes';
 import { usersPage } from './pages/users';
@@ -30,6 +31,7 @@ interface Route {
 const routes: Route[] = [
   { pattern: /^\/login$/, page: loginPage, title: 'Sign in' },
   { pattern: /^\/machines$/, page: machinesPage, title: 'Machines', nav: 'machines' },
+  { pattern: /^\/machines\/([^/]+)$/, page: machinePage, title: 'Machine', nav: 'machines' },
   { pattern: /^\/sessions$/, page: sessionsPage, title: 'Live sessions', nav: 'sessions' },
   { pattern: /^\/codes$/, page: codesPage, title: 'Support codes', nav: 'codes' },
   { pattern: /^\/users$/, page: usersPage, title: 'Users', nav: 'users', admin: true },
@@ -114,6 +116,19 @@ async function render(): Promise<void> {
 
 theme.init();
 setUnauthorizedHandler(signOutLocally);
+// The sign-in is shared by every tab: follow a sign-out (or sign-in) made in another one.
+session.onChangeElsewhere((signedIn) => {
+  if (!signedIn) {
+    if (currentPath() === '/login') return;
+    session.setFlash('You were signed out in another tab.');
+    navigate('/login');
+    return;
+  }
+  const after = currentPath() === '/login' ? sessionStorage.getItem('gc.after-login') : null;
+  sessionStorage.removeItem('gc.after-login');
+  if (after) navigate(after);
+  else void render();
+});
 window.addEventListener('hashchange', () => void render());
 window.addEventListener('unhandledrejection', (e) => {
   // Aborted fetches of pages the user already left are expected.

@@ -1,4 +1,6 @@
-// The signed-in user's token and profile, kept in sessionStorage (per tab, gone on close).
+// The signed-in user's token and profile, kept in localStorage: one sign-in per browser,
+// shared by every tab (a viewer opened in a new tab needs it). A sign-out in one tab
+// reaches the others through the `storage` event (see `onChangeElsewhere`).
 
 import type { User } from './types';
 
@@ -7,12 +9,28 @@ const USER = 'gc.user';
 const FLASH = 'gc.flash';
 const ENROL_ONLY = 'gc.enrol-only';
 
+// A tab signed in before sign-ins moved to localStorage keeps its sign-in.
+try {
+  const old = sessionStorage.getItem(TOKEN);
+  if (old) {
+    if (!localStorage.getItem(TOKEN)) {
+      for (const key of [TOKEN, USER, ENROL_ONLY]) {
+        const v = sessionStorage.getItem(key);
+        if (v !== null) localStorage.setItem(key, v);
+      }
+    }
+    for (const key of [TOKEN, USER, ENROL_ONLY]) sessionStorage.removeItem(key);
+  }
+} catch {
+  // Storage refused (privacy mode): nothing to move.
+}
+
 export function token(): string | null {
-  return sessionStorage.getItem(TOKEN);
+  return localStorage.getItem(TOKEN);
 }
 
 export function currentUser(): User | null {
-  const raw = sessionStorage.getItem(USER);
+  const raw = localStorage.getItem(USER);
   if (!raw) return null;
   try {
     return JSON.parse(raw) as User;
@@ -23,28 +41,43 @@ export function currentUser(): User | null {
 
 /** Stores a sign-in; `enrolOnly` marks one that may only enrol the required second factor. */
 export function signedIn(tok: string, user: User, enrolOnly = false): void {
-  sessionStorage.setItem(TOKEN, tok);
-  sessionStorage.setItem(USER, JSON.stringify(user));
-  if (enrolOnly) sessionStorage.setItem(ENROL_ONLY, '1');
-  else sessionStorage.removeItem(ENROL_ONLY);
+  // The flag first: another tab reacts to the token and must see it.
+  if (enrolOnly) localStorage.setItem(ENROL_ONLY, '1');
+  else localStorage.removeItem(ENROL_ONLY);
+  localStorage.setItem(USER, JSON.stringify(user));
+  localStorage.setItem(TOKEN, tok);
 }
 
 /** The sign-in may only enrol a second factor (the role requires one). */
 export function enrolOnly(): boolean {
-  return sessionStorage.getItem(ENROL_ONLY) === '1';
+  return localStorage.getItem(ENROL_ONLY) === '1';
 }
 
 export function setUser(user: User): void {
-  sessionStorage.setItem(USER, JSON.stringify(user));
+  localStorage.setItem(USER, JSON.stringify(user));
 }
 
 export function clear(): void {
-  sessionStorage.removeItem(TOKEN);
-  sessionStorage.removeItem(USER);
-  sessionStorage.removeItem(ENROL_ONLY);
+  localStorage.removeItem(TOKEN);
+  localStorage.removeItem(USER);
+  localStorage.removeItem(ENROL_ONLY);
 }
 
-/** A one-shot message for the sign-in page ("your session expired"). */
+/**
+ * Calls `fn` when another tab signs in or out (the token changes there); `storage`
+ * events never fire in the tab that made the change.
+ */
+export function onChangeElsewhere(fn: (signedIn: boolean) => void): void {
+  window.addEventListener('storage', (e) => {
+    if (e.storageArea !== localStorage) return;
+    // `key === null` is localStorage.clear().
+    if (e.key !== TOKEN && e.key !== null) return;
+    if (e.oldValue === e.newValue) return;
+    fn(!!token());
+  });
+}
+
+/** A one-shot message for the sign-in page ("your session expired"); per tab. */
 export function setFlash(message: string): void {
   sessionStorage.setItem(FLASH, message);
 }

@@ -65,13 +65,32 @@ export interface Machine {
   department: string | null;
   device_type: string | null;
   tags: string[];
-  inventory: Record<string, unknown> | null;
+  inventory: Inventory | null;
   external_ip: string | null;
   status: string;
+  /** Why the machine is pending (e.g. `machine_uid_collision`). */
+  pending_reason?: string | null;
   last_seen: number | null;
   created_at: number;
   online: boolean;
   session_id: string | null;
+}
+
+/** What the agent last reported (`AgentStatus`, crates/server/src/relay/agent.rs). */
+export interface Inventory {
+  hostname?: string;
+  os?: string;
+  os_version?: string;
+  agent_version?: string;
+  cpu_model?: string;
+  cpu_count?: number;
+  ram_bytes?: number;
+  serial?: string;
+  interfaces?: { name: string; mac: string; addresses: string[] }[];
+  logged_on_user?: string;
+  idle_seconds?: number;
+  time_zone?: string;
+  uptime_seconds?: number;
 }
 
 export interface Page<T> {
@@ -115,7 +134,7 @@ export interface SupportCode {
   id: string;
   /** Full code on creation, masked (•••-•••-XYZ) in lists. */
   code: string;
-  status: 'pending' | 'consumed' | 'cancelled' | 'ended' | 'expired' | string;
+  status: 'pending' | 'consumed' | 'cancelled' | 'ended' | 'denied' | 'expired' | string;
   note: string | null;
   created_by: string;
   created_at: number;
@@ -180,6 +199,8 @@ export interface AuditEvent {
   user_id: string | null;
   username: string | null;
   agent_id: string | null;
+  /** Host name of the machine the event names, when the server knows it. */
+  hostname?: string;
   session_id: string | null;
   client_ip: string | null;
   details: unknown;

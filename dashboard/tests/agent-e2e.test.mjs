@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { ADMIN_PASSWORD, DASHBOARD, apiCall, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
+import { ADMIN_PASSWORD, DASHBOARD, apiCall, joinInNewTab, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
 
 const AGENT = resolve(DASHBOARD, process.env.GURUCONNECT_AGENT_BIN ?? '../target/debug/guruconnect-agent');
 const tools = ['Xvfb', 'xdotool', 'xev', 'xsetroot', 'xdpyinfo'];
@@ -97,13 +97,14 @@ test('the real agent streams an X screen and takes input; view-only cannot', { s
   await sleep(500);
   x('xdotool', ['mousemove', '--window', wid, String(ALLOW.x), String(ALLOW.y), 'click', '1']);
 
-  const { page, context, assertClean } = await openPage(browser);
-  await uiLogin(page, server.url);
-  if (process.env.GC_LOSSLESS) await page.evaluate(() => localStorage.setItem('gc.viewer.lossless', '1'));
-  await page.click('a[href="#/sessions"]');
-  const row = page.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
+  const { page: console_, context, assertClean } = await openPage(browser);
+  await uiLogin(console_, server.url);
+  if (process.env.GC_LOSSLESS) await console_.evaluate(() => localStorage.setItem('gc.viewer.lossless', '1'));
+  await console_.click('a[href="#/sessions"]');
+  const row = console_.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
   await row.waitFor({ timeout: 20_000 });
-  await row.locator('button', { hasText: 'Join' }).click();
+  // Join opens the viewer in a new tab.
+  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
   await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
   await page.waitForFunction(() => document.querySelector('canvas.screen').width === 1024, null, { timeout: 10_000 });
   await sleep(1000);
@@ -137,7 +138,7 @@ test('the real agent streams an X screen and takes input; view-only cannot', { s
   const v = await openPage(browser);
   await uiLogin(v.page, server.url, 'e2e.viewer', 'Viewer-pass-1!');
   await v.page.click('a[href="#/sessions"]');
-  await v.page.locator('[data-testid=sessions-table] tr', { hasText: 'active' }).locator('button', { hasText: 'Join' }).click();
+  v.page = await joinInNewTab(v.context, v.page.locator('[data-testid=sessions-table] tr', { hasText: 'active' }).locator('a', { hasText: 'Join' }));
   await v.page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
   await v.page.locator('[data-testid=view-only]').waitFor();
   const before = x('xdotool', ['getmouselocation']);

@@ -67,7 +67,7 @@ describe('sign in', () => {
     await page.click('[data-testid=sign-out]');
     await page.waitForSelector('[data-testid=login-flash]');
     assert.match(await page.locator('[data-testid=login-flash]').innerText(), /signed out/);
-    assert.equal(await page.evaluate(() => sessionStorage.getItem('gc.token')), null);
+    assert.equal(await page.evaluate(() => localStorage.getItem('gc.token')), null);
     assertClean();
     await context.close();
   });
@@ -136,7 +136,7 @@ describe('expired or revoked token', () => {
   test('a token signed out elsewhere sends the user back to sign-in', async () => {
     const { page, context, assertClean } = await openPage(browser, { allow: [HTTP_4XX] });
     await uiLogin(page, server.url);
-    const token = await page.evaluate(() => sessionStorage.getItem('gc.token'));
+    const token = await page.evaluate(() => localStorage.getItem('gc.token'));
     assert.ok(token);
     // "Another tab" signs this token out through the API.
     const out = await apiCall(server.url, 'POST', '/api/auth/logout', token);
@@ -145,16 +145,16 @@ describe('expired or revoked token', () => {
     await page.waitForSelector('[data-testid=login-flash]');
     assert.match(await page.locator('[data-testid=login-flash]').innerText(), /expired or was signed out/);
     assert.match(page.url(), /#\/login$/);
-    assert.equal(await page.evaluate(() => sessionStorage.getItem('gc.token')), null);
+    assert.equal(await page.evaluate(() => localStorage.getItem('gc.token')), null);
     await shot(page, '11-session-expired');
     assertClean();
     await context.close();
   });
 
-  test('a corrupted token in sessionStorage sends the user back to sign-in', async () => {
+  test('a corrupted token in localStorage sends the user back to sign-in', async () => {
     const { page, context, assertClean } = await openPage(browser, { allow: [HTTP_4XX] });
     await uiLogin(page, server.url);
-    await page.evaluate(() => sessionStorage.setItem('gc.token', 'eyJhbGciOiJIUzI1NiJ9.garbage.garbage'));
+    await page.evaluate(() => localStorage.setItem('gc.token', 'eyJhbGciOiJIUzI1NiJ9.garbage.garbage'));
     await page.reload();
     await page.waitForSelector('[data-testid=login-flash]');
     assert.match(page.url(), /#\/login$/);

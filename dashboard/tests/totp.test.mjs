@@ -97,7 +97,7 @@ test('enrol, sign out, sign in with a real code and with a recovery code; an adm
   // Sign out; the password alone now leads to the second step.
   await signOut(page);
   await passwordStep(page, 'tina', password);
-  assert.equal(await page.evaluate(() => sessionStorage.getItem('gc.token')), null);
+  assert.equal(await page.evaluate(() => localStorage.getItem('gc.token')), null);
   await shot(page, 'totp-03-second-step');
   // A wrong code is refused with the envelope's detail.
   const right = totp(secret, t0 + 30);

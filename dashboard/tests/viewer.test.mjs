@@ -4,7 +4,7 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ADMIN_PASSWORD, apiCall, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
+import { ADMIN_PASSWORD, apiCall, joinInNewTab, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
 import { FakeAgent, HEIGHT, LEFT, RIGHT, WIDTH, pb } from './lib/fake-agent.mjs';
 
 let server;
@@ -45,14 +45,13 @@ async function pixel(page, x, y) {
 }
 
 test('a controlling technician sees the screen and drives it', async () => {
-  const { page, context, assertClean } = await openPage(browser);
-  await uiLogin(page, server.url);
-  const row = page.locator('tr', { hasText: 'reception-pc' });
+  const { page: list, context, assertClean } = await openPage(browser);
+  await uiLogin(list, server.url);
+  const row = list.locator('tr', { hasText: 'reception-pc' });
   await row.waitFor();
   assert.match(await row.innerText(), /online/);
-  await shot(page, '12-machines-online');
-  await row.locator('button', { hasText: 'Join' }).click();
-  await page.waitForURL(/#\/view\//);
+  await shot(list, '12-machines-online');
+  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
   await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1);
   await page.waitForSelector('[data-testid=conn-state][data-state=active]');
 
@@ -145,10 +144,10 @@ test('a controlling technician sees the screen and drives it', async () => {
 test('a view-only user sees VIEW ONLY and cannot control', async () => {
   const created = await apiCall(server.url, 'POST', '/api/users', admin, { username: 'watcher', password: 'Watcher-pass-1!', role: 'viewer' });
   assert.equal(created.status, 201, JSON.stringify(created.body));
-  const { page, context, assertClean } = await openPage(browser);
-  await uiLogin(page, server.url, 'watcher', 'Watcher-pass-1!');
-  const row = page.locator('tr', { hasText: 'reception-pc' });
-  await row.locator('button', { hasText: 'Join' }).click();
+  const { page: list, context, assertClean } = await openPage(browser);
+  await uiLogin(list, server.url, 'watcher', 'Watcher-pass-1!');
+  const row = list.locator('tr', { hasText: 'reception-pc' });
+  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
   await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1);
   await page.locator('[data-testid=view-only]').waitFor();
   assert.equal(await page.locator('button:has-text("Ctrl+Alt+Del")').isVisible(), false);
@@ -166,9 +165,9 @@ test('a view-only user sees VIEW ONLY and cannot control', async () => {
 });
 
 test('the viewer waits while the managed machine is offline and shows the end when an admin ends it', async () => {
-  const { page, context, assertClean } = await openPage(browser);
-  await uiLogin(page, server.url);
-  await page.locator('tr', { hasText: 'reception-pc' }).locator('button', { hasText: 'Join' }).click();
+  const { page: list, context, assertClean } = await openPage(browser);
+  await uiLogin(list, server.url);
+  const page = await joinInNewTab(context, list.locator('tr', { hasText: 'reception-pc' }).locator('a', { hasText: 'Join' }));
   await page.waitForSelector('[data-testid=conn-state][data-state=active]');
   const sessions = await apiCall(server.url, 'GET', '/api/sessions', admin);
   const session = sessions.body.find((s) => s.hostname === 'reception-pc') ?? sessions.body[0];

@@ -67,20 +67,38 @@ impl Store {
         only_open: bool,
         limit: i64,
     ) -> StoreResult<Vec<SessionRecord>> {
-        let filter = if only_open {
-            " AND status <> 'ended'"
-        } else {
-            ""
-        };
-        let rows = sqlx::query(&format!(
+        self.list_sessions_of(tenant_id, None, only_open, limit)
+            .await
+    }
+
+    /// [`Store::list_sessions`], restricted to one machine when `agent_id` is given.
+    pub async fn list_sessions_of(
+        &self,
+        tenant_id: &str,
+        agent_id: Option<&str>,
+        only_open: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        // Placeholders numbered in the order they appear and are bound.
+        let mut filter = String::new();
+        if agent_id.is_some() {
+            filter.push_str(" AND agent_id = $2");
+        }
+        if only_open {
+            filter.push_str(" AND status <> 'ended'");
+        }
+        let limit_arg = if agent_id.is_some() { "$3" } else { "$2" };
+        let sql = format!(
             "SELECT {SESSION_COLS} FROM sessions \
              WHERE tenant_id = $1 AND deleted_at IS NULL{filter} \
-             ORDER BY created_at DESC, id DESC LIMIT $2"
-        ))
-        .bind(tenant_id)
-        .bind(limit.clamp(1, 1000))
-        .fetch_all(self.pool())
-        .await?;
+             ORDER BY created_at DESC, id DESC LIMIT {limit_arg}"
+        );
+        let mut q = sqlx::query(&sql).bind(tenant_id);
+        if let Some(agent_id) = agent_id {
+            q = q.bind(agent_id);
+        }
+        let q = q.bind(limit.clamp(1, 1000));
+        let rows = q.fetch_all(self.pool()).await?;
         rows.iter().map(session_from_row).collect()
     }
 

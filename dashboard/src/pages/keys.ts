@@ -66,6 +66,11 @@ export async function keysPage({ root, params, signal }: PageContext): Promise<v
     return;
   }
 
+  mount(body, machineKeys(agentId, signal));
+}
+
+/** Issue (shown once), list and revoke one machine's keys; the keys page and the machine page. */
+export function machineKeys(agentId: string, signal: AbortSignal): HTMLElement {
   const freshSlot = h('div', {});
   const list = h('div', {}, loading());
   const label = h('input', { id: 'key-label', placeholder: 'e.g. installed 2024-06 by Sam', maxlength: '100' });
@@ -148,6 +153,7 @@ export async function keysPage({ root, params, signal }: PageContext): Promise<v
       })
       .catch((err: unknown) => mount(freshSlot, errorBox(err)));
   });
-  mount(body, form, freshSlot, h('h2', { class: 'section-title' }, 'Keys of this machine'), list);
+  const root = h('div', { 'data-testid': 'machine-keys' }, form, freshSlot, h('h2', { class: 'section-title' }, 'Keys of this machine'), list);
   void load();
+  return root;
 }

@@ -1,44 +1,45 @@
-// Machines: online state, last seen, labels, client-side search, Join.
+// Machines: online state, last seen, labels, the server's field-scoped search, Join.
 
-import { api } from '../api';
+import { api, ApiError } from '../api';
 import * as session from '../session';
-import { navigate, type PageContext } from '../router';
-import { ago, dateTime, h, icon, mount, pill, dataTable } from '../ui/dom';
-import { loading, showError } from '../ui/feedback';
+import type { PageContext } from '../router';
+import { ago, dateTime, h, icon, mount, dataTable } from '../ui/dom';
+import { errorBox, loading, showError } from '../ui/feedback';
+import { joinLink, machineLabels, osText, statusPill } from '../ui/machine';
 import type { Machine, Page } from '../types';
 
-function labels(m: Machine): string[] {
-  return [m.company, m.site, m.department, m.device_type, ...(m.tags ?? [])].filter((x): x is string => !!x);
-}
-
-/** Case-insensitive substring match of every term against the machine's attributes. */
-export function matches(m: Machine, query: string): boolean {
-  const terms = query.toLowerCase().split(/\s+/).filter(Boolean);
-  if (!terms.length) return true;
-  const hay = [m.hostname, m.os, m.os_version, m.agent_version, m.external_ip, m.agent_id, m.online ? 'online' : 'offline', ...labels(m)]
-    .filter(Boolean)
-    .join(' ')
-    .toLowerCase();
-  return terms.every((t) => hay.includes(t));
-}
+/** Most rows one page shows (the server's maximum). */
+const LIMIT = 1000;
+/** Typing pause before a search goes to the server. */
+const DEBOUNCE_MS = 300;
 
 export function machinesPage({ root, signal }: PageContext): () => void {
-  let machines: Machine[] = [];
-  let total = 0;
   const search = h('input', {
     type: 'search',
     class: 'search-input',
-    placeholder: 'Search host name, OS, label, IP…',
+    placeholder: 'Search, e.g. site:"Head Office" tag:front-desk',
     'aria-label': 'Search machines',
+    'aria-describedby': 'machine-search-help',
     'data-testid': 'machine-search',
   });
   search.value = sessionStorage.getItem('gc.machines.q') ?? '';
-  const count = h('span', { class: 'muted' });
+  const count = h('span', { class: 'muted', 'data-testid': 'machine-count' });
+  const help = h(
+    'p',
+    { class: 'muted small', id: 'machine-search-help' },
+    'Words match any attribute; narrow with ',
+    ['host:', 'os:', 'user:', 'ip:', 'site:', 'tag:', 'company:', 'version:', 'status:online'].flatMap((f, i) => [i ? ', ' : '', h('code', {}, f)]),
+    '. Quote values with spaces.',
+  );
   const body = h('div', {}, loading());
-  const table = () => {
-    const rows = machines.filter((m) => matches(m, search.value));
-    count.textContent = `${rows.length} of ${total} machine${total === 1 ? '' : 's'}`;
-    if (!machines.length) {
+  // Only the newest request may draw: an older, slower answer is dropped.
+  let inflight: AbortController | null = null;
+  let debounce = 0;
+
+  const table = (machines: Machine[], total: number, q: string) => {
+    const shown = machines.length < total ? `${machines.length} of ${total}` : String(total);
+    count.textContent = q ? `${shown} matching` : `${shown} machine${total === 1 ? '' : 's'}`;
+    if (!machines.length && !q) {
       return h(
         'div',
         { class: 'empty' },
@@ -47,49 +48,75 @@ export function machinesPage({ root, signal }: PageContext): () => void {
         session.can('manage_codes') ? h('a', { class: 'btn btn-primary', href: '#/codes' }, 'Create a support code') : null,
       );
     }
-    if (!rows.length) return h('div', { class: 'empty' }, h('p', {}, `No machine matches “${search.value}”.`));
-    return dataTable('machines-table', ['Status', 'Machine', 'OS', 'Labels', 'Agent', 'Last seen', ''], rows.map((m) =>
+    if (!machines.length) return h('div', { class: 'empty', 'data-testid': 'no-match' }, h('p', {}, `No machine matches “${q}”.`));
+    return dataTable('machines-table', ['Status', 'Machine', 'OS', 'Labels', 'Agent', 'Last seen', ''], machines.map((m) =>
       h(
         'tr',
         { 'data-agent-id': m.agent_id },
-        h('td', {}, m.status === 'pending' ? pill('pending approval', 'warn') : m.online ? pill('online', 'ok') : pill('offline', 'muted')),
-        h('td', {}, h('div', { class: 'strong' }, m.hostname || '(unnamed)'), h('div', { class: 'muted small mono' }, m.external_ip ?? m.agent_id.slice(0, 8))),
-        h('td', {}, [m.os, m.os_version].filter(Boolean).join(' ') || '—'),
-        h('td', {}, labels(m).length ? h('div', { class: 'chips' }, labels(m).map((l) => h('span', { class: 'chip' }, l))) : h('span', { class: 'muted' }, '—')),
+        h('td', {}, statusPill(m)),
+        h(
+          'td',
+          {},
+          h('a', { class: 'strong', href: `#/machines/${encodeURIComponent(m.agent_id)}`, 'data-testid': 'machine-link' }, m.hostname || '(unnamed)'),
+          h('div', { class: 'muted small mono' }, m.external_ip ?? m.agent_id.slice(0, 8)),
+        ),
+        h('td', { 'data-testid': 'os' }, osText(m)),
+        h('td', {}, machineLabels(m).length ? h('div', { class: 'chips' }, machineLabels(m).map((l) => h('span', { class: 'chip' }, l))) : h('span', { class: 'muted' }, '—')),
         h('td', { class: 'mono small' }, m.agent_version || '—'),
         h('td', { title: dateTime(m.last_seen) }, m.online ? 'now' : ago(m.last_seen)),
         h(
           'td',
           { class: 'actions' },
-          m.online && m.session_id
-            ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${m.session_id}`), 'aria-label': `Join ${m.hostname}` }, 'Join')
-            : h('button', { class: 'btn btn-sm', type: 'button', disabled: true, title: 'The machine is offline' }, 'Join'),
+          joinLink(m),
           session.isAdmin() ? h('a', { class: 'btn btn-ghost btn-sm', href: `#/keys/${m.agent_id}`, title: 'Agent keys' }, icon('keys'), h('span', { class: 'sr-only' }, 'Keys')) : null,
         ),
       ),
     ));
   };
-  const draw = () => mount(body, table());
-  search.addEventListener('input', () => {
-    sessionStorage.setItem('gc.machines.q', search.value);
-    if (machines.length) draw();
-  });
+
   const load = async () => {
+    inflight?.abort();
+    const mine = new AbortController();
+    inflight = mine;
+    const stop = () => mine.abort();
+    signal.addEventListener('abort', stop);
+    const q = search.value.trim();
     try {
-      const page = await api.get<Page<Machine>>('/api/machines', { limit: 1000 }, signal);
-      machines = page.items;
-      total = page.total;
-      draw();
+      const page = await api.get<Page<Machine>>('/api/machines', { q, limit: LIMIT }, mine.signal);
+      if (inflight !== mine) return;
+      mount(body, table(page.items, page.total, q));
+      body.dataset.query = q;
     } catch (e) {
-      if (!signal.aborted) showError(body, e);
+      if (mine.signal.aborted || inflight !== mine) return;
+      if (e instanceof ApiError && !e.handled && (e.status === 400 || e.status === 422)) {
+        // A query the server refuses: its message, in place of the table.
+        count.textContent = '';
+        mount(body, h('div', { 'data-testid': 'search-error' }, errorBox(e)));
+        body.dataset.query = q;
+        return;
+      }
+      showError(body, e);
+    } finally {
+      signal.removeEventListener('abort', stop);
     }
   };
+
+  search.addEventListener('input', () => {
+    sessionStorage.setItem('gc.machines.q', search.value);
+    window.clearTimeout(debounce);
+    debounce = window.setTimeout(() => void load(), DEBOUNCE_MS);
+  });
   mount(
     root,
-    h('div', { class: 'toolbar' }, h('label', { class: 'search' }, icon('search'), search), count, h('span', { class: 'spacer' }), h('span', { class: 'muted small' }, 'Refreshes every 10 s')),
+    h('div', { class: 'toolbar' }, h('label', { class: 'search search-wide' }, icon('search'), search), count, h('span', { class: 'spacer' }), h('span', { class: 'muted small' }, 'Refreshes every 10 s')),
+    help,
     body,
   );
   void load();
   const timer = window.setInterval(() => void load(), 10_000);
-  return () => window.clearInterval(timer);
+  return () => {
+    window.clearInterval(timer);
+    window.clearTimeout(debounce);
+    inflight?.abort();
+  };
 }

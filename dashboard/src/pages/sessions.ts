@@ -2,9 +2,10 @@
 
 import { api } from '../api';
 import * as session from '../session';
-import { navigate, type PageContext } from '../router';
+import type { PageContext } from '../router';
 import { dateTime, duration, h, mount, pill, dataTable } from '../ui/dom';
 import { busy, confirmAction, loading, showError, toast, toastError } from '../ui/feedback';
+import { viewerLink } from '../ui/machine';
 import type { Session } from '../types';
 
 function phasePill(s: Session): HTMLElement {
@@ -57,7 +58,7 @@ export function sessionsPage({ root, signal }: PageContext): () => void {
           h(
             'td',
             { class: 'actions' },
-            s.live ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${s.id}`) }, 'Join') : null,
+            s.live ? viewerLink(s.id, s.live.hostname) : null,
             session.isAdmin() ? end : null,
           ),
         );

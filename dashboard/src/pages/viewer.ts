@@ -9,7 +9,7 @@ import * as session from '../session';
 import { navigate, type PageContext } from '../router';
 import { bytes, h, mount, pill } from '../ui/dom';
 import { copyButton, copyText, toast } from '../ui/feedback';
-import type { Session, ViewerToken } from '../types';
+import type { Machine, Session, ViewerToken } from '../types';
 import { decode, encode, nowUs, pb, type EnvelopeProps } from '../viewer/protocol';
 import { codecName, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
 import { isSystemKey, scancodeFor } from '../viewer/scancodes';
@@ -333,6 +333,17 @@ export function viewerPage({ root, params }: PageContext): () => void {
     reconnectTimer = window.setTimeout(() => void connect(), delay);
   };
 
+  // The tab is titled with the machine's name: technicians keep several viewers open.
+  let named = false;
+  const nameTab = async (info: Session) => {
+    let name = info.live?.hostname;
+    if (!name && !named) name = (await api.get<Machine>(`/api/machines/${encodeURIComponent(info.agent_id)}`).catch(() => null))?.hostname;
+    if (!name || disposed) return;
+    named = true;
+    mount(title, h('strong', {}, name), h('span', { class: 'muted small mono' }, sessionId.slice(0, 8)));
+    document.title = `${name} · GuruConnect`;
+  };
+
   const connect = async () => {
     if (disposed) return;
     if (state !== 'reconnecting') setState('connecting', 'Connecting…');
@@ -340,7 +351,8 @@ export function viewerPage({ root, params }: PageContext): () => void {
     try {
       const info = await api.get<Session>(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
       if (disposed) return;
-      if (info?.live?.hostname) mount(title, h('strong', {}, info.live.hostname), h('span', { class: 'muted small mono' }, sessionId.slice(0, 8)));
+      if (info) await nameTab(info);
+      if (disposed) return;
       grant = await api.post<ViewerToken>(`/api/sessions/${encodeURIComponent(sessionId)}/viewer-token`);
     } catch (e) {
       if (disposed) return;

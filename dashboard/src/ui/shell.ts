@@ -27,12 +27,16 @@ export function brand(): HTMLElement {
 }
 
 export async function signOut(): Promise<void> {
-  try {
-    await api.post('/api/auth/logout');
-  } catch {
-    // Signing out locally is what matters; the token may already be dead.
-  }
+  const tok = session.token();
+  // Cleared first: the other tabs follow at once, before the token is revoked under them.
   session.clear();
+  if (tok) {
+    try {
+      await api.post('/api/auth/logout', undefined, { bearer: tok });
+    } catch {
+      // Signing out locally is what matters; the token may already be dead.
+    }
+  }
   session.setFlash('You have signed out.');
   navigate('/login');
 }

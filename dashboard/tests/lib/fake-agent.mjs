@@ -38,10 +38,12 @@ export const LEFT = [0x33, 0x66, 0xcc];
 export const RIGHT = [0xcc, 0x33, 0x33];
 
 export class FakeAgent {
-  constructor(baseUrl, key, { hostname = 'fake-pc' } = {}) {
+  constructor(baseUrl, key, { hostname = 'fake-pc', os = 'Linux', osVersion = 'Debian 12' } = {}) {
     this.url = baseUrl.replace(/^http/, 'ws') + '/ws/agent';
     this.key = key;
     this.hostname = hostname;
+    this.os = os;
+    this.osVersion = osVersion;
     this.received = [];
     this.seq = 0;
     this.waiters = [];
@@ -64,8 +66,8 @@ export class FakeAgent {
           agentHello: {
             protocolVersion: pb.ProtocolVersion.PROTOCOL_VERSION_CURRENT,
             hostname: this.hostname,
-            os: 'Linux',
-            osVersion: 'Debian 12',
+            os: this.os,
+            osVersion: this.osVersion,
             agentVersion: '0.0.0-test',
             codecs: [pb.Codec.CODEC_RAW_ZSTD],
             displays: this.displays,
@@ -110,6 +112,11 @@ export class FakeAgent {
         captureTimestampUs: Date.now() * 1000,
       },
     });
+  }
+
+  /** Reports an inventory (AgentStatus), as the real agent does after connecting. */
+  sendStatus(status) {
+    this.send({ agentStatus: { hostname: this.hostname, os: this.os, osVersion: this.osVersion, agentVersion: '0.0.0-test', ...status } });
   }
 
   of(kind) {

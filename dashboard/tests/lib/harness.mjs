@@ -103,15 +103,19 @@ export async function launch() {
  */
 export async function openPage(browser, { allow = [], colorScheme = 'light' } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, colorScheme });
-  const page = await context.newPage();
   const problems = [];
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    const text = msg.text();
-    if (allow.some((re) => re.test(text))) return;
-    problems.push(`console error: ${text}`);
-  });
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  // Every tab of the context is watched, also those the console opens (Join).
+  const watch = (page) => {
+    page.on('console', (msg) => {
+      if (msg.type() !== 'error') return;
+      const text = msg.text();
+      if (allow.some((re) => re.test(text))) return;
+      problems.push(`console error: ${text}`);
+    });
+    page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  };
+  context.on('page', watch);
+  const page = await context.newPage();
   return {
     page,
     context,
@@ -125,6 +129,13 @@ export async function openPage(browser, { allow = [], colorScheme = 'light' } = 
 export async function shot(page, name) {
   mkdirSync(RESULTS, { recursive: true });
   await page.screenshot({ path: join(RESULTS, `${name}.png`) });
+}
+
+/** Clicks a Join link (it opens the viewer in a new tab) and returns the new tab. */
+export async function joinInNewTab(context, link) {
+  const [viewer] = await Promise.all([context.waitForEvent('page'), link.click()]);
+  await viewer.waitForURL(/#\/view\//);
+  return viewer;
 }
 
 /** Signs in through the UI. */

@@ -37,6 +37,8 @@ pub struct SessionView {
 pub struct ListQuery {
     /// Include ended sessions.
     all: Option<bool>,
+    /// Only this machine's sessions (its history on the machine page).
+    agent_id: Option<String>,
     limit: Option<i64>,
 }
 
@@ -46,10 +48,17 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<SessionView>>> {
     auth.require(Permission::View)?;
+    let agent_id = q.agent_id.filter(|a| !a.is_empty());
+    if agent_id.as_deref().is_some_and(|a| a.len() > 100) {
+        return Err(ApiError::Validation(
+            "agent_id must be at most 100 characters".into(),
+        ));
+    }
     let records = state
         .store
-        .list_sessions(
+        .list_sessions_of(
             DEFAULT_TENANT,
+            agent_id.as_deref(),
             !q.all.unwrap_or(false),
             q.limit.unwrap_or(200),
         )
