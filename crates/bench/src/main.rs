@@ -3,11 +3,13 @@
 //! Scenarios: `throughput` (1 agent → 1 viewer, 1 MiB frames), `latency` (added latency
 //! of small and 64 KiB frames at 200/s), `fanout` (1 agent → 10 viewers at 60 fps with
 //! one slow viewer), `idle` (server RSS per idle agent), `soak` (idle agents with
-//! periodic fan-out bursts, server RSS over time) and `all` (all but `soak`). Each prints markdown
+//! periodic fan-out bursts, server RSS over time), `flood` (idle and slow connections the
+//! server must close, sign-in meanwhile) and `all` (all but `soak` and `flood`). Each prints markdown
 //! table rows. Run in release mode; see `docs/benchmarks.md`.
 
 #![forbid(unsafe_code)]
 
+mod flood;
 mod peers;
 mod report;
 mod scenarios;
@@ -35,7 +37,11 @@ enum Scenario {
     /// Idle agents with a fan-out burst every --burst-every-secs, RSS over time (spawns
     /// the server like `idle`); not part of `all`.
     Soak,
-    /// All of the above but `soak`.
+    /// Silent, slowloris, half-sent and refused-then-idle connections against a spawned
+    /// server: time until it closes them, sign-in and `/health` latency meanwhile; not
+    /// part of `all`.
+    Flood,
+    /// All of the above but `soak` and `flood`.
     All,
 }
 
@@ -77,6 +83,22 @@ struct Cli {
     /// Soak: seconds between RSS readings.
     #[arg(long, default_value_t = 10)]
     sample_secs: u64,
+    /// Flood: silent connections to open.
+    #[arg(long, default_value_t = 8_000)]
+    connections: usize,
+    /// Flood: silent connections per source address (the server's default cap is 256).
+    #[arg(long, default_value_t = 200)]
+    per_address: usize,
+    /// Flood: connections of each other kind (slowloris, half-sent, refused upgrades).
+    #[arg(long, default_value_t = 20)]
+    extras: usize,
+    /// Flood: seconds to wait for the server to close everything.
+    #[arg(long, default_value_t = 60)]
+    flood_wait_secs: u64,
+    /// Flood: start the server under this soft open-file limit (`prlimit`, hard limit
+    /// unchanged), e.g. 1024.
+    #[arg(long)]
+    soft_nofile: Option<u64>,
 }
 
 impl Cli {
@@ -98,7 +120,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let stream_scenarios: &[Scenario] = match cli.scenario {
         Scenario::All => &[Scenario::Throughput, Scenario::Latency, Scenario::Fanout],
-        Scenario::Idle | Scenario::Soak => &[],
+        Scenario::Idle | Scenario::Soak | Scenario::Flood => &[],
         ref one => std::slice::from_ref(one),
     };
     if !stream_scenarios.is_empty() {
@@ -112,7 +134,7 @@ async fn main() -> Result<()> {
                 Scenario::Throughput => scenarios::throughput(&target).await?,
                 Scenario::Latency => scenarios::latency(&target).await?,
                 Scenario::Fanout => scenarios::fanout(&target).await?,
-                Scenario::Idle | Scenario::Soak | Scenario::All => continue,
+                Scenario::Idle | Scenario::Soak | Scenario::Flood | Scenario::All => continue,
             };
             print_table(&format!("{scenario:?}").to_lowercase(), &rows);
         }
@@ -145,6 +167,35 @@ async fn main() -> Result<()> {
         )
         .await?;
         print_table("soak", &rows);
+        target.stop();
+    }
+    if cli.scenario == Scenario::Flood {
+        // Before the spawn, so the server inherits it unless --soft-nofile says otherwise.
+        let own = target::raise_own_open_files_limit();
+        let target = match cli.external()? {
+            Some(target) => target,
+            None => {
+                let options = target::ChildOptions {
+                    soft_nofile: cli.soft_nofile,
+                    // The start-up line with the open-file limit is logged at info.
+                    rust_log: Some("warn,sqlx=warn,guruconnect_server::conn=info".to_owned()),
+                };
+                Target::child_with(cli.server_bin.as_deref(), &options).await?
+            }
+        };
+        println!(
+            "Server (flood): {} pid {:?}; bench open-file limit {own:?}",
+            target.base, target.pid
+        );
+        let params = flood::FloodParams {
+            connections: cli.connections,
+            per_address: cli.per_address,
+            extras: cli.extras,
+            concurrency: cli.concurrency,
+            wait: std::time::Duration::from_secs(cli.flood_wait_secs),
+        };
+        let rows = flood::flood(&target, &params).await?;
+        print_table("flood", &rows);
         target.stop();
     }
     Ok(())

@@ -16,6 +16,15 @@ pub const BENCH_ADMIN_PASSWORD: &str = "relay-bench-admin-password";
 /// Shared agent key of the servers the bench starts itself.
 pub const BENCH_SHARED_KEY: &str = "relay-bench-shared-agent-key-0123456789";
 
+/// How [`Target::child_with`] starts the server.
+#[derive(Debug, Default)]
+pub struct ChildOptions {
+    /// Soft open-file limit to start it under (via `prlimit`; hard limit unchanged).
+    pub soft_nofile: Option<u64>,
+    /// `RUST_LOG` for it (default `warn,sqlx=warn`).
+    pub rust_log: Option<String>,
+}
+
 /// A running server and how to reach it.
 pub struct Target {
     /// `http://host:port`.
@@ -116,6 +125,11 @@ impl Target {
     /// Spawns `guruconnect-server` as a child process (embedded SQLite in a temporary
     /// directory, shared key enabled) and waits until `/health` answers.
     pub async fn child(server_bin: Option<&Path>) -> Result<Self> {
+        Self::child_with(server_bin, &ChildOptions::default()).await
+    }
+
+    /// Like [`Target::child`], with a soft open-file limit and log filter of choice.
+    pub async fn child_with(server_bin: Option<&Path>, options: &ChildOptions) -> Result<Self> {
         let bin = match server_bin {
             Some(path) => path.to_path_buf(),
             None => default_server_bin()?,
@@ -127,13 +141,28 @@ impl Target {
             .port();
         let bind = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = Command::new(&bin)
+        // prlimit execs the server in place, so the child's pid stays the server's.
+        let mut command = match options.soft_nofile {
+            Some(soft) => {
+                let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .maximum
+                    .map_or_else(|| "unlimited".to_owned(), |h| h.to_string());
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .env("GURUCONNECT_BIND", &bind)
             .env("GURUCONNECT_DATA_DIR", dir.path())
             .env("GURUCONNECT_ADMIN_PASSWORD", BENCH_ADMIN_PASSWORD)
             .env("GURUCONNECT_SHARED_AGENT_KEY", BENCH_SHARED_KEY)
             .env("GURUCONNECT_SHARED_AGENT_KEY_MODE", "enabled")
-            .env("RUST_LOG", "warn,sqlx=warn")
+            .env(
+                "RUST_LOG",
+                options.rust_log.as_deref().unwrap_or("warn,sqlx=warn"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -149,6 +178,16 @@ impl Target {
         };
         target.wait_healthy(Duration::from_secs(60)).await?;
         Ok(target)
+    }
+
+    /// What a spawned server has logged so far (empty for other kinds).
+    pub fn log(&self) -> String {
+        match &self.kind {
+            Kind::Child { _dir: dir, .. } => {
+                std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+            }
+            _ => String::new(),
+        }
     }
 
     async fn wait_healthy(&mut self, within: Duration) -> Result<()> {
@@ -232,9 +271,31 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 
 /// The soft limit on open files of this process (`/proc/self/limits`).
 pub fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    open_files_limit_of("self")
+}
+
+/// The soft limit on open files of process `pid` ("self" for this one).
+pub fn open_files_limit_of(pid: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = limits
         .lines()
         .find(|line| line.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Descriptors process `pid` holds open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Lifts this process's soft open-file limit to its hard limit (the flood holds one end
+/// of every connection); returns the soft limit now in force.
+pub fn raise_own_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        limit.current = Some(hard);
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    open_files_limit()
 }
