@@ -226,6 +226,23 @@ fn decode_log(bytes: &[u8]) -> String {
     }
 }
 
+/// The ConfigureAgent custom action wrote agent.toml; else the log lines that say why not
+/// (the action's condition reads SERVER_URL, which the per-site download sets).
+fn assert_configured(wine: &WinePrefix, log: &str) {
+    let config = wine.c(r"ProgramData\GuruConnect\agent.toml");
+    assert!(
+        config.is_file(),
+        "the install wrote no {}; what the MSI log says of it:\n{}",
+        config.display(),
+        log.lines()
+            .filter(|l| l.contains("ConfigureAgent")
+                || l.contains("SERVER_URL")
+                || l.contains("SITE_CODE"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 async fn wait_machine(
     relay: &Relay,
     admin: &str,
@@ -345,6 +362,7 @@ async fn msi_installs_the_service_which_enrolls_and_uninstalls_cleanly() {
         wine.c(r"Program Files\GuruConnect\guruconnect-agent.exe")
             .is_file()
     );
+    assert_configured(&wine, &log);
     let state = wine.wait_service_running();
     assert!(state.contains(SERVICE), "{state}");
 
@@ -447,6 +465,7 @@ async fn a_wrong_enrollment_key_installs_and_the_service_log_names_the_refusal()
     let wrong = "ENROLLMENT_KEY=gce_this-key-was-rotated-long-ago";
     let (code, log) = wine.msiexec(&["/i", &msi_arg, "/qn", wrong], &work.path().join("i.log"));
     assert_eq!(code, 0, "the installer should complete:\n{log}");
+    assert_configured(&wine, &log);
     wine.wait_service_running();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -83,6 +83,61 @@ fn msi_properties(bytes: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// One table of an MSI as (first column, second column, third column) rows.
+fn msi_table(path: &Path, table: &str) -> Vec<(String, String, String)> {
+    let out = std::process::Command::new("msiinfo")
+        .arg("export")
+        .arg(path)
+        .arg(table)
+        .output()
+        .expect("msiinfo");
+    assert!(out.status.success(), "msiinfo export {table}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(3)
+        .map(|l| {
+            let mut cols = l.trim_end_matches('\r').split('\t').map(str::to_owned);
+            let mut next = || cols.next().unwrap_or_default();
+            (next(), next(), next())
+        })
+        .collect()
+}
+
+/// The custom actions run where their exe exists and where they matter: configuring after
+/// the files and the service are installed and before the service starts, purging after
+/// the service stopped and before the files go. (wixl once put both before
+/// InstallInitialize, where the exe does not exist yet: Wine logged "can't find
+/// executable" and the install still succeeded, without a configuration.)
+#[test]
+fn the_custom_actions_are_sequenced_inside_the_install_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let msi = template_msi(dir.path());
+    let rows = msi_table(&msi, "InstallExecuteSequence");
+    let seq = |action: &str| -> i64 {
+        rows.iter()
+            .find(|(a, _, _)| a == action)
+            .unwrap_or_else(|| panic!("{action} is not in the sequence: {rows:?}"))
+            .2
+            .parse()
+            .unwrap()
+    };
+    let configure = seq("ConfigureAgent");
+    assert!(
+        seq("InstallInitialize") < configure
+            && seq("InstallFiles") < configure
+            && seq("InstallServices") < configure
+            && configure < seq("StartServices"),
+        "ConfigureAgent at {configure}: {rows:?}"
+    );
+    let purge = seq("PurgeAgentData");
+    assert!(
+        seq("InstallInitialize") < purge
+            && seq("StopServices") < purge
+            && purge < seq("RemoveFiles"),
+        "PurgeAgentData at {purge}: {rows:?}"
+    );
+}
+
 #[tokio::test]
 async fn missing_artifacts_are_named_with_what_to_configure() {
     let server = TestServer::start().await;
