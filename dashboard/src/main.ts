@@ -72,8 +72,9 @@ async function render(): Promise<void> {
     navigate('/login');
     return;
   }
-  if (signedIn && session.enrolOnly() && path !== '/account') {
-    // The role requires a second factor: nothing else until it is enrolled.
+  if (signedIn && (session.enrolOnly() || session.passwordChangeRequired()) && path !== '/account') {
+    // The role requires a second factor, or the password is still the generated one:
+    // nothing else until that is done.
     navigate('/account');
     return;
   }

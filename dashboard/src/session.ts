@@ -8,6 +8,7 @@ const TOKEN = 'gc.token';
 const USER = 'gc.user';
 const FLASH = 'gc.flash';
 const ENROL_ONLY = 'gc.enrol-only';
+const NEW_PASSWORD = 'gc.password-change';
 
 // A tab signed in before sign-ins moved to localStorage keeps its sign-in.
 try {
@@ -48,6 +49,16 @@ export function signedIn(tok: string, user: User, enrolOnly = false): void {
   localStorage.setItem(TOKEN, tok);
 }
 
+/** The account still has its generated password: the console asks for a new one first. */
+export function passwordChangeRequired(): boolean {
+  return localStorage.getItem(NEW_PASSWORD) === '1';
+}
+
+export function setPasswordChangeRequired(required: boolean): void {
+  if (required) localStorage.setItem(NEW_PASSWORD, '1');
+  else localStorage.removeItem(NEW_PASSWORD);
+}
+
 /** The sign-in may only enrol a second factor (the role requires one). */
 export function enrolOnly(): boolean {
   return localStorage.getItem(ENROL_ONLY) === '1';
@@ -61,6 +72,7 @@ export function clear(): void {
   localStorage.removeItem(TOKEN);
   localStorage.removeItem(USER);
   localStorage.removeItem(ENROL_ONLY);
+  localStorage.removeItem(NEW_PASSWORD);
 }
 
 /**

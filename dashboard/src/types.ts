@@ -17,6 +17,8 @@ export interface LoginOk {
   expires_at: number;
   user: User;
   totp_enrollment_required?: boolean;
+  /** The account still has the password the server generated at first start. */
+  password_change_required?: boolean;
 }
 
 /** The password was right; the second factor is still to come. */
@@ -36,6 +38,7 @@ export function isMfaRequired(r: LoginResponse): r is MfaRequired {
 export interface Me extends User {
   totp_required: boolean;
   totp_enrollment_required: boolean;
+  password_change_required: boolean;
 }
 
 /** `POST /api/auth/totp/setup`: shown once. */

@@ -95,5 +95,11 @@ pub async fn first_admin(config: &Config, store: &Store) -> anyhow::Result<Optio
         Err(StoreError::Conflict(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
+    if generated {
+        // A password printed to a console is not the administrator's own: ask for one.
+        store
+            .set_setting(&crate::api::auth::password_change_key(&user.id), "1")
+            .await?;
+    }
     Ok(generated.then_some(password))
 }

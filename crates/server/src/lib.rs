@@ -119,6 +119,20 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     })
 }
 
+/// The console's address for the start message: `public_url` when set, else the bound
+/// address (loopback when bound to every interface).
+fn console_url(config: &Config, addr: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.public_url {
+        return format!("{}/", url.trim_end_matches('/'));
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}/", std::net::SocketAddr::new(ip, addr.port()))
+}
+
 /// The full HTTP router for a state.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
@@ -150,6 +164,11 @@ pub async fn serve_state(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "GuruConnect server listening");
+    // Stdout, for whoever started it by hand: where to point a browser.
+    println!(
+        "  GuruConnect is running: open {} in a browser",
+        console_url(&state.config, addr)
+    );
     let cancel = state.shutdown.clone();
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
     let limits = conn::ConnLimits {

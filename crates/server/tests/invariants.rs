@@ -493,6 +493,11 @@ async fn generated_admin_password_is_printed_once_on_stdout_only() {
         .trim()
         .to_owned();
     assert!(password.len() >= 16, "weak generated password {password:?}");
+    // The start message names the address to open.
+    let open = server
+        .stdout_line("open http://")
+        .expect("the start message names the console URL");
+    assert!(open.contains(&server.url("/")), "{open}");
     let resp = client()
         .post(server.url("/api/auth/login"))
         .json(&json!({ "username": "admin", "password": password }))
@@ -500,6 +505,43 @@ async fn generated_admin_password_is_printed_once_on_stdout_only() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    // A generated password is not the administrator's own: the console asks for a new one.
+    assert_eq!(body["password_change_required"], true, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let me = |token: String| {
+        let url = server.url("/api/auth/me");
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(me(token.clone()).await["password_change_required"], true);
+    let new_password = "a-password-of-my-own-42";
+    let resp = client()
+        .post(server.url("/api/auth/change-password"))
+        .bearer_auth(&token)
+        .json(&json!({ "current_password": password, "new_password": new_password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(me(token.clone()).await["password_change_required"], false);
+    let resp = client()
+        .post(server.url("/api/auth/login"))
+        .json(&json!({ "username": "admin", "password": new_password }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.get("password_change_required").is_none(), "{body}");
     let stdout = server.stdout.lock().unwrap().clone();
     let all = server.kill();
     assert_eq!(

@@ -151,6 +151,12 @@ export function accountPage({ root, signal }: PageContext): void {
     .get<Me>('/api/auth/me', undefined, signal)
     .then((u) => {
       session.setUser(u);
+      if (!u.password_change_required && session.passwordChangeRequired()) {
+        // Changed elsewhere (another tab, the API): nothing left to ask.
+        session.setPasswordChangeRequired(false);
+        navigate('/machines');
+        return;
+      }
       drawInfo(u);
       twoFactor.draw(u);
     })
@@ -185,6 +191,11 @@ export function accountPage({ root, signal }: PageContext): void {
       .then((r) => {
         form.reset();
         toast('Password changed', 'ok');
+        if (session.passwordChangeRequired()) {
+          session.setPasswordChangeRequired(false);
+          navigate('/machines');
+          return;
+        }
         mount(result, h('div', { class: 'alert alert-ok', role: 'status' }, `Password changed. ${r?.other_tokens_revoked ?? 0} other session(s) signed out.`));
       })
       .catch((err: unknown) => mount(result, errorBox(err)));
@@ -192,6 +203,25 @@ export function accountPage({ root, signal }: PageContext): void {
   const out = h('button', { class: 'btn', type: 'button' }, 'Sign out');
   out.addEventListener('click', () => void busy(out, signOut));
   const sessionCard = h('div', { class: 'card' }, h('h2', {}, 'Session'), h('p', { class: 'muted' }, 'Your sign-in lasts 24 hours in this browser tab.'), out);
+  if (session.passwordChangeRequired() && !session.enrolOnly()) {
+    // Signed in with the password printed at first start: choose one first.
+    mount(
+      root,
+      h(
+        'div',
+        { class: 'grid-2' },
+        h(
+          'div',
+          {},
+          h('div', { class: 'alert alert-warn', role: 'alert', 'data-testid': 'password-change-required' }, 'You signed in with the password the server generated at first start. Choose your own password to continue.'),
+          info,
+        ),
+        form,
+      ),
+    );
+    current.focus();
+    return;
+  }
   if (session.enrolOnly()) {
     // Until the required second factor is enrolled, nothing else is allowed.
     mount(root, h('div', { class: 'grid-2' }, h('div', {}, info, sessionCard), twoFactor.card));

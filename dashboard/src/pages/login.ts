@@ -12,7 +12,8 @@ import { isMfaRequired, type LoginOk, type LoginResponse } from '../types';
 function finish(res: LoginOk): void {
   const enrolOnly = res.totp_enrollment_required === true;
   session.signedIn(res.token, res.user, enrolOnly);
-  if (enrolOnly) {
+  session.setPasswordChangeRequired(res.password_change_required === true);
+  if (enrolOnly || res.password_change_required) {
     navigate('/account');
     return;
   }

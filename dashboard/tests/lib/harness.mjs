@@ -26,8 +26,11 @@ function freePort() {
   });
 }
 
-/** Starts the server; resolves once /health answers. */
-export async function startServer() {
+/**
+ * Starts the server; resolves once /health answers. `generatedPassword` leaves the admin
+ * password unset, so the server generates one and prints it (`log()` has it).
+ */
+export async function startServer({ generatedPassword = false } = {}) {
   const bin = resolve(DASHBOARD, process.env.GURUCONNECT_SERVER_BIN ?? '../target/debug/guruconnect-server');
   assert.ok(existsSync(bin), `server binary not found at ${bin} (build it with cargo build -p guruconnect-server, or set GURUCONNECT_SERVER_BIN)`);
   const dist = join(DASHBOARD, 'dist');
@@ -40,7 +43,7 @@ export async function startServer() {
       ...process.env,
       GURUCONNECT_DATA_DIR: dataDir,
       GURUCONNECT_BIND: `127.0.0.1:${port}`,
-      GURUCONNECT_ADMIN_PASSWORD: ADMIN_PASSWORD,
+      ...(generatedPassword ? {} : { GURUCONNECT_ADMIN_PASSWORD: ADMIN_PASSWORD }),
       GURUCONNECT_CONSOLE_DIR: dist,
       RUST_LOG: process.env.RUST_LOG ?? 'warn',
     },

@@ -87,6 +87,10 @@ pub enum LoginResponse {
         /// Present (true) only for an enrol-only sign-in.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         totp_enrollment_required: bool,
+        /// Present (true) while the account still has the password the server generated
+        /// at first start: the console asks for a new one first.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        password_change_required: bool,
     },
     /// The password was right; `POST /api/auth/login/totp` with this token and a code.
     MfaRequired {
@@ -108,8 +112,24 @@ impl LoginResponse {
             expires_at,
             user: UserView::from_user(user),
             totp_enrollment_required: false,
+            password_change_required: password_change_required(state, &user.id).await?,
         })
     }
+}
+
+/// The settings key that marks an account still on its generated password.
+pub fn password_change_key(user_id: &str) -> String {
+    format!("password_change_required:{user_id}")
+}
+
+/// Whether `user_id` still has the password the server generated for it.
+async fn password_change_required(state: &AppState, user_id: &str) -> ApiResult<bool> {
+    Ok(state
+        .store
+        .get_setting(&password_change_key(user_id))
+        .await?
+        .as_deref()
+        == Some("1"))
 }
 
 /// Mints and records a login token for a user.
@@ -214,6 +234,7 @@ async fn login(
             expires_at,
             user: UserView::from_user(&user),
             totp_enrollment_required: true,
+            password_change_required: password_change_required(&state, &user.id).await?,
         }));
     }
     let response = LoginResponse::signed_in(&state, &user).await?;
@@ -295,6 +316,10 @@ async fn change_password(
             audit.event(),
         )
         .await?;
+    state
+        .store
+        .set_setting(&password_change_key(&auth.user.id), "0")
+        .await?;
     Ok(Json(json!({ "ok": true, "other_tokens_revoked": revoked })))
 }
 
@@ -308,14 +333,17 @@ pub struct MeView {
     totp_required: bool,
     /// This token only allows enrolment (and `me`, logout).
     totp_enrollment_required: bool,
+    /// The account still has the password generated at first start.
+    password_change_required: bool,
 }
 
-async fn me(State(state): State<AppState>, signed_in: SignedInUser) -> Json<MeView> {
+async fn me(State(state): State<AppState>, signed_in: SignedInUser) -> ApiResult<Json<MeView>> {
     let enrol_only = signed_in.enrol_only();
     let user = signed_in.0.user;
-    Json(MeView {
-        user: UserView::from_user(&user),
+    Ok(Json(MeView {
         totp_required: state.config.totp_required_for(&user.role),
         totp_enrollment_required: enrol_only,
-    })
+        password_change_required: password_change_required(&state, &user.id).await?,
+        user: UserView::from_user(&user),
+    }))
 }
