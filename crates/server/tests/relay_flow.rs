@@ -695,6 +695,57 @@ async fn chat_clipboard_and_modifier_release() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controlling_technician_may_end_the_session_others_may_not() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let (mut agent, _) = managed_agent(&server, &admin).await;
+    let sid = agent.session_id.clone();
+    let tech = user_with_role(&server, &admin, "technician").await;
+    let other_tech = user_with_role(&server, &admin, "technician").await;
+    let watcher = user_with_role(&server, &admin, "viewer").await;
+    let mut controlling = viewer(&server, &tech, &sid).await;
+    let _watching = viewer(&server, &watcher, &sid).await;
+    wait_viewers(&server, &sid, 2).await;
+    let end = |token: &str| {
+        server
+            .client()
+            .post(server.url(&format!("/api/sessions/{sid}/end")))
+            .bearer_auth(token)
+            .send()
+    };
+    // Not in the session, or only watching: refused, and the session goes on.
+    assert_eq!(end(&other_tech).await.unwrap().status(), 403);
+    assert_eq!(end(&watcher).await.unwrap().status(), 403);
+    assert!(server.state.relay.get(&sid).is_some());
+
+    assert_eq!(end(&tech).await.unwrap().status(), 204);
+    let (_, code, _) = expect_closed(&mut agent.conn, WAIT).await;
+    assert_eq!(code, 1000);
+    let (seen, _, _) = expect_closed(&mut controlling, WAIT).await;
+    assert!(
+        seen.iter()
+            .any(|p| matches!(p, Payload::SessionEnd(e) if e.reason.contains("ended by"))),
+        "{:?}",
+        kinds(&seen)
+    );
+    let ended = common::eventually(WAIT, || async {
+        server
+            .state
+            .store
+            .get_session(&sid)
+            .await
+            .is_ok_and(|s| s.status == "ended")
+    })
+    .await;
+    assert!(ended, "the record is kept and marked ended");
+    let events = server.events_of("session.ended_by_user").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event.session_id.as_deref(), Some(sid.as_str()));
+    // Ended: nothing left to end.
+    assert_eq!(end(&admin).await.unwrap().status(), 409);
+}
+
 // ---------------------------------------------------------------- §5 sessions
 
 #[tokio::test]

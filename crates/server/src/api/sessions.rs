@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(show).delete(end))
         .route("/api/sessions/{id}/viewer-token", post(viewer_token))
+        .route("/api/sessions/{id}/end", post(end_live))
 }
 
 /// A session record with its live state.
@@ -134,6 +135,50 @@ async fn end(
     state
         .store
         .soft_delete_session(&id, now, audit.event())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/sessions/{id}/end`: ends a live session for everyone (the record stays,
+/// unlike `DELETE`). An administrator may end any; a technician only one they are
+/// controlling at this moment.
+#[tracing::instrument(skip_all, fields(user_id = %auth.user.id))]
+async fn end_live(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth.require(Permission::Control)?;
+    let record = load(&state, &id).await?;
+    let Some(live) = state.relay.get(&id) else {
+        return Err(ApiError::Conflict("the session is not live".into()));
+    };
+    let admin = auth.role == crate::auth::Role::Admin;
+    if !admin && !live.has_controlling_viewer(&auth.user.id) {
+        return Err(ApiError::Forbidden(
+            "only a technician controlling this session (or an administrator) may end it",
+        ));
+    }
+    let reason = format!("ended by {}", auth.user.username);
+    if state
+        .relay
+        .end_offline(&id, crate::relay::close::NORMAL, &reason)
+    {
+        state.metrics.sessions.dec();
+        state
+            .store
+            .end_session(&id, &reason, state.clock.now_millis(), None)
+            .await?;
+    } else {
+        live.end(&reason);
+    }
+    Audit::new("session.ended_by_user")
+        .user(&auth.user)
+        .ip(ip)
+        .agent(&record.agent_id)
+        .session(&id)
+        .record(&state)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

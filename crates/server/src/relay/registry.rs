@@ -287,6 +287,14 @@ impl LiveSession {
         }
     }
 
+    /// Whether `user_id` is watching with control right now (may end the session).
+    pub fn has_controlling_viewer(&self, user_id: &str) -> bool {
+        self.lock()
+            .viewers
+            .values()
+            .any(|v| v.user_id == user_id && v.access == AccessMode::Control)
+    }
+
     /// Number of viewers.
     pub fn viewer_count(&self) -> usize {
         self.lock().viewers.len()
