@@ -39,8 +39,12 @@ pub async fn serve(State(state): State<AppState>, req: Request) -> Response {
     if let Some(dir) = &state.config.console_dir {
         return from_disk(dir, rel).await;
     }
-    match Assets::get(rel).or_else(|| Assets::get("index.html")) {
-        Some(file) => asset_response(rel, file.data.into_owned()),
+    // A client route (`/join/<code>`) is answered with index.html under its own type.
+    let found = Assets::get(rel)
+        .map(|f| (rel, f))
+        .or_else(|| Assets::get("index.html").map(|f| ("index.html", f)));
+    match found {
+        Some((name, file)) => asset_response(name, file.data.into_owned()),
         None => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
             MISSING,

@@ -131,10 +131,14 @@ fn has_encoded_nul(raw: &str) -> bool {
     raw.as_bytes().windows(3).any(|w| w == b"%00")
 }
 
-/// The path as the log shows it: a support code in `/api/codes/<code>` becomes
-/// `***-***-XYZ` (its last group at most); a code's public id (16 hex digits) stays.
+/// The path as the log shows it: a support code in `/api/codes/<code>`,
+/// `/api/join/<code>` or `/join/<code>…` becomes `***-***-XYZ` (its last group at most);
+/// a code's public id (16 hex digits) stays.
 pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let Some(rest) = path.strip_prefix("/api/codes/") else {
+    let Some((prefix, rest)) = ["/api/codes/", "/api/join/", "/join/"]
+        .into_iter()
+        .find_map(|p| path.strip_prefix(p).map(|rest| (p, rest)))
+    else {
         return path.into();
     };
     let (segment, tail) = rest.split_once('/').map_or((rest, ""), |(s, t)| (s, t));
@@ -155,7 +159,7 @@ pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
     } else {
         format!("/{tail}")
     };
-    format!("/api/codes/{masked}{tail}").into()
+    format!("{prefix}{masked}{tail}").into()
 }
 
 /// Query parameters whose values are credentials.
@@ -261,6 +265,15 @@ mod tests {
         );
         assert_eq!(loggable_path("/api/codes/validate"), "/api/codes/validate");
         assert_eq!(loggable_path("/api/machines/x"), "/api/machines/x");
+        assert_eq!(
+            loggable_path("/api/join/abc-def-x9t"),
+            "/api/join/***-***-X9T"
+        );
+        assert_eq!(
+            loggable_path("/join/ABC-DEF-X9T/guruconnect-support.sh"),
+            "/join/***-***-X9T/guruconnect-support.sh"
+        );
+        assert_eq!(loggable_path("/join"), "/join");
     }
 
     #[test]

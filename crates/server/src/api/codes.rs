@@ -278,6 +278,20 @@ async fn validate(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<ValidateCode>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let c = preview_code(&state, ip, &req.code).await?;
+    Ok(Json(
+        json!({ "valid": true, "technician": c.created_by_name, "expires_at": c.expires_at }),
+    ))
+}
+
+/// Looks up a pending, unexpired code for a public caller without consuming it, under the
+/// code-validate rate limit and the per-address code lockout; every public door that
+/// previews a code goes through here so that they share one failure count (SPEC §4.9).
+pub(crate) async fn preview_code(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    input: &str,
+) -> ApiResult<SupportCode> {
     if let Err(e) = state
         .limits
         .check_code_lockout(ip)
@@ -287,16 +301,14 @@ async fn validate(
         return Err(e);
     }
     let now = state.clock.now_millis();
-    let found = match normalize_code(&req.code) {
+    let found = match normalize_code(input) {
         Some(code) => state.store.get_code(&code).await?,
         None => None,
     };
     match found {
         Some(c) if c.status == "pending" && c.expires_at > now => {
             state.limits.record_code_attempt(ip, true);
-            Ok(Json(
-                json!({ "valid": true, "technician": c.created_by_name, "expires_at": c.expires_at }),
-            ))
+            Ok(c)
         }
         _ => {
             state.limits.record_code_attempt(ip, false);

@@ -87,7 +87,8 @@ async fn availability(State(state): State<AppState>, _admin: AdminUser) -> Json<
     }))
 }
 
-fn is_file(path: Option<&FsPath>) -> bool {
+/// Whether a configured artifact path names a file.
+pub(crate) fn is_file(path: Option<&FsPath>) -> bool {
     path.is_some_and(|p| p.is_file())
 }
 
@@ -392,12 +393,13 @@ pub async fn per_site_msi(
     Ok(tokio::fs::read(&signed).await?)
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one single-quoted POSIX shell word.
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The server's public base URL: configured, or from the request's Host header.
-fn public_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn public_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.config.public_url {
         return url.trim_end_matches('/').to_owned();
     }

@@ -5,6 +5,7 @@ pub mod codes;
 pub mod enroll;
 pub mod events;
 pub mod installers;
+pub mod join;
 pub mod machines;
 pub mod sessions;
 pub mod sites;
@@ -27,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .merge(enroll::router())
         .merge(sites::router())
         .merge(installers::router())
+        .merge(join::router())
         .merge(system::download_router())
         .merge(events::router())
         .merge(machines::router())
