@@ -1,7 +1,8 @@
 //! Audit in the same transaction (issue 15 item 4): the real server binary is killed
 //! with SIGKILL while administrators create users and sites, rotate site keys, issue and
-//! revoke agent keys and remove machines; afterwards every stored change has its audit
-//! event. Runs on SQLite, and on PostgreSQL when `GURUCONNECT_TEST_DATABASE_URL` is set.
+//! revoke agent keys and remove machines, and installers enroll machines with a site's
+//! key; afterwards every stored change has its audit event. Runs on SQLite, and on
+//! PostgreSQL when `GURUCONNECT_TEST_DATABASE_URL` is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use guruconnect_store::{DEFAULT_TENANT, Event, EventFilter, Store, StoreError};
@@ -23,6 +24,8 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_guruconnect-server");
 const PASSWORD: &str = "admin-password-1";
 const ROUNDS: u64 = 5;
+/// Hardware uids the enrollers share, so most enrollments re-enroll a machine.
+const ENROLL_UIDS: usize = 10;
 
 /// The server binary, killed with SIGKILL when dropped.
 struct Binary {
@@ -41,6 +44,8 @@ impl Binary {
         cmd.env("GURUCONNECT_DATA_DIR", dir.join("data"))
             .env("GURUCONNECT_BIND", "127.0.0.1:0")
             .env("GURUCONNECT_ADMIN_PASSWORD", PASSWORD)
+            // Enrollers send a fresh X-Forwarded-For each, past the per-IP enroll limit.
+            .env("GURUCONNECT_TRUSTED_PROXIES", r#"["127.0.0.1/32"]"#)
             .env("RUST_LOG", "info,sqlx=warn");
         if let Some(url) = database_url {
             cmd.env("GURUCONNECT_DATABASE_URL", url);
@@ -184,6 +189,70 @@ async fn writer(
     }
 }
 
+/// A site with its enrollment key, created through the API.
+async fn create_site(http: &reqwest::Client, base: &str, token: &str) -> (String, String) {
+    let code = format!("E{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let resp = http
+        .post(format!("{base}/api/sites"))
+        .bearer_auth(token)
+        .json(&json!({ "name": code, "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let body: Value = resp.json().await.unwrap();
+    let key = body["enrollment_key"].as_str().expect("enrollment_key");
+    (code, key.to_owned())
+}
+
+/// Enrolls machines through `POST /api/enroll` until `stop` or the server goes away:
+/// mostly re-enrollments of a few uids (each revokes the machine's earlier keys), now and
+/// then a clone (same uid, another host name: a pending row). Counts the 2xx answers.
+async fn enroller(
+    id: usize,
+    base: String,
+    site: (String, String),
+    stop: Arc<AtomicBool>,
+    enrolled: Arc<AtomicUsize>,
+) {
+    let http = common::client();
+    let mut n: usize = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let uid = (n * 3 + id) % ENROLL_UIDS;
+        let hostname = if (n + id).is_multiple_of(6) {
+            format!("clone-{id}-{n}")
+        } else {
+            format!("enr-host-{uid}")
+        };
+        let ip = uuid::Uuid::new_v4();
+        let ip = ip.as_bytes();
+        let resp = http
+            .post(format!("{base}/api/enroll"))
+            .header(
+                "x-forwarded-for",
+                format!("10.{}.{}.{}", ip[0], ip[1], ip[2].max(1)),
+            )
+            .json(&json!({
+                "site_code": site.0,
+                "enrollment_key": site.1,
+                "machine_uid": format!("enr-uid-{uid}"),
+                "hostname": hostname,
+                "os": "linux",
+                "labels": { "company": "Crash", "tags": ["crash"] },
+            }))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => {
+                enrolled.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Every event of the default tenant.
 async fn all_events(store: &Store) -> Vec<Event> {
     let mut events = Vec::new();
@@ -211,12 +280,14 @@ async fn after_sigkill_during_writes_every_change_has_its_event() {
     let database_url = common::test_database_url().await;
     let agents: Arc<Vec<String>> =
         Arc::new((0..24).map(|_| uuid::Uuid::new_v4().to_string()).collect());
+    let enrollments = Arc::new(AtomicUsize::new(0));
     for round in 0..ROUNDS {
         let mut server = Binary::start(dir.path(), database_url.as_deref());
         let base = format!("http://{}", server.addr);
         let token = login(&common::client(), &base).await;
+        let site = create_site(&common::client(), &base, &token).await;
         let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..12)
+        let mut writers: Vec<_> = (0..12)
             .map(|kind| {
                 tokio::spawn(writer(
                     kind,
@@ -227,6 +298,15 @@ async fn after_sigkill_during_writes_every_change_has_its_event() {
                 ))
             })
             .collect();
+        writers.extend((0..8).map(|id| {
+            tokio::spawn(enroller(
+                id,
+                base.clone(),
+                site.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&enrollments),
+            ))
+        }));
         // A different moment in each round.
         tokio::time::sleep(Duration::from_millis(700 + 230 * round)).await;
         server.kill();
@@ -277,6 +357,7 @@ async fn after_sigkill_during_writes_every_change_has_its_event() {
         }
     }
     let issued = detail_ids("key.issued", "key_id");
+    let enrolled_keys = detail_ids("machine.enrolled", "key_id");
     let revoked = detail_ids("key.revoked", "key_id");
     let removed: HashSet<&str> = events
         .iter()
@@ -310,16 +391,65 @@ async fn after_sigkill_during_writes_every_change_has_its_event() {
             }
         }
     }
+    // Enrollment: the machine row, the revocation of its earlier keys and its new key
+    // commit with their events (`machine.enrolled` names the new key).
+    let enrolled_agents: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.event.event_type == "machine.enrolled")
+        .filter_map(|e| e.event.agent_id.as_deref())
+        .collect();
+    let (machines, total) = store
+        .list_machines(DEFAULT_TENANT, 1000, 0)
+        .await
+        .expect("machines");
+    assert!(total <= 1000, "more machines than one page");
+    let mut enrolled_machines = 0;
+    let mut enrolled_revoked = 0;
+    // Only enrollment gives a machine a site here.
+    for m in machines.iter().filter(|m| m.site_id.is_some()) {
+        enrolled_machines += 1;
+        if !enrolled_agents.contains(m.agent_id.as_str()) {
+            missing.push(format!(
+                "enrolled machine {} ({}) has no machine.enrolled",
+                m.agent_id, m.hostname
+            ));
+        }
+        let machine_keys = store.list_agent_keys(&m.agent_id).await.expect("keys");
+        if machine_keys.iter().all(|k| k.revoked_at.is_some()) {
+            missing.push(format!(
+                "enrolled machine {} ({}) has no unrevoked key ({} revoked)",
+                m.agent_id,
+                m.hostname,
+                machine_keys.len()
+            ));
+        }
+        for k in &machine_keys {
+            if !enrolled_keys.contains_key(&k.id) {
+                missing.push(format!("enrollment key {} has no machine.enrolled", k.id));
+            }
+            if k.revoked_at.is_some() {
+                enrolled_revoked += 1;
+                if !revoked.contains_key(&k.id) {
+                    missing.push(format!("revoked key {} has no key.revoked", k.id));
+                }
+            }
+        }
+    }
     println!(
-        "{ROUNDS} rounds: {} users, {} sites, {keys} keys ({revoked_keys} revoked), {removed_machines} removed machines, {} events",
+        "{ROUNDS} rounds: {} users, {} sites, {keys} keys ({revoked_keys} revoked), {removed_machines} removed machines, {} enrollments answered, {enrolled_machines} enrolled machines ({enrolled_revoked} keys revoked by re-enrollment), {} events",
         users.len(),
         sites.len(),
+        enrollments.load(Ordering::Relaxed),
         events.len()
     );
     // The writers got somewhere, so the check means something.
     assert!(
         keys > 0 && users.len() > 1 && !sites.is_empty(),
         "too few writes"
+    );
+    assert!(
+        enrolled_machines > 0 && enrolled_revoked > 0,
+        "too few enrollments"
     );
     assert!(
         missing.is_empty(),

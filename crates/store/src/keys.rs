@@ -1,7 +1,7 @@
 //! Per-agent keys (only the SHA-256 hash of the key is stored).
 
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use crate::events::insert_event;
 use crate::{AgentKey, Millis, NewEvent, Store, StoreError, StoreResult, conflict};
@@ -23,28 +23,76 @@ fn key_from_row(row: &AnyRow) -> StoreResult<AgentKey> {
     })
 }
 
+/// Inserts `key` on `conn`; `Conflict("key exists")` if its id or hash is taken.
+pub(crate) async fn insert_key(conn: &mut AnyConnection, key: &AgentKey) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO agent_keys (id, agent_id, key_hash, prefix, label, created_by, \
+         created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&key.id)
+    .bind(&key.agent_id)
+    .bind(&key.key_hash)
+    .bind(&key.prefix)
+    .bind(key.label.as_deref())
+    .bind(key.created_by.as_deref())
+    .bind(key.created_at)
+    .bind(key.last_used_at)
+    .bind(key.revoked_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(conflict("key exists"))?;
+    Ok(())
+}
+
+/// All keys of a machine (revoked ones included), newest first, read on `conn`.
+pub(crate) async fn keys_of(
+    conn: &mut AnyConnection,
+    agent_id: &str,
+) -> StoreResult<Vec<AgentKey>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {KEY_COLS} FROM agent_keys k WHERE k.agent_id = $1 \
+         ORDER BY k.created_at DESC, k.id DESC"
+    ))
+    .bind(agent_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(key_from_row).collect()
+}
+
+/// Revokes a key of `agent_id` on `conn` (an already revoked key keeps its first
+/// `revoked_at`) and returns it; `None` if that agent has no such key.
+pub(crate) async fn revoke_key(
+    conn: &mut AnyConnection,
+    agent_id: &str,
+    key_id: &str,
+    now: Millis,
+) -> StoreResult<Option<AgentKey>> {
+    sqlx::query(
+        "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, $3) \
+         WHERE id = $1 AND agent_id = $2",
+    )
+    .bind(key_id)
+    .bind(agent_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {KEY_COLS} FROM agent_keys k WHERE k.id = $1 AND k.agent_id = $2"
+    ))
+    .bind(key_id)
+    .bind(agent_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
 impl Store {
     /// Stores a new key; `Conflict("key exists")` if its id or hash is already stored.
     /// `audit` is recorded (at `created_at`) in the same transaction.
     pub async fn create_agent_key(&self, key: &AgentKey, audit: &NewEvent) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
         insert_event(&mut tx, audit, key.created_at).await?;
-        sqlx::query(
-            "INSERT INTO agent_keys (id, agent_id, key_hash, prefix, label, created_by, \
-             created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&key.id)
-        .bind(&key.agent_id)
-        .bind(&key.key_hash)
-        .bind(&key.prefix)
-        .bind(key.label.as_deref())
-        .bind(key.created_by.as_deref())
-        .bind(key.created_at)
-        .bind(key.last_used_at)
-        .bind(key.revoked_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(conflict("key exists"))?;
+        insert_key(&mut tx, key).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -65,14 +113,8 @@ impl Store {
 
     /// All keys of a machine (revoked ones included), newest first.
     pub async fn list_agent_keys(&self, agent_id: &str) -> StoreResult<Vec<AgentKey>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLS} FROM agent_keys k WHERE k.agent_id = $1 \
-             ORDER BY k.created_at DESC, k.id DESC"
-        ))
-        .bind(agent_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(key_from_row).collect()
+        let mut conn = self.pool().acquire().await?;
+        keys_of(&mut conn, agent_id).await
     }
 
     /// Revokes a key of `agent_id` and returns it; `NotFound` if that agent has no such
@@ -86,27 +128,10 @@ impl Store {
         audit: &NewEvent,
     ) -> StoreResult<AgentKey> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "UPDATE agent_keys SET revoked_at = COALESCE(revoked_at, $3) \
-             WHERE id = $1 AND agent_id = $2",
-        )
-        .bind(key_id)
-        .bind(agent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLS} FROM agent_keys k WHERE k.id = $1 AND k.agent_id = $2"
-        ))
-        .bind(key_id)
-        .bind(agent_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(key) = revoke_key(&mut tx, agent_id, key_id, now).await? else {
             tx.rollback().await?;
             return Err(StoreError::NotFound);
         };
-        let key = key_from_row(&row)?;
         insert_event(&mut tx, audit, now).await?;
         tx.commit().await?;
         Ok(key)

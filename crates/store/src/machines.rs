@@ -4,10 +4,11 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row};
 
 use crate::events::insert_event;
+use crate::keys::{insert_key, keys_of, revoke_key};
 use crate::search::{SearchColumns, id_set_json, in_id_set, parse_query, where_clause};
 use crate::{
-    Machine, MachineLabels, MachineSearch, MachineUpsert, Millis, NewEvent, NewMachine, Store,
-    StoreError, StoreResult, conflict, decode_err,
+    AgentKey, Enrollment, Machine, MachineLabels, MachineSearch, MachineUpsert, Millis, NewEvent,
+    NewMachine, Store, StoreError, StoreResult, conflict, decode_err,
 };
 
 const MACHINE_COLS: &str = "agent_id, tenant_id, machine_uid, hostname, os, os_version, \
@@ -97,6 +98,117 @@ fn bind_all<'q>(
         q = q.bind(a.as_str());
     }
     q
+}
+
+/// Inserts a machine row on `conn` (search columns not computed yet).
+async fn insert_machine(conn: &mut AnyConnection, m: &NewMachine) -> StoreResult<()> {
+    let tags = tags_json(&m.tags)?;
+    sqlx::query(
+        "INSERT INTO machines (agent_id, tenant_id, machine_uid, claimed_machine_uid, \
+         hostname, os, os_version, agent_version, external_ip, site_id, status, \
+         pending_reason, company, site, department, device_type, tags, last_seen, \
+         created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18, $19)",
+    )
+    .bind(&m.agent_id)
+    .bind(&m.tenant_id)
+    .bind(m.machine_uid.as_deref())
+    .bind(m.claimed_machine_uid.as_deref())
+    .bind(&m.hostname)
+    .bind(&m.os)
+    .bind(&m.os_version)
+    .bind(&m.agent_version)
+    .bind(m.external_ip.as_deref())
+    .bind(m.site_id.as_deref())
+    .bind(&m.status)
+    .bind(m.pending_reason.as_deref())
+    .bind(m.company.as_deref())
+    .bind(m.site.as_deref())
+    .bind(m.department.as_deref())
+    .bind(m.device_type.as_deref())
+    .bind(tags)
+    .bind(m.last_seen)
+    .bind(m.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies label changes to a live machine on `conn`, recomputes its search columns
+/// and returns it; `NotFound` if missing or soft-deleted.
+async fn apply_labels(
+    conn: &mut AnyConnection,
+    agent_id: &str,
+    labels: &MachineLabels,
+) -> StoreResult<Machine> {
+    let mut sets = Vec::new();
+    let mut args: Vec<Option<String>> = Vec::new();
+    for (column, value) in [
+        ("company", &labels.company),
+        ("site", &labels.site),
+        ("department", &labels.department),
+        ("device_type", &labels.device_type),
+    ] {
+        if let Some(v) = value {
+            args.push(v.clone());
+            sets.push(format!("{column} = ${}", args.len() + 1));
+        }
+    }
+    if let Some(tags) = &labels.tags {
+        args.push(Some(tags_json(tags)?));
+        sets.push(format!("tags = ${}", args.len() + 1));
+    }
+    // With nothing to change, a no-op update still checks the row and locks it.
+    let sets = if sets.is_empty() {
+        "agent_id = agent_id".to_owned()
+    } else {
+        sets.join(", ")
+    };
+    let sql = format!("UPDATE machines SET {sets} WHERE agent_id = $1 AND deleted_at IS NULL");
+    let mut q = sqlx::query(&sql).bind(agent_id);
+    for a in &args {
+        q = q.bind(a.as_deref());
+    }
+    if q.execute(&mut *conn).await?.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    refresh_search(conn, agent_id).await
+}
+
+/// Moves a live machine to a site of its own tenant (`Some`) or out of any (`None`) on
+/// `conn`; `NotFound` if the machine is missing or soft-deleted, or the site is not in
+/// its tenant.
+async fn set_site(
+    conn: &mut AnyConnection,
+    agent_id: &str,
+    site_id: Option<&str>,
+) -> StoreResult<()> {
+    let res = match site_id {
+        Some(site_id) => {
+            sqlx::query(
+                "UPDATE machines SET site_id = $2 WHERE agent_id = $1 AND deleted_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM sites \
+                 WHERE sites.id = $2 AND sites.tenant_id = machines.tenant_id)",
+            )
+            .bind(agent_id)
+            .bind(site_id)
+            .execute(&mut *conn)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "UPDATE machines SET site_id = NULL WHERE agent_id = $1 AND deleted_at IS NULL",
+            )
+            .bind(agent_id)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    if res.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }
 
 impl Store {
@@ -279,40 +391,8 @@ impl Store {
         now: Millis,
         audit: Option<&NewEvent>,
     ) -> StoreResult<Machine> {
-        let mut sets = Vec::new();
-        let mut args: Vec<Option<String>> = Vec::new();
-        for (column, value) in [
-            ("company", &labels.company),
-            ("site", &labels.site),
-            ("department", &labels.department),
-            ("device_type", &labels.device_type),
-        ] {
-            if let Some(v) = value {
-                args.push(v.clone());
-                sets.push(format!("{column} = ${}", args.len() + 1));
-            }
-        }
-        if let Some(tags) = &labels.tags {
-            args.push(Some(tags_json(tags)?));
-            sets.push(format!("tags = ${}", args.len() + 1));
-        }
         let mut tx = self.pool().begin().await?;
-        // With nothing to change, a no-op update still checks the row and locks it.
-        let sets = if sets.is_empty() {
-            "agent_id = agent_id".to_owned()
-        } else {
-            sets.join(", ")
-        };
-        let sql = format!("UPDATE machines SET {sets} WHERE agent_id = $1 AND deleted_at IS NULL");
-        let mut q = sqlx::query(&sql).bind(agent_id);
-        for a in &args {
-            q = q.bind(a.as_deref());
-        }
-        if q.execute(&mut *tx).await?.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound);
-        }
-        let machine = refresh_search(&mut tx, agent_id).await?;
+        let machine = apply_labels(&mut tx, agent_id, labels).await?;
         if let Some(audit) = audit {
             insert_event(&mut tx, audit, now).await?;
         }
@@ -362,31 +442,8 @@ impl Store {
     /// `NotFound` if the machine is missing or soft-deleted, or the site does not exist
     /// in the machine's tenant.
     pub async fn set_machine_site(&self, agent_id: &str, site_id: Option<&str>) -> StoreResult<()> {
-        let res =
-            match site_id {
-                Some(site_id) => sqlx::query(
-                    "UPDATE machines SET site_id = $2 WHERE agent_id = $1 AND deleted_at IS NULL \
-                     AND EXISTS (SELECT 1 FROM sites \
-                     WHERE sites.id = $2 AND sites.tenant_id = machines.tenant_id)",
-                )
-                .bind(agent_id)
-                .bind(site_id)
-                .execute(self.pool())
-                .await?,
-                None => {
-                    sqlx::query(
-                        "UPDATE machines SET site_id = NULL \
-                     WHERE agent_id = $1 AND deleted_at IS NULL",
-                    )
-                    .bind(agent_id)
-                    .execute(self.pool())
-                    .await?
-                }
-            };
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        let mut conn = self.pool().acquire().await?;
+        set_site(&mut conn, agent_id, site_id).await
     }
 
     /// Creates a machine with all its fields (enrollment; a collided endpoint's pending
@@ -395,61 +452,75 @@ impl Store {
     /// of the tenant has this `machine_uid`; `Conflict("machine exists")` if the agent
     /// id is taken (even by a soft-deleted machine).
     pub async fn create_machine(&self, m: &NewMachine) -> StoreResult<Machine> {
-        let tags = tags_json(&m.tags)?;
         let mut tx = self.pool().begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO machines (agent_id, tenant_id, machine_uid, claimed_machine_uid, \
-             hostname, os, os_version, agent_version, external_ip, site_id, status, \
-             pending_reason, company, site, department, device_type, tags, last_seen, \
-             created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19)",
-        )
-        .bind(&m.agent_id)
-        .bind(&m.tenant_id)
-        .bind(m.machine_uid.as_deref())
-        .bind(m.claimed_machine_uid.as_deref())
-        .bind(&m.hostname)
-        .bind(&m.os)
-        .bind(&m.os_version)
-        .bind(&m.agent_version)
-        .bind(m.external_ip.as_deref())
-        .bind(m.site_id.as_deref())
-        .bind(&m.status)
-        .bind(m.pending_reason.as_deref())
-        .bind(m.company.as_deref())
-        .bind(m.site.as_deref())
-        .bind(m.department.as_deref())
-        .bind(m.device_type.as_deref())
-        .bind(tags)
-        .bind(m.last_seen)
-        .bind(m.created_at)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) => {
-                let err = StoreError::from(e);
-                if !matches!(err, StoreError::Conflict(_)) {
-                    return Err(err);
-                }
-                drop(tx);
-                let exists: i64 =
-                    sqlx::query("SELECT COUNT(*) AS n FROM machines WHERE agent_id = $1")
-                        .bind(&m.agent_id)
-                        .fetch_one(self.pool())
-                        .await?
-                        .try_get("n")?;
-                return Err(StoreError::Conflict(if exists > 0 {
-                    "machine exists"
-                } else {
-                    "machine uid taken"
-                }));
-            }
+        if let Err(e) = insert_machine(&mut tx, m).await {
+            drop(tx);
+            return Err(self.create_machine_error(e, &m.agent_id).await);
         }
         let machine = refresh_search(&mut tx, &m.agent_id).await?;
         tx.commit().await?;
         Ok(machine)
+    }
+
+    /// Names the conflict of a failed machine insert (outside its aborted transaction):
+    /// `Conflict("machine exists")` or `Conflict("machine uid taken")`.
+    async fn create_machine_error(&self, e: StoreError, agent_id: &str) -> StoreError {
+        if !matches!(e, StoreError::Conflict(_)) {
+            return e;
+        }
+        let exists = sqlx::query("SELECT COUNT(*) AS n FROM machines WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_one(self.pool())
+            .await
+            .map_err(StoreError::from)
+            .and_then(|row| Ok(row.try_get::<i64, _>("n")?));
+        match exists {
+            Ok(n) if n > 0 => StoreError::Conflict("machine exists"),
+            Ok(_) => StoreError::Conflict("machine uid taken"),
+            Err(e) => e,
+        }
+    }
+
+    /// Enrolls a machine in one transaction: creates `e.new_machine` (or takes the live
+    /// machine `e.key.agent_id`), puts it into site `e.site_id`, applies `e.labels`,
+    /// revokes the machine's unrevoked keys, recording `revoked_event(key)` for each,
+    /// and stores `e.key` with `e.event`, all at `e.key.created_at`. Returns the machine
+    /// and the keys it revoked. Errors as [`Store::create_machine`] for a new machine;
+    /// `NotFound` if the machine is missing or soft-deleted, or the site is not in its
+    /// tenant; `Conflict("key exists")` as [`Store::create_agent_key`]. Nothing is
+    /// stored on an error.
+    pub async fn enroll(
+        &self,
+        e: &Enrollment,
+        revoked_event: impl Fn(&AgentKey) -> NewEvent + Send + Sync,
+    ) -> StoreResult<(Machine, Vec<AgentKey>)> {
+        let agent_id = e.key.agent_id.as_str();
+        let now = e.key.created_at;
+        let mut tx = self.pool().begin().await?;
+        if let Some(m) = &e.new_machine
+            && let Err(err) = insert_machine(&mut tx, m).await
+        {
+            drop(tx);
+            return Err(self.create_machine_error(err, &m.agent_id).await);
+        }
+        // Writing the machine row first holds its lock (PostgreSQL) or the write lock
+        // (SQLite) until commit, so a concurrent enrollment of the same machine reads
+        // the keys only after this one commits.
+        set_site(&mut tx, agent_id, Some(&e.site_id)).await?;
+        let machine = apply_labels(&mut tx, agent_id, &e.labels).await?;
+        let mut revoked = Vec::new();
+        for old in keys_of(&mut tx, agent_id).await? {
+            if old.revoked_at.is_none()
+                && let Some(key) = revoke_key(&mut tx, agent_id, &old.id, now).await?
+            {
+                insert_event(&mut tx, &revoked_event(&key), now).await?;
+                revoked.push(key);
+            }
+        }
+        insert_event(&mut tx, &e.event, now).await?;
+        insert_key(&mut tx, &e.key).await?;
+        tx.commit().await?;
+        Ok((machine, revoked))
     }
 
     /// Searches the tenant's live machines (query syntax: [`MachineSearch`]) and

@@ -285,6 +285,22 @@ pub struct NewMachine {
     pub created_at: Millis,
 }
 
+/// The writes of one enrollment, committed together by [`crate::Store::enroll`].
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// The machine row to create, or `None` to re-enroll the live machine
+    /// `key.agent_id`.
+    pub new_machine: Option<NewMachine>,
+    /// Enrollment site the machine is put into.
+    pub site_id: String,
+    /// Label changes applied to the machine.
+    pub labels: MachineLabels,
+    /// The machine's new key; `created_at` is the time of every write.
+    pub key: AgentKey,
+    /// Recorded with the key (`machine.enrolled`).
+    pub event: NewEvent,
+}
+
 /// A fleet search for [`crate::Store::search_machines`].
 ///
 /// `query` is whitespace-separated terms, all of which must match (AND):

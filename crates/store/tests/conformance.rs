@@ -89,6 +89,7 @@ conformance!(
     case_keys_audit_in_same_transaction,
     case_machines_audit_in_same_transaction,
     case_sessions_audit_in_same_transaction,
+    case_enroll_in_one_transaction,
     case_sessions,
     case_out_of_order_binding,
     case_errors_map,
@@ -1570,6 +1571,277 @@ async fn case_machines_audit_in_same_transaction(store: Store) {
         .await
         .expect_err("already removed");
     assert_eq!(code_events(&store, "machine.removed").await, 1);
+}
+
+fn enrollment(new_machine: Option<NewMachine>, site_id: &str, key: AgentKey) -> Enrollment {
+    let mut labels = labels();
+    labels.company = some("Acme");
+    labels.site = some("North");
+    labels.tags = Some(vec!["kiosk".to_owned()]);
+    let mut event = ev("machine.enrolled");
+    event.agent_id = Some(key.agent_id.clone());
+    event.details = json!({ "key_id": key.id });
+    Enrollment {
+        new_machine,
+        site_id: site_id.to_owned(),
+        labels,
+        key,
+        event,
+    }
+}
+
+fn revoked_event(key: &AgentKey) -> NewEvent {
+    let mut e = ev("key.revoked");
+    e.agent_id = Some(key.agent_id.clone());
+    e.details = json!({ "key_id": key.id });
+    e
+}
+
+/// Number of events stored (at most 100).
+async fn event_count(store: &Store) -> usize {
+    store.list_events(&filter()).await.expect("events").len()
+}
+
+/// `key_id`s in the details of the events of `event_type`, oldest first.
+async fn event_key_ids(store: &Store, event_type: &str) -> Vec<String> {
+    let mut f = filter();
+    f.event_type = Some(event_type.to_owned());
+    let mut ids: Vec<String> = store
+        .list_events(&f)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| {
+            e.event.details["key_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    ids.reverse();
+    ids
+}
+
+/// Enrollment writes the machine, its site and labels, the revocation of its earlier
+/// keys and its new key with their events in one transaction: a refused enrollment
+/// leaves nothing behind.
+async fn case_enroll_in_one_transaction(store: Store) {
+    store
+        .create_site(&site("s-e1", T, "North", "NORTH"), &ev("site.created"))
+        .await
+        .expect("site");
+    store
+        .create_site(&site("s-e2", T, "South", "SOUTH"), &ev("site.created"))
+        .await
+        .expect("site");
+    let mut fresh = new_machine("m-e1", Some("uid-e1"), "pc-e1");
+    fresh.site_id = Some("s-e1".to_owned());
+
+    // A new machine: row, site, labels, key and event.
+    let (m, revoked) = store
+        .enroll(
+            &enrollment(
+                Some(fresh.clone()),
+                "s-e1",
+                agent_key("k-e1", "m-e1", "hash-e1", 10),
+            ),
+            revoked_event,
+        )
+        .await
+        .expect("enroll");
+    assert!(revoked.is_empty());
+    assert_eq!(m.agent_id, "m-e1");
+    assert_eq!(m.site_id.as_deref(), Some("s-e1"));
+    assert_eq!(m.company.as_deref(), Some("Acme"));
+    assert_eq!(m.tags, vec!["kiosk".to_owned()]);
+    assert_eq!(store.get_machine("m-e1").await.expect("stored"), m);
+    assert_eq!(found(&store, "company:acme").await, vec!["m-e1".to_owned()]);
+    let keys = store.list_agent_keys("m-e1").await.expect("keys");
+    assert_eq!(keys, vec![agent_key("k-e1", "m-e1", "hash-e1", 10)]);
+    assert_eq!(
+        event_key_ids(&store, "machine.enrolled").await,
+        vec!["k-e1"]
+    );
+    assert!(event_key_ids(&store, "key.revoked").await.is_empty());
+
+    // Re-enrollment into another site: every unrevoked key is revoked with its event;
+    // an already revoked key keeps its time and gets none.
+    store
+        .create_agent_key(&agent_key("k-e0", "m-e1", "hash-e0", 11), &ev("key.issued"))
+        .await
+        .expect("issue");
+    store
+        .create_agent_key(
+            &agent_key("k-old", "m-e1", "hash-old", 12),
+            &ev("key.issued"),
+        )
+        .await
+        .expect("issue");
+    store
+        .revoke_agent_key("m-e1", "k-old", 13, &ev("key.revoked"))
+        .await
+        .expect("revoke");
+    let (m, revoked) = store
+        .enroll(
+            &enrollment(None, "s-e2", agent_key("k-e2", "m-e1", "hash-e2", 20)),
+            revoked_event,
+        )
+        .await
+        .expect("re-enroll");
+    assert_eq!(m.site_id.as_deref(), Some("s-e2"));
+    let mut revoked_ids: Vec<&str> = revoked.iter().map(|k| k.id.as_str()).collect();
+    revoked_ids.sort_unstable();
+    assert_eq!(revoked_ids, vec!["k-e0", "k-e1"]);
+    assert!(revoked.iter().all(|k| k.revoked_at == Some(20)));
+    let keys = store.list_agent_keys("m-e1").await.expect("keys");
+    let state: Vec<(&str, Option<i64>)> =
+        keys.iter().map(|k| (k.id.as_str(), k.revoked_at)).collect();
+    assert_eq!(
+        state,
+        vec![
+            ("k-e2", None),
+            ("k-old", Some(13)),
+            ("k-e0", Some(20)),
+            ("k-e1", Some(20))
+        ]
+    );
+    let mut revoked_events = event_key_ids(&store, "key.revoked").await;
+    revoked_events.sort_unstable();
+    // The first one is k-old's, recorded by revoke_agent_key without details.
+    assert_eq!(revoked_events, vec!["", "k-e0", "k-e1"]);
+    assert_eq!(
+        event_key_ids(&store, "machine.enrolled").await,
+        vec!["k-e1", "k-e2"]
+    );
+    let enrolled_at: Vec<i64> = {
+        let mut f = filter();
+        f.event_type = Some("machine.enrolled".to_owned());
+        store
+            .list_events(&f)
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.created_at)
+            .collect()
+    };
+    assert_eq!(enrolled_at, vec![20, 10]);
+
+    // Refused enrollments store nothing: not the machine, not a revocation, no event.
+    let events_before = event_count(&store).await;
+    let mut other = new_machine("m-e3", Some("uid-e3"), "pc-e3");
+    other.site_id = Some("s-e1".to_owned());
+    let err = store
+        .enroll(
+            &enrollment(
+                Some(other.clone()),
+                "s-e1",
+                agent_key("k-e3", "m-e3", "hash-e2", 30),
+            ),
+            revoked_event,
+        )
+        .await
+        .expect_err("key hash taken");
+    assert!(matches!(err, StoreError::Conflict("key exists")), "{err:?}");
+    assert!(matches!(
+        store.get_machine("m-e3").await,
+        Err(StoreError::NotFound)
+    ));
+    let err = store
+        .enroll(
+            &enrollment(None, "s-e1", agent_key("k-e4", "m-e1", "hash-e2", 31)),
+            revoked_event,
+        )
+        .await
+        .expect_err("key hash taken");
+    assert!(matches!(err, StoreError::Conflict("key exists")), "{err:?}");
+    let keys = store.list_agent_keys("m-e1").await.expect("keys");
+    assert_eq!(keys[0].id, "k-e2");
+    assert_eq!(
+        keys[0].revoked_at, None,
+        "the refused re-enrollment revoked nothing"
+    );
+    let m = store.get_machine("m-e1").await.expect("machine");
+    assert_eq!(m.site_id.as_deref(), Some("s-e2"), "nor moved the machine");
+    let mut taken = new_machine("m-e5", Some("uid-e1"), "pc-e5");
+    taken.site_id = Some("s-e1".to_owned());
+    let err = store
+        .enroll(
+            &enrollment(
+                Some(taken),
+                "s-e1",
+                agent_key("k-e5", "m-e5", "hash-e5", 32),
+            ),
+            revoked_event,
+        )
+        .await
+        .expect_err("uid taken");
+    assert!(
+        matches!(err, StoreError::Conflict("machine uid taken")),
+        "{err:?}"
+    );
+    let err = store
+        .enroll(
+            &enrollment(
+                Some(fresh),
+                "s-e1",
+                agent_key("k-e6", "m-e1", "hash-e6", 33),
+            ),
+            revoked_event,
+        )
+        .await
+        .expect_err("agent id taken");
+    assert!(
+        matches!(err, StoreError::Conflict("machine exists")),
+        "{err:?}"
+    );
+    let err = store
+        .enroll(
+            &enrollment(
+                Some(new_machine("m-e7", Some("uid-e7"), "pc-e7")),
+                "s-none",
+                agent_key("k-e7", "m-e7", "hash-e7", 34),
+            ),
+            revoked_event,
+        )
+        .await
+        .expect_err("no such site");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    assert!(matches!(
+        store.get_machine("m-e7").await,
+        Err(StoreError::NotFound)
+    ));
+    let err = store
+        .enroll(
+            &enrollment(None, "s-e1", agent_key("k-e8", "m-none", "hash-e8", 35)),
+            revoked_event,
+        )
+        .await
+        .expect_err("no such machine");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    assert_eq!(event_count(&store).await, events_before);
+    for (agent, key) in [
+        ("m-e3", "k-e3"),
+        ("m-e1", "k-e4"),
+        ("m-e5", "k-e5"),
+        ("m-e1", "k-e6"),
+        ("m-e7", "k-e7"),
+        ("m-none", "k-e8"),
+    ] {
+        assert!(
+            !store
+                .list_agent_keys(agent)
+                .await
+                .expect("keys")
+                .iter()
+                .any(|k| k.id == key),
+            "key {key} stored by a refused enrollment"
+        );
+    }
+    assert_eq!(
+        store.list_agent_keys("m-e1").await.expect("keys").len(),
+        4,
+        "k-e2, k-old, k-e0, k-e1"
+    );
 }
 
 /// A session change and its event commit together; a refused change records none.

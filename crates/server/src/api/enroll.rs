@@ -5,13 +5,16 @@
 //! matches a machine with a different host name looks like a different endpoint (a cloned
 //! image, a spoof): it gets its own row in the *pending* state and an alert; an admin must
 //! approve it before anyone can join it. Every enrollment mints a fresh per-agent key,
-//! returned once, and revokes the machine's previous keys.
+//! returned once, and revokes the machine's previous keys; the machine row, the keys and
+//! their audit events commit in one transaction ([`guruconnect_store::Store::enroll`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use guruconnect_store::{AgentKey, DEFAULT_TENANT, Machine, MachineLabels, NewMachine, StoreError};
+use guruconnect_store::{
+    AgentKey, DEFAULT_TENANT, Enrollment, MachineLabels, NewMachine, StoreError,
+};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -145,101 +148,36 @@ async fn enroll(
         .store
         .find_machine_by_uid(DEFAULT_TENANT, &machine_uid)
         .await?;
-    let (machine, outcome) = match existing {
+    let fields = req_fields(&hostname, &req.os, &req.os_version, &req.agent_version);
+    let (new_machine, agent_id, outcome) = match &existing {
         Some(m)
             if !m.hostname.eq_ignore_ascii_case(&hostname)
                 && m.hostname != crate::api::machines::NOT_CONNECTED_YET =>
         {
             // Same hardware id, different endpoint: quarantine until an admin approves.
-            let pending = create(
-                &state,
-                &req_fields(&hostname, &req.os, &req.os_version, &req.agent_version),
+            let reason = format!("machine_uid collides with {} ({})", m.hostname, m.agent_id);
+            let pending = new_machine(
+                &fields,
                 None,
                 Some(&machine_uid),
                 &site.id,
-                Some(format!(
-                    "machine_uid collides with {} ({})",
-                    m.hostname, m.agent_id
-                )),
+                Some(reason),
                 now,
-            )
-            .await?;
-            alerts::raise(
-                &state,
-                "machine_collision",
-                Audit::new("alert.machine_collision").agent(&pending.agent_id).ip(ip),
-                json!({ "agent_id": pending.agent_id, "hostname": hostname, "collides_with": m.agent_id, "existing_hostname": m.hostname, "site_id": site.id }),
-            )
-            .await;
-            (pending, "pending")
+            );
+            let agent_id = pending.agent_id.clone();
+            (Some(pending), agent_id, "pending")
         }
-        Some(m) => {
-            let moved = m.site_id.as_deref().is_some_and(|old| old != site.id);
-            if m.site_id.as_deref() != Some(site.id.as_str()) {
-                state
-                    .store
-                    .set_machine_site(&m.agent_id, Some(&site.id))
-                    .await?;
-            }
-            if moved {
-                alerts::raise(
-                    &state,
-                    "site_move",
-                    Audit::new("alert.site_move").agent(&m.agent_id).ip(ip),
-                    json!({ "agent_id": m.agent_id, "hostname": hostname, "from_site_id": m.site_id, "to_site_id": site.id }),
-                )
-                .await;
-            }
-            (m, "reused")
-        }
+        Some(m) => (None, m.agent_id.clone(), "reused"),
         None => {
-            let m = create(
-                &state,
-                &req_fields(&hostname, &req.os, &req.os_version, &req.agent_version),
-                Some(&machine_uid),
-                None,
-                &site.id,
-                None,
-                now,
-            )
-            .await?;
-            alerts::raise(
-                &state,
-                "machine_enrolled",
-                Audit::new("alert.machine_enrolled")
-                    .agent(&m.agent_id)
-                    .ip(ip),
-                json!({ "agent_id": m.agent_id, "hostname": hostname, "site_id": site.id }),
-            )
-            .await;
-            (m, "created")
+            let created = new_machine(&fields, Some(&machine_uid), None, &site.id, None, now);
+            let agent_id = created.agent_id.clone();
+            (Some(created), agent_id, "created")
         }
     };
-    let machine = state
-        .store
-        .update_machine_labels(&machine.agent_id, &labels, now, None)
-        .await?;
-
-    // A fresh key for this install; earlier keys of the machine stop working.
-    for old in state.store.list_agent_keys(&machine.agent_id).await? {
-        if old.revoked_at.is_none() {
-            let audit = Audit::new("key.revoked")
-                .agent(&machine.agent_id)
-                .ip(ip)
-                .details(json!({ "key_id": old.id, "reason": "re-enrolled" }));
-            state
-                .store
-                .revoke_agent_key(&machine.agent_id, &old.id, now, audit.event())
-                .await?;
-            state
-                .relay
-                .end_by_key(&old.id, "re-enrolled with a new key");
-        }
-    }
     let plaintext = mint_agent_key();
     let key = AgentKey {
         id: uuid::Uuid::new_v4().to_string(),
-        agent_id: machine.agent_id.clone(),
+        agent_id: agent_id.clone(),
         key_hash: sha256_hex(plaintext.as_bytes()),
         prefix: plaintext.chars().take(10).collect(),
         label: Some(format!("enrolled via site {}", site.code)),
@@ -248,12 +186,74 @@ async fn enroll(
         last_used_at: None,
         revoked_at: None,
     };
-    // The enrollment's event commits with its key, the step that completes it.
-    let audit = Audit::new("machine.enrolled")
-        .agent(&machine.agent_id)
+    let event = Audit::new("machine.enrolled")
+        .agent(&agent_id)
         .ip(ip)
         .details(json!({ "site_id": site.id, "outcome": outcome, "key_id": key.id, "key_version": site.key_version }));
-    state.store.create_agent_key(&key, audit.event()).await?;
+    let enrollment = Enrollment {
+        new_machine,
+        site_id: site.id.clone(),
+        labels,
+        key,
+        event: event.event().clone(),
+    };
+    // The machine, its fresh key and the revocation of its earlier keys commit together
+    // with their events; a crash leaves all or none of them.
+    let revoked_event = |old: &AgentKey| {
+        Audit::new("key.revoked")
+            .agent(&old.agent_id)
+            .ip(ip)
+            .details(json!({ "key_id": old.id, "reason": "re-enrolled" }))
+            .event()
+            .clone()
+    };
+    let (machine, revoked) = match state.store.enroll(&enrollment, revoked_event).await {
+        Err(StoreError::Conflict("machine exists" | "machine uid taken")) => {
+            return Err(ApiError::Conflict(
+                "this machine is already enrolled; retry".into(),
+            ));
+        }
+        other => other?,
+    };
+    let key = enrollment.key;
+    for old in &revoked {
+        state
+            .relay
+            .end_by_key(&old.id, "re-enrolled with a new key");
+    }
+    // Alerts follow the committed enrollment.
+    match (outcome, &existing) {
+        ("pending", Some(m)) => {
+            alerts::raise(
+                &state,
+                "machine_collision",
+                Audit::new("alert.machine_collision").agent(&machine.agent_id).ip(ip),
+                json!({ "agent_id": machine.agent_id, "hostname": hostname, "collides_with": m.agent_id, "existing_hostname": m.hostname, "site_id": site.id }),
+            )
+            .await;
+        }
+        ("reused", Some(m)) if m.site_id.as_deref().is_some_and(|old| old != site.id) => {
+            alerts::raise(
+                &state,
+                "site_move",
+                Audit::new("alert.site_move").agent(&m.agent_id).ip(ip),
+                json!({ "agent_id": m.agent_id, "hostname": hostname, "from_site_id": m.site_id, "to_site_id": site.id }),
+            )
+            .await;
+        }
+        ("created", _) => {
+            alerts::raise(
+                &state,
+                "machine_enrolled",
+                Audit::new("alert.machine_enrolled")
+                    .agent(&machine.agent_id)
+                    .ip(ip),
+                json!({ "agent_id": machine.agent_id, "hostname": hostname, "site_id": site.id }),
+            )
+            .await;
+        }
+        _ => {}
+    }
     let status = if outcome == "created" {
         StatusCode::CREATED
     } else {
@@ -292,16 +292,17 @@ fn req_fields<'a>(
     }
 }
 
-async fn create(
-    state: &AppState,
+/// The row of a machine enrolled into `site_id`: pending (with the uid it claimed, not
+/// owning it) when `pending_reason` is set.
+fn new_machine(
     f: &Fields<'_>,
     machine_uid: Option<&str>,
     claimed_uid: Option<&str>,
     site_id: &str,
     pending_reason: Option<String>,
     now: i64,
-) -> ApiResult<Machine> {
-    let new = NewMachine {
+) -> NewMachine {
+    NewMachine {
         agent_id: uuid::Uuid::new_v4().to_string(),
         tenant_id: DEFAULT_TENANT.to_owned(),
         machine_uid: machine_uid.map(str::to_owned),
@@ -320,11 +321,5 @@ async fn create(
         pending_reason,
         created_at: now,
         ..NewMachine::default()
-    };
-    match state.store.create_machine(&new).await {
-        Err(StoreError::Conflict(_)) => Err(ApiError::Conflict(
-            "this machine is already enrolled; retry".into(),
-        )),
-        other => Ok(other?),
     }
 }
