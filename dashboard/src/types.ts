@@ -130,6 +130,10 @@ export interface Session {
   ended_at: number | null;
   end_reason: string | null;
   live: LiveSnapshot | null;
+  /** The support code's note: who the session is for. */
+  customer: string | null;
+  /** The machine's name and labels (null when the machine was removed). */
+  machine: { hostname: string; company: string | null; site: string | null } | null;
 }
 
 export interface SupportCode {

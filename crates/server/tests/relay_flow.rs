@@ -746,6 +746,54 @@ async fn a_controlling_technician_may_end_the_session_others_may_not() {
     assert_eq!(end(&admin).await.unwrap().status(), 409);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_name_the_customer_and_the_machine() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let resp = server
+        .client()
+        .post(server.url("/api/codes"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "note": "Mrs Jones, ticket 4711" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let code = resp.json::<serde_json::Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = agent_hello(&server, &code, hello("jones-laptop", "")).await;
+    let (managed, _) = managed_agent(&server, &admin).await;
+    let list: serde_json::Value = server
+        .get("/api/sessions", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let find = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"))
+    };
+    let attended = find(&agent.session_id);
+    assert_eq!(attended["customer"], "Mrs Jones, ticket 4711", "{attended}");
+    assert_eq!(
+        attended["machine"]["hostname"], "jones-laptop",
+        "{attended}"
+    );
+    assert!(
+        !attended.to_string().contains(&code),
+        "the full code is listed: {attended}"
+    );
+    let unattended = find(&managed.session_id);
+    assert!(unattended["customer"].is_null(), "{unattended}");
+    assert_eq!(unattended["machine"]["hostname"], "managed-host");
+}
+
 // ---------------------------------------------------------------- §5 sessions
 
 #[tokio::test]

@@ -31,6 +31,41 @@ pub struct SessionView {
     #[serde(flatten)]
     record: SessionRecord,
     live: Option<SessionSnapshot>,
+    /// Who the session is for: the support code's note (the customer's name), if any.
+    customer: Option<String>,
+    /// The machine's host name, company and site, for naming and filtering.
+    machine: Option<MachineLabels>,
+}
+
+/// The labels of a session's machine.
+#[derive(Debug, Serialize)]
+pub struct MachineLabels {
+    hostname: String,
+    company: Option<String>,
+    site: Option<String>,
+}
+
+/// A record with its live state, customer and machine labels.
+async fn view(state: &AppState, record: SessionRecord) -> ApiResult<SessionView> {
+    let customer = match &record.code {
+        Some(code) => state.store.get_code(code).await?.and_then(|c| c.note),
+        None => None,
+    };
+    let machine = match state.store.get_machine(&record.agent_id).await {
+        Ok(m) => Some(MachineLabels {
+            hostname: m.hostname,
+            company: m.company,
+            site: m.site,
+        }),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(SessionView {
+        live: state.relay.get(&record.id).map(|s| s.snapshot()),
+        record: masked(record),
+        customer,
+        machine,
+    })
 }
 
 /// List filter.
@@ -64,15 +99,11 @@ async fn list(
             q.limit.unwrap_or(200),
         )
         .await?;
-    Ok(Json(
-        records
-            .into_iter()
-            .map(|record| SessionView {
-                live: state.relay.get(&record.id).map(|s| s.snapshot()),
-                record: masked(record),
-            })
-            .collect(),
-    ))
+    let mut views = Vec::with_capacity(records.len());
+    for record in records {
+        views.push(view(&state, record).await?);
+    }
+    Ok(Json(views))
 }
 
 /// Support codes are never returned in full after creation (SPEC §4.10).
@@ -96,10 +127,7 @@ async fn show(
 ) -> ApiResult<Json<SessionView>> {
     auth.require(Permission::View)?;
     let record = load(&state, &id).await?;
-    Ok(Json(SessionView {
-        live: state.relay.get(&id).map(|s| s.snapshot()),
-        record: masked(record),
-    }))
+    Ok(Json(view(&state, record).await?))
 }
 
 #[tracing::instrument(skip_all, fields(admin = %admin.0.user.id))]
