@@ -412,7 +412,7 @@ pub struct SupportCode {
     pub code: String,
     /// Tenant.
     pub tenant_id: String,
-    /// `pending`, `consumed`, `cancelled` or `ended`.
+    /// `pending`, `consumed`, `cancelled`, `ended` or `denied`.
     pub status: String,
     /// Creating user id.
     pub created_by: String,
