@@ -1020,6 +1020,7 @@ fn key_event(down: bool) -> Payload {
         down,
         modifiers: None,
         sent_timestamp_us: now_us(),
+        ..KeyEvent::default()
     })
 }
 

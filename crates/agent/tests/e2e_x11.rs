@@ -3,7 +3,8 @@
 //!
 //! Needs `Xvfb` and `xdotool` (Debian: xvfb, xdotool). Without Xvfb the tests print a line
 //! and pass; without xdotool they fail. The multi-monitor test also needs `xrandr` (Debian:
-//! x11-xserver-utils) and prints a line and passes without it.
+//! x11-xserver-utils) and prints a line and passes without it. The typing test needs
+//! `setxkbmap` (Debian: x11-xkb-utils, which xvfb pulls in).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -16,8 +17,8 @@ use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REP
 use guruconnect_client::{Connection, connect_agent};
 use guruconnect_codec::{Encoder, Image};
 use guruconnect_proto::{
-    ChatMessage, ClipboardText, Codec, DisplayInfo, DisplayList, Envelope, MouseAction,
-    MouseButton, MouseEvent, Payload, SwitchDisplay, ViewerHello,
+    ChatMessage, ClipboardText, Codec, DisplayInfo, DisplayList, Envelope, KeyEvent, KeyInputMode,
+    Modifiers, MouseAction, MouseButton, MouseEvent, Payload, SwitchDisplay, TypeText, ViewerHello,
 };
 use serde_json::json;
 use x11rb::connection::Connection as _;
@@ -1352,4 +1353,309 @@ async fn agent_enrolls_and_connects_over_tls_and_refuses_an_untrusted_certificat
     wait_key_file(&key_file, None, &agent).await;
     let machine = relay.wait_one_online(&admin, &agent).await;
     assert_eq!(machine["site"], "Remote Office");
+}
+
+// ------------------------------------------------------------------ typing by character
+
+/// An X client that turns its key presses into text the way Xlib does: the keysym of the
+/// pressed keycode's level (Shift, Caps Lock, AltGr from the event's state) in the mapping
+/// the server has when the client handles the event.
+struct TextApp {
+    text: Arc<std::sync::Mutex<String>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TextApp {
+    fn start(display: &str) -> TextApp {
+        use x11rb::protocol::xproto::{CreateWindowAux, InputFocus, WindowClass};
+        let (conn, screen) = x11rb::connect(Some(display)).expect("connect text app");
+        let root = conn.setup().roots[screen].root;
+        let window = conn.generate_id().expect("id");
+        conn.create_window(
+            x11rb::COPY_DEPTH_FROM_PARENT,
+            window,
+            root,
+            0,
+            0,
+            200,
+            100,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            0,
+            &CreateWindowAux::new()
+                .override_redirect(1)
+                .event_mask(EventMask::KEY_PRESS),
+        )
+        .expect("create window");
+        conn.map_window(window).expect("map");
+        conn.sync().expect("sync");
+        conn.set_input_focus(InputFocus::POINTER_ROOT, window, x11rb::CURRENT_TIME)
+            .expect("focus");
+        conn.sync().expect("sync");
+        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (t, s) = (text.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                match conn.poll_for_event() {
+                    Ok(Some(Event::KeyPress(k))) => {
+                        if let Some(c) = decode_key(&conn, k.detail, u16::from(k.state)) {
+                            t.lock().unwrap().push(c);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => return,
+                }
+            }
+        });
+        TextApp { text, stop }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    async fn wait_text(&self, want: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.text().ends_with(want) {
+            assert!(
+                Instant::now() < deadline,
+                "the X client never received {want:?}; it has {:?}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing more arrives after it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(self.text().ends_with(want), "{:?}", self.text());
+    }
+
+    fn clear(&self) {
+        self.text.lock().unwrap().clear();
+    }
+}
+
+impl Drop for TextApp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The character a key press produces (None for modifiers, dead keys and the like).
+fn decode_key(conn: &impl x11rb::connection::Connection, keycode: u8, state: u16) -> Option<char> {
+    use guruconnect_agent::platform::linux::chars::{
+        XK_ISO_LEVEL3_SHIFT, XK_RETURN, char_for_keysym, is_cased_pair,
+    };
+    let syms = conn
+        .get_keyboard_mapping(keycode, 1)
+        .ok()?
+        .reply()
+        .ok()?
+        .keysyms;
+    // The modifier bit AltGr sets: the one whose keys include an ISO_Level3_Shift key.
+    let per = conn.setup().max_keycode - conn.setup().min_keycode + 1;
+    let all = conn
+        .get_keyboard_mapping(conn.setup().min_keycode, per)
+        .ok()?
+        .reply()
+        .ok()?;
+    let level3_codes: Vec<u8> = all
+        .keysyms
+        .chunks(usize::from(all.keysyms_per_keycode))
+        .zip(conn.setup().min_keycode..=u8::MAX)
+        .filter(|(s, _)| s.first() == Some(&XK_ISO_LEVEL3_SHIFT))
+        .map(|(_, c)| c)
+        .collect();
+    let modmap = conn.get_modifier_mapping().ok()?.reply().ok()?;
+    let per_mod = usize::from(modmap.keycodes_per_modifier());
+    let level3_mask = modmap
+        .keycodes
+        .chunks(per_mod.max(1))
+        .enumerate()
+        .filter(|(_, codes)| codes.iter().any(|c| level3_codes.contains(c)))
+        .fold(0u16, |m, (i, _)| m | (1 << i));
+    let mut shift = state & 1 != 0;
+    if state & 2 != 0 && is_cased_pair(&syms) {
+        shift = !shift;
+    }
+    let level3 = level3_mask != 0 && state & level3_mask != 0;
+    let index = usize::from(level3) * 4 + usize::from(shift);
+    let sym = syms.get(index).copied().filter(|s| *s != 0)?;
+    if sym == XK_RETURN {
+        return Some('\n');
+    }
+    char_for_keysym(sym)
+}
+
+/// Sets the X server's keyboard layout, as `setxkbmap` on the machine would.
+fn set_layout(display: &str, layout: &str) {
+    let out = Command::new("setxkbmap")
+        .args(["-display", display, layout])
+        .output()
+        .expect("run setxkbmap (apt-get install x11-xkb-utils)");
+    assert!(out.status.success(), "setxkbmap {layout}: {out:?}");
+}
+
+/// Where a US keyboard has `c`: (scancode, shift).
+fn us_key(c: char) -> (u32, bool) {
+    const ROWS: &[(&str, &str, u32)] = &[
+        ("`1234567890-=", "~!@#$%^&*()_+", 0x29),
+        ("qwertyuiop[]\\", "QWERTYUIOP{}|", 0x10),
+        ("asdfghjkl;'", "ASDFGHJKL:\"", 0x1e),
+        ("zxcvbnm,./", "ZXCVBNM<>?", 0x2c),
+    ];
+    if c == ' ' {
+        return (0x39, false);
+    }
+    for (plain, shifted, first) in ROWS {
+        for (shift, row) in [(false, plain), (true, shifted)] {
+            if let Some(i) = row.chars().position(|k| k == c) {
+                let i = u32::try_from(i).unwrap();
+                // The backquote sits before 1 (0x29, then 0x02..).
+                let code = if *first == 0x29 {
+                    if i == 0 { 0x29 } else { 0x01 + i }
+                } else if *first == 0x10 && i == 12 {
+                    0x2b
+                } else {
+                    first + i
+                };
+                return (code, shift);
+            }
+        }
+    }
+    panic!("no US key for {c:?}");
+}
+
+fn key_event(scancode: u32, down: bool, text: &str, shift: bool, mode: KeyInputMode) -> Payload {
+    Payload::KeyEvent(KeyEvent {
+        scancode,
+        down,
+        text: text.into(),
+        modifiers: Some(Modifiers {
+            shift,
+            ..Modifiers::default()
+        }),
+        mode: mode as i32,
+        ..KeyEvent::default()
+    })
+}
+
+/// Types `text` as a browser on a US keyboard reports it: Shift by position around shifted
+/// keys, each key with its physical code and the character it produced.
+async fn type_like_a_us_technician(conn: &mut Connection, text: &str, mode: KeyInputMode) {
+    const SHIFT: u32 = 0x2a;
+    for c in text.chars() {
+        let (code, shift) = us_key(c);
+        let s = c.to_string();
+        if shift {
+            conn.send(key_event(SHIFT, true, "", true, mode))
+                .await
+                .expect("send");
+        }
+        conn.send(key_event(code, true, &s, shift, mode))
+            .await
+            .expect("send");
+        conn.send(key_event(code, false, &s, shift, mode))
+            .await
+            .expect("send");
+        if shift {
+            conn.send(key_event(SHIFT, false, "", false, mode))
+                .await
+                .expect("send");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_us_technician_types_exactly_on_a_german_layout_by_character_not_by_position() {
+    let Some(x) = Xvfb::start() else { return };
+    set_layout(&x.display, "de");
+    let _windows = TestApp::start(&x.display);
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let (mut agent, _session, mut control, _, _) =
+        attended_control_session(&x, &relay, &admin, |img| region_matches(img, WIN_A, 0, 0)).await;
+    let app = TextApp::start(&x.display);
+
+    // By character (the default): what the technician's keyboard produced arrives, though
+    // on a German layout y and z swap, and ?, /, @, +, = sit on other keys or need AltGr.
+    let sentence = "Hello, World! yz ?/@ 1+1=2 [x] {a|b} ~`";
+    type_like_a_us_technician(&mut control, sentence, KeyInputMode::Unspecified).await;
+    app.wait_text(sentence).await;
+
+    // An on-screen keyboard sends a capital without any Shift press; a character the German
+    // layout lacks (ñ, Ω) goes through a borrowed spare key.
+    app.clear();
+    for (code, text) in [(0x28, "Ä"), (0x31, "ñ"), (0x2f, "Ω")] {
+        for down in [true, false] {
+            control
+                .send(key_event(
+                    code,
+                    down,
+                    text,
+                    false,
+                    KeyInputMode::ByCharacter,
+                ))
+                .await
+                .expect("send");
+        }
+    }
+    app.wait_text("ÄñΩ").await;
+
+    // "Type clipboard text" uses the same path, lines included.
+    app.clear();
+    control
+        .send(Payload::TypeText(TypeText {
+            text: "Grüße, €5 ñ\n@home".into(),
+        }))
+        .await
+        .expect("send");
+    app.wait_text("Grüße, €5 ñ\n@home").await;
+
+    // By position the remote layout decides: US y and z land on German z and y.
+    app.clear();
+    type_like_a_us_technician(&mut control, "Hello yz", KeyInputMode::ByPosition).await;
+    app.wait_text("Hello zy").await;
+
+    // Shortcuts go by position even in character mode: Ctrl+Z stays the key at Z's place.
+    // (Recorded as the plain keysym: the test client ignores Ctrl.)
+    app.clear();
+    control
+        .send(Payload::KeyEvent(KeyEvent {
+            scancode: 0x2c,
+            down: true,
+            text: "z".into(),
+            modifiers: Some(Modifiers {
+                ctrl: true,
+                ..Modifiers::default()
+            }),
+            ..KeyEvent::default()
+        }))
+        .await
+        .expect("send");
+    app.wait_text("y").await;
+
+    // When the viewer leaves, the borrowed keys are given back.
+    control.close().await.expect("close");
+    let (conn, _) = x11rb::connect(Some(&x.display)).expect("connect");
+    let borrowed = [0x0100_00f1u32, 0x0100_03a9, 0x0100_20ac];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let setup = conn.setup();
+        let map = conn
+            .get_keyboard_mapping(setup.min_keycode, setup.max_keycode - setup.min_keycode + 1)
+            .unwrap()
+            .reply()
+            .unwrap();
+        if !map.keysyms.iter().any(|k| borrowed.contains(k)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the borrowed keys were never restored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_alive(&mut agent);
 }

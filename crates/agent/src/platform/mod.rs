@@ -16,7 +16,7 @@
 
 use guruconnect_codec::Image;
 use guruconnect_proto::{
-    AgentStatus, ConsentRequest, DisplayInfo, KeyEvent, MouseEvent, SpecialKeyKind,
+    AgentStatus, ConsentRequest, DisplayInfo, KeyEvent, KeyInputMode, MouseEvent, SpecialKeyKind,
 };
 
 pub mod clipboard;
@@ -101,7 +101,8 @@ pub trait Capturer: Send {
 pub trait Injector: Send {
     /// A mouse event in `display`'s coordinates.
     fn mouse(&mut self, event: &MouseEvent, display: &DisplayInfo) -> PlatformResult<()>;
-    /// A key press or release by scancode.
+    /// A key press or release: by character when [`typed_char`] says so (the press types
+    /// the character, the release is dropped), otherwise by scancode.
     fn key(&mut self, event: &KeyEvent) -> PlatformResult<()>;
     /// A key combination the viewer cannot type itself. An error is shown to the viewer
     /// (e.g. Ctrl+Alt+Del refused by policy).
@@ -115,6 +116,25 @@ pub trait Injector: Send {
     }
     /// Releases every key and button this injector holds down.
     fn release_all(&mut self) -> PlatformResult<()>;
+}
+
+/// The character a key event should type, when it goes by character: the viewer is not in
+/// by-position mode, the key produced exactly one printable character, and no Ctrl, Alt or
+/// Meta is held (those make it a shortcut, which goes by position).
+pub fn typed_char(event: &KeyEvent) -> Option<char> {
+    if event.mode == KeyInputMode::ByPosition as i32 {
+        return None;
+    }
+    let mut chars = event.text.chars();
+    let c = chars.next()?;
+    if chars.next().is_some() || c.is_control() {
+        return None;
+    }
+    let shortcut = event
+        .modifiers
+        .as_ref()
+        .is_some_and(|m| m.ctrl || m.alt || m.meta);
+    (!shortcut).then_some(c)
 }
 
 /// The attended-session consent prompt.
@@ -199,4 +219,65 @@ pub fn native() -> std::sync::Arc<dyn Desktop> {
 #[cfg(windows)]
 pub fn native() -> std::sync::Arc<dyn Desktop> {
     std::sync::Arc::new(windows::WindowsDesktop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guruconnect_proto::Modifiers;
+
+    fn key(text: &str, mode: KeyInputMode, modifiers: Modifiers) -> KeyEvent {
+        KeyEvent {
+            scancode: 0x15,
+            down: true,
+            text: text.into(),
+            mode: mode as i32,
+            modifiers: Some(modifiers),
+            ..KeyEvent::default()
+        }
+    }
+
+    #[test]
+    fn text_goes_by_character_and_shortcuts_by_position() {
+        let none = Modifiers::default;
+        let shift = Modifiers {
+            shift: true,
+            ..Modifiers::default()
+        };
+        let ctrl = Modifiers {
+            ctrl: true,
+            ..Modifiers::default()
+        };
+        assert_eq!(
+            typed_char(&key("y", KeyInputMode::Unspecified, none())),
+            Some('y')
+        );
+        assert_eq!(
+            typed_char(&key("Y", KeyInputMode::ByCharacter, shift)),
+            Some('Y')
+        );
+        assert_eq!(
+            typed_char(&key("€", KeyInputMode::ByCharacter, none())),
+            Some('€')
+        );
+        assert_eq!(
+            typed_char(&key("y", KeyInputMode::ByPosition, none())),
+            None
+        );
+        assert_eq!(typed_char(&key("y", KeyInputMode::ByCharacter, ctrl)), None);
+        assert_eq!(
+            typed_char(&key("", KeyInputMode::ByCharacter, none())),
+            None
+        );
+        assert_eq!(
+            typed_char(&key("Enter", KeyInputMode::ByCharacter, none())),
+            None
+        );
+        assert_eq!(
+            typed_char(&key("\r", KeyInputMode::ByCharacter, none())),
+            None
+        );
+        // An old viewer: no text, no mode.
+        assert_eq!(typed_char(&KeyEvent::default()), None);
+    }
 }

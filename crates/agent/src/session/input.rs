@@ -30,6 +30,7 @@ fn special_name(kind: SpecialKeyKind) -> &'static str {
         SpecialKeyKind::SpecialKeyAltTab => "Alt+Tab",
         SpecialKeyKind::SpecialKeyLockScreen => "Lock screen",
         SpecialKeyKind::SpecialKeyPrintScreen => "Print Screen",
+        SpecialKeyKind::SpecialKeyAltF4 => "Alt+F4",
         SpecialKeyKind::SpecialKeyUnspecified => "a special key",
     }
 }

@@ -4,6 +4,13 @@
 //! coordinates off the display are ignored (logged at debug level), never clamped into
 //! something the viewer did not ask for. Keys and buttons held down are tracked so that
 //! [`Injector::release_all`] can lift them when a viewer leaves.
+//!
+//! Text goes in by character: the character's keysym is looked up in the server's current
+//! keyboard mapping and its key is tapped with the Shift/AltGr it needs (modifiers the
+//! technician holds are lifted around it), so it arrives whatever the remote layout. A
+//! character no key produces is bound to a spare keycode (`ChangeKeyboardMapping`). The
+//! binding stays until the viewers leave (`release_all`) or the injector is dropped, not just
+//! for the tap: clients look the keycode up when they handle the event, later than we tap.
 
 use std::collections::BTreeSet;
 
@@ -11,12 +18,13 @@ use guruconnect_proto::{
     DisplayInfo, KeyEvent, MouseAction, MouseButton, MouseEvent, SpecialKeyKind,
 };
 use x11rb::connection::Connection as _;
-use x11rb::protocol::xproto;
+use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
+use super::chars::{self, Keymap, Level};
 use super::keymap::{self, evdev_to_x_keycode, scancode_to_evdev};
-use crate::platform::{Injector, PlatformError, PlatformResult};
+use crate::platform::{Injector, PlatformError, PlatformResult, typed_char};
 
 /// Most wheel clicks one event may produce.
 const MAX_WHEEL_STEPS: i32 = 10;
@@ -33,6 +41,11 @@ pub struct X11Injector {
     root: xproto::Window,
     held_keys: BTreeSet<u8>,
     held_buttons: BTreeSet<u8>,
+    /// Keys (scancode, extended) whose press was typed as a character: their release is
+    /// dropped, as nothing was held.
+    typed: BTreeSet<(u32, bool)>,
+    /// Spare keycodes we bound to a keysym, least recently bound first.
+    borrowed: Vec<u8>,
 }
 
 impl std::fmt::Debug for X11Injector {
@@ -101,7 +114,146 @@ impl X11Injector {
             root,
             held_keys: BTreeSet::new(),
             held_buttons: BTreeSet::new(),
+            typed: BTreeSet::new(),
+            borrowed: Vec::new(),
         })
+    }
+
+    /// The server's current core keyboard mapping.
+    fn keymap(&self) -> PlatformResult<Keymap> {
+        let setup = self.conn.setup();
+        let (min, max) = (setup.min_keycode, setup.max_keycode);
+        let reply = self
+            .conn
+            .get_keyboard_mapping(min, max.saturating_sub(min).saturating_add(1))
+            .map_err(request_error)?
+            .reply()
+            .map_err(request_error)?;
+        Ok(Keymap {
+            min_keycode: min,
+            per: usize::from(reply.keysyms_per_keycode),
+            syms: reply.keysyms,
+        })
+    }
+
+    /// Whether Caps Lock is on.
+    fn caps_lock(&self) -> PlatformResult<bool> {
+        let reply = self
+            .conn
+            .query_pointer(self.root)
+            .map_err(request_error)?
+            .reply()
+            .map_err(request_error)?;
+        Ok(reply.mask.contains(xproto::KeyButMask::LOCK))
+    }
+
+    /// Binds a spare keycode (or the least recently bound one) to `keysym`.
+    fn borrow(&mut self, map: &mut Keymap, keysym: u32) -> PlatformResult<u8> {
+        let code = match map.spare().into_iter().find(|c| !self.borrowed.contains(c)) {
+            Some(code) => code,
+            None if !self.borrowed.is_empty() => self.borrowed.remove(0),
+            None => {
+                return Err(PlatformError::Unsupported(
+                    "no spare key to type a character the keyboard layout lacks".into(),
+                ));
+            }
+        };
+        self.bind(code, keysym, map.per)?;
+        map.set(code, keysym);
+        self.borrowed.push(code);
+        Ok(code)
+    }
+
+    fn bind(&self, code: u8, keysym: u32, per: usize) -> PlatformResult<()> {
+        let per = per.max(1);
+        self.conn
+            .change_keyboard_mapping(
+                1,
+                code,
+                u8::try_from(per).unwrap_or(u8::MAX),
+                &vec![keysym; per],
+            )
+            .map_err(request_error)?;
+        Ok(())
+    }
+
+    /// Gives the borrowed keycodes back their empty mapping.
+    fn unbind_all(&mut self) -> PlatformResult<()> {
+        if self.borrowed.is_empty() {
+            return Ok(());
+        }
+        let per = self.keymap()?.per;
+        for code in std::mem::take(&mut self.borrowed) {
+            self.bind(code, 0, per)?;
+        }
+        self.flush()
+    }
+
+    /// Taps the key producing `c`, with the Shift and AltGr it needs and nothing else.
+    fn type_char(&mut self, c: char, map: &mut Keymap, caps: bool) -> PlatformResult<()> {
+        let Some(keysym) = chars::keysym_for_char(c) else {
+            return Ok(());
+        };
+        let level3_key = map.keycode_of(chars::XK_ISO_LEVEL3_SHIFT);
+        let (code, mut level) = match map.find(keysym, level3_key.is_some()) {
+            Some(found) => found,
+            None => (self.borrow(map, keysym)?, Level::default()),
+        };
+        if caps && chars::is_cased_pair(map.syms_of(code)) && !level.level3 {
+            level.shift = !level.shift;
+        }
+        let shift_key = map
+            .keycode_of(chars::XK_SHIFT_L)
+            .or_else(|| evdev_to_x_keycode(42));
+        // Held modifiers the character does not want are lifted for the tap; a held Shift
+        // or AltGr it does want stays held.
+        let modifiers: BTreeSet<u8> = keymap::MODIFIERS
+            .iter()
+            .filter_map(|k| evdev_to_x_keycode(*k))
+            .chain(level3_key)
+            .collect();
+        let mut lifted = Vec::new();
+        let (mut shift_held, mut level3_held) = (false, false);
+        for held in self.held_keys.clone() {
+            if !modifiers.contains(&held) {
+                continue;
+            }
+            let sym = map.syms_of(held).first().copied().unwrap_or(0);
+            if level.shift && (sym == chars::XK_SHIFT_L || sym == chars::XK_SHIFT_R) {
+                shift_held = true;
+            } else if level.level3 && sym == chars::XK_ISO_LEVEL3_SHIFT {
+                level3_held = true;
+            } else {
+                self.keycode(held, false)?;
+                lifted.push(held);
+            }
+        }
+        let mut pressed = Vec::new();
+        if level.shift && !shift_held {
+            pressed.extend(shift_key);
+        }
+        if level.level3 && !level3_held {
+            pressed.extend(level3_key);
+        }
+        for key in pressed.iter().chain([&code]) {
+            self.keycode(*key, true)?;
+        }
+        for key in [&code].into_iter().chain(pressed.iter().rev()) {
+            self.keycode(*key, false)?;
+        }
+        for key in lifted {
+            self.keycode(key, true)?;
+        }
+        Ok(())
+    }
+
+    /// Taps a key by evdev code (Enter and Tab in typed text).
+    fn tap_evdev(&mut self, evdev: u16) -> PlatformResult<()> {
+        if let Some(code) = evdev_to_x_keycode(evdev) {
+            self.keycode(code, true)?;
+            self.keycode(code, false)?;
+        }
+        Ok(())
     }
 
     fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> PlatformResult<()> {
@@ -195,6 +347,21 @@ impl Injector for X11Injector {
     }
 
     fn key(&mut self, event: &KeyEvent) -> PlatformResult<()> {
+        let id = (event.scancode, event.extended);
+        if let Some(c) = typed_char(event) {
+            if event.down {
+                let mut map = self.keymap()?;
+                let caps = self.caps_lock()?;
+                self.typed.insert(id);
+                self.type_char(c, &mut map, caps)?;
+                return self.flush();
+            }
+            if self.typed.remove(&id) {
+                return Ok(());
+            }
+        } else if !event.down && self.typed.remove(&id) {
+            return Ok(());
+        }
         let Some(code) =
             scancode_to_evdev(event.scancode, event.extended).and_then(evdev_to_x_keycode)
         else {
@@ -213,6 +380,23 @@ impl Injector for X11Injector {
         self.flush()
     }
 
+    fn text(&mut self, text: &str) -> PlatformResult<()> {
+        let mut map = self.keymap()?;
+        let caps = self.caps_lock()?;
+        let mut previous = '\0';
+        for c in text.chars() {
+            match c {
+                // Line breaks as Enter (CR LF once), tabs as Tab, like the Windows injector.
+                '\n' if previous == '\r' => {}
+                '\r' | '\n' => self.tap_evdev(28)?,
+                '\t' => self.tap_evdev(keymap::EVDEV_TAB)?,
+                c => self.type_char(c, &mut map, caps)?,
+            }
+            previous = c;
+        }
+        self.flush()
+    }
+
     fn special(&mut self, kind: SpecialKeyKind) -> PlatformResult<()> {
         use keymap::*;
         match kind {
@@ -225,6 +409,7 @@ impl Injector for X11Injector {
             SpecialKeyKind::SpecialKeyAltTab => self.chord(&[EVDEV_LEFT_ALT, EVDEV_TAB]),
             SpecialKeyKind::SpecialKeyLockScreen => self.chord(&[EVDEV_LEFT_SUPER, EVDEV_L]),
             SpecialKeyKind::SpecialKeyPrintScreen => self.chord(&[EVDEV_PRINT]),
+            SpecialKeyKind::SpecialKeyAltF4 => self.chord(&[EVDEV_LEFT_ALT, EVDEV_F4]),
         }
     }
 
@@ -244,7 +429,16 @@ impl Injector for X11Injector {
         for button in buttons {
             self.button(button, false)?;
         }
-        self.flush()
+        self.typed.clear();
+        self.flush()?;
+        self.unbind_all()
+    }
+}
+
+impl Drop for X11Injector {
+    fn drop(&mut self) {
+        // A borrowed key must not outlive the agent with a stray character on it.
+        let _ = self.unbind_all();
     }
 }
 

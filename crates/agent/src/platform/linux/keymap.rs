@@ -126,6 +126,8 @@ pub const EVDEV_TAB: u16 = 15;
 pub const EVDEV_LEFT_SUPER: u16 = 125;
 /// evdev code of L.
 pub const EVDEV_L: u16 = 38;
+/// evdev code of F4.
+pub const EVDEV_F4: u16 = 62;
 /// evdev code of Print Screen.
 pub const EVDEV_PRINT: u16 = 99;
 

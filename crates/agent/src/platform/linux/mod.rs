@@ -5,6 +5,7 @@
 //! Wayland sessions are not supported (XWayland would show only X clients).
 
 pub mod capture;
+pub mod chars;
 pub mod chat;
 pub mod consent;
 pub mod input;

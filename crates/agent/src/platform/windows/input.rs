@@ -10,6 +10,11 @@
 //! units and at least one per non-zero delta, at most [`MAX_WHEEL_STEPS`]; a positive
 //! `wheel_dy` scrolls down and a positive `wheel_dx` scrolls right.
 //!
+//! A key the viewer sends with its character (by-character mode, no Ctrl/Alt/Meta) is
+//! typed as that character with `KEYEVENTF_UNICODE`, as the "type text" action is
+//! (UNVERIFIED on real Windows and under Wine: the Wine end-to-end test covers scancodes and
+//! typed text only).
+//!
 //! Ctrl+Alt+Del goes through `SendSAS` from `sas.dll`, loaded at run time (UNVERIFIED:
 //! Wine has no `sas.dll`, and it only works for a service with the `SoftwareSASGeneration`
 //! policy); otherwise the viewer gets a clear `Unsupported` error.
@@ -34,7 +39,7 @@ use windows_sys::Win32::UI::Input::KeyboardAndMouse::{
 use windows_sys::Win32::UI::WindowsAndMessaging::{XBUTTON1, XBUTTON2};
 
 use super::{last_error, wide};
-use crate::platform::{Injector, PlatformError, PlatformResult};
+use crate::platform::{Injector, PlatformError, PlatformResult, typed_char};
 
 /// Most wheel notches one event may produce.
 pub const MAX_WHEEL_STEPS: i32 = 10;
@@ -157,6 +162,8 @@ pub const SCANCODES: &[(u16, bool)] = &[
 const SC_LALT: (u16, bool) = (0x38, false);
 /// Tab.
 const SC_TAB: (u16, bool) = (0x0f, false);
+/// F4.
+const SC_F4: (u16, bool) = (0x3e, false);
 /// Enter.
 const SC_ENTER: (u16, bool) = (0x1c, false);
 /// Left Windows.
@@ -270,6 +277,17 @@ fn key_input(vk: u16, scan: u16, flags: u32) -> INPUT {
             },
         },
     }
+}
+
+/// A press and release of `c` as `KEYEVENTF_UNICODE` (one pair per UTF-16 unit).
+fn unicode_tap(c: char) -> Vec<INPUT> {
+    let mut buf = [0u16; 2];
+    let mut inputs = Vec::new();
+    for &unit in c.encode_utf16(&mut buf).iter() {
+        inputs.push(key_input(0, unit, KEYEVENTF_UNICODE));
+        inputs.push(key_input(0, unit, KEYEVENTF_UNICODE | KEYEVENTF_KEYUP));
+    }
+    inputs
 }
 
 /// `(scancode, virtual key)` of the extended keys, which do not depend on the layout.
@@ -416,6 +434,9 @@ pub struct SendInputInjector {
     held_keys: BTreeSet<(u16, bool)>,
     /// Held buttons as their `(up flag, mouseData)`.
     held_buttons: BTreeSet<(u32, u32)>,
+    /// Keys (scancode, extended) whose press was typed as a character: their release is
+    /// dropped.
+    typed: BTreeSet<(u32, bool)>,
 }
 
 impl SendInputInjector {
@@ -514,6 +535,19 @@ impl Injector for SendInputInjector {
     }
 
     fn key(&mut self, event: &KeyEvent) -> PlatformResult<()> {
+        let id = (event.scancode, event.extended);
+        if let Some(c) = typed_char(event) {
+            // By character (KEYEVENTF_UNICODE): the release was part of the tap.
+            if event.down {
+                self.typed.insert(id);
+                return send(&unicode_tap(c));
+            }
+            if self.typed.remove(&id) {
+                return Ok(());
+            }
+        } else if !event.down && self.typed.remove(&id) {
+            return Ok(());
+        }
         let Some(key) = scancode_key(event.scancode, event.extended) else {
             tracing::debug!(
                 scancode = event.scancode,
@@ -532,6 +566,7 @@ impl Injector for SendInputInjector {
             SpecialKeyKind::SpecialKeyCtrlAltDel => send_sas(),
             SpecialKeyKind::SpecialKeyWin => self.chord(&[SC_LWIN]),
             SpecialKeyKind::SpecialKeyAltTab => self.chord(&[SC_LALT, SC_TAB]),
+            SpecialKeyKind::SpecialKeyAltF4 => self.chord(&[SC_LALT, SC_F4]),
             SpecialKeyKind::SpecialKeyLockScreen => {
                 // SAFETY: LockWorkStation takes no arguments.
                 if unsafe { LockWorkStation() } == 0 {
@@ -570,13 +605,7 @@ impl Injector for SendInputInjector {
                     inputs.push(scancode_input(SC_TAB, false));
                 }
                 c if c.is_control() => {}
-                c => {
-                    let mut buf = [0u16; 2];
-                    for &unit in c.encode_utf16(&mut buf).iter() {
-                        inputs.push(key_input(0, unit, KEYEVENTF_UNICODE));
-                        inputs.push(key_input(0, unit, KEYEVENTF_UNICODE | KEYEVENTF_KEYUP));
-                    }
-                }
+                c => inputs.extend(unicode_tap(c)),
             }
             previous = c;
             units += c.len_utf16();
@@ -598,6 +627,7 @@ impl Injector for SendInputInjector {
         for (up, data) in std::mem::take(&mut self.held_buttons) {
             inputs.push(mouse_input(0, 0, data, up));
         }
+        self.typed.clear();
         send(&inputs)
     }
 }
