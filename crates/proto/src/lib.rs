@@ -61,6 +61,7 @@ impl Payload {
             Payload::DisplayList(_) => "display_list",
             Payload::ConsentResponse(_) => "consent_response",
             Payload::AgentNotice(_) => "agent_notice",
+            Payload::CustomerEnd(_) => "customer_end",
             Payload::StartStream(_) => "start_stream",
             Payload::StopStream(_) => "stop_stream",
             Payload::ConsentRequest(_) => "consent_request",

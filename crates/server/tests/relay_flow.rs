@@ -64,6 +64,7 @@ fn agent_only_payloads() -> Vec<Payload> {
         Payload::CursorPosition(guruconnect_proto::CursorPosition::default()),
         Payload::DisplayList(guruconnect_proto::DisplayList::default()),
         notice("forged notice"),
+        Payload::CustomerEnd(guruconnect_proto::CustomerEnd {}),
     ]
 }
 
@@ -792,6 +793,134 @@ async fn live_sessions_name_the_customer_and_the_machine() {
     let unattended = find(&managed.session_id);
     assert!(unattended["customer"].is_null(), "{unattended}");
     assert_eq!(unattended["machine"]["hostname"], "managed-host");
+}
+
+/// The `ViewerJoined` the agent receives next, as (username, access mode).
+async fn next_joined(agent: &mut Agent) -> (String, i32) {
+    match recv_until(&mut agent.conn, "viewer joined", WAIT, |p| {
+        matches!(p, Payload::ViewerJoined(_))
+    })
+    .await
+    {
+        Payload::ViewerJoined(j) => (j.username, j.access_mode),
+        _ => unreachable!(),
+    }
+}
+
+fn customer_end() -> Payload {
+    Payload::CustomerEnd(guruconnect_proto::CustomerEnd {})
+}
+
+/// The session record once it is ended.
+async fn ended_record(server: &TestServer, sid: &str) -> guruconnect_store::SessionRecord {
+    let ended = common::eventually(WAIT, || async {
+        server
+            .state
+            .store
+            .get_session(sid)
+            .await
+            .is_ok_and(|s| s.status == "ended")
+    })
+    .await;
+    assert!(ended, "the session record was not ended");
+    server.state.store.get_session(sid).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_person_at_the_machine_ends_an_attended_session_for_everyone() {
+    use guruconnect_proto::AccessMode;
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let (mut agent, _) = attended_agent(&server, &admin).await;
+    let sid = agent.session_id.clone();
+    let mut controlling = viewer(&server, &admin, &sid).await;
+    assert_eq!(
+        next_joined(&mut agent).await.1,
+        AccessMode::Control as i32,
+        "the agent learns who controls"
+    );
+    let watcher_token = user_with_role(&server, &admin, "viewer").await;
+    let mut watching = viewer(&server, &watcher_token, &sid).await;
+    assert_eq!(next_joined(&mut agent).await.1, AccessMode::ViewOnly as i32);
+
+    // Before consent there is nothing to end from the indicator: ignored.
+    agent.conn.send(customer_end()).await.unwrap();
+    sync(&mut agent.conn).await;
+    assert!(
+        server.state.relay.get(&sid).is_some(),
+        "ended before consent"
+    );
+    assert!(
+        server
+            .events_of("session.ended_by_customer")
+            .await
+            .is_empty()
+    );
+
+    agent.conn.send(consent(true)).await.unwrap();
+    recv_until(&mut agent.conn, "start stream", WAIT, |p| {
+        matches!(p, Payload::StartStream(_))
+    })
+    .await;
+    agent.conn.send(customer_end()).await.unwrap();
+
+    let (seen, code, _) = expect_closed(&mut agent.conn, WAIT).await;
+    assert_eq!(code, 1000);
+    assert!(
+        seen.iter().any(|p| matches!(p, Payload::SessionEnd(e) if e.reason == "ended by the person at the machine")),
+        "{:?}",
+        kinds(&seen)
+    );
+    for v in [&mut controlling, &mut watching] {
+        let (seen, _, _) = expect_closed(v, WAIT).await;
+        assert!(
+            seen.iter().any(|p| matches!(p, Payload::SessionEnd(e) if e.reason == "ended by the person at the machine")),
+            "{:?}",
+            kinds(&seen)
+        );
+    }
+    let record = ended_record(&server, &sid).await;
+    assert_eq!(
+        record.end_reason.as_deref(),
+        Some("ended by the person at the machine")
+    );
+    let events = server.events_of("session.ended_by_customer").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event.session_id.as_deref(), Some(sid.as_str()));
+    let gone = common::eventually(WAIT, || async { server.state.relay.get(&sid).is_none() }).await;
+    assert!(gone, "the ended session is still in the registry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_person_at_a_managed_machine_ends_the_session_and_the_agent_reconnects_idle() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let (mut agent, key) = managed_agent(&server, &admin).await;
+    let sid = agent.session_id.clone();
+    let mut v = viewer(&server, &admin, &sid).await;
+    assert_eq!(next_joined(&mut agent).await.0, "admin");
+
+    agent.conn.send(customer_end()).await.unwrap();
+    let (_, code, reason) = expect_closed(&mut agent.conn, WAIT).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1000, "ended by the person at the machine")
+    );
+    let (seen, _, _) = expect_closed(&mut v, WAIT).await;
+    assert!(
+        seen.iter().any(|p| matches!(p, Payload::SessionEnd(_))),
+        "{:?}",
+        kinds(&seen)
+    );
+    ended_record(&server, &sid).await;
+    assert_eq!(server.events_of("session.ended_by_customer").await.len(), 1);
+
+    // The machine keeps its key: it comes back as a new session with nobody watching.
+    let again = agent_hello(&server, &key.key, hello("managed-host", "")).await;
+    assert_ne!(again.session_id, sid);
+    let live = server.state.relay.get(&again.session_id).expect("live");
+    assert!(live.is_active());
+    assert_eq!(live.viewer_count(), 0);
 }
 
 // ---------------------------------------------------------------- §5 sessions

@@ -46,6 +46,9 @@ const AGENT_READ_BUFFER: usize = 8 * 1024;
 const AGENT_WRITE_BUFFER: usize = 8 * 1024;
 /// Prefix of per-agent keys.
 pub const AGENT_KEY_PREFIX: &str = "cak_";
+/// The end reason viewers and the session record get when the person at the machine
+/// clicks "End session".
+pub const ENDED_BY_CUSTOMER: &str = "ended by the person at the machine";
 
 /// How an agent proved itself.
 #[derive(Debug)]
@@ -872,6 +875,25 @@ async fn handle(
         Payload::Pong(_) | Payload::AgentHello(_) => {}
         Payload::SessionEnd(_) => {
             session.end("ended on the remote machine");
+            return Break(());
+        }
+        // The person at the machine clicked "End session" in the indicator. Before consent
+        // there is no indicator (the prompt's Deny is the way out), so it is ignored then.
+        // Managed sessions end too: the agent reconnects idle, as after a technician's end.
+        Payload::CustomerEnd(_) => {
+            if !session.is_active() {
+                state.metrics.ignored_message("customer_end");
+                return Continue(());
+            }
+            Audit::new("session.ended_by_customer")
+                .agent(&session.agent_id)
+                .session(&session.id)
+                .details(
+                    json!({ "kind": session.kind.as_str(), "viewers": session.viewer_count() }),
+                )
+                .record_quietly(state)
+                .await;
+            session.end(ENDED_BY_CUSTOMER);
             return Break(());
         }
         other => state.metrics.ignored_message(other.kind()),

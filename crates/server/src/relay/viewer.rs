@@ -203,6 +203,10 @@ async fn run(
     session.try_send_to_agent(message(Payload::ViewerJoined(proto::ViewerJoined {
         viewer_id: viewer_id.clone(),
         username: user.username.clone(),
+        access_mode: match grant.access {
+            AccessMode::Control => proto::AccessMode::Control,
+            AccessMode::ViewOnly => proto::AccessMode::ViewOnly,
+        } as i32,
     })));
     session.update_stream();
     if session.is_active() {
