@@ -1,7 +1,10 @@
 // End to end with the real agent under Xvfb: support code → agent → consent (clicked with
 // xdotool) → the browser viewer shows the X screen (#3366cc root), typing and mouse
-// arrive on the X server, and a view-only user cannot control.
-// Skipped when target/debug/guruconnect-agent, Xvfb, xdotool, xev or xsetroot is missing.
+// arrive on the X server, and a view-only user cannot control. With a German layout set on
+// the X server (setxkbmap de), text typed in the viewer arrives exactly as typed by character,
+// and with y and z swapped by position.
+// Skipped when target/debug/guruconnect-agent, Xvfb, xdotool, xev, xsetroot or setxkbmap is
+// missing.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +14,7 @@ import { resolve } from 'node:path';
 import { ADMIN_PASSWORD, DASHBOARD, apiCall, joinInNewTab, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
 
 const AGENT = resolve(DASHBOARD, process.env.GURUCONNECT_AGENT_BIN ?? '../target/debug/guruconnect-agent');
-const tools = ['Xvfb', 'xdotool', 'xev', 'xsetroot', 'xdpyinfo'];
+const tools = ['Xvfb', 'xdotool', 'xev', 'xsetroot', 'xdpyinfo', 'setxkbmap'];
 const have = (t) => {
   try {
     execFileSync('sh', ['-c', `command -v ${t}`], { stdio: 'ignore' });
@@ -151,5 +154,54 @@ test('the real agent streams an X screen and takes input; view-only cannot', { s
   await shot(v.page, '17-viewer-real-agent-view-only');
   v.assertClean();
   await v.context.close();
+  await context.close();
+});
+
+/** The characters xev decoded from key presses since `from` (its XLookupString lines). */
+function typedSince(from) {
+  let text = '';
+  for (const block of xevOut.slice(from).split(/\n\s*\n/)) {
+    if (!block.trimStart().startsWith('KeyPress event')) continue;
+    const m = /XLookupString gives 1 bytes: \([0-9a-f]+\) "([^"]|")"/.exec(block);
+    if (m) text += m[1];
+  }
+  return text;
+}
+
+test('typing reaches a German-layout machine as the characters typed, or by position when chosen', { skip, timeout: 120_000 }, async () => {
+  assert.ok(agent, 'the first test started the agent');
+  x('setxkbmap', ['-layout', 'de']);
+  const { page: console_, context, assertClean } = await openPage(browser);
+  await uiLogin(console_, server.url);
+  await console_.click('a[href="#/sessions"]');
+  const row = console_.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
+  await row.waitFor({ timeout: 20_000 });
+  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
+  await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  await page.locator('[data-testid=key-mode]', { hasText: 'by character' }).waitFor();
+  await page.locator('canvas.screen').focus();
+
+  // By character (the default): a US-layout browser's keys arrive as the characters meant,
+  // though German y/z swap and ?, /, @, +, = sit elsewhere or behind AltGr.
+  const sentence = 'Hello, World! yz ?/@ 1+1=2';
+  let from = xevOut.length;
+  await page.keyboard.type(sentence);
+  await waitFor(() => typedSince(from) === sentence, `"${sentence}" in xev (got "${typedSince(from)}")`);
+
+  // By position: the remote layout decides, so US y and z land on German z and y.
+  await page.click('[data-testid=key-mode]');
+  await page.locator('[data-testid=key-mode]', { hasText: 'by position' }).waitFor();
+  await page.locator('canvas.screen').focus();
+  from = xevOut.length;
+  await page.keyboard.type('yz');
+  await waitFor(() => typedSince(from) === 'zy', `"zy" in xev (got "${typedSince(from)}")`);
+  await shot(page, '18-viewer-key-mode');
+
+  // The system keys menu sends Alt+F4 as a special key (the agent presses Alt and F4).
+  from = xevOut.length;
+  await page.selectOption('[data-testid=keys-menu]', { label: 'Alt+F4' });
+  await waitFor(() => /keysym 0xffc1, F4\)/.test(xevOut.slice(from)), `F4 in xev (got ${xevOut.slice(from, from + 600)})`);
+  assertClean();
+  x('setxkbmap', ['-layout', 'us']);
   await context.close();
 });

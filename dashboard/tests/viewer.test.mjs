@@ -85,11 +85,22 @@ test('a controlling technician sees the screen and drives it', async () => {
     [0x4b, true, true],
     [0x4b, true, false],
   ]);
+  // Each key carries the character it produced (none for the arrow) and the mode.
+  assert.deepEqual(agent.of('keyEvent').map((k) => [k.text, k.mode]), [
+    ['a', pb.KeyInputMode.KEY_INPUT_MODE_BY_CHARACTER],
+    ['a', pb.KeyInputMode.KEY_INPUT_MODE_BY_CHARACTER],
+    ['', pb.KeyInputMode.KEY_INPUT_MODE_BY_CHARACTER],
+    ['', pb.KeyInputMode.KEY_INPUT_MODE_BY_CHARACTER],
+  ]);
 
   // Ctrl+Alt+Del button.
   await page.click('button:has-text("Ctrl+Alt+Del")');
   await agent.until((a) => a.of('specialKey').length === 1, 'special key');
   assert.equal(agent.of('specialKey')[0].kind, pb.SpecialKeyKind.SPECIAL_KEY_CTRL_ALT_DEL);
+  // The keys menu: Alt+F4 as a special key.
+  await page.selectOption('[data-testid=keys-menu]', { label: 'Alt+F4' });
+  await agent.until((a) => a.of('specialKey').length === 2, 'Alt+F4');
+  assert.equal(agent.of('specialKey')[1].kind, pb.SpecialKeyKind.SPECIAL_KEY_ALT_F4);
 
   // Display switcher from the DisplayList.
   await page.selectOption('select[aria-label=Display]', '1');

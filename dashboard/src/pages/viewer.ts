@@ -1,8 +1,9 @@
 // The in-browser viewer: `#/view/<session_id>`.
 //
 // Mints a viewer token, opens /ws/viewer, says ViewerHello with the codecs this browser
-// decodes, draws frames on a canvas, sends mouse/keyboard (set-1 scancodes) unless the
-// session is view-only, and reconnects with a fresh token when the socket drops.
+// decodes, draws frames on a canvas, sends mouse/keyboard (set-1 scancodes plus the
+// character typed, so the agent can type by character whatever the remote layout) unless
+// the session is view-only, and reconnects with a fresh token when the socket drops.
 
 import { api, ApiError } from '../api';
 import * as session from '../session';
@@ -31,6 +32,9 @@ export function viewerPage({ root, params }: PageContext): () => void {
   let disposed = false;
   let reconnectTimer = 0;
   let sendSystemKeys = false;
+  // Per session: characters for text (the default), positions for games and shortcuts.
+  const keyModeKey = `gc.viewer.keymode.${sessionId}`;
+  let byPosition = sessionStorage.getItem(keyModeKey) === 'position';
   let scaleMode: 'fit' | 'actual' = (localStorage.getItem('gc.viewer.scale') as 'fit' | 'actual') || 'fit';
   const pressed = new Map<string, { code: number; extended: boolean }>();
   const stats = new Stats();
@@ -51,13 +55,26 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const sysKeys = h('input', { type: 'checkbox', id: 'sys-keys' });
   const sysKeysLabel = h('label', { class: 'toggle', for: 'sys-keys', title: 'Forward the Windows/Super key and try to capture browser shortcuts (full screen)' }, sysKeys, 'System keys');
   const cadBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Send Ctrl+Alt+Del' }, 'Ctrl+Alt+Del');
+  const keyModeBtn = h('button', { class: 'btn btn-sm', type: 'button', 'data-testid': 'key-mode', 'aria-pressed': 'false' });
+  const keysMenu = h(
+    'select',
+    { class: 'select-sm', 'aria-label': 'Send keys', 'data-testid': 'keys-menu' },
+    h('option', { value: '' }, 'Keys…'),
+    h('option', { value: String(pb.SpecialKeyKind.SPECIAL_KEY_WIN) }, 'Super / Windows'),
+    h('option', { value: String(pb.SpecialKeyKind.SPECIAL_KEY_ALT_TAB) }, 'Alt+Tab'),
+    h('option', { value: String(pb.SpecialKeyKind.SPECIAL_KEY_ALT_F4) }, 'Alt+F4'),
+    h('option', { value: String(pb.SpecialKeyKind.SPECIAL_KEY_PRINT_SCREEN) }, 'Print Screen'),
+    h('option', { value: String(pb.SpecialKeyKind.SPECIAL_KEY_LOCK_SCREEN) }, 'Lock screen'),
+    h('option', { value: String(pb.SpecialKeyKind.SPECIAL_KEY_CTRL_ALT_DEL) }, 'Ctrl+Alt+Del'),
+    h('option', { value: 'type-clipboard' }, 'Type my clipboard text'),
+  );
   const refreshBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Ask for a full refresh' }, 'Refresh');
   const fullBtn = h('button', { class: 'btn btn-sm', type: 'button' }, 'Full screen');
   const chatBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Chat');
   const clipBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Clipboard');
   const statsBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'true' }, 'Stats');
   const leaveBtn = h('button', { class: 'btn btn-sm btn-danger', type: 'button' }, 'Disconnect');
-  const controlsOnly = [cadBtn, sysKeysLabel];
+  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu];
 
   const statsText = h('div', { class: 'stats-text mono', 'data-testid': 'stats' });
   const graph = h('canvas', { class: 'sparkline', width: '160', height: '36', 'aria-hidden': 'true' });
@@ -101,6 +118,8 @@ export function viewerPage({ root, params }: PageContext): () => void {
         displaySelect,
         scaleBtn,
         sysKeysLabel,
+        keyModeBtn,
+        keysMenu,
         cadBtn,
         refreshBtn,
         fullBtn,
@@ -465,22 +484,52 @@ export function viewerPage({ root, params }: PageContext): () => void {
     { passive: false },
   );
 
+  const showKeyMode = () => {
+    keyModeBtn.textContent = byPosition ? 'Keys: by position' : 'Keys: by character';
+    keyModeBtn.setAttribute('aria-pressed', String(byPosition));
+    keyModeBtn.title = byPosition
+      ? 'Keys go by position: the remote keyboard layout decides what they type (games, shortcuts). Click to type by character.'
+      : 'Keys type the character your keyboard produced, whatever the remote layout; shortcuts go by position. Click for position only.';
+  };
+  showKeyMode();
+  keyModeBtn.addEventListener('click', () => {
+    byPosition = !byPosition;
+    sessionStorage.setItem(keyModeKey, byPosition ? 'position' : 'character');
+    showKeyMode();
+    canvas.focus();
+  });
+
   const key = (e: KeyboardEvent, down: boolean) => {
     if (!canControl()) return;
     if (!sendSystemKeys && isSystemKey(e.code)) return;
-    const sc = scancodeFor(e.code);
+    // A dead key only prepares the next key's character; in character mode that character
+    // is what is sent, so the dead key itself is not.
+    if (!byPosition && e.key === 'Dead') {
+      e.preventDefault();
+      return;
+    }
+    // One printable character (a single code point, not "Enter" or "ArrowLeft").
+    const text = [...e.key].length === 1 && !/\p{Cc}/u.test(e.key) ? e.key : '';
+    // AltGr reports Ctrl+Alt on Windows; the character it produced is text, not a shortcut.
+    const altGr = e.getModifierState?.('AltGraph') ?? false;
+    // A key with no physical code (on-screen keyboards, characters the US table lacks) can
+    // still be typed by character.
+    const sc = scancodeFor(e.code) ?? (!byPosition && text ? { code: 0, extended: false } : null);
     if (!sc) return;
     e.preventDefault();
     e.stopPropagation();
-    if (down) pressed.set(e.code, sc);
-    else pressed.delete(e.code);
+    const id = e.code || `char:${e.key}`;
+    if (down) pressed.set(id, sc);
+    else pressed.delete(id);
     send({
       keyEvent: {
         scancode: sc.code,
         extended: sc.extended,
         down,
-        modifiers: { shift: e.shiftKey, ctrl: e.ctrlKey, alt: e.altKey, meta: e.metaKey },
+        modifiers: { shift: e.shiftKey, ctrl: e.ctrlKey && !altGr, alt: e.altKey && !altGr, meta: e.metaKey },
         sentTimestampUs: nowUs(),
+        text,
+        mode: byPosition ? pb.KeyInputMode.KEY_INPUT_MODE_BY_POSITION : pb.KeyInputMode.KEY_INPUT_MODE_BY_CHARACTER,
       },
     });
   };
@@ -500,6 +549,34 @@ export function viewerPage({ root, params }: PageContext): () => void {
     const kb = (navigator as Navigator & { keyboard?: { lock?: (keys?: string[]) => Promise<void>; unlock?: () => void } }).keyboard;
     if (sendSystemKeys && document.fullscreenElement && kb?.lock) kb.lock().catch(() => {});
     else kb?.unlock?.();
+  });
+  const typeText = (text: string) => {
+    if (!canControl()) {
+      toast('Typing needs control access and an active session', 'bad');
+      return;
+    }
+    if (!text) return;
+    if (new TextEncoder().encode(text).length > 4096) {
+      toast('At most 4096 bytes can be typed at once', 'bad');
+      return;
+    }
+    if (send({ typeText: { text } })) toast('Typing the text on the remote machine', 'ok');
+  };
+  keysMenu.addEventListener('change', () => {
+    const choice = keysMenu.value;
+    keysMenu.value = '';
+    if (!choice) return;
+    if (choice === 'type-clipboard') {
+      navigator.clipboard
+        .readText()
+        .then(typeText)
+        .catch(() => toast('The browser did not allow reading the clipboard; use Clipboard → Type on remote', 'bad'));
+    } else if (canControl()) {
+      const kind = Number(choice);
+      send({ specialKey: { kind } });
+      toast(`${keysMenu.querySelector(`option[value="${choice}"]`)?.textContent ?? 'Key'} sent`, 'info');
+    }
+    canvas.focus();
   });
   cadBtn.addEventListener('click', () => {
     if (!canControl()) return;
@@ -583,19 +660,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
     }
     if (send({ clipboard: { text: clipOut.value } })) toast('Clipboard sent', 'ok');
   });
-  clipType.addEventListener('click', () => {
-    if (!canControl()) {
-      toast('Typing needs control access and an active session', 'bad');
-      return;
-    }
-    const text = clipOut.value;
-    if (!text) return;
-    if (new TextEncoder().encode(text).length > 4096) {
-      toast('At most 4096 bytes can be typed at once', 'bad');
-      return;
-    }
-    if (send({ typeText: { text } })) toast('Typing the text on the remote machine', 'ok');
-  });
+  clipType.addEventListener('click', () => typeText(clipOut.value));
   clipPaste.addEventListener('click', () => {
     navigator.clipboard
       .readText()
