@@ -17,6 +17,7 @@ import { sitesPage } from './pages/sites';
 import { auditPage } from './pages/audit';
 import { accountPage } from './pages/account';
 import { viewerPage } from './pages/viewer';
+import { joinRoute, renderJoin } from './pages/join';
 import { h, mount } from './ui/dom';
 
 interface Route {
@@ -64,6 +65,12 @@ async function render(): Promise<void> {
       console.warn('page cleanup failed', e);
     }
     cleanup = null;
+  }
+  // The customer's join page lives at a real path and needs no sign-in.
+  const join = joinRoute(location.pathname);
+  if (join !== null) {
+    cleanup = renderJoin(app, join, controller.signal);
+    return;
   }
   const path = currentPath();
   const signedIn = !!session.token();
@@ -131,6 +138,14 @@ session.onChangeElsewhere((signedIn) => {
   else void render();
 });
 window.addEventListener('hashchange', () => void render());
+// The join page moves between real paths; a hash change also fires popstate, which
+// hashchange already handles (rendering twice would drop a one-time sign-in message).
+let shownPathname = location.pathname;
+window.addEventListener('popstate', () => {
+  if (location.pathname === shownPathname) return;
+  shownPathname = location.pathname;
+  void render();
+});
 window.addEventListener('unhandledrejection', (e) => {
   // Aborted fetches of pages the user already left are expected.
   if (e.reason instanceof DOMException && e.reason.name === 'AbortError') e.preventDefault();

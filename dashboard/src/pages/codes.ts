@@ -18,6 +18,31 @@ const TONE: Record<string, 'ok' | 'warn' | 'bad' | 'info' | 'muted'> = {
 /** How many of the newest codes the page lists. */
 const RECENT = 100;
 
+/** The customer's join link for a code. */
+export function joinLink(code: string): string {
+  return `${location.origin}/join/${code}`;
+}
+
+// The server shows a code in full only once, at creation; the codes this tab created are
+// kept (for their lifetime) so that their rows can still offer the join link.
+const KNOWN = 'gc.codes';
+
+function knownCodes(): Record<string, { code: string; expires_at: number }> {
+  try {
+    const all = JSON.parse(sessionStorage.getItem(KNOWN) ?? '{}') as Record<string, { code: string; expires_at: number }>;
+    const now = Date.now();
+    return Object.fromEntries(Object.entries(all).filter(([, v]) => v.expires_at > now));
+  } catch {
+    return {};
+  }
+}
+
+function remember(c: SupportCode): void {
+  const all = knownCodes();
+  all[c.id] = { code: c.code, expires_at: c.expires_at };
+  sessionStorage.setItem(KNOWN, JSON.stringify(all));
+}
+
 function remaining(expiresAt: number): string {
   const ms = expiresAt - Date.now();
   return ms > 0 ? duration(ms) : 'expired';
@@ -38,6 +63,7 @@ export function codesPage({ root, signal }: PageContext): () => void {
   const list = h('div', {}, loading());
 
   const showFresh = (c: SupportCode) => {
+    remember(c);
     const countdown = h('span', { class: 'countdown', 'data-expires': String(c.expires_at) }, remaining(c.expires_at));
     mount(
       fresh,
@@ -50,12 +76,28 @@ export function codesPage({ root, signal }: PageContext): () => void {
           'div',
           { class: 'code-card-meta' },
           copyButton(() => c.code, 'Copy code'),
+          copyButton(() => joinLink(c.code), 'Copy link'),
           h('span', {}, 'Expires in ', countdown),
           c.note ? h('span', { class: 'muted' }, `· ${c.note}`) : null,
         ),
-        h('p', { class: 'muted small' }, 'The customer runs the GuruConnect agent and enters the code. The code works once and must be accepted on their screen.'),
+        h(
+          'p',
+          { class: 'muted small' },
+          'Send the customer the link (',
+          h('span', { class: 'mono', 'data-testid': 'join-link' }, joinLink(c.code)),
+          '), or have them open ',
+          h('span', { class: 'mono' }, `${location.origin}/join`),
+          ' and enter the code. The code works once and must be accepted on their screen.',
+        ),
       ),
     );
+  };
+
+  const copyLink = (code: string) => {
+    const btn = copyButton(() => joinLink(code), 'Copy link');
+    btn.classList.add('btn-sm');
+    btn.dataset.testid = 'copy-link';
+    return btn;
   };
 
   const draw = () => {
@@ -64,6 +106,7 @@ export function codesPage({ root, signal }: PageContext): () => void {
       mount(list, h('div', { class: 'empty' }, h('p', {}, 'No support codes yet.')));
       return;
     }
+    const known = knownCodes();
     mount(
       list,
       dataTable('codes-table', ['Code', 'Status', 'Note', 'Created by', 'Expires', ''], codes.map((c) => {
@@ -96,6 +139,7 @@ export function codesPage({ root, signal }: PageContext): () => void {
             'td',
             { class: 'actions' },
             c.status === 'consumed' && c.session_id ? h('button', { class: 'btn btn-primary btn-sm', type: 'button', onclick: () => navigate(`/view/${c.session_id}`) }, 'Join') : null,
+            c.status === 'pending' && known[c.id] ? copyLink(known[c.id].code) : null,
             c.status === 'pending' ? cancel : null,
           ),
         );
