@@ -13,7 +13,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REPLY_FIELD};
+use guruconnect_agent::platform::ui::{
+    ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_TITLE, INDICATOR_WIDTH,
+    REPLY_FIELD,
+};
 use guruconnect_client::{Connection, connect_agent};
 use guruconnect_codec::{Encoder, Image};
 use guruconnect_proto::{
@@ -471,6 +474,8 @@ async fn clipboard_text_crosses_both_ways_and_a_view_only_viewer_cannot_set_it()
 /// Left and right halves of the screen, each a RandR monitor (see `split_into_two_monitors`).
 const LEFT_HALF: (i16, i16, u16, u16, u32) = (0, 0, 640, 720, 0x0022_aa44);
 const RIGHT_HALF: (i16, i16, u16, u16, u32) = (640, 0, 640, 720, 0x00aa_2288);
+/// Rows from the top that the session indicator may cover (20 down, its height, border).
+const INDICATOR_TOP_CLEAR: i16 = 20 + guruconnect_agent::platform::ui::INDICATOR_HEIGHT as i16 + 4;
 
 /// Defines two RandR 1.5 monitors on the 1280×720 screen, as `xrandr --setmonitor` does on a
 /// real multi-head desktop. The first takes over the screen's output, so the server's
@@ -534,7 +539,16 @@ async fn two_randr_monitors_are_listed_and_the_viewer_switches_to_the_second() {
     let app = TestApp::with_windows(&x.display, &[RIGHT_HALF, LEFT_HALF]);
     let relay = Relay::start().await;
     let admin = relay.admin().await;
-    let whole = |win: (i16, i16, u16, u16, u32)| (0, 0, win.2, win.3, win.4);
+    // The session indicator sits in the screen's top-right corner, on the right monitor:
+    // compare the right half below it.
+    let whole = |win: (i16, i16, u16, u16, u32)| {
+        let top = if win == RIGHT_HALF {
+            INDICATOR_TOP_CLEAR
+        } else {
+            0
+        };
+        (0, top, win.2, win.3 - top as u16, win.4)
+    };
     let (mut agent, session_id, mut control, first, others) =
         attended_control_session(&x, &relay, &admin, |img| {
             region_matches(img, whole(LEFT_HALF), 0, 0)
@@ -684,18 +698,16 @@ fn wait_chat_window(display: &str) -> String {
 
 /// Dark (text) pixels in the message area of `window` (above the reply field).
 fn dark_pixels(display: &str, window: &str) -> usize {
+    let width = guruconnect_agent::platform::ui::CHAT_WIDTH;
+    dark_pixels_in(display, window, width, REPLY_FIELD.1 as u16)
+}
+
+/// Dark (text) pixels in the top-left `width` x `height` of `window`.
+fn dark_pixels_in(display: &str, window: &str, width: u16, height: u16) -> usize {
     let (conn, _) = x11rb::connect(Some(display)).expect("connect");
     let id: u32 = window.parse().expect("window id");
     let Ok(reply) = conn
-        .get_image(
-            ImageFormat::Z_PIXMAP,
-            id,
-            0,
-            0,
-            guruconnect_agent::platform::ui::CHAT_WIDTH,
-            REPLY_FIELD.1 as u16,
-            !0,
-        )
+        .get_image(ImageFormat::Z_PIXMAP, id, 0, 0, width, height, !0)
         .expect("get_image")
         .reply()
     else {
@@ -843,6 +855,120 @@ async fn chat_is_shown_to_the_user_and_the_typed_reply_reaches_the_viewer() {
     let status = agent.wait_exit(WAIT).await;
     assert!(status.success(), "{status}\n{}", agent.stderr());
     assert!(visible_chat_windows(&x.display).is_empty());
+}
+
+// ------------------------------------------------------------------ session indicator
+
+/// The visible windows titled `title` (no waiting; empty when there is none).
+fn visible_windows(display: &str, title: &str) -> Vec<String> {
+    let out = run_with_timeout(
+        Command::new("xdotool")
+            .args(["search", "--onlyvisible", "--name", title])
+            .env("DISPLAY", display),
+        WAIT,
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The text the session indicator shows (its `_GURUCONNECT_TEXT` property).
+fn indicator_text(display: &str, window: &str) -> String {
+    use guruconnect_agent::platform::linux::indicator::TEXT_PROPERTY;
+    let (conn, _) = x11rb::connect(Some(display)).expect("connect");
+    let id: u32 = window.parse().expect("window id");
+    let atom = intern(&conn, TEXT_PROPERTY.as_bytes());
+    conn.get_property(false, id, atom, AtomEnum::ANY, 0, 4096)
+        .ok()
+        .and_then(|c| c.reply().ok())
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_person_at_the_machine_sees_who_is_connected_and_ends_the_session() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    let mut agent = AgentProcess::spawn(
+        Some(&x.display),
+        &["--server", &relay.base, "--code", &code],
+    );
+    let session_id = relay.wait_session(&admin, "waiting_consent").await;
+    let (mut control, mode) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "control");
+
+    // 1. Nothing is shown before "Allow"; after it, the indicator names the technician.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(visible_windows(&x.display, INDICATOR_TITLE).is_empty());
+    click_consent(&x.display, ALLOW_BUTTON);
+    relay.wait_session(&admin, "active").await;
+    let window = wait_window(&x.display, INDICATOR_TITLE);
+    wait_until("the indicator to list admin as controlling", || {
+        indicator_text(&x.display, &window).contains("admin is controlling")
+    })
+    .await;
+    wait_until("the list drawn in the indicator", || {
+        dark_pixels_in(&x.display, &window, INDICATOR_WIDTH, END_BUTTON.1 as u16) > 100
+    })
+    .await;
+
+    // 2. A watching technician is listed as watching, and taken off when they leave.
+    let password = format!("pw-{}", hex(&uuid_like()[..8]));
+    relay
+        .post(
+            &admin,
+            "/api/users",
+            json!({ "username": "watcher", "password": password, "role": "viewer" }),
+        )
+        .await;
+    let watcher = relay.login("watcher", &password).await;
+    let (watching, mode) = relay.viewer(&watcher, &session_id, &[Codec::RawZstd]).await;
+    assert_eq!(mode, "view_only");
+    wait_until("the indicator to list the watcher", || {
+        indicator_text(&x.display, &window).contains("watcher is watching")
+    })
+    .await;
+    watching.close().await.expect("close");
+    wait_until("the watcher taken off the list", || {
+        let text = indicator_text(&x.display, &window);
+        !text.contains("watcher") && text.contains("admin is controlling")
+    })
+    .await;
+
+    // 3. "End session" ends it for everyone: the viewer is told why, the agent exits.
+    click_in_window(&x.display, &window, END_BUTTON);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let reason = loop {
+        match tokio::time::timeout_at(deadline, control.recv()).await {
+            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::SessionEnd(end)),
+                ..
+            })) => break end.reason,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
+        }
+    };
+    assert_eq!(reason, "ended by the person at the machine");
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("ended by the person at the machine"),
+        "{stderr}"
+    );
+    relay.wait_session(&admin, "ended").await;
+    assert_eq!(
+        relay
+            .count_events(&admin, "session.ended_by_customer")
+            .await,
+        1
+    );
+    assert!(visible_windows(&x.display, INDICATOR_TITLE).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

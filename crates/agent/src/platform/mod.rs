@@ -1,8 +1,8 @@
 //! The platform layer: everything that touches the operating system's desktop sits behind
 //! one seam, [`Desktop`], a factory for the small traits here (capture, input, consent,
-//! clipboard, chat) plus the machine's identity and inventory. The session loop
-//! (`crate::session`) only sees these traits; [`native`] picks the implementation for the
-//! system the agent was built for.
+//! clipboard, chat, session indicator) plus the machine's identity and inventory. The
+//! session loop (`crate::session`) only sees these traits; [`native`] picks the
+//! implementation for the system the agent was built for.
 //!
 //! Status:
 //! - `linux` (X11): implemented and verified end to end (`tests/e2e_x11.rs`).
@@ -10,6 +10,8 @@
 //!   identity and inventory are exercised under Wine on Xvfb (`tests/e2e_wine.rs`); DXGI
 //!   Desktop Duplication, `SendSAS`, the secure desktop and session 0 are unverified on real
 //!   Windows (see that module's doc).
+//!   The session indicator (who is connected, "End session") is not implemented there yet:
+//!   [`Desktop::indicator`]'s default refuses and the session goes on without it.
 //! - Wayland and macOS are not implemented.
 //!
 //! [`ui`] holds the window layout both implementations draw, so tests click the same spots.
@@ -170,6 +172,27 @@ pub trait ChatWindow: Send {
     fn replies(&mut self) -> PlatformResult<Vec<String>>;
 }
 
+/// A technician in the session, as the person at the machine is told about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watcher {
+    /// The technician's user name.
+    pub name: String,
+    /// Whether they may control the machine (otherwise they only watch).
+    pub control: bool,
+}
+
+/// The always-on-top window that tells the person at the machine a session is active, who
+/// is connected and how, with an "End session" button (layout in [`ui`]).
+pub trait SessionIndicator: Send {
+    /// Shows (and raises) the window listing `watchers`, replacing the previous list.
+    fn show(&mut self, watchers: &[Watcher]) -> PlatformResult<()>;
+    /// Hides the window.
+    fn hide(&mut self) -> PlatformResult<()>;
+    /// Handles pending window events; true when "End session" was clicked since the last
+    /// call.
+    fn end_clicked(&mut self) -> PlatformResult<bool>;
+}
+
 /// Who this machine is: what the agent says in its hello and at enrollment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -201,6 +224,13 @@ pub trait Desktop: Send + Sync + 'static {
     fn clipboard(&self) -> PlatformResult<Box<dyn ClipboardAccess>>;
     /// Opens the chat window (hidden until the first message is shown).
     fn chat(&self) -> PlatformResult<Box<dyn ChatWindow>>;
+    /// Opens the session indicator (hidden until shown). Where none is implemented the
+    /// session goes on without one (and says so in the log).
+    fn indicator(&self) -> PlatformResult<Box<dyn SessionIndicator>> {
+        Err(PlatformError::Unsupported(
+            "the session indicator is not implemented on this desktop".into(),
+        ))
+    }
     /// This machine's identity.
     fn identity(&self) -> Identity;
     /// Status and inventory (blocking: it may read files and query the system).

@@ -26,6 +26,17 @@ pub const REPLY_FIELD: (i16, i16, u16, u16) = (10, 262, 460, 28);
 /// Longest chat message kept or reply accepted, in bytes.
 pub const MAX_CHAT_TEXT: usize = 4096;
 
+/// The session indicator's title (tests find the window by it).
+pub const INDICATOR_TITLE: &str = "GuruConnect session";
+/// Session indicator client width.
+pub const INDICATOR_WIDTH: u16 = 340;
+/// Session indicator client height.
+pub const INDICATOR_HEIGHT: u16 = 180;
+/// The indicator's "End session" button.
+pub const END_BUTTON: (i16, i16, u16, u16) = (100, 126, 140, 40);
+/// Technicians listed by name; the rest are counted ("and 2 more").
+pub const INDICATOR_MAX_LISTED: usize = 4;
+
 /// Centre of a rectangle, for tests that click it.
 pub fn center(rect: (i16, i16, u16, u16)) -> (i32, i32) {
     (
@@ -68,9 +79,67 @@ pub fn consent_lines(product: &str, technician: &str) -> [String; 2] {
     ]
 }
 
+/// What the session indicator says, one line each: that a session is active, then who is
+/// connected and whether they control or only watch (at most [`INDICATOR_MAX_LISTED`]
+/// names, then a count).
+pub fn indicator_lines(watchers: &[super::Watcher]) -> Vec<String> {
+    let mut lines = vec!["Remote support is active on this computer.".to_owned()];
+    if watchers.is_empty() {
+        lines.push("No technician is connected right now.".to_owned());
+    }
+    for w in watchers.iter().take(INDICATOR_MAX_LISTED) {
+        let name = truncate(w.name.trim(), 32);
+        let name = if name.is_empty() {
+            "A technician"
+        } else {
+            name
+        };
+        let how = if w.control {
+            "is controlling"
+        } else {
+            "is watching"
+        };
+        lines.push(format!("{name} {how}"));
+    }
+    if watchers.len() > INDICATOR_MAX_LISTED {
+        lines.push(format!(
+            "and {} more",
+            watchers.len() - INDICATOR_MAX_LISTED
+        ));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_indicator_lists_who_controls_and_who_watches_and_fits() {
+        use super::super::Watcher;
+        let w = |name: &str, control| Watcher {
+            name: name.into(),
+            control,
+        };
+        assert_eq!(
+            indicator_lines(&[w("alice", true), w("bob", false)])[1..],
+            ["alice is controlling", "bob is watching"]
+        );
+        assert!(indicator_lines(&[])[1].starts_with("No technician"));
+        let many: Vec<Watcher> = (0..7).map(|i| w(&format!("t{i}"), false)).collect();
+        let lines = indicator_lines(&many);
+        assert_eq!(lines.len(), 1 + INDICATOR_MAX_LISTED + 1);
+        assert_eq!(lines.last().map(String::as_str), Some("and 3 more"));
+        // Every line fits above the button in the 6x13 core font (16 px a line from y 24).
+        let long = indicator_lines(&[w(&"x".repeat(100), true)]);
+        assert!(
+            long.iter()
+                .all(|l| 20 + 6 * l.len() <= usize::from(INDICATOR_WIDTH))
+        );
+        assert!(24 + 16 * (lines.len() as i16 - 1) + 8 < END_BUTTON.1);
+        assert!(i32::from(END_BUTTON.0) + i32::from(END_BUTTON.2) <= i32::from(INDICATOR_WIDTH));
+        assert!(i32::from(END_BUTTON.1) + i32::from(END_BUTTON.3) <= i32::from(INDICATOR_HEIGHT));
+    }
 
     #[test]
     fn truncate_keeps_whole_characters() {

@@ -2,18 +2,26 @@
 //!
 //! This module is the async loop: it owns the socket and reacts to the relay. The desktop
 //! work runs on plain threads because desktop APIs are synchronous and thread-affine:
-//! [`capture`] (capture, encode, cursor), [`input`] (injection), [`clipboard`] and [`chat`]
-//! (started by the first chat message). They talk to the loop over channels, and all of
+//! [`capture`] (capture, encode, cursor), [`input`] (injection), [`clipboard`], [`chat`]
+//! (started by the first chat message) and [`indicator`]. They talk to the loop over channels, and all of
 //! them stop when the loop returns (their channels close). Nothing here names a platform:
 //! everything desktop-specific comes from the [`Desktop`] the session runs on.
 //!
 //! In an attended (support-code) session nothing is captured and no input is injected until
 //! the person at the machine clicked "Allow"; the relay enforces the same (SPEC §4.8).
 //! Chat is shown to the person only after consent too; its text is never logged.
+//!
+//! The session indicator tells the person at the machine who is connected and lets them end
+//! the session: in an attended session from consent to the end (even while no technician
+//! is connected, so the person can always end it), in a managed session while at least one
+//! technician is connected. "End session" sends `CustomerEnd`; the relay ends the session
+//! for everyone, and this loop returns [`Outcome::Ended`]: a support agent exits, a
+//! managed agent reconnects with nobody watching, as after a technician's end.
 
 mod capture;
 mod chat;
 mod clipboard;
+mod indicator;
 mod input;
 
 use std::path::PathBuf;
@@ -31,14 +39,18 @@ use tokio::task::JoinHandle;
 
 use crate::encoding;
 use crate::platform::ui::{MAX_CHAT_TEXT, truncate};
-use crate::platform::{Desktop, Identity};
+use crate::platform::{Desktop, Identity, Watcher};
 use capture::{CaptureCmd, capture_thread};
+use indicator::{IndicatorCmd, indicator_thread};
 use input::{InputCmd, MAX_TYPED_TEXT, input_thread};
 
 /// Inventory refresh period.
 const STATUS_EVERY: Duration = Duration::from_secs(60);
 /// Application-level ping period (the relay also pings at the WebSocket level).
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// The outcome's reason when the person at the machine clicked "End session" (the relay
+/// tells viewers the same).
+pub const ENDED_HERE: &str = "ended by the person at the machine";
 /// Largest frame the relay accepts, less room for the envelope.
 const MAX_FRAME_BYTES: usize = guruconnect_proto::MAX_AGENT_MESSAGE - 4096;
 
@@ -215,6 +227,11 @@ struct Session {
     input: std_mpsc::Sender<InputCmd>,
     clipboard: Option<std_mpsc::Sender<String>>,
     chat: Option<std_mpsc::Sender<proto::ChatMessage>>,
+    indicator: Option<std_mpsc::Sender<IndicatorCmd>>,
+    /// Technicians connected, by viewer id, in the order they joined.
+    watchers: Vec<(String, Watcher)>,
+    /// The person at the machine ended the session here.
+    ended_here: bool,
     out: mpsc::Sender<Payload>,
     consent: Option<JoinHandle<bool>>,
     consent_cancel: Arc<AtomicBool>,
@@ -257,6 +274,43 @@ impl Session {
                 .spawn(move || chat::chat_thread(desktop, rx, out));
             self.chat = Some(tx);
         }
+    }
+
+    /// Shows the indicator with the current list when the session should show one, hides
+    /// it otherwise (see the module doc).
+    fn update_indicator(&mut self) {
+        let show = if self.attended {
+            self.granted
+        } else {
+            !self.watchers.is_empty()
+        };
+        if show && self.indicator.is_none() {
+            let (tx, rx) = std_mpsc::channel();
+            let (desktop, out) = (self.desktop.clone(), self.out.clone());
+            let _ = std::thread::Builder::new()
+                .name("indicator".into())
+                .spawn(move || indicator_thread(desktop, rx, out));
+            self.indicator = Some(tx);
+        }
+        if let Some(tx) = &self.indicator {
+            let cmd = if show {
+                IndicatorCmd::Show(self.watchers.iter().map(|(_, w)| w.clone()).collect())
+            } else {
+                IndicatorCmd::Hide
+            };
+            let _ = tx.send(cmd);
+        }
+    }
+
+    /// Sends what a desktop thread produced; "End session" also ends this loop.
+    async fn forward(&mut self, payload: Payload) -> Result<Flow, Outcome> {
+        let customer_end = matches!(payload, Payload::CustomerEnd(_));
+        self.send(payload).await?;
+        if customer_end {
+            self.ended_here = true;
+            return Ok(Flow::Stop(Outcome::Ended(ENDED_HERE.into())));
+        }
+        Ok(Flow::Continue)
     }
 
     fn display_list(&self) -> Payload {
@@ -406,13 +460,29 @@ impl Session {
             Payload::SessionEnd(end) => return Ok(Flow::Stop(Outcome::Ended(end.reason))),
             Payload::ViewerJoined(v) => {
                 tracing::info!(viewer = %v.username, "a technician joined");
+                // An older relay names no access mode: say "controlling" rather than
+                // understate what the technician may do.
+                let control = v.access_mode != proto::AccessMode::ViewOnly as i32;
+                self.watchers.retain(|(id, _)| *id != v.viewer_id);
+                self.watchers.push((
+                    v.viewer_id,
+                    Watcher {
+                        name: v.username.clone(),
+                        control,
+                    },
+                ));
+                self.update_indicator();
                 // The display list is otherwise sent only when the stream starts or switches:
                 // a technician joining a running stream would never learn the monitors.
                 if self.streaming {
                     self.send(self.display_list()).await?;
                 }
             }
-            Payload::ViewerLeft(v) => tracing::info!(viewer = %v.username, "a technician left"),
+            Payload::ViewerLeft(v) => {
+                tracing::info!(viewer = %v.username, "a technician left");
+                self.watchers.retain(|(id, _)| *id != v.viewer_id);
+                self.update_indicator();
+            }
             Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
             Payload::UpdateCommand(_) => {
                 tracing::warn!(
@@ -456,6 +526,7 @@ impl Session {
         if granted {
             tracing::info!("the user allowed the session");
             self.granted = true;
+            self.update_indicator();
             Ok(Flow::Continue)
         } else {
             tracing::info!("the user did not allow the session");
@@ -564,14 +635,17 @@ pub async fn run_on(
         input: input_tx,
         clipboard: None,
         chat: None,
+        indicator: None,
+        watchers: Vec::new(),
+        ended_here: false,
         out: out_tx,
         consent: None,
         consent_cancel: Arc::new(AtomicBool::new(false)),
     };
     let outcome = drive(&mut session, &mut rx, &mut out_rx).await;
     session.consent_cancel.store(true, Ordering::Relaxed);
-    if outcome == Outcome::ConsentDenied {
-        // Let the relay record the refusal before the socket goes away.
+    if outcome == Outcome::ConsentDenied || session.ended_here {
+        // Let the relay record the refusal or the end before the socket goes away.
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
             while rx.recv().await.is_ok() {}
         })
@@ -607,7 +681,7 @@ async fn drive(
                 }
                 Err(e) => Err(Outcome::Lost(e.to_string())),
             },
-            Some(payload) = out_rx.recv() => session.send(payload).await.map(|()| Flow::Continue),
+            Some(payload) = out_rx.recv() => session.forward(payload).await,
             granted = join_consent(&mut session.consent) => session.consent_answer(granted).await,
             _ = status_tick.tick() => {
                 let status = status(&session.desktop).await;

@@ -1,6 +1,7 @@
 //! Linux desktop support over X11 (x11rb, pure Rust): MIT-SHM capture with a GetImage
 //! fallback, RandR monitors, XFixes cursor, XTest input, an X11 consent window, an X11 chat
-//! window, CLIPBOARD text, and inventory from `/proc`, `/sys` and `/etc`.
+//! window, the session indicator, CLIPBOARD text, and inventory from `/proc`, `/sys` and
+//! `/etc`.
 //!
 //! Wayland sessions are not supported (XWayland would show only X clients).
 
@@ -8,6 +9,7 @@ pub mod capture;
 pub mod chars;
 pub mod chat;
 pub mod consent;
+pub mod indicator;
 pub mod input;
 pub mod inventory;
 pub mod keymap;
@@ -15,7 +17,7 @@ pub mod machine_uid;
 
 use super::{
     Capturer, ChatWindow, ClipboardAccess, ConsentPrompt, Desktop, Identity, Injector,
-    PlatformError, PlatformResult,
+    PlatformError, PlatformResult, SessionIndicator,
 };
 use x11rb::rust_connection::RustConnection;
 
@@ -46,6 +48,10 @@ impl Desktop for X11Desktop {
 
     fn chat(&self) -> PlatformResult<Box<dyn ChatWindow>> {
         Ok(Box::new(chat::X11Chat::open()?))
+    }
+
+    fn indicator(&self) -> PlatformResult<Box<dyn SessionIndicator>> {
+        Ok(Box::new(indicator::X11Indicator::open()?))
     }
 
     fn identity(&self) -> Identity {
