@@ -941,19 +941,10 @@ async fn the_person_at_the_machine_sees_who_is_connected_and_ends_the_session() 
 
     // 3. "End session" ends it for everyone: the viewer is told why, the agent exits.
     click_in_window(&x.display, &window, END_BUTTON);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let reason = loop {
-        match tokio::time::timeout_at(deadline, control.recv()).await {
-            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
-            Ok(Ok(Envelope {
-                payload: Some(Payload::SessionEnd(end)),
-                ..
-            })) => break end.reason,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
-        }
-    };
-    assert_eq!(reason, "ended by the person at the machine");
+    assert_eq!(
+        next_session_end(&mut control, &agent).await,
+        "ended by the person at the machine"
+    );
     let status = agent.wait_exit(WAIT).await;
     let stderr = agent.stderr();
     assert!(status.success(), "{status}\n{stderr}");
@@ -969,6 +960,112 @@ async fn the_person_at_the_machine_sees_who_is_connected_and_ends_the_session() 
         1
     );
     assert!(visible_windows(&x.display, INDICATOR_TITLE).is_empty());
+}
+
+/// The viewer's next `SessionEnd` reason.
+async fn next_session_end(conn: &mut Connection, agent: &AgentProcess) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::SessionEnd(end)),
+                ..
+            })) => return end.reason,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_machine_shows_the_indicator_while_watched_and_reconnects_after_end() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let h = hex(&uuid_like());
+    let machine = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    let issued = relay
+        .post(
+            &admin,
+            &format!("/api/machines/{machine}/keys"),
+            json!({ "label": "e2e" }),
+        )
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("agent.key");
+    std::fs::write(&key_file, issued["agent_key"].as_str().expect("agent_key")).expect("key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = dir.path().join("agent.toml");
+    let toml = format!(
+        "server = \"{}\"\nkey_file = \"{}\"\n",
+        relay.base,
+        key_file.display()
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let first = relay.wait_session(&admin, "active").await;
+
+    // Nobody watching: no indicator. A technician joins: it names them; leaves: it hides.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(visible_windows(&x.display, INDICATOR_TITLE).is_empty());
+    let (viewer, _) = relay.viewer(&admin, &first, &[Codec::RawZstd]).await;
+    let window = wait_window(&x.display, INDICATOR_TITLE);
+    wait_until("the indicator to list admin", || {
+        indicator_text(&x.display, &window).contains("admin is controlling")
+    })
+    .await;
+    viewer.close().await.expect("close");
+    wait_until("the indicator to hide", || {
+        visible_windows(&x.display, INDICATOR_TITLE).is_empty()
+    })
+    .await;
+
+    // "End session" ends it for the viewer; the agent stays and comes back idle.
+    let (mut viewer, _) = relay.viewer(&admin, &first, &[Codec::RawZstd]).await;
+    let window = wait_window(&x.display, INDICATOR_TITLE);
+    std::thread::sleep(Duration::from_millis(200));
+    click_in_window(&x.display, &window, END_BUTTON);
+    assert_eq!(
+        next_session_end(&mut viewer, &agent).await,
+        "ended by the person at the machine"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sessions = relay.sessions(&admin).await;
+        let ended = sessions
+            .iter()
+            .any(|s| s["id"] == first.as_str() && s["status"] == "ended");
+        let again = sessions
+            .iter()
+            .any(|s| s["id"] != first.as_str() && s["status"] == "active");
+        if ended && again {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ended session and new idle one: {sessions:?}\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_alive(&mut agent);
+    assert!(visible_windows(&x.display, INDICATOR_TITLE).is_empty());
+    assert_eq!(
+        relay
+            .count_events(&admin, "session.ended_by_customer")
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
