@@ -60,6 +60,17 @@ test('a controlling technician sees the screen and drives it', async () => {
   assert.deepEqual(await pixel(page, 10, 10), [...LEFT, 255]);
   assert.deepEqual(await pixel(page, WIDTH - 10, HEIGHT - 10), [...RIGHT, 255]);
   assert.equal(await page.locator('[data-testid=view-only]').isVisible(), false);
+  // No statistics over the picture until asked for; no focus ring drawn over it.
+  assert.equal(await page.locator('[aria-label="Connection statistics"]').isVisible(), false);
+  await page.focus('canvas.screen');
+  const ring = await page.evaluate(() => {
+    const st = getComputedStyle(document.querySelector('canvas.screen'));
+    return [st.outlineStyle, st.boxShadow];
+  });
+  assert.deepEqual(ring, ['none', 'none']);
+  // Leave (this viewer) and End session (everyone) are two buttons.
+  assert.equal(await page.locator('button', { hasText: /^Leave$/ }).isVisible(), true);
+  assert.equal(await page.locator('[data-testid=end-session]').isVisible(), true);
 
   // Viewer hello advertised the lossless codec.
   // (The relay consumes ViewerHello; the agent sees the resulting StartStream.)
@@ -133,7 +144,9 @@ test('a controlling technician sees the screen and drives it', async () => {
   await page.locator('.toast', { hasText: 'Ctrl+Alt+Del was not sent' }).waitFor();
   await page.click('button:has-text("Chat")');
 
-  // Stats overlay shows a measured round trip.
+  // Stats overlay, once switched on, shows a measured round trip.
+  await page.click('button:has-text("Stats")');
+  assert.equal(await page.locator('[aria-label="Connection statistics"]').isVisible(), true);
   await page.waitForFunction(() => /RTT \d+ ms/.test(document.querySelector('[data-testid=stats]')?.textContent ?? ''), null, { timeout: 8000 });
   await shot(page, '13-viewer');
 
@@ -162,6 +175,7 @@ test('a view-only user sees VIEW ONLY and cannot control', async () => {
   await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1);
   await page.locator('[data-testid=view-only]').waitFor();
   assert.equal(await page.locator('button:has-text("Ctrl+Alt+Del")').isVisible(), false);
+  assert.equal(await page.locator('[data-testid=end-session]').isVisible(), false, 'a watcher cannot end the session');
   const before = agent.received.filter((e) => ['mouseEvent', 'keyEvent', 'specialKey', 'clipboard', 'typeText'].includes(e.payload)).length;
   const box = await page.locator('canvas.screen').boundingBox();
   await page.mouse.click(box.x + 20, box.y + 20);
@@ -192,6 +206,29 @@ test('the viewer waits while the managed machine is offline and shows the end wh
   assert.ok(ended.status < 300, JSON.stringify(ended.body));
   await page.waitForSelector('[data-testid=conn-state][data-state=ended]', { timeout: 15_000 });
   assert.match(await page.locator('.stage-overlay').innerText(), /Session ended/);
+  assertClean();
+  await context.close();
+});
+
+test('End session in the viewer ends it for everyone', async () => {
+  const agentId = crypto.randomUUID();
+  const key = await apiCall(server.url, 'POST', `/api/machines/${agentId}/keys`, admin, { label: 'end test' });
+  assert.equal(key.status, 201, JSON.stringify(key.body));
+  const second = new FakeAgent(server.url, key.body.agent_key, { hostname: 'lab-pc' });
+  await second.connect();
+  const { page: list, context, assertClean } = await openPage(browser);
+  await uiLogin(list, server.url);
+  const row = list.locator('tr', { hasText: 'lab-pc' });
+  await row.locator('a', { hasText: 'Join' }).waitFor();
+  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
+  await page.waitForSelector('[data-testid=conn-state][data-state=active]');
+  await page.click('[data-testid=end-session]');
+  await page.locator('dialog.modal button', { hasText: 'End session' }).click();
+  await page.waitForSelector('[data-testid=conn-state][data-state=ended]', { timeout: 15_000 });
+  assert.match(await page.locator('.stage-overlay').innerText(), /Session ended: ended by admin/);
+  const events = await apiCall(server.url, 'GET', '/api/events?type=session.ended_by_user', admin);
+  assert.equal(events.body.items.length, 1, JSON.stringify(events.body));
+  second.close();
   assertClean();
   await context.close();
 });

@@ -9,7 +9,7 @@ import { api, ApiError } from '../api';
 import * as session from '../session';
 import { navigate, type PageContext } from '../router';
 import { bytes, h, mount, pill } from '../ui/dom';
-import { copyButton, copyText, toast } from '../ui/feedback';
+import { confirmAction, copyButton, copyText, toast, toastError } from '../ui/feedback';
 import type { Machine, Session, ViewerToken } from '../types';
 import { decode, encode, nowUs, pb, type EnvelopeProps } from '../viewer/protocol';
 import { codecName, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
@@ -72,13 +72,15 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const fullBtn = h('button', { class: 'btn btn-sm', type: 'button' }, 'Full screen');
   const chatBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Chat');
   const clipBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Clipboard');
-  const statsBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'true' }, 'Stats');
-  const leaveBtn = h('button', { class: 'btn btn-sm btn-danger', type: 'button' }, 'Disconnect');
-  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu];
+  // Off by default: the numbers are for diagnosing, not for every session.
+  const statsBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false' }, 'Stats');
+  const leaveBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Close this viewer; the session goes on' }, 'Leave');
+  const endBtn = h('button', { class: 'btn btn-sm btn-danger', type: 'button', title: 'End the session for everyone', 'data-testid': 'end-session' }, 'End session');
+  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu, endBtn];
 
   const statsText = h('div', { class: 'stats-text mono', 'data-testid': 'stats' });
   const graph = h('canvas', { class: 'sparkline', width: '160', height: '36', 'aria-hidden': 'true' });
-  const statsBox = h('div', { class: 'stats-overlay', 'aria-label': 'Connection statistics' }, statsText, h('div', { class: 'graph-label' }, 'fps, last 60 s'), graph);
+  const statsBox = h('div', { class: 'stats-overlay', 'aria-label': 'Connection statistics', hidden: true }, statsText, h('div', { class: 'graph-label' }, 'fps, last 60 s'), graph);
 
   const chatLog = h('div', { class: 'chat-log', role: 'log', 'aria-live': 'polite', 'data-testid': 'chat-log' });
   const chatInput = h('input', { placeholder: 'Message the end user…', 'aria-label': 'Chat message', maxlength: '2000' });
@@ -127,6 +129,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
         clipBtn,
         statsBtn,
         leaveBtn,
+        endBtn,
       ),
       h('div', { class: 'viewer-body' }, h('div', { class: 'stage-wrap' }, stage, statsBox), side),
     ),
@@ -419,7 +422,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
         ended(ev.reason);
         return;
       }
-      const why = ev.reason ? `Connection closed: ${ev.reason}.` : 'The connection was lost.';
+      const why = ev.reason ? `Connection closed: ${ev.reason.replace(/[.\s]+$/, '')}.` : 'The connection was lost.';
       scheduleReconnect(why);
     };
   };
@@ -610,6 +613,12 @@ export function viewerPage({ root, params }: PageContext): () => void {
     releaseAll();
     ws?.close(1000, 'viewer left');
     navigate('/machines');
+  });
+  endBtn.addEventListener('click', () => {
+    void confirmAction('End session', 'End this session for everyone? The other technicians watching are disconnected too.', 'End session').then((ok) => {
+      if (!ok) return;
+      api.post(`/api/sessions/${sessionId}/end`).catch(toastError);
+    });
   });
 
   // ---- side panels ----
