@@ -38,6 +38,8 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fix_malloc_mmap_threshold();
     let file = cli.config.clone().or_else(|| {
         let default = PathBuf::from("guruconnect.toml");
         default.exists().then_some(default)
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
     if let Some(value) = std::env::var_os(MMAP_THRESHOLD_VAR) {
         tracing::info!(
             threshold = %value.to_string_lossy(),
-            "glibc malloc: fixed mmap threshold"
+            "glibc malloc: fixed mmap threshold (set {MMAP_THRESHOLD_VAR} to choose another)"
         );
     }
     guruconnect_server::conn::raise_open_file_limit();
@@ -79,15 +81,55 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc's malloc setting for the size from which blocks are mmapped. Setting it to 131072
-/// keeps the relay's memory flat after fan-out bursts at some cost in throughput
-/// (`docs/benchmarks.md`, "Memory after bursts"); it is logged when set.
+/// glibc's malloc setting for the size from which blocks are mmapped. Fixed at
+/// [`DEFAULT_MMAP_THRESHOLD`], frame buffers and Argon2's 19 MiB blocks go back to the
+/// system when freed; glibc's own sliding threshold keeps them in per-thread heaps, and the
+/// relay's memory grew after fan-out bursts and sign-ins (`docs/benchmarks.md`, "Memory
+/// after bursts", "One-hour soak"). It is logged.
 const MMAP_THRESHOLD_VAR: &str = "MALLOC_MMAP_THRESHOLD_";
+/// The threshold the server runs with unless the operator chose one: glibc's initial 128 KiB.
+const DEFAULT_MMAP_THRESHOLD: &str = "131072";
+
+/// glibc reads its malloc settings once, before `main`: the server restarts itself once
+/// with the threshold set (same pid, arguments and environment otherwise). An operator's
+/// own `MALLOC_MMAP_THRESHOLD_` is kept, e.g. 33554432 for more throughput and less
+/// predictable memory.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_malloc_mmap_threshold() {
+    use std::os::unix::process::CommandExt as _;
+    if std::env::var_os(MMAP_THRESHOLD_VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(MMAP_THRESHOLD_VAR, DEFAULT_MMAP_THRESHOLD)
+        .exec();
+    // Only returns when the exec failed: run with glibc's defaults.
+    eprintln!(
+        "guruconnect-server: cannot restart with a fixed malloc mmap threshold ({err}); going on without it"
+    );
+}
+
+/// Pending connections the kernel queues for accept. Tokio's default of 1,024 overflowed in
+/// the 8,000-connection flood: dropped SYNs were retried a second later, stalling sign-ins.
+/// The kernel caps it at `net.core.somaxconn` (4,096 on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.bind))?;
+    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot listen on {}: {e}", config.bind);
+    let socket = if config.bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(cannot)?;
+    // As tokio's `TcpListener::bind` does: a restart must not wait for TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(cannot)?;
+    socket.bind(config.bind).map_err(cannot)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(cannot)?;
     guruconnect_server::serve(config, listener, shutdown_signal()).await
 }
 

@@ -569,6 +569,48 @@ async fn generated_admin_password_is_printed_once_on_stdout_only() {
     );
 }
 
+/// Memory after bursts (issue 15): glibc's sliding mmap threshold kept frame buffers and
+/// Argon2 blocks in per-thread heaps; the server fixes the threshold by restarting itself
+/// once with `MALLOC_MMAP_THRESHOLD_`, and keeps a value the operator set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn the_server_fixes_glibcs_mmap_threshold_unless_the_operator_chose_one() {
+    for (preset, expected) in [(None, "131072"), (Some("33554432"), "33554432")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = server_command(dir.path());
+        cmd.env("GURUCONNECT_DATA_DIR", dir.path().join("data"))
+            .env("GURUCONNECT_BIND", "127.0.0.1:0")
+            .env("GURUCONNECT_ADMIN_PASSWORD", PASSWORD_FOR_MALLOC_TEST)
+            .env_remove("MALLOC_MMAP_THRESHOLD_");
+        if let Some(value) = preset {
+            cmd.env("MALLOC_MMAP_THRESHOLD_", value);
+        }
+        let server = RunningBinary::start(&mut cmd);
+        // The process that answers is the one that was started (exec keeps the pid).
+        let resp = client().get(server.url("/health")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert!(
+            vars.contains(&format!("MALLOC_MMAP_THRESHOLD_={expected}")),
+            "preset {preset:?}: {:?}",
+            vars.iter()
+                .filter(|v| v.starts_with("MALLOC"))
+                .collect::<Vec<_>>()
+        );
+        let all = server.kill();
+        assert!(
+            all.contains("glibc malloc: fixed mmap threshold") && all.contains(expected),
+            "{all}"
+        );
+    }
+}
+
+const PASSWORD_FOR_MALLOC_TEST: &str = "malloc-test-password-1";
+
 #[test]
 fn config_subcommand_prints_the_default_toml() {
     let dir = tempfile::tempdir().unwrap();
