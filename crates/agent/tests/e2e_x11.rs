@@ -671,7 +671,39 @@ async fn two_randr_monitors_are_listed_and_the_viewer_switches_to_the_second() {
         );
     }
 
+    // 6. The next viewer, after everyone left and the stream stopped, starts on the
+    // monitor chosen before.
+    control.close().await.expect("close");
+    let stopped = wait_no_viewers(&relay, &session_id).await;
+    let (mut next, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    let (image, others) = decode_collecting(&mut next, Codec::RawZstd, |_| true).await;
+    let list = display_list(&mut next, others).await;
+    assert_eq!(list.active_display_id, right.id, "after {stopped}");
+    assert!(
+        region_matches(&image, whole(RIGHT_HALF), 0, 0),
+        "the next viewer got the first monitor again"
+    );
+
     assert_alive(&mut agent);
+}
+
+/// Waits until the relay shows no viewer in `session_id` (the stream has stopped); says how
+/// long it took.
+async fn wait_no_viewers(relay: &Relay, session_id: &str) -> String {
+    let started = Instant::now();
+    let deadline = started + WAIT;
+    let state = relay.state.as_ref().expect("the relay's state");
+    while state
+        .relay
+        .get(session_id)
+        .is_some_and(|s| s.viewer_count() > 0)
+    {
+        assert!(Instant::now() < deadline, "the viewer never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The StopStream the relay sends on the last viewer's departure has to reach the agent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    format!("the last viewer left {:?} ago", started.elapsed())
 }
 
 // ------------------------------------------------------------------ chat helpers

@@ -341,14 +341,9 @@ impl Session {
                     tracing::warn!("ignoring StartStream before consent");
                     return Ok(Flow::Continue);
                 }
-                // The display named here picks where a stream starts. A StartStream while one
-                // runs only changes the codec (the relay always names display 0): the display
-                // a technician switched to stays.
-                if !self.streaming
-                    && let Some(d) = self.displays.iter().find(|d| d.id == start.display_id)
-                {
-                    self.active = d.clone();
-                }
+                // The stream shows the active display: the primary one until a technician
+                // switches, then their choice, also for the next viewer after everyone left.
+                // The relay's StartStream always names display 0, so it is not followed.
                 self.streaming = true;
                 self.codec = Codec::try_from(start.codec).unwrap_or(Codec::RawZstd);
                 let _ = self.capture.send(CaptureCmd::Start {
