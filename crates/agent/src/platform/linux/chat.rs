@@ -15,12 +15,12 @@ use std::collections::VecDeque;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::Event;
 use x11rb::protocol::xproto::{
-    self, AtomEnum, ConfigureWindowAux, ConnectionExt as _, CreateGCAux, CreateWindowAux,
-    EventMask, InputFocus, KeyButMask, Mapping, PropMode, Rectangle, StackMode, WindowClass,
+    ConfigureWindowAux, ConnectionExt as _, EventMask, InputFocus, KeyButMask, Mapping, Rectangle,
+    StackMode,
 };
 use x11rb::rust_connection::RustConnection;
-use x11rb::wrapper::ConnectionExt as _;
 
+use super::window::{FixedWindow, Place, Spec, set_colours};
 use crate::platform::{ChatWindow, PlatformError, PlatformResult};
 
 pub use crate::platform::ui::{
@@ -183,10 +183,7 @@ fn request_error(e: impl std::fmt::Display) -> PlatformError {
 /// The X11 chat window.
 pub struct X11Chat {
     conn: RustConnection,
-    id: xproto::Window,
-    gc: xproto::Gcontext,
-    wm_protocols: xproto::Atom,
-    wm_delete: xproto::Atom,
+    window: FixedWindow,
     mapped: bool,
     keymap: Keymap,
     history: VecDeque<Vec<u8>>,
@@ -197,7 +194,7 @@ impl std::fmt::Debug for X11Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the content: chat text stays out of logs.
         f.debug_struct("X11Chat")
-            .field("window", &self.id)
+            .field("window", &self.window.id)
             .field("mapped", &self.mapped)
             .field("messages", &self.history.len())
             .finish_non_exhaustive()
@@ -207,93 +204,27 @@ impl std::fmt::Debug for X11Chat {
 impl X11Chat {
     /// Creates the (still hidden) window on `$DISPLAY`.
     pub fn open() -> PlatformResult<Self> {
-        let (conn, screen_num) = super::connect()?;
-        Self::create(conn, screen_num).map_err(request_error)
-    }
-
-    fn create(conn: RustConnection, screen_num: usize) -> anyhow::Result<Self> {
-        let screen = conn
-            .setup()
-            .roots
-            .get(screen_num)
-            .ok_or_else(|| anyhow::anyhow!("no X screen"))?
-            .clone();
-        let id = conn.generate_id()?;
-        // Bottom right, clear of the centre where the consent prompt appears.
-        let x = (i32::from(screen.width_in_pixels) - i32::from(WIDTH) - 20).max(0);
-        let y = (i32::from(screen.height_in_pixels) - i32::from(HEIGHT) - 40).max(0);
-        conn.create_window(
-            x11rb::COPY_DEPTH_FROM_PARENT,
-            id,
-            screen.root,
-            i16::try_from(x)?,
-            i16::try_from(y)?,
-            WIDTH,
-            HEIGHT,
-            1,
-            WindowClass::INPUT_OUTPUT,
-            0,
-            &CreateWindowAux::new()
-                .background_pixel(WHITE)
-                .border_pixel(BLACK)
-                .event_mask(
-                    EventMask::EXPOSURE
-                        | EventMask::KEY_PRESS
-                        | EventMask::BUTTON_PRESS
-                        | EventMask::STRUCTURE_NOTIFY,
-                ),
-        )?;
-        let super::CloseProtocol {
-            wm_protocols,
-            wm_delete,
-        } = super::name_window(&conn, id, WINDOW_TITLE)?;
-        // WM_HINTS: flags = InputHint, input = True (the window takes keyboard input).
-        conn.change_property32(
-            PropMode::REPLACE,
-            id,
-            AtomEnum::WM_HINTS,
-            AtomEnum::WM_HINTS,
-            &[1, 1, 0, 0, 0, 0, 0, 0, 0],
-        )?;
-        let size_hints: [u32; 18] = {
-            let mut h = [0u32; 18];
-            h[0] = 1 | 2 | 4 | 8 | 16 | 32; // USPosition | USSize | PPosition | PSize | PMinSize | PMaxSize
-            h[1] = u32::try_from(x)?;
-            h[2] = u32::try_from(y)?;
-            h[3] = u32::from(WIDTH);
-            h[4] = u32::from(HEIGHT);
-            h[5] = u32::from(WIDTH);
-            h[6] = u32::from(HEIGHT);
-            h[7] = u32::from(WIDTH);
-            h[8] = u32::from(HEIGHT);
-            h
-        };
-        conn.change_property32(
-            PropMode::REPLACE,
-            id,
-            AtomEnum::WM_NORMAL_HINTS,
-            AtomEnum::WM_SIZE_HINTS,
-            &size_hints,
-        )?;
-        let font = conn.generate_id()?;
-        conn.open_font(font, b"fixed")?;
-        let gc = conn.generate_id()?;
-        conn.create_gc(
-            gc,
-            id,
-            &CreateGCAux::new()
-                .foreground(BLACK)
-                .background(WHITE)
-                .font(font),
-        )?;
-        conn.flush()?;
-        let keymap = load_keymap(&conn)?;
+        let (conn, window) = FixedWindow::open(&Spec {
+            title: WINDOW_TITLE,
+            width: WIDTH,
+            height: HEIGHT,
+            // Bottom right, clear of the centre where the consent prompt appears.
+            place: Place::BottomRight {
+                right: 20,
+                bottom: 40,
+            },
+            foreground: BLACK,
+            background: WHITE,
+            border: BLACK,
+            extra_events: EventMask::KEY_PRESS,
+            // The window takes keyboard input.
+            takes_focus: Some(true),
+            keep_above: false,
+        })?;
+        let keymap = load_keymap(&conn).map_err(request_error)?;
         Ok(Self {
             conn,
-            id,
-            gc,
-            wm_protocols,
-            wm_delete,
+            window,
             mapped: false,
             keymap,
             history: VecDeque::new(),
@@ -312,13 +243,7 @@ impl X11Chat {
     }
 
     fn set_colours(&self, foreground: u32, background: u32) -> anyhow::Result<()> {
-        self.conn.change_gc(
-            self.gc,
-            &xproto::ChangeGCAux::new()
-                .foreground(foreground)
-                .background(background),
-        )?;
-        Ok(())
+        set_colours(&self.conn, self.window.gc, foreground, background)
     }
 
     fn draw(&self) -> anyhow::Result<()> {
@@ -326,7 +251,7 @@ impl X11Chat {
             return Ok(());
         }
         let conn = &self.conn;
-        conn.clear_area(false, self.id, 0, 0, 0, 0)?;
+        conn.clear_area(false, self.window.id, 0, 0, 0, 0)?;
         self.set_colours(BLACK, WHITE)?;
         let lines: Vec<Vec<u8>> = self
             .history
@@ -336,14 +261,14 @@ impl X11Chat {
         let shown = &lines[lines.len().saturating_sub(rows())..];
         for (i, line) in shown.iter().enumerate() {
             let y = TOP + LINE_H * i16::try_from(i)?;
-            conn.image_text8(self.id, self.gc, LEFT, y, line)?;
+            conn.image_text8(self.window.id, self.window.gc, LEFT, y, line)?;
         }
         // The reply field.
         let (fx, fy, fw, fh) = REPLY_FIELD;
         self.set_colours(FIELD, FIELD)?;
         conn.poly_fill_rectangle(
-            self.id,
-            self.gc,
+            self.window.id,
+            self.window.gc,
             &[Rectangle {
                 x: fx,
                 y: fy,
@@ -355,8 +280,8 @@ impl X11Chat {
         if self.reply.is_empty() {
             self.set_colours(GREY, FIELD)?;
             conn.image_text8(
-                self.id,
-                self.gc,
+                self.window.id,
+                self.window.gc,
                 fx + 6,
                 baseline,
                 b"Click here, type a reply, press Enter to send",
@@ -368,7 +293,13 @@ impl X11Chat {
             // The field shows the end of a long reply.
             let fits = usize::try_from((i16::try_from(fw)? - 12) / CHAR_W)?;
             let start = text.len().saturating_sub(fits);
-            conn.image_text8(self.id, self.gc, fx + 6, baseline, &text[start..])?;
+            conn.image_text8(
+                self.window.id,
+                self.window.gc,
+                fx + 6,
+                baseline,
+                &text[start..],
+            )?;
         }
         conn.flush()?;
         Ok(())
@@ -378,13 +309,16 @@ impl X11Chat {
     fn event(&mut self, event: Event) -> anyhow::Result<Option<String>> {
         match event {
             Event::Expose(e) if e.count == 0 => self.draw()?,
-            Event::ButtonPress(e) if e.event == self.id => {
+            Event::ButtonPress(e) if e.event == self.window.id => {
                 // Click to type: without a window manager nobody else gives the focus.
-                self.conn
-                    .set_input_focus(InputFocus::PARENT, self.id, x11rb::CURRENT_TIME)?;
+                self.conn.set_input_focus(
+                    InputFocus::PARENT,
+                    self.window.id,
+                    x11rb::CURRENT_TIME,
+                )?;
                 self.conn.flush()?;
             }
-            Event::KeyPress(e) if e.event == self.id => {
+            Event::KeyPress(e) if e.event == self.window.id => {
                 let state = u16::from(e.state);
                 let chord = u16::from(KeyButMask::CONTROL) | u16::from(KeyButMask::MOD1);
                 if state & chord != 0 {
@@ -416,16 +350,14 @@ impl X11Chat {
             Event::MappingNotify(e) if e.request == Mapping::KEYBOARD => {
                 self.keymap = load_keymap(&self.conn)?;
             }
-            Event::ClientMessage(e)
-                if e.type_ == self.wm_protocols && e.data.as_data32()[0] == self.wm_delete =>
-            {
+            Event::ClientMessage(e) if self.window.is_close_request(&e) => {
                 // Closing only hides the window until the next message.
-                self.conn.unmap_window(self.id)?;
+                self.conn.unmap_window(self.window.id)?;
                 self.conn.flush()?;
                 self.mapped = false;
             }
-            Event::UnmapNotify(e) if e.window == self.id => self.mapped = false,
-            Event::MapNotify(e) if e.window == self.id => self.mapped = true,
+            Event::UnmapNotify(e) if e.window == self.window.id => self.mapped = false,
+            Event::MapNotify(e) if e.window == self.window.id => self.mapped = true,
             _ => {}
         }
         Ok(None)
@@ -452,10 +384,10 @@ impl ChatWindow for X11Chat {
         let conn = &self.conn;
         let raise = || -> anyhow::Result<()> {
             conn.configure_window(
-                self.id,
+                self.window.id,
                 &ConfigureWindowAux::new().stack_mode(StackMode::ABOVE),
             )?;
-            conn.map_window(self.id)?;
+            conn.map_window(self.window.id)?;
             conn.flush()?;
             Ok(())
         };
@@ -479,8 +411,7 @@ impl ChatWindow for X11Chat {
 
 impl Drop for X11Chat {
     fn drop(&mut self) {
-        let _ = self.conn.destroy_window(self.id);
-        let _ = self.conn.flush();
+        self.window.destroy(&self.conn);
     }
 }
 

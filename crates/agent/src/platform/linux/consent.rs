@@ -12,13 +12,10 @@ use std::time::{Duration, Instant};
 use guruconnect_proto::ConsentRequest;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::Event;
-use x11rb::protocol::xproto::{
-    self, AtomEnum, ConnectionExt as _, CreateGCAux, CreateWindowAux, EventMask, PropMode,
-    Rectangle, WindowClass,
-};
+use x11rb::protocol::xproto::{ConnectionExt as _, EventMask, Gcontext};
 use x11rb::rust_connection::RustConnection;
-use x11rb::wrapper::ConnectionExt as _;
 
+use super::window::{FixedWindow, Place, Spec, button};
 use crate::platform::ConsentPrompt;
 
 pub use crate::platform::ui::{
@@ -51,11 +48,10 @@ impl ConsentPrompt for X11Consent {
     }
 }
 
-struct Window<'a> {
+struct Prompt<'a> {
     conn: &'a RustConnection,
-    id: xproto::Window,
-    gc: xproto::Gcontext,
-    button_gc: xproto::Gcontext,
+    window: FixedWindow,
+    button_gc: Gcontext,
     lines: Vec<String>,
 }
 
@@ -64,46 +60,15 @@ const BLACK: u32 = 0x0000_0000;
 const GREEN: u32 = 0x002e_7d32;
 const GREY: u32 = 0x0075_7575;
 
-impl Window<'_> {
+impl Prompt<'_> {
     fn draw(&self) -> anyhow::Result<()> {
-        let conn = self.conn;
+        let (conn, id) = (self.conn, self.window.id);
         for (i, line) in self.lines.iter().enumerate() {
             let y = 30 + 22 * i16::try_from(i)?;
-            conn.image_text8(self.id, self.gc, 20, y, line.as_bytes())?;
+            conn.image_text8(id, self.window.gc, 20, y, line.as_bytes())?;
         }
-        for (button, colour, label) in [(ALLOW_BUTTON, GREEN, "Allow"), (DENY_BUTTON, GREY, "Deny")]
-        {
-            conn.change_gc(
-                self.button_gc,
-                &xproto::ChangeGCAux::new()
-                    .foreground(colour)
-                    .background(colour),
-            )?;
-            conn.poly_fill_rectangle(
-                self.id,
-                self.button_gc,
-                &[Rectangle {
-                    x: button.0,
-                    y: button.1,
-                    width: button.2,
-                    height: button.3,
-                }],
-            )?;
-            conn.change_gc(
-                self.button_gc,
-                &xproto::ChangeGCAux::new()
-                    .foreground(WHITE)
-                    .background(colour),
-            )?;
-            let (cx, cy) = center(button);
-            let tx = i16::try_from(cx - 3 * i32::try_from(label.len())?)?;
-            conn.image_text8(
-                self.id,
-                self.button_gc,
-                tx,
-                i16::try_from(cy + 4)?,
-                label.as_bytes(),
-            )?;
+        for (rect, colour, label) in [(ALLOW_BUTTON, GREEN, "Allow"), (DENY_BUTTON, GREY, "Deny")] {
+            button(conn, id, self.button_gc, rect, colour, label)?;
         }
         conn.flush()?;
         Ok(())
@@ -112,80 +77,24 @@ impl Window<'_> {
 
 fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool> {
     let (conn, screen_num) = super::connect()?;
-    let screen = conn
-        .setup()
-        .roots
-        .get(screen_num)
-        .ok_or_else(|| anyhow::anyhow!("no X screen"))?
-        .clone();
-    let id = conn.generate_id()?;
-    let x = (i32::from(screen.width_in_pixels) - i32::from(WIDTH)) / 2;
-    let y = (i32::from(screen.height_in_pixels) - i32::from(HEIGHT)) / 2;
-    conn.create_window(
-        x11rb::COPY_DEPTH_FROM_PARENT,
-        id,
-        screen.root,
-        i16::try_from(x.max(0))?,
-        i16::try_from(y.max(0))?,
-        WIDTH,
-        HEIGHT,
-        1,
-        WindowClass::INPUT_OUTPUT,
-        0,
-        &CreateWindowAux::new()
-            .background_pixel(WHITE)
-            .border_pixel(BLACK)
-            .event_mask(
-                EventMask::EXPOSURE | EventMask::BUTTON_PRESS | EventMask::STRUCTURE_NOTIFY,
-            ),
+    let window = FixedWindow::create(
+        &conn,
+        screen_num,
+        &Spec {
+            title: WINDOW_TITLE,
+            width: WIDTH,
+            height: HEIGHT,
+            place: Place::Centre,
+            foreground: BLACK,
+            background: WHITE,
+            border: BLACK,
+            extra_events: EventMask::NO_EVENT,
+            takes_focus: None,
+            keep_above: false,
+        },
     )?;
-    let super::CloseProtocol {
-        wm_protocols,
-        wm_delete: _,
-    } = super::name_window(&conn, id, WINDOW_TITLE)?;
-    // Ask window managers to keep the requested position and size.
-    let size_hints: [u32; 18] = {
-        let mut h = [0u32; 18];
-        h[0] = 1 | 2 | 4 | 8 | 16 | 32; // USPosition | USSize | PPosition | PSize | PMinSize | PMaxSize
-        h[1] = u32::try_from(x.max(0))?;
-        h[2] = u32::try_from(y.max(0))?;
-        h[3] = u32::from(WIDTH);
-        h[4] = u32::from(HEIGHT);
-        h[5] = u32::from(WIDTH);
-        h[6] = u32::from(HEIGHT);
-        h[7] = u32::from(WIDTH);
-        h[8] = u32::from(HEIGHT);
-        h
-    };
-    conn.change_property32(
-        PropMode::REPLACE,
-        id,
-        AtomEnum::WM_NORMAL_HINTS,
-        AtomEnum::WM_SIZE_HINTS,
-        &size_hints,
-    )?;
-
-    let font = conn.generate_id()?;
-    conn.open_font(font, b"fixed")?;
-    let gc = conn.generate_id()?;
-    conn.create_gc(
-        gc,
-        id,
-        &CreateGCAux::new()
-            .foreground(BLACK)
-            .background(WHITE)
-            .font(font),
-    )?;
-    let button_gc = conn.generate_id()?;
-    conn.create_gc(
-        button_gc,
-        id,
-        &CreateGCAux::new()
-            .foreground(WHITE)
-            .background(GREEN)
-            .font(font),
-    )?;
-    conn.map_window(id)?;
+    let button_gc = window.create_gc(&conn, WHITE, GREEN)?;
+    conn.map_window(window.id)?;
     conn.flush()?;
 
     let technician = if request.technician.is_empty() {
@@ -202,10 +111,9 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
         0 => DEFAULT_TIMEOUT,
         s => Duration::from_secs(u64::from(s.clamp(1, 600))),
     };
-    let window = Window {
+    let view = Prompt {
         conn: &conn,
-        id,
-        gc,
+        window,
         button_gc,
         lines: vec![
             WINDOW_TITLE.to_owned(),
@@ -223,7 +131,7 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
             break false;
         }
         match conn.poll_for_event()? {
-            Some(Event::Expose(e)) if e.count == 0 => window.draw()?,
+            Some(Event::Expose(e)) if e.count == 0 => view.draw()?,
             Some(Event::ButtonPress(e)) if e.detail == 1 => {
                 if inside(ALLOW_BUTTON, e.event_x.into(), e.event_y.into()) {
                     break true;
@@ -232,15 +140,15 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
                     break false;
                 }
             }
-            Some(Event::ClientMessage(e)) if e.type_ == wm_protocols => break false,
+            // Any close request denies (fail closed).
+            Some(Event::ClientMessage(e)) if e.type_ == window.close.wm_protocols => break false,
             Some(Event::DestroyNotify(_)) => break false,
             Some(Event::UnmapNotify(_)) => break false,
             Some(_) => {}
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let _ = conn.destroy_window(id);
-    let _ = conn.flush();
+    window.destroy(&conn);
     Ok(answer)
 }
 

@@ -1,7 +1,7 @@
 //! Linux desktop support over X11 (x11rb, pure Rust): MIT-SHM capture with a GetImage
 //! fallback, RandR monitors, XFixes cursor, XTest input, an X11 consent window, an X11 chat
-//! window, the session indicator, CLIPBOARD text, and inventory from `/proc`, `/sys` and
-//! `/etc`.
+//! window, the session indicator (the three built on [`window::FixedWindow`]), CLIPBOARD
+//! text, and inventory from `/proc`, `/sys` and `/etc`.
 //!
 //! Wayland sessions are not supported (XWayland would show only X clients).
 
@@ -14,6 +14,7 @@ pub mod input;
 pub mod inventory;
 pub mod keymap;
 pub mod machine_uid;
+pub mod window;
 
 use super::{
     Capturer, ChatWindow, ClipboardAccess, ConsentPrompt, Desktop, Identity, Injector,
@@ -85,61 +86,6 @@ pub fn connect() -> PlatformResult<(RustConnection, usize)> {
             std::env::var("DISPLAY").unwrap_or_else(|_| "(DISPLAY is not set)".into())
         ),
         reason: e.to_string(),
-    })
-}
-
-/// The `WM_PROTOCOLS` atom and its `WM_DELETE_WINDOW` entry of a window set up by
-/// [`name_window`]: a `ClientMessage` of that type asks the window to close.
-#[derive(Debug, Clone, Copy)]
-pub struct CloseProtocol {
-    /// `WM_PROTOCOLS`.
-    pub wm_protocols: x11rb::protocol::xproto::Atom,
-    /// `WM_DELETE_WINDOW`.
-    pub wm_delete: x11rb::protocol::xproto::Atom,
-}
-
-/// Titles a top-level window (`WM_NAME` and `_NET_WM_NAME`, so tests and window managers
-/// find it by name) and asks to be told, not killed, when the user closes it.
-pub fn name_window(
-    conn: &RustConnection,
-    window: x11rb::protocol::xproto::Window,
-    title: &str,
-) -> anyhow::Result<CloseProtocol> {
-    use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, PropMode};
-    use x11rb::wrapper::ConnectionExt as _;
-    let intern = |name: &[u8]| -> anyhow::Result<x11rb::protocol::xproto::Atom> {
-        Ok(conn.intern_atom(false, name)?.reply()?.atom)
-    };
-    let (wm_protocols, wm_delete, net_wm_name, utf8) = (
-        intern(b"WM_PROTOCOLS")?,
-        intern(b"WM_DELETE_WINDOW")?,
-        intern(b"_NET_WM_NAME")?,
-        intern(b"UTF8_STRING")?,
-    );
-    conn.change_property8(
-        PropMode::REPLACE,
-        window,
-        AtomEnum::WM_NAME,
-        AtomEnum::STRING,
-        title.as_bytes(),
-    )?;
-    conn.change_property8(
-        PropMode::REPLACE,
-        window,
-        net_wm_name,
-        utf8,
-        title.as_bytes(),
-    )?;
-    conn.change_property32(
-        PropMode::REPLACE,
-        window,
-        wm_protocols,
-        AtomEnum::ATOM,
-        &[wm_delete],
-    )?;
-    Ok(CloseProtocol {
-        wm_protocols,
-        wm_delete,
     })
 }
 
