@@ -8,76 +8,36 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { ADMIN_PASSWORD, DASHBOARD, apiCall, joinInNewTab, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
+import { spawn } from 'node:child_process';
+import { ADMIN_PASSWORD, apiCall, joinActiveSession, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
+import { allowConsent, skipUnless, sleep, startAgent, startXvfb, waitFor } from './lib/x11-agent.mjs';
 
-const AGENT = resolve(DASHBOARD, process.env.GURUCONNECT_AGENT_BIN ?? '../target/debug/guruconnect-agent');
-const tools = ['Xvfb', 'xdotool', 'xev', 'xsetroot', 'xdpyinfo', 'setxkbmap'];
-const have = (t) => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${t}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
-const missing = [...(existsSync(AGENT) ? [] : [AGENT]), ...tools.filter((t) => !have(t))];
-const skip = missing.length ? `missing: ${missing.join(', ')}` : false;
-
-// From crates/agent/src/platform/linux/consent.rs: ALLOW_BUTTON = (70, 130, 140, 44).
-const ALLOW = { x: 70 + 70, y: 130 + 22 };
+const skip = skipUnless(['Xvfb', 'xdotool', 'xev', 'xsetroot', 'xdpyinfo', 'setxkbmap']);
 
 let server;
 let browser;
 let admin;
-let xvfb;
+let xs;
 let agent;
 let xev;
 let xevOut = '';
-let agentLog = '';
-const display = `:${90 + Math.floor(Math.random() * 100)}`;
-const xenv = () => ({ ...process.env, DISPLAY: display });
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function x(cmd, args) {
-  return execFileSync(cmd, args, { env: xenv(), encoding: 'utf8', timeout: 30_000 }).trim();
-}
-
-async function waitFor(pred, what, ms = 20_000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
+const x = (cmd, args) => xs.x(cmd, args);
 
 before(async () => {
   if (skip) return;
   server = await startServer();
   browser = await launch();
   admin = await login(server.url, 'admin', ADMIN_PASSWORD);
-  xvfb = spawn('Xvfb', [display, '-screen', '0', '1024x768x24', '-noreset', '-nolisten', 'tcp'], { stdio: 'ignore' });
-  await waitFor(() => {
-    try {
-      x('xdpyinfo', []);
-      return true;
-    } catch {
-      return false;
-    }
-  }, 'Xvfb');
+  xs = await startXvfb();
   x('xsetroot', ['-solid', '#3366cc']);
-  xev = spawn('xev', ['-root', '-event', 'keyboard'], { env: xenv() });
+  xev = spawn('xev', ['-root', '-event', 'keyboard'], { env: xs.env });
   xev.stdout.on('data', (d) => (xevOut += d));
 });
 
 after(async () => {
-  agent?.kill('SIGTERM');
+  agent?.proc.kill('SIGTERM');
   xev?.kill('SIGTERM');
-  xvfb?.kill('SIGTERM');
+  xs?.stop();
   await browser?.close();
   await server?.stop();
 });
@@ -85,30 +45,16 @@ after(async () => {
 test('the real agent streams an X screen and takes input; view-only cannot', { skip, timeout: 120_000 }, async () => {
   const code = await apiCall(server.url, 'POST', '/api/codes', admin, { note: 'e2e' });
   assert.equal(code.status, 201);
-  agent = spawn(AGENT, ['--server', server.url, '--code', code.body.code], { env: { ...xenv(), RUST_LOG: 'info' } });
-  agent.stdout.on('data', (d) => (agentLog += d));
-  agent.stderr.on('data', (d) => (agentLog += d));
+  agent = startAgent(xs, server.url, code.body.code);
 
   // Consent: the prompt window appears; click Allow.
-  const wid = await waitFor(() => {
-    try {
-      return x('xdotool', ['search', '--name', 'GuruConnect']).split('\n')[0];
-    } catch {
-      return null;
-    }
-  }, `the consent window (agent log: ${agentLog})`, 30_000);
-  await sleep(500);
-  x('xdotool', ['mousemove', '--window', wid, String(ALLOW.x), String(ALLOW.y), 'click', '1']);
+  await allowConsent(xs, agent);
 
   const { page: console_, context, assertClean } = await openPage(browser);
   await uiLogin(console_, server.url);
   if (process.env.GC_LOSSLESS) await console_.evaluate(() => localStorage.setItem('gc.viewer.lossless', '1'));
-  await console_.click('a[href="#/sessions"]');
-  const row = console_.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
-  await row.waitFor({ timeout: 20_000 });
   // Join opens the viewer in a new tab.
-  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
-  await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  const page = await joinActiveSession(context, console_);
   await page.waitForFunction(() => document.querySelector('canvas.screen').width === 1024, null, { timeout: 10_000 });
   await sleep(1000);
   const px = await page.evaluate(() => {
@@ -140,9 +86,7 @@ test('the real agent streams an X screen and takes input; view-only cannot', { s
   assert.equal(created.status, 201);
   const v = await openPage(browser);
   await uiLogin(v.page, server.url, 'e2e.viewer', 'Viewer-pass-1!');
-  await v.page.click('a[href="#/sessions"]');
-  v.page = await joinInNewTab(v.context, v.page.locator('[data-testid=sessions-table] tr', { hasText: 'active' }).locator('a', { hasText: 'Join' }));
-  await v.page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  v.page = await joinActiveSession(v.context, v.page);
   await v.page.locator('[data-testid=view-only]').waitFor();
   const before = x('xdotool', ['getmouselocation']);
   const vbox = await v.page.locator('canvas.screen').boundingBox();
@@ -173,11 +117,7 @@ test('typing reaches a German-layout machine as the characters typed, or by posi
   x('setxkbmap', ['-layout', 'de']);
   const { page: console_, context, assertClean } = await openPage(browser);
   await uiLogin(console_, server.url);
-  await console_.click('a[href="#/sessions"]');
-  const row = console_.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
-  await row.waitFor({ timeout: 20_000 });
-  const page = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
-  await page.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  const page = await joinActiveSession(context, console_);
   await page.locator('[data-testid=key-mode]', { hasText: 'by character' }).waitFor();
   await page.locator('canvas.screen').focus();
 

@@ -141,6 +141,19 @@ export async function joinInNewTab(context, link) {
   return viewer;
 }
 
+/**
+ * From a signed-in console page: opens Sessions, joins the active session (the viewer opens
+ * in a new tab) and waits for its first frame. Resolves with the viewer tab.
+ */
+export async function joinActiveSession(context, page) {
+  await page.click('a[href="#/sessions"]');
+  const row = page.locator('[data-testid=sessions-table] tr', { hasText: 'active' });
+  await row.waitFor({ timeout: 20_000 });
+  const viewer = await joinInNewTab(context, row.locator('a', { hasText: 'Join' }));
+  await viewer.waitForFunction(() => Number(document.querySelector('canvas.screen')?.dataset.frames ?? 0) >= 1, null, { timeout: 30_000 });
+  return viewer;
+}
+
 /** Signs in through the UI. */
 export async function uiLogin(page, base, username = 'admin', password = ADMIN_PASSWORD) {
   await page.goto(`${base}/#/login`);
