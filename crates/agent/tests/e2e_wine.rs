@@ -8,32 +8,42 @@
 //! the `.exe` the tests print a line and pass, unless `GURUCONNECT_REQUIRE_WINE` is set
 //! (`.ci/run` sets it), when they fail.
 //!
-//! What this exercises is the GDI capture path, `SendInput`, the Win32 consent and chat
-//! windows and the clipboard as Wine implements them; DXGI, `SendSAS`, the secure desktop
+//! What this exercises is the GDI capture path, `SendInput`, the Win32 consent, chat and
+//! session indicator windows and the clipboard as Wine implements them; DXGI, `SendSAS`, the secure desktop
 //! and session 0 are not exercised (Wine has none of them).
 //!
 //! The tests share one Wine prefix, whose `wineserver` serves one X display at a time, so
 //! they run one after another (a lock) and stop the prefix's `wineserver` after each.
+//!
+//! Every wait has a deadline and fails with what it was waiting for: a loaded CI machine
+//! must turn a stuck step into a failure that names it, never into a hung run. Futures
+//! without one of their own (sends, viewer connects, relay start-up) go through
+//! [`within`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use guruconnect_agent::platform::ui::{ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, REPLY_FIELD};
+use guruconnect_agent::platform::ui::{
+    ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_HEIGHT, INDICATOR_TITLE,
+    INDICATOR_WIDTH, REPLY_FIELD, center,
+};
 use guruconnect_client::Connection;
 use guruconnect_codec::Image;
 use guruconnect_proto::{
-    AgentNotice, ChatMessage, ClipboardText, Codec, Payload, SpecialKey, SpecialKeyKind, TypeText,
+    AgentNotice, ChatMessage, ClipboardText, Codec, Envelope, Payload, SpecialKey, SpecialKeyKind,
+    TypeText,
 };
 use serde_json::json;
 use support::*;
 use x11rb::connection::Connection as _;
-use x11rb::protocol::xproto::ConnectionExt as _;
+use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
 
 /// Set-1 scancodes used here.
 const SC_CTRL: u32 = 0x1d;
@@ -43,6 +53,30 @@ const SC_H: u32 = 0x23;
 const SC_I: u32 = 0x17;
 
 static WINE: Mutex<()> = Mutex::new(());
+/// Longest a test waits for the one before it to release the Wine prefix (every step of a
+/// test is bounded, so a test holds it for far less).
+const WINE_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// Awaits `future` for at most [`WAIT`]; a hang fails the test, naming `what` hung.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    within_for(WAIT, what, future).await
+}
+
+/// Awaits `future` for at most `limit`.
+async fn within_for<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Waits (at most [`WAIT`]) until `pred` holds.
+async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// The built `.exe`, or `None` (test skipped) when it was not built.
 fn agent_exe() -> Option<PathBuf> {
@@ -71,11 +105,11 @@ struct WineDesktop {
 impl WineDesktop {
     fn start() -> Option<WineDesktop> {
         let exe = agent_exe()?;
-        let lock = WINE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock = lock_wine();
         // A wineserver left over from another display would serve this test on the wrong one.
-        stop_wineserver();
+        if let Err(e) = stop_wineserver() {
+            panic!("{e}");
+        }
         let x = Xvfb::start()?;
         Some(WineDesktop {
             x,
@@ -109,17 +143,60 @@ impl WineDesktop {
 
 impl Drop for WineDesktop {
     fn drop(&mut self) {
-        stop_wineserver();
+        match stop_wineserver() {
+            Ok(()) => {}
+            // Already failing: say so, without a second panic (which would abort).
+            Err(e) if std::thread::panicking() => eprintln!("{e}"),
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
-fn stop_wineserver() {
-    let _ = Command::new("wineserver")
-        .arg("-k")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    let _ = Command::new("wineserver").arg("-w").status();
+/// The Wine lock; a test that panicked while holding it has stopped its Wine anyway.
+fn lock_wine() -> MutexGuard<'static, ()> {
+    let deadline = Instant::now() + WINE_LOCK_WAIT;
+    loop {
+        match WINE.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "another Wine test held the Wine prefix for over {WINE_LOCK_WAIT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Stops the prefix's wineserver (`-k` kills every Wine process of the prefix) and waits
+/// for it to exit (`-w`), each for at most [`WAIT`]. Without a `wineserver` there is nothing
+/// to stop.
+fn stop_wineserver() -> Result<(), String> {
+    for arg in ["-k", "-w"] {
+        let Ok(mut child) = Command::new("wineserver")
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`wineserver {arg}` did not finish within {WAIT:?}: the Wine prefix's \
+                     processes did not stop"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// `(x, y, width, height)` of an X window in root coordinates.
@@ -178,15 +255,32 @@ async fn next_notice(conn: &mut Connection, agent: &AgentProcess) -> AgentNotice
     }
 }
 
+/// Sends `payload` to the agent (bounded: a relay that stops reading fails the test).
+async fn send(conn: &mut Connection, payload: Payload, what: &str) {
+    within(&format!("sending {what}"), conn.send(payload))
+        .await
+        .unwrap_or_else(|e| panic!("sending {what} failed: {e}"));
+}
+
 /// Ctrl+<key> through the agent.
 async fn ctrl(conn: &mut Connection, scancode: u32) {
-    conn.send(key(SC_CTRL, false, true))
-        .await
-        .expect("ctrl down");
-    tap(conn, scancode, false).await;
-    conn.send(key(SC_CTRL, false, false))
-        .await
-        .expect("ctrl up");
+    send(conn, key(SC_CTRL, false, true), "ctrl down").await;
+    within("a key tap", tap(conn, scancode, false)).await;
+    send(conn, key(SC_CTRL, false, false), "ctrl up").await;
+}
+
+/// A viewer of `session_id` for `token` (connect and hello bounded).
+async fn open_viewer(relay: &Relay, token: &str, session_id: &str) -> (Connection, String) {
+    within(
+        "connecting a viewer",
+        relay.viewer(token, session_id, &[Codec::RawZstd]),
+    )
+    .await
+}
+
+/// A relay on a fresh data directory (start-up bounded).
+async fn start_relay() -> Relay {
+    within("starting the relay", Relay::start()).await
 }
 
 /// The support-code session up to a control viewer that has seen `accept`ed pixels.
@@ -200,7 +294,7 @@ async fn allowed_session(
     let agent = wine.agent(&["--server", &relay.base, "--code", &code]);
     click_consent(wine.display(), ALLOW_BUTTON);
     let session_id = relay.wait_session(admin, "active").await;
-    let (mut viewer, mode) = relay.viewer(admin, &session_id, &[Codec::RawZstd]).await;
+    let (mut viewer, mode) = open_viewer(relay, admin, &session_id).await;
     assert_eq!(mode, "control");
     let image = decode_until(&mut viewer, Codec::RawZstd, accept).await;
     (agent, viewer, image)
@@ -241,7 +335,7 @@ async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clip
         return;
     };
     let app = TestApp::start(wine.display());
-    let relay = Relay::start().await;
+    let relay = start_relay().await;
     let admin = relay.admin().await;
 
     // 1. Allowed by a click on the Win32 prompt; the picture is the X screen's pixels.
@@ -259,10 +353,12 @@ async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clip
     );
 
     // 2. A mouse move from the viewer moves the X pointer.
-    viewer
-        .send(mouse(guruconnect_proto::MouseAction::Move, 640, 500))
-        .await
-        .expect("move");
+    send(
+        &mut viewer,
+        mouse(guruconnect_proto::MouseAction::Move, 640, 500),
+        "a mouse move",
+    )
+    .await;
     let deadline = Instant::now() + WAIT;
     while pointer(wine.display()) != (640, 500) {
         assert!(
@@ -281,16 +377,18 @@ async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clip
     let window = wait_window(wine.display(), "Notepad");
     let (nx, ny, nw, nh) = geometry(wine.display(), &window);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    click(&mut viewer, nx + nw / 2, ny + nh / 2).await;
+    within("a click", click(&mut viewer, nx + nw / 2, ny + nh / 2)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tap(&mut viewer, SC_H, false).await;
-    tap(&mut viewer, SC_I, false).await;
-    viewer
-        .send(Payload::TypeText(TypeText {
+    within("a key tap", tap(&mut viewer, SC_H, false)).await;
+    within("a key tap", tap(&mut viewer, SC_I, false)).await;
+    send(
+        &mut viewer,
+        Payload::TypeText(TypeText {
             text: " Grüße, 1+1=2!".into(),
-        }))
-        .await
-        .expect("type text");
+        }),
+        "text",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     ctrl(&mut viewer, SC_A).await;
     ctrl(&mut viewer, SC_C).await;
@@ -303,12 +401,14 @@ async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clip
 
     // 4. Clipboard from the technician lands on the Windows clipboard, which Wine offers
     //    to X clients as CLIPBOARD.
-    viewer
-        .send(Payload::Clipboard(ClipboardText {
+    send(
+        &mut viewer,
+        Payload::Clipboard(ClipboardText {
             text: "from the technician ✓".into(),
-        }))
-        .await
-        .expect("clipboard");
+        }),
+        "the clipboard",
+    )
+    .await;
     let deadline = Instant::now() + WAIT;
     loop {
         let now = read_clipboard(wine.display());
@@ -324,12 +424,14 @@ async fn windows_agent_streams_the_x_screen_and_injects_mouse_keys_text_and_clip
     }
     // 5. Ctrl+Alt+Del needs SendSAS, which Wine (like a Windows without the policy) lacks:
     //    the technician is told why, and the agent carries on.
-    viewer
-        .send(Payload::SpecialKey(SpecialKey {
+    send(
+        &mut viewer,
+        Payload::SpecialKey(SpecialKey {
             kind: SpecialKeyKind::SpecialKeyCtrlAltDel as i32,
-        }))
-        .await
-        .expect("special key");
+        }),
+        "Ctrl+Alt+Del",
+    )
+    .await;
     let notice = next_notice(&mut viewer, &agent).await;
     assert!(
         notice.text.contains("Ctrl+Alt+Del") && notice.text.contains("SendSAS"),
@@ -345,18 +447,20 @@ async fn windows_chat_window_shows_the_message_and_the_typed_reply_reaches_the_v
     let Some(wine) = WineDesktop::start() else {
         return;
     };
-    let relay = Relay::start().await;
+    let relay = start_relay().await;
     let admin = relay.admin().await;
     let (agent, mut viewer, _) = allowed_session(&wine, &relay, &admin, |_| true).await;
 
-    viewer
-        .send(Payload::Chat(ChatMessage {
+    send(
+        &mut viewer,
+        Payload::Chat(ChatMessage {
             from: "Alice (technician)".into(),
             text: "Hello, I am looking at your printer settings.".into(),
             sent_at_ms: 1,
-        }))
-        .await
-        .expect("chat");
+        }),
+        "a chat message",
+    )
+    .await;
     let window = wait_window(wine.display(), CHAT_TITLE);
     click_in_window(wine.display(), &window, REPLY_FIELD);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -383,14 +487,150 @@ async fn windows_chat_window_shows_the_message_and_the_typed_reply_reaches_the_v
     );
 }
 
+/// The visible windows titled `title` (no waiting; empty when there is none).
+fn visible_windows(display: &str, title: &str) -> Vec<String> {
+    let out = run_with_timeout(
+        Command::new("xdotool")
+            .args(["search", "--onlyvisible", "--name", title])
+            .env("DISPLAY", display),
+        WAIT,
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Near-black pixels in the top `height` rows of `window` (drawn text).
+fn dark_pixels(display: &str, window: &str, width: u16, height: u16) -> usize {
+    let (conn, _) = x11rb::connect(Some(display)).expect("connect");
+    let id: u32 = window.parse().expect("window id");
+    let Ok(reply) = conn
+        .get_image(ImageFormat::Z_PIXMAP, id, 0, 0, width, height, !0)
+        .expect("get_image")
+        .reply()
+    else {
+        return 0;
+    };
+    reply
+        .data
+        .chunks_exact(4)
+        .filter(|p| p[0] < 0x40 && p[1] < 0x40 && p[2] < 0x40)
+        .count()
+}
+
+/// The viewer's next `SessionEnd` reason.
+async fn next_session_end(conn: &mut Connection, agent: &AgentProcess) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::SessionEnd(end)),
+                ..
+            })) => return end.reason,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_session_indicator_lists_the_technicians_and_end_session_ends_it() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let display = wine.display();
+    let relay = start_relay().await;
+    let admin = relay.admin().await;
+    let (mut agent, mut control, _) = allowed_session(&wine, &relay, &admin, |_| true).await;
+
+    // 1. The indicator: titled as on X11, its size exactly, 20 px in from the top right of
+    //    the (1280x720) screen, the list drawn above the button.
+    let window = wait_window(display, INDICATOR_TITLE);
+    assert_eq!(
+        xdotool(display, &["getwindowname", &window]).trim(),
+        INDICATOR_TITLE
+    );
+    let (x, y, width, height) = geometry(display, &window);
+    assert_eq!(
+        (width, height),
+        (i32::from(INDICATOR_WIDTH), i32::from(INDICATOR_HEIGHT))
+    );
+    assert_eq!((x + width + 20, y), (1280, 20), "top right");
+    let list_height = END_BUTTON.1 as u16;
+    let drawn = || dark_pixels(display, &window, INDICATOR_WIDTH, list_height);
+    wait_until("the list drawn in the indicator", || drawn() > 100).await;
+    let one = drawn();
+
+    // 2. A second, watching technician adds a line; leaving takes it off again.
+    let password = format!("pw-{}", hex(&uuid_like()[..8]));
+    relay
+        .post(
+            &admin,
+            "/api/users",
+            json!({ "username": "watcher", "password": password, "role": "viewer" }),
+        )
+        .await;
+    let watcher = relay.login("watcher", &password).await;
+    let session_id = relay.wait_session(&admin, "active").await;
+    let (watching, mode) = open_viewer(&relay, &watcher, &session_id).await;
+    assert_eq!(mode, "view_only");
+    wait_until("a line for the watcher", || drawn() > one + 50).await;
+    within("closing the watcher", watching.close())
+        .await
+        .expect("close");
+    wait_until("the watcher's line taken off", || drawn() <= one).await;
+
+    // 3. "End session", clicked where the window is, ends it for everyone: the viewer is
+    //    told the person at the machine ended it, the agent exits, the window goes.
+    let (cx, cy) = center(END_BUTTON);
+    xdotool(
+        display,
+        &[
+            "mousemove",
+            &(x + cx).to_string(),
+            &(y + cy).to_string(),
+            "click",
+            "1",
+        ],
+    );
+    assert_eq!(
+        next_session_end(&mut control, &agent).await,
+        "ended by the person at the machine"
+    );
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("ended by the person at the machine"),
+        "{stderr}"
+    );
+    relay.wait_session(&admin, "ended").await;
+    assert_eq!(
+        relay
+            .count_events(&admin, "session.ended_by_customer")
+            .await,
+        1
+    );
+    wait_until("the indicator to close", || {
+        visible_windows(display, INDICATOR_TITLE).is_empty()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_consent_deny_and_timeout_end_the_session_without_a_frame() {
     let Some(wine) = WineDesktop::start() else {
         return;
     };
-    let relay = Relay::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |c| {
-        c.consent_timeout_secs = 5;
-    })
+    let relay = within(
+        "starting the relay",
+        Relay::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |c| {
+            c.consent_timeout_secs = 5;
+        }),
+    )
     .await;
     let admin = relay.admin().await;
 
@@ -398,7 +638,7 @@ async fn windows_consent_deny_and_timeout_end_the_session_without_a_frame() {
     let code = relay.create_code(&admin).await;
     let mut agent = wine.agent(&["--server", &relay.base, "--code", &code]);
     let session_id = relay.wait_session(&admin, "waiting_consent").await;
-    let (mut viewer, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    let (mut viewer, _) = open_viewer(&relay, &admin, &session_id).await;
     click_consent(wine.display(), DENY_BUTTON);
     let status = agent.wait_exit(WAIT).await;
     assert!(status.success(), "{status}\n{}", agent.stderr());
@@ -421,7 +661,7 @@ async fn windows_consent_deny_and_timeout_end_the_session_without_a_frame() {
         assert!(Instant::now() < deadline, "no second session: {sessions:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (mut viewer, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
+    let (mut viewer, _) = open_viewer(&relay, &admin, &session_id).await;
     let status = agent.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}\n{}", agent.stderr());
     assert_eq!(frames_until_closed(&mut viewer).await, 0);
@@ -437,7 +677,7 @@ async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_res
     let Some(wine) = WineDesktop::start() else {
         return;
     };
-    let relay = Relay::start().await;
+    let relay = start_relay().await;
     let admin = relay.admin().await;
     let site = relay
         .post(&admin, "/api/sites", json!({ "name": "Wine Office" }))
@@ -485,7 +725,8 @@ async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_res
     );
 
     // The server restarts: the agent comes back by itself with its stored key.
-    let relay = relay.restart().await;
+    // Its own wait for the old relay to stop is bounded by WAIT; then the start-up.
+    let relay = within_for(3 * WAIT, "restarting the relay", relay.restart()).await;
     let admin = relay.admin().await;
     let again = relay.wait_one_online(&admin, &agent).await;
     assert_eq!(again["agent_id"], machine["agent_id"]);

@@ -127,6 +127,10 @@ pub fn uuid_like() -> [u8; 16] {
 }
 
 /// Runs a command with a deadline; kills it when the deadline passes.
+///
+/// Its output is read while it runs, so a full pipe cannot stall it. A process it leaves
+/// behind may hold its pipes open (Wine starts a `wineserver` that inherits them): after the
+/// command exits, its output is read until the end or the deadline, whichever comes first.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -134,19 +138,61 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + timeout;
+    let stdout = Drain::start(child.stdout.take().expect("stdout"));
+    let stderr = Drain::start(child.stderr.take().expect("stderr"));
     loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            // At least a moment for the last bytes, even right at the deadline.
+            let until = deadline.max(Instant::now() + Duration::from_millis(500));
+            return Output {
+                status,
+                stdout: stdout.take(until),
+                stderr: stderr.take(until),
+            };
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let _ = child.wait();
+            let stderr = stderr.take(Instant::now() + Duration::from_millis(500));
             panic!(
                 "{cmd:?} did not finish within {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A pipe read to its end on a thread of its own.
+struct Drain {
+    read: Arc<Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drain {
+    fn start(mut pipe: impl std::io::Read + Send + 'static) -> Drain {
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = std::sync::mpsc::channel();
+        let sink = read.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(());
+        });
+        Drain { read, done }
+    }
+
+    /// What was read once the pipe ends, or by `until` if it is still open then.
+    fn take(self, until: Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(until.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.read.lock().unwrap())
     }
 }
 

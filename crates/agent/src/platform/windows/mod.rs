@@ -1,8 +1,8 @@
 //! Windows desktop support over Win32 (`windows-sys`, and the `windows` crate for the COM
 //! interfaces of DXGI): screen capture (DXGI Desktop Duplication with a GDI fallback chosen
 //! at run time, see [`capture`]; `GURUCONNECT_CAPTURE=auto|gdi|dxgi`), `SendInput`,
-//! Win32 consent and chat windows, clipboard text (`arboard`), and identity and inventory
-//! from the registry, SMBIOS and `sysinfo`.
+//! Win32 consent, chat and session indicator windows, clipboard text (`arboard`), and
+//! identity and inventory from the registry, SMBIOS and `sysinfo`.
 //!
 //! # What is verified, and where
 //!
@@ -18,8 +18,9 @@
 //!   captures with GDI, and forcing `dxgi` is a clear `Unsupported` error;
 //! - `SendInput`: absolute mouse moves over the virtual desktop, buttons, wheel, keys by
 //!   scancode, Unicode text;
-//! - the consent prompt and the chat window (real Win32 windows and controls, clicked and
-//!   typed into with xdotool), the clipboard, `LockWorkStation`'s absence of effect;
+//! - the consent prompt, the chat window and the session indicator (real Win32 windows and
+//!   controls, clicked and typed into with xdotool), the clipboard, `LockWorkStation`'s
+//!   absence of effect;
 //! - identity and inventory (what Wine reports: its registry, SMBIOS synthesised from the
 //!   host's DMI, its Windows version).
 //!
@@ -52,6 +53,7 @@ pub mod capture;
 pub mod chat;
 pub mod consent;
 pub mod dxgi;
+pub mod indicator;
 pub mod input;
 pub mod inventory;
 pub mod keystore;
@@ -70,7 +72,7 @@ use windows_sys::Win32::System::Threading::GetCurrentProcessId;
 
 use super::{
     Capturer, ChatWindow, ClipboardAccess, ConsentPrompt, Desktop, Identity, Injector,
-    PlatformError, PlatformResult,
+    PlatformError, PlatformResult, SessionIndicator,
 };
 
 /// The desktop this module uses, named for people (`PlatformError::NoDisplay`).
@@ -227,6 +229,11 @@ impl Desktop for WindowsDesktop {
     fn chat(&self) -> PlatformResult<Box<dyn ChatWindow>> {
         init_dpi_awareness();
         Ok(Box::new(chat::WindowsChat::open()?))
+    }
+
+    fn indicator(&self) -> PlatformResult<Box<dyn SessionIndicator>> {
+        init_dpi_awareness();
+        Ok(Box::new(indicator::WindowsIndicator::open()?))
     }
 
     fn identity(&self) -> Identity {
