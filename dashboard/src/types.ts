@@ -75,6 +75,8 @@ export interface Machine {
   pending_reason?: string | null;
   last_seen: number | null;
   created_at: number;
+  /** Technicians' notes (free text). */
+  notes: string | null;
   online: boolean;
   session_id: string | null;
 }
@@ -143,6 +145,8 @@ export interface SupportCode {
   code: string;
   status: 'pending' | 'consumed' | 'cancelled' | 'ended' | 'denied' | 'expired' | string;
   note: string | null;
+  /** The name the customer gave on the join page. */
+  customer_name: string | null;
   created_by: string;
   created_at: number;
   expires_at: number;

@@ -1,13 +1,13 @@
 // Browser tests of the customer's join page against a real server: the technician copies
-// the link of a new code, the customer (not signed in) sees who is asking and the note and
-// gets the Linux download; a wrong code says so; a server without an agent binary says what
-// to configure. With the real agent, Xvfb and xdotool present, the downloaded script run
+// the link of a new code, the customer (not signed in) sees who is asking and the note,
+// gives their name and gets the Linux and Windows downloads; a wrong code says so; a server
+// without agent binaries says what to configure. With the real agent, Xvfb and xdotool present, the downloaded script run
 // with `sh` starts a support session that waits for consent.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ADMIN_PASSWORD, DASHBOARD, HTTP_4XX, apiCall, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
@@ -38,13 +38,22 @@ before(async () => {
     binary = join(scratch, 'guruconnect-agent');
     writeFileSync(binary, '#!/bin/sh\necho stand-in agent "$@"\n', { mode: 0o755 });
   }
+  // The Windows agent when it is cross-built, otherwise a stand-in .exe.
+  let exe = process.env.GURUCONNECT_WINDOWS_AGENT_EXE;
+  if (!exe || !existsSync(exe)) {
+    exe = join(scratch, 'guruconnect-agent.exe');
+    writeFileSync(exe, 'MZ stand-in Windows agent');
+  }
   // The harness passes its environment on to the server.
   process.env.GURUCONNECT_AGENT_BINARY_PATH = binary;
+  process.env.GURUCONNECT_AGENT_WINDOWS_EXE_PATH = exe;
   try {
     served = await startServer();
   } finally {
     delete process.env.GURUCONNECT_AGENT_BINARY_PATH;
+    delete process.env.GURUCONNECT_AGENT_WINDOWS_EXE_PATH;
   }
+  served.windowsExe = exe;
   bare = await startServer();
   browser = await launch();
 });
@@ -111,8 +120,22 @@ describe('join page', () => {
     const href = await download.getAttribute('href');
     assert.equal(href, `/join/${code}/guruconnect-support.sh`);
     assert.equal((await customer.page.locator('[data-testid=run-command]').innerText()).trim(), 'sh guruconnect-support.sh');
-    // Windows is not served yet, and says so.
-    assert.match(await customer.page.locator('[data-testid=download-windows]').innerText(), /not available/);
+    // The customer says who they are; the technician's codes list shows it.
+    await customer.page.fill('#join-name', '  Dana at the front desk ');
+    await customer.page.click('[data-testid=join-name-save]');
+    await customer.page.locator('[data-testid=join-name-status]', { hasText: 'Saved: your technician sees "Dana at the front desk"' }).waitFor();
+    {
+      const admin = await login(served.url, 'admin', ADMIN_PASSWORD);
+      const r = await apiCall(served.url, 'GET', '/api/codes', admin);
+      assert.equal(r.body.items.find((c) => c.id === codeId)?.customer_name, 'Dana at the front desk');
+    }
+    // Windows: the signed .exe as it is, named so that it needs no flags.
+    const port = new URL(served.url).port;
+    const winLink = customer.page.locator('[data-testid=download-windows] a', { hasText: 'Download for Windows' });
+    assert.equal(await winLink.getAttribute('href'), `/join/${code}/windows`);
+    const [exe] = await Promise.all([customer.page.waitForEvent('download'), winLink.click()]);
+    assert.equal(exe.suggestedFilename(), `GuruConnect-Support_${code}_127.0.0.1+${port}_http.exe`);
+    assert.deepEqual(readFileSync(await exe.path()), readFileSync(served.windowsExe));
     await shot(customer.page, '19-join-page');
     // The browser's download is the script with this server and the code built in.
     const [file] = await Promise.all([customer.page.waitForEvent('download'), download.click()]);
@@ -160,6 +183,9 @@ describe('join page', () => {
     const linux = page.locator('[data-testid=download-linux]');
     assert.match(await linux.innerText(), /not available[\s\S]*agent_binary_path/);
     assert.equal(await linux.locator('a').count(), 0);
+    const windows = page.locator('[data-testid=download-windows]');
+    assert.match(await windows.innerText(), /not available[\s\S]*agent_windows_exe_path/);
+    assert.equal(await windows.locator('a').count(), 0);
     assert.equal(await page.locator('[data-testid=join-note]').count(), 0, 'no note, no note line');
     assertClean();
     await context.close();

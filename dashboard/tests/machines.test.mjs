@@ -106,8 +106,9 @@ describe('machine page', () => {
     // Edit: a department, one more tag; saved, and still there after a reload.
     await page.fill('#label-department', 'Reception');
     await page.fill('#label-tags', 'front-desk, vip');
+    await page.fill('#label-notes', 'Printer on the left.\nAsk for Dana (ext. 42).');
     await page.click('[data-testid=save-labels]');
-    await page.locator('.toast', { hasText: 'Labels saved' }).waitFor();
+    await page.locator('.toast', { hasText: 'Labels and notes saved' }).waitFor();
     await page.reload();
     await page.locator('[data-testid=inventory]').waitFor();
     assert.equal(await page.inputValue('#label-department'), 'Reception');
@@ -116,6 +117,8 @@ describe('machine page', () => {
     const stored = await apiCall(server.url, 'GET', `/api/machines/${ids['front-desk-pc']}`, admin);
     assert.equal(stored.body.department, 'Reception');
     assert.deepEqual(stored.body.tags, ['front-desk', 'vip']);
+    assert.equal(stored.body.notes, 'Printer on the left.\nAsk for Dana (ext. 42).');
+    assert.equal(await page.inputValue('#label-notes'), 'Printer on the left.\nAsk for Dana (ext. 42).');
     await page.locator('[data-testid=machine-events]', { hasText: 'machine.labels_changed' }).waitFor();
     // Tall enough to show sessions, keys and the audit trail too.
     await page.setViewportSize({ width: 1280, height: 1450 });
@@ -134,6 +137,7 @@ describe('machine page', () => {
     await page.locator('[data-testid=inventory]').waitFor();
     await page.locator('[data-testid=machine-sessions] tbody tr').first().waitFor();
     assert.match(await page.locator('[data-testid=labels]').innerText(), /Warehouse/);
+    assert.equal(await page.locator('[data-testid=machine-notes]').innerText(), 'No notes.');
     for (const admin of ['#label-site', '[data-testid=save-labels]', '[data-testid=remove]', '[data-testid=approve]', '[data-testid=machine-keys]', '[data-testid=machine-events]']) {
       assert.equal(await page.locator(admin).count(), 0, `${admin} is shown to a technician`);
     }

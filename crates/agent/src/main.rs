@@ -1,6 +1,8 @@
 //! `guruconnect-agent`: the endpoint agent's command line.
 //!
 //! - `guruconnect-agent --server URL --code XXX-XXX-XXX`: one attended support session;
+//!   with no arguments at all, the server and code come from the program's own file name
+//!   when it is a join page's download (`GuruConnect-Support_<CODE>_<host>….exe`);
 //! - `guruconnect-agent run [--config PATH]`: the managed agent (enrolls when it has no key
 //!   yet, then reconnects forever);
 //! - `guruconnect-agent install …` / `uninstall`: the systemd service (Linux), or the
@@ -37,6 +39,9 @@ const EXIT_NO_DISPLAY: u8 = 3;
 const EXIT_WRONG_SERVER: u8 = 4;
 /// How long support mode keeps trying to reach the server.
 const SUPPORT_RETRY_FOR: Duration = Duration::from_secs(60);
+/// What to give when nothing says what to do.
+const USAGE: &str =
+    "give --server URL --code XXX-XXX-XXX for a support session, or a subcommand (see --help)";
 /// Message for a refused support code.
 const CODE_REFUSED: &str = "the support code is invalid, expired or already used";
 
@@ -243,6 +248,30 @@ fn check_display() -> Result<(), ExitCode> {
         .map_err(|e| fail(e, EXIT_NO_DISPLAY))
 }
 
+/// The server and code carried by this program's file name, when it was downloaded from
+/// a join page (`GuruConnect-Support_<CODE>_<host>….exe`, see
+/// `guruconnect_proto::support_file`).
+fn support_from_own_name() -> Option<(String, String)> {
+    let exe = std::env::current_exe().ok()?;
+    let name = exe.file_name()?.to_str()?;
+    let found = guruconnect_proto::support_file::parse(name);
+    if let Some((server, _)) = &found {
+        eprintln!("guruconnect-agent: support session with {server} (from this file's name)");
+    }
+    found
+}
+
+/// Waits for Enter when a person started the program in a console of its own (Windows
+/// closes that console as soon as the program exits).
+fn pause_if_interactive() {
+    use std::io::IsTerminal as _;
+    if cfg!(windows) && std::io::stdin().is_terminal() {
+        eprintln!("Press Enter to close this window.");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+}
+
 /// `XXX-XXX-XXX` (dashes and case optional) over the code alphabet.
 fn plausible_code(code: &str) -> bool {
     let chars: Vec<char> = code.chars().filter(|c| *c != '-' && *c != ' ').collect();
@@ -342,10 +371,16 @@ fn main() -> ExitCode {
         ),
         None => match (cli.server, cli.code) {
             (Some(server), Some(code)) => runtime.block_on(support(server, code)),
-            _ => fail(
-                "give --server URL --code XXX-XXX-XXX for a support session, or a subcommand (see --help)",
-                1,
-            ),
+            (None, None) => match support_from_own_name() {
+                Some((server, code)) => {
+                    // Double-clicked: keep the window open long enough to read the outcome.
+                    let status = runtime.block_on(support(server, code));
+                    pause_if_interactive();
+                    status
+                }
+                None => fail(USAGE, 1),
+            },
+            _ => fail(USAGE, 1),
         },
     }
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guruconnect_agent::platform::ui::{
-    ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_TITLE, INDICATOR_WIDTH,
-    REPLY_FIELD,
+    ALLOW_BUTTON, CHAT_TITLE, CONSENT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_TITLE,
+    INDICATOR_WIDTH, REPLY_FIELD,
 };
 use guruconnect_client::{Connection, connect_agent};
 use guruconnect_codec::{Encoder, Image};
@@ -1124,6 +1124,30 @@ async fn used_or_unknown_code_is_refused_with_a_clear_message() {
         );
     }
     drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_named_by_the_join_page_starts_the_session_with_no_flags() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    // The name the join page's Windows download gets, on the Linux binary.
+    let name = guruconnect_proto::support_file::file_name(&relay.base, &code).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join(&name);
+    std::fs::copy(env!("CARGO_BIN_EXE_guruconnect-agent"), &exe).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.env_remove("GURUCONNECT_SERVER");
+    let agent = AgentProcess::spawn_cmd(cmd, &x.display);
+    // It reached this server with this code: the session waits for the customer.
+    relay.wait_session(&admin, "waiting_consent").await;
+    wait_window(&x.display, CONSENT_TITLE);
+    let stderr = agent.stderr();
+    assert!(
+        stderr.contains(&format!("support session with {}", relay.base)),
+        "{stderr}"
+    );
 }
 
 /// A plain-HTTP server that is not GuruConnect: every request gets `status` and an HTML

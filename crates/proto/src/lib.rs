@@ -6,6 +6,8 @@
 
 #![allow(missing_docs)] // generated code carries the .proto comments instead
 
+pub mod support_file;
+
 /// Generated types of package `guruconnect.v1`.
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/guruconnect.v1.rs"));

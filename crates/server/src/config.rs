@@ -103,6 +103,9 @@ pub struct Config {
     /// Windows agent MSI (`scripts/windows/build-msi.sh`) from which
     /// `/api/sites/:id/installer?platform=windows` makes per-site MSIs.
     pub agent_windows_msi_path: Option<PathBuf>,
+    /// Windows agent executable (`scripts/windows/build-agent.sh`) that the join page
+    /// offers customers, named so that it runs the support session with no flags.
+    pub agent_windows_exe_path: Option<PathBuf>,
     /// PKCS#12 certificate with which per-site MSIs are Authenticode-signed (osslsigncode).
     pub installer_signing_pkcs12: Option<PathBuf>,
     /// Password of `installer_signing_pkcs12`.
@@ -153,6 +156,7 @@ impl Default for Config {
             offline_session_ttl_secs: 300,
             agent_binary_path: None,
             agent_windows_msi_path: None,
+            agent_windows_exe_path: None,
             installer_signing_pkcs12: None,
             installer_signing_password: None,
             installer_signing_password_file: None,
@@ -371,6 +375,9 @@ offline_session_ttl_secs = 300
 # the certificate that signs them (osslsigncode must be installed). With
 # require_signed_installers, a Windows installer that cannot be signed is not served.
 # agent_windows_msi_path = "/opt/guruconnect/guruconnect.msi"
+# Windows agent .exe (scripts/windows/build-agent.sh; sign it first) that the join page
+# offers customers for a support session; the download's name carries server and code.
+# agent_windows_exe_path = "/opt/guruconnect/guruconnect-agent.exe"
 # installer_signing_pkcs12 = "/etc/guruconnect/codesign.p12"
 # installer_signing_password_file = "/etc/guruconnect/codesign.pass"
 require_signed_installers = false

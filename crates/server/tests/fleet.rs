@@ -1229,6 +1229,59 @@ async fn field_scoped_search_finds_exactly_the_labelled_machines() {
     assert_eq!(server.events_of("machine.labels_changed").await.len(), 2);
 }
 
+#[tokio::test]
+async fn machine_notes_are_kept_audited_without_their_text_and_not_searched() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let site = create_site(&server, &admin, "Main", "MAIN").await;
+    let m = enroll(&server, &site, "uid-notes", "notes-desk").await;
+    let path = format!("/api/machines/{}", m.agent_id);
+    let note = "Printer on the left.\nAsk for Dana (ext. 42).";
+    let resp = send(
+        &server,
+        Method::PATCH,
+        &path,
+        &admin,
+        // The site is sent unchanged, as the console's form does.
+        Some(json!({ "site": "Main", "notes": format!("  {note}\n") })),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.expect("patched");
+    assert_eq!(body["notes"], note);
+    let got: Value = server.get(&path, &admin).await.json().await.expect("get");
+    assert_eq!(got["notes"], note);
+    // Other labels were left alone; the audit names the changed field, never the text.
+    assert_eq!(got["site"], "Main");
+    let events = server.events_of("machine.labels_changed").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event.details["fields"], json!(["notes"]));
+    assert!(!events[0].event.details.to_string().contains("Dana"));
+    // Notes are not a search field.
+    assert!(search_ids(&server, &admin, "Dana").await.is_empty());
+
+    // Too long, a control character.
+    for bad in [
+        json!({ "notes": "x".repeat(10_001) }),
+        json!({ "notes": "bell\u{7}" }),
+    ] {
+        let resp = send(&server, Method::PATCH, &path, &admin, Some(bad)).await;
+        expect_envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    }
+    // null clears.
+    let resp = send(
+        &server,
+        Method::PATCH,
+        &path,
+        &admin,
+        Some(json!({ "notes": null })),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.expect("cleared");
+    assert_eq!(body["notes"], Value::Null);
+}
+
 // ---------------------------------------------------------------- 12. installer
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! The customer's join page API: `GET /api/join/:code` shows who is asking and nothing
 //! else, never consumes the code, shares the code lockout with `/api/codes/validate`, and
 //! `GET /join/:code/guruconnect-support.sh` is a script that downloads the agent from this
-//! server and runs it with the server and the code. Real server, real HTTP; the script is
-//! run with `sh` against a stand-in agent that records its arguments.
+//! server and runs it with the server and the code; `GET /join/:code/windows` is the
+//! Windows agent unchanged under a name that carries server and code; the customer's name
+//! reaches the codes list and Live sessions. Real server, real HTTP; the script is run with
+//! `sh` against a stand-in agent that records its arguments.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -102,7 +104,13 @@ async fn the_join_preview_shows_who_is_asking_and_nothing_else() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["downloads", "expires_at", "note", "technician"],
+        [
+            "customer_name",
+            "downloads",
+            "expires_at",
+            "note",
+            "technician"
+        ],
         "{body}"
     );
     assert_eq!(body["technician"], "admin");
@@ -129,6 +137,20 @@ async fn the_join_preview_shows_who_is_asking_and_nothing_else() {
         "{body}"
     );
     assert_eq!(body["downloads"]["windows"]["available"], false);
+    assert!(
+        body["downloads"]["windows"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("agent_windows_exe_path"),
+        "{body}"
+    );
+    let resp = server
+        .client()
+        .get(server.url(&format!("/join/{code}/windows")))
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, StatusCode::NOT_FOUND, "not_found").await;
 
     // Preview only: the code is still pending and still works for the agent.
     assert_eq!(code_status(&server, &code).await, "pending");
@@ -340,4 +362,117 @@ async fn the_join_page_is_the_console() {
             .to_owned();
         assert!(mime.starts_with("text/html"), "{path}: {mime}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_download_is_the_exe_unchanged_under_a_name_with_server_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("guruconnect-agent.exe");
+    let bytes: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&exe, &bytes).unwrap();
+    let server = TestServer::start_with(|c| c.agent_windows_exe_path = Some(exe.clone())).await;
+    let admin = server.admin_token().await;
+    let code = create_code(&server, &admin, "Reception PC").await;
+
+    let body: Value = join(&server, &code).await.json().await.unwrap();
+    assert_eq!(body["downloads"]["windows"]["available"], true, "{body}");
+    let url = body["downloads"]["windows"]["url"].as_str().unwrap();
+    assert_eq!(url, format!("/join/{code}/windows"));
+    let resp = server.client().get(server.url(url)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let disposition = resp.headers()[reqwest::header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let name = disposition
+        .strip_prefix("attachment; filename=\"")
+        .and_then(|n| n.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{disposition}"));
+    // The agent reads exactly this server and code back from the name.
+    assert_eq!(
+        guruconnect_proto::support_file::parse(name),
+        Some((server.base.clone(), code.clone())),
+        "{name}"
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // A download previews the code; it stays usable.
+    assert_eq!(code_status(&server, &code).await, "pending");
+
+    // A public URL with a path cannot be carried in a file name: said, not served.
+    let server = TestServer::start_with(|c| {
+        c.agent_windows_exe_path = Some(exe.clone());
+        c.public_url = Some("https://example.com/support".into());
+    })
+    .await;
+    let admin = server.admin_token().await;
+    let code = create_code(&server, &admin, "").await;
+    let body: Value = join(&server, &code).await.json().await.unwrap();
+    assert_eq!(body["downloads"]["windows"]["available"], false);
+    assert!(
+        body["downloads"]["windows"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("public_url"),
+        "{body}"
+    );
+}
+
+async fn set_name(server: &TestServer, code: &str, body: Value) -> reqwest::Response {
+    server
+        .client()
+        .post(server.url(&format!("/api/join/{code}/name")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customer_name_reaches_codes_and_sessions_and_bad_names_are_refused() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let code = create_code(&server, &admin, "Ticket 4711").await;
+
+    for (bad, why) in [
+        (json!({ "name": "   " }), "empty"),
+        (json!({ "name": "x".repeat(101) }), "too long"),
+        (json!({ "name": "Dana\u{7}" }), "control character"),
+        (json!({ "nom": "Dana" }), "unknown field"),
+    ] {
+        let resp = set_name(&server, &code, bad).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{why}");
+    }
+    let resp = set_name(&server, &code, json!({ "name": " Dana Smith " })).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let body: Value = join(&server, &code).await.json().await.unwrap();
+    assert_eq!(body["customer_name"], "Dana Smith");
+    let codes: Value = server
+        .client()
+        .get(server.url("/api/codes"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let item = &codes["items"][0];
+    assert_eq!(item["customer_name"], "Dana Smith", "{codes}");
+    assert_eq!(item["note"], "Ticket 4711");
+
+    // A wrong code is the same 404 as the preview's, and counts toward the lockout.
+    let resp = set_name(&server, "ZZZ-ZZZ-ZZZ", json!({ "name": "Mallory" })).await;
+    expect_envelope(resp, StatusCode::NOT_FOUND, "not_found").await;
+    // Once used, the name is fixed.
+    assert_eq!(validate(&server, &code).await.status(), StatusCode::OK);
+    server
+        .state
+        .store
+        .consume_code(&code, "s-1", server.state.clock.now_millis())
+        .await
+        .unwrap();
+    let resp = set_name(&server, &code, json!({ "name": "Mallory" })).await;
+    expect_envelope(resp, StatusCode::NOT_FOUND, "not_found").await;
+    let stored = server.state.store.get_code(&code).await.unwrap().unwrap();
+    assert_eq!(stored.customer_name.as_deref(), Some("Dana Smith"));
 }

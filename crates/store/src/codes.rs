@@ -8,7 +8,7 @@ use crate::events::insert_event;
 use crate::{Millis, NewEvent, Store, StoreResult, SupportCode, conflict};
 
 const CODE_COLS: &str = "code, tenant_id, status, created_by, created_by_name, note, \
-     created_at, expires_at, consumed_at, session_id";
+     created_at, expires_at, consumed_at, session_id, customer_name";
 
 fn code_from_row(row: &AnyRow) -> StoreResult<SupportCode> {
     Ok(SupportCode {
@@ -22,6 +22,7 @@ fn code_from_row(row: &AnyRow) -> StoreResult<SupportCode> {
         expires_at: row.try_get("expires_at")?,
         consumed_at: row.try_get("consumed_at")?,
         session_id: row.try_get("session_id")?,
+        customer_name: row.try_get("customer_name")?,
     })
 }
 
@@ -34,7 +35,7 @@ impl Store {
         insert_event(&mut tx, audit, c.created_at).await?;
         sqlx::query(&format!(
             "INSERT INTO support_codes ({CODE_COLS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&c.code)
         .bind(&c.tenant_id)
@@ -46,6 +47,7 @@ impl Store {
         .bind(c.expires_at)
         .bind(c.consumed_at)
         .bind(c.session_id.as_deref())
+        .bind(c.customer_name.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(conflict("code exists"))?;
@@ -161,6 +163,26 @@ impl Store {
         insert_event(&mut tx, audit, now).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Records the name the customer gave on the join page, while the code is still
+    /// pending and unexpired; `true` if it was stored (the newest name wins).
+    pub async fn set_code_customer_name(
+        &self,
+        code: &str,
+        name: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE support_codes SET customer_name = $2 \
+             WHERE code = $1 AND status = 'pending' AND expires_at > $3",
+        )
+        .bind(code)
+        .bind(name)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected() == 1)
     }
 
     /// Marks a consumed code as ended (its session finished); `true` if it changed.

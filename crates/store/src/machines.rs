@@ -13,7 +13,7 @@ use crate::{
 
 const MACHINE_COLS: &str = "agent_id, tenant_id, machine_uid, hostname, os, os_version, \
      agent_version, company, site, department, device_type, tags, inventory, external_ip, \
-     status, pending_reason, claimed_machine_uid, site_id, last_seen, created_at";
+     status, pending_reason, claimed_machine_uid, site_id, last_seen, created_at, notes";
 
 /// Page size cap of machine lists and searches.
 const MAX_MACHINE_PAGE: i64 = 1000;
@@ -45,6 +45,7 @@ fn machine_from_row(row: &AnyRow) -> StoreResult<Machine> {
         site_id: row.try_get("site_id")?,
         last_seen: row.try_get("last_seen")?,
         created_at: row.try_get("created_at")?,
+        notes: row.try_get("notes")?,
     })
 }
 
@@ -149,6 +150,7 @@ async fn apply_labels(
         ("site", &labels.site),
         ("department", &labels.department),
         ("device_type", &labels.device_type),
+        ("notes", &labels.notes),
     ] {
         if let Some(v) = value {
             args.push(v.clone());

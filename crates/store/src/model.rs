@@ -222,6 +222,8 @@ pub struct Machine {
     pub last_seen: Option<Millis>,
     /// Creation time.
     pub created_at: Millis,
+    /// The technicians' notes about the machine (free text, not searched).
+    pub notes: Option<String>,
 }
 
 /// Label changes for [`crate::Store::update_machine_labels`]: `None` leaves a field as
@@ -238,6 +240,8 @@ pub struct MachineLabels {
     pub device_type: Option<Option<String>>,
     /// Replaces the whole tag list.
     pub tags: Option<Vec<String>>,
+    /// The technicians' notes about the machine.
+    pub notes: Option<Option<String>>,
 }
 
 /// A machine created explicitly (enrollment, or a collided endpoint's pending row) by
@@ -428,6 +432,8 @@ pub struct SupportCode {
     pub consumed_at: Option<Millis>,
     /// Session created from it.
     pub session_id: Option<String>,
+    /// The name the customer gave on the join page, if any.
+    pub customer_name: Option<String>,
 }
 
 /// A session row (durable record; live state is in the relay's registry).

@@ -393,6 +393,7 @@ mod tests {
             status: "active".into(),
             pending_reason: None,
             claimed_machine_uid: Some("UID".into()),
+            notes: None,
             site_id: None,
             last_seen: None,
             created_at: 0,

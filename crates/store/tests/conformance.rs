@@ -78,6 +78,7 @@ conformance!(
     case_site_key_rotation,
     case_keys,
     case_codes_consume_once,
+    case_codes_customer_name,
     case_codes_expired_and_cancelled,
     case_codes_consume_race,
     case_codes_list_and_end,
@@ -161,6 +162,7 @@ fn code(code: &str, created_at: i64, expires_at: i64) -> SupportCode {
         expires_at,
         consumed_at: None,
         session_id: None,
+        customer_name: None,
     }
 }
 
@@ -1196,6 +1198,49 @@ async fn case_codes_consume_once(store: Store) {
             .expect("unknown")
     );
     assert_eq!(store.get_code("000-000-000").await.expect("get"), None);
+}
+
+async fn case_codes_customer_name(store: Store) {
+    const CODE: &str = "222-333-444";
+    store
+        .create_code(&code(CODE, 1_000, 10_000), &ev("code.created"))
+        .await
+        .expect("create");
+    let set = |name: &'static str, now| {
+        let store = store.clone();
+        async move {
+            store
+                .set_code_customer_name(CODE, name, now)
+                .await
+                .expect("set name")
+        }
+    };
+    let stored = || {
+        let store = store.clone();
+        async move {
+            let c = store.get_code(CODE).await.expect("get").expect("some");
+            c.customer_name
+        }
+    };
+    assert!(set("Dana", 2_000).await);
+    assert!(set("Dana Smith", 2_100).await, "the newest name wins");
+    assert_eq!(stored().await.as_deref(), Some("Dana Smith"));
+    // Expired, unknown and consumed codes keep what they had.
+    assert!(!set("Mallory", 10_000).await);
+    assert!(
+        !store
+            .set_code_customer_name("000-000-000", "X", 2_000)
+            .await
+            .expect("unknown")
+    );
+    assert!(
+        store
+            .consume_code(CODE, "s-1", 3_000)
+            .await
+            .expect("consume")
+    );
+    assert!(!set("Mallory", 3_100).await);
+    assert_eq!(stored().await.as_deref(), Some("Dana Smith"));
 }
 
 async fn case_codes_expired_and_cancelled(store: Store) {
@@ -2507,6 +2552,7 @@ async fn case_machine_labels(store: Store) {
                 department: some("Finance"),
                 device_type: some("laptop"),
                 tags: Some(vec!["vip".to_owned(), "eu".to_owned()]),
+                notes: some("Printer on the left.\nAsk for Dana."),
             },
             2_000,
             None,
@@ -2518,6 +2564,10 @@ async fn case_machine_labels(store: Store) {
     assert_eq!(m.department.as_deref(), Some("Finance"));
     assert_eq!(m.device_type.as_deref(), Some("laptop"));
     assert_eq!(m.tags, ["vip", "eu"]);
+    assert_eq!(
+        m.notes.as_deref(),
+        Some("Printer on the left.\nAsk for Dana.")
+    );
     assert_eq!(store.get_machine("a-1").await.expect("get"), m);
 
     // None leaves, Some(None) clears.
@@ -2539,6 +2589,10 @@ async fn case_machine_labels(store: Store) {
     assert_eq!(m.department.as_deref(), Some("IT"));
     assert_eq!(m.device_type.as_deref(), Some("laptop"));
     assert_eq!(m.tags, ["vip", "eu"]);
+    assert_eq!(
+        m.notes.as_deref(),
+        Some("Printer on the left.\nAsk for Dana.")
+    );
     // Nothing to change is fine; an empty tag list clears tags.
     let same = store
         .update_machine_labels("a-1", &labels(), 3_100, None)
@@ -2901,6 +2955,7 @@ async fn case_search_maintained_on_every_write(store: Store) {
                 department: some("Accounting"),
                 device_type: some("Workstation"),
                 tags: Some(vec!["Front-Office".to_owned(), "kiosk".to_owned()]),
+                notes: None,
             },
             5_000,
             None,
@@ -3384,6 +3439,7 @@ async fn case_search_matches_brute_force(store: Store) {
                     .map(|_| rng.pick(TAGS).to_owned())
                     .collect(),
             ),
+            notes: None,
         };
         store
             .update_machine_labels(&agent_id, &lab, 3_000, None)

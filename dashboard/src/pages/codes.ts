@@ -128,7 +128,12 @@ export function codesPage({ root, signal }: PageContext): () => void {
           { 'data-code-id': c.id },
           h('td', { class: 'mono strong code-cell' }, c.code),
           h('td', {}, pill(c.status, TONE[c.status] ?? 'muted')),
-          h('td', {}, c.note ?? h('span', { class: 'muted' }, '—')),
+          h(
+            'td',
+            {},
+            c.note ?? (c.customer_name ? null : h('span', { class: 'muted' }, '—')),
+            c.customer_name ? h('div', { class: 'small', 'data-testid': 'code-customer' }, c.note ? 'Customer: ' : '', c.customer_name) : null,
+          ),
           h('td', {}, c.created_by),
           h(
             'td',

@@ -18,6 +18,7 @@ interface JoinDownload {
 interface JoinInfo {
   technician: string;
   note: string | null;
+  customer_name: string | null;
   expires_at: number;
   downloads: { linux: JoinDownload; windows: JoinDownload };
 }
@@ -100,6 +101,44 @@ function downloadBlock(name: string, d: JoinDownload, mine: boolean, how: HTMLEl
   );
 }
 
+/** "Your name": tells the technician who is joining (`POST /api/join/:code/name`). */
+function nameForm(code: string, initial: string | null): HTMLFormElement {
+  const input = h('input', {
+    id: 'join-name',
+    name: 'name',
+    placeholder: 'e.g. Dana at the front desk',
+    autocomplete: 'name',
+    maxlength: 100,
+    required: true,
+    value: initial ?? '',
+  });
+  const status = h('div', { class: 'small', 'data-testid': 'join-name-status', role: 'status' });
+  const button = h('button', { class: 'btn', type: 'submit', 'data-testid': 'join-name-save' }, 'Save');
+  const form = h(
+    'form',
+    { class: 'join-form', 'aria-label': 'Your name' },
+    h('label', { for: 'join-name' }, 'Your name (optional, so your technician knows who is joining)'),
+    h('div', { class: 'join-name-row' }, input, button),
+    status,
+  );
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = input.value.trim();
+    if (!name) {
+      mount(status, h('span', { class: 'text-bad' }, 'Type your name first.'));
+      return;
+    }
+    button.disabled = true;
+    request<void>('POST', `/api/join/${encodeURIComponent(code)}/name`, { anonymous: true, body: { name } })
+      .then(() => mount(status, h('span', { class: 'text-good' }, `Saved: your technician sees "${name}".`)))
+      .catch((err: unknown) => mount(status, h('span', { class: 'text-bad' }, ApiError.from(err).detail || 'Could not save the name.')))
+      .finally(() => {
+        button.disabled = false;
+      });
+  });
+  return form;
+}
+
 function showInfo(card: HTMLElement, code: string, info: JoinInfo): () => void {
   const os = customerOs();
   const countdown = h('span', { 'data-testid': 'join-expires' });
@@ -116,9 +155,15 @@ function showInfo(card: HTMLElement, code: string, info: JoinInfo): () => void {
     h('li', {}, 'Run ', h('code', { 'data-testid': 'run-command' }, 'sh guruconnect-support.sh'), ' (no need for sudo).'),
     h('li', {}, 'A window asks whether to allow the connection. Choose Allow only if you expect this technician.'),
   );
+  const windowsHow = h(
+    'ol',
+    { class: 'join-steps small' },
+    h('li', {}, 'Open the downloaded file (its name starts with ', h('code', {}, 'GuruConnect-Support_'), '). Keep its name as it is: it tells the program where to connect.'),
+    h('li', {}, 'A window asks whether to allow the connection. Choose Allow only if you expect this technician.'),
+  );
   const blocks = [
     { name: 'Linux', key: 'linux' as const, how: linuxHow },
-    { name: 'Windows', key: 'windows' as const, how: null },
+    { name: 'Windows', key: 'windows' as const, how: windowsHow },
   ].sort((a, b) => Number(b.key === os) - Number(a.key === os));
   mount(
     card,
@@ -131,8 +176,9 @@ function showInfo(card: HTMLElement, code: string, info: JoinInfo): () => void {
       info.note ? h('div', { class: 'muted' }, 'About: ', h('span', { 'data-testid': 'join-note' }, info.note)) : null,
       h('div', { class: 'muted small' }, 'Code ', h('span', { class: 'mono' }, code), ' · ', countdown),
     ),
+    nameForm(code, info.customer_name),
     ...blocks.map((b) => downloadBlock(b.name, info.downloads[b.key], b.key === os, b.how)),
-    h('p', { class: 'muted small' }, 'Nobody can see or control this computer until you allow it. Stopping the program (Ctrl+C in its terminal) ends the session.'),
+    h('p', { class: 'muted small' }, 'Nobody can see or control this computer until you allow it. While a session runs, a small GuruConnect window shows who is connected; its End session button, or closing the program, ends it.'),
     h('a', { href: '/join', class: 'small', 'data-testid': 'join-other', onclick: (e: Event) => (e.preventDefault(), go('/join')) }, 'Use a different code'),
   );
   return () => window.clearInterval(timer);

@@ -1,6 +1,6 @@
 // One machine, `#/machines/<agent_id>`: everything the server knows about it — inventory,
-// labels (admins edit them), session history, its audit trail and keys (admins), and
-// Approve / Remove. The server keeps no notes on a machine, so there are none here.
+// labels and notes (admins edit them), session history, its audit trail and keys (admins),
+// and Approve / Remove.
 
 import { api, ApiError } from '../api';
 import * as session from '../session';
@@ -80,20 +80,24 @@ const LABEL_FIELDS = [
 
 /** Labels: a form for admins, read-only for everyone else. */
 function labelsCard(m: Machine, onSaved: (m: Machine) => void): HTMLElement {
-  const card = h('section', { class: 'card', 'aria-labelledby': 'labels-title', 'data-testid': 'labels' }, h('h2', { id: 'labels-title' }, 'Labels'));
+  const card = h('section', { class: 'card', 'aria-labelledby': 'labels-title', 'data-testid': 'labels' }, h('h2', { id: 'labels-title' }, 'Labels and notes'));
   if (!session.isAdmin()) {
     card.append(
       h('dl', { class: 'facts' }, LABEL_FIELDS.flatMap(([k, label]) => fact(label, m[k])), fact('Tags', m.tags.length ? h('div', { class: 'chips' }, m.tags.map((t) => h('span', { class: 'chip' }, t))) : null)),
+      h('h3', { class: 'small muted' }, 'Notes'),
+      h('p', { class: 'notes-text', 'data-testid': 'machine-notes' }, m.notes ?? h('span', { class: 'muted' }, 'No notes.')),
     );
     return card;
   }
+  const notes = h('textarea', { id: 'label-notes', name: 'notes', rows: 4, maxlength: '10000', placeholder: 'Anything the next technician should know: contacts, quirks, passwords go elsewhere.' });
+  notes.value = m.notes ?? '';
   const inputs = Object.fromEntries(
     LABEL_FIELDS.map(([k]) => [k, h('input', { id: `label-${k}`, name: k, maxlength: '100', autocomplete: 'off' })]),
   ) as Record<(typeof LABEL_FIELDS)[number][0], HTMLInputElement>;
   for (const [k] of LABEL_FIELDS) inputs[k].value = m[k] ?? '';
   const tags = h('input', { id: 'label-tags', name: 'tags', autocomplete: 'off', placeholder: 'front-desk, printer' });
   tags.value = m.tags.join(', ');
-  const save = h('button', { class: 'btn btn-primary', type: 'submit', 'data-testid': 'save-labels' }, 'Save labels');
+  const save = h('button', { class: 'btn btn-primary', type: 'submit', 'data-testid': 'save-labels' }, 'Save labels and notes');
   const errorSlot = h('div', {});
   const form = h(
     'form',
@@ -101,6 +105,8 @@ function labelsCard(m: Machine, onSaved: (m: Machine) => void): HTMLElement {
     LABEL_FIELDS.flatMap(([k, label]) => [h('label', { for: `label-${k}` }, label), inputs[k]]),
     h('label', { for: 'label-tags' }, 'Tags ', h('span', { class: 'muted small' }, '(comma-separated)')),
     tags,
+    h('label', { for: 'label-notes' }, 'Notes'),
+    notes,
     errorSlot,
     h('div', { class: 'row', style: 'margin-top: 8px' }, save),
   );
@@ -114,9 +120,10 @@ function labelsCard(m: Machine, onSaved: (m: Machine) => void): HTMLElement {
         .filter(Boolean),
     };
     for (const [k] of LABEL_FIELDS) body[k] = inputs[k].value.trim() || null;
+    body.notes = notes.value.trim() || null;
     void busy(save, () => api.patch<Machine>(`/api/machines/${encodeURIComponent(m.agent_id)}`, body))
       .then((saved) => {
-        toast('Labels saved', 'ok');
+        toast('Labels and notes saved', 'ok');
         onSaved(saved);
       })
       .catch((err: unknown) => {

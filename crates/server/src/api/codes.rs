@@ -90,6 +90,8 @@ pub struct CodeView {
     code: String,
     status: String,
     note: Option<String>,
+    /// The name the customer gave on the join page.
+    customer_name: Option<String>,
     created_by: String,
     created_at: i64,
     expires_at: i64,
@@ -108,6 +110,7 @@ impl CodeView {
             code: if reveal { c.code } else { mask_code(&c.code) },
             status,
             note: c.note,
+            customer_name: c.customer_name,
             created_by: c.created_by_name,
             created_at: c.created_at,
             expires_at: c.expires_at,
@@ -163,6 +166,7 @@ async fn create(
             expires_at: now + ttl_ms,
             consumed_at: None,
             session_id: None,
+            customer_name: None,
         };
         let audit = Audit::new("code.created")
             .user(&auth.user)

@@ -142,6 +142,8 @@ async fn enroll(
                 .take(32)
                 .collect()
         }),
+        // A re-enrollment keeps what technicians wrote.
+        notes: None,
     };
 
     let existing = state

@@ -275,6 +275,31 @@ pub struct LabelsPatch {
     #[serde(default, deserialize_with = "present")]
     device_type: Option<Option<String>>,
     tags: Option<Vec<String>>,
+    /// Technicians' notes: free text, `null` or empty clears.
+    #[serde(default, deserialize_with = "present")]
+    notes: Option<Option<String>>,
+}
+
+/// Longest machine note, in characters.
+const MAX_NOTES_CHARS: usize = 10_000;
+
+fn notes(value: Option<Option<String>>) -> ApiResult<Option<Option<String>>> {
+    match value {
+        Some(Some(v)) if v.chars().count() > MAX_NOTES_CHARS => Err(ApiError::Validation(format!(
+            "notes must be at most {MAX_NOTES_CHARS} characters"
+        ))),
+        // Line breaks and tabs are kept; other control characters are not text.
+        Some(Some(v))
+            if v.chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+        {
+            Err(ApiError::Validation(
+                "notes must not contain control characters".into(),
+            ))
+        }
+        Some(Some(v)) => Ok(Some(Some(v.trim().to_owned()).filter(|v| !v.is_empty()))),
+        other => Ok(other),
+    }
 }
 
 fn label(value: Option<Option<String>>) -> ApiResult<Option<Option<String>>> {
@@ -295,7 +320,7 @@ async fn update_labels(
     Path(agent_id): Path<String>,
     ApiJson(req): ApiJson<LabelsPatch>,
 ) -> ApiResult<Json<MachineView>> {
-    load(&state, &agent_id).await?;
+    let before = load(&state, &agent_id).await?;
     let tags = match req.tags {
         Some(tags) if tags.len() > 32 || tags.iter().any(|t| t.chars().count() > 64) => {
             return Err(ApiError::Validation(
@@ -316,11 +341,37 @@ async fn update_labels(
         department: label(req.department)?,
         device_type: label(req.device_type)?,
         tags,
+        notes: notes(req.notes)?,
     };
+    // Which fields change, never their content (notes may hold anything).
+    let differs = |new: &Option<Option<String>>, old: &Option<String>| {
+        new.as_ref().is_some_and(|new| new != old)
+    };
+    let fields: Vec<&str> = [
+        ("company", differs(&labels.company, &before.company)),
+        ("site", differs(&labels.site, &before.site)),
+        (
+            "department",
+            differs(&labels.department, &before.department),
+        ),
+        (
+            "device_type",
+            differs(&labels.device_type, &before.device_type),
+        ),
+        (
+            "tags",
+            labels.tags.as_ref().is_some_and(|t| *t != before.tags),
+        ),
+        ("notes", differs(&labels.notes, &before.notes)),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
     let audit = Audit::new("machine.labels_changed")
         .user(&admin.0.user)
         .ip(ip)
-        .agent(&agent_id);
+        .agent(&agent_id)
+        .details(json!({ "fields": fields }));
     let machine = state
         .store
         .update_machine_labels(

@@ -31,7 +31,8 @@ pub struct SessionView {
     #[serde(flatten)]
     record: SessionRecord,
     live: Option<SessionSnapshot>,
-    /// Who the session is for: the support code's note (the customer's name), if any.
+    /// Who the session is for: the name the customer gave on the join page, else the
+    /// support code's note, if any.
     customer: Option<String>,
     /// The machine's host name, company and site, for naming and filtering.
     machine: Option<MachineLabels>,
@@ -48,7 +49,12 @@ pub struct MachineLabels {
 /// A record with its live state, customer and machine labels.
 async fn view(state: &AppState, record: SessionRecord) -> ApiResult<SessionView> {
     let customer = match &record.code {
-        Some(code) => state.store.get_code(code).await?.and_then(|c| c.note),
+        // The name the customer typed on the join page, else the technician's note.
+        Some(code) => state
+            .store
+            .get_code(code)
+            .await?
+            .and_then(|c| c.customer_name.or(c.note)),
         None => None,
     };
     let machine = match state.store.get_machine(&record.agent_id).await {
