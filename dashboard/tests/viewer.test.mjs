@@ -148,6 +148,17 @@ test('a controlling technician sees the screen and drives it', async () => {
   await page.click('button:has-text("Stats")');
   assert.equal(await page.locator('[aria-label="Connection statistics"]').isVisible(), true);
   await page.waitForFunction(() => /RTT \d+ ms/.test(document.querySelector('[data-testid=stats]')?.textContent ?? ''), null, { timeout: 8000 });
+  // Every control of the toolbar is on screen at 1280 px: none cut off or scrolled away.
+  const offScreen = await page.$$eval('[role=toolbar] > *', (els) =>
+    els
+      .filter((e) => {
+        const r = e.getBoundingClientRect();
+        return r.width > 0 && (r.left < 0 || r.right > window.innerWidth);
+      })
+      .map((e) => e.textContent?.trim() || e.getAttribute('aria-label')),
+  );
+  assert.deepEqual(offScreen, []);
+  for (const name of ['Leave', 'End session']) assert.equal(await page.locator('[role=toolbar] button', { hasText: name }).isVisible(), true, name);
   await shot(page, '13-viewer');
 
   // The live session lists this viewer.

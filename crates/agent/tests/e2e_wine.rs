@@ -621,6 +621,35 @@ async fn windows_session_indicator_lists_the_technicians_and_end_session_ends_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exe_downloaded_from_the_join_page_starts_the_session_with_no_flags() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let relay = within("starting the relay", Relay::start()).await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    // The join page's name for this server and code, on the unchanged .exe.
+    let name = guruconnect_proto::support_file::file_name(&relay.base, &code).expect("name");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = dir.path().join(&name);
+    std::fs::copy(&wine.exe, &exe).expect("copy the exe");
+    let mut cmd = Command::new("wine");
+    cmd.arg(&exe).env_remove("GURUCONNECT_SERVER");
+    let mut agent = AgentProcess::spawn_cmd(cmd, wine.display());
+    // It reached this server with this code: the customer is asked.
+    relay.wait_session(&admin, "waiting_consent").await;
+    click_consent(wine.display(), DENY_BUTTON);
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("support session with {}", relay.base)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not allowed"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_consent_deny_and_timeout_end_the_session_without_a_frame() {
     let Some(wine) = WineDesktop::start() else {
         return;
