@@ -1,0 +1,1 @@
+//! The next version and the changelog from conventional commits (to be written).
