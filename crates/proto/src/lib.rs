@@ -85,6 +85,7 @@ impl Payload {
             Payload::ViewerJoined(_) => "viewer_joined",
             Payload::ViewerLeft(_) => "viewer_left",
             Payload::SessionState(_) => "session_state",
+            Payload::UpdateStatus(_) => "update_status",
             Payload::KeyProvision(_) => "key_provision",
             Payload::UpdateCommand(_) => "update_command",
         }
