@@ -28,6 +28,22 @@ use sha2::{Digest as _, Sha256};
 
 pub use semver::Version;
 
+/// The commit this build was made from (12 hex digits, or `unknown`): the build-time
+/// `GURUCONNECT_COMMIT` environment variable, else `git rev-parse` (see `build.rs`).
+pub const COMMIT: &str = env!("GURUCONNECT_COMMIT");
+/// The channel this build was made for: build-time `GURUCONNECT_CHANNEL`, default `dev`.
+pub const BUILD_CHANNEL: &str = env!("GURUCONNECT_CHANNEL");
+/// What `--version` prints after the program's name, on every binary:
+/// `0.1.0 (commit abc123def456, channel dev)`.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GURUCONNECT_COMMIT"),
+    ", channel ",
+    env!("GURUCONNECT_CHANNEL"),
+    ")"
+);
+
 /// Prefix of a public key's text form.
 pub const PUBLIC_KEY_PREFIX: &str = "gcrelpub1:";
 /// Prefix of a private key's text form.
