@@ -22,10 +22,11 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use semver::Version;
 
 /// The commit this build was made from (12 hex digits, or `unknown`): the build-time

@@ -103,6 +103,13 @@ pub struct Config {
     /// Windows agent MSI (`scripts/windows/build-msi.sh`) from which
     /// `/api/sites/:id/installer?platform=windows` makes per-site MSIs.
     pub agent_windows_msi_path: Option<PathBuf>,
+    /// Ed25519 public key (`gcrelpub1:…`, from `guruconnect-release keygen`) that every
+    /// published release must be signed with; unset: updates are disabled.
+    pub release_public_key: Option<String>,
+    /// File holding `release_public_key`.
+    pub release_public_key_file: Option<PathBuf>,
+    /// Largest release artifact accepted, in bytes.
+    pub max_release_artifact_bytes: u64,
     /// Windows agent executable (`scripts/windows/build-agent.sh`) that the join page
     /// offers customers, named so that it runs the support session with no flags.
     pub agent_windows_exe_path: Option<PathBuf>,
@@ -157,6 +164,9 @@ impl Default for Config {
             agent_binary_path: None,
             agent_windows_msi_path: None,
             agent_windows_exe_path: None,
+            release_public_key: None,
+            release_public_key_file: None,
+            max_release_artifact_bytes: 512 * 1024 * 1024,
             installer_signing_pkcs12: None,
             installer_signing_password: None,
             installer_signing_password_file: None,
@@ -213,6 +223,17 @@ impl Config {
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        // Not a secret, but read the same way.
+        if self.release_public_key.is_none()
+            && let Some(path) = &self.release_public_key_file
+        {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                field: "release_public_key",
+                path: path.clone(),
+                source,
+            })?;
+            self.release_public_key = Some(text.trim().to_owned());
+        }
         fn read(
             field: &'static str,
             value: &mut Option<SecretString>,
@@ -287,6 +308,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "header_read_timeout_secs must be positive".into(),
             ));
+        }
+        if let Some(key) = &self.release_public_key
+            && let Err(e) = guruconnect_release::parse_public_key(key)
+        {
+            return Err(ConfigError::Invalid(format!("release_public_key: {e}")));
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
@@ -375,6 +401,11 @@ offline_session_ttl_secs = 300
 # the certificate that signs them (osslsigncode must be installed). With
 # require_signed_installers, a Windows installer that cannot be signed is not served.
 # agent_windows_msi_path = "/opt/guruconnect/guruconnect.msi"
+# Agent updates: the public key of the offline release key pair (guruconnect-release
+# keygen). Every release published here must be signed with it; unset disables updates.
+# release_public_key = "gcrelpub1:…"
+max_release_artifact_bytes = 536870912
+
 # Windows agent .exe (scripts/windows/build-agent.sh; sign it first) that the join page
 # offers customers for a support session; the download's name carries server and code.
 # agent_windows_exe_path = "/opt/guruconnect/guruconnect-agent.exe"

@@ -1,6 +1,7 @@
 //! Start-up and operational invariants: the signing secret (SPEC §4.12), secrets never
-//! logged and correlation ids in the log (§4.10, §4.11), the `config` subcommand, and
-//! PostgreSQL outages answered 503 with recovery (§9).
+//! logged and correlation ids in the log (§4.10, §4.11), the `config` subcommand,
+//! PostgreSQL outages answered 503 with recovery (§9), and releases: only a manifest signed
+//! by the pinned key and its exact files (§4.15), admin-only before any change (§4.16).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -760,4 +761,167 @@ async fn postgres_outage_answers_503_and_recovers() {
     assert_eq!(resp.status(), StatusCode::OK);
     let fresh = server.login("admin", &server.admin_password.clone()).await;
     assert_eq!(server.me_status(&fresh).await, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------- §4.15, §4.16 releases
+
+/// A signed one-artifact release of `version`.
+fn signed_release(key: &guruconnect_release::SigningKey, version: &str, bytes: &[u8]) -> Value {
+    let manifest = json!({
+        "version": version,
+        "channel": "stable",
+        "artifacts": [{
+            "platform": "linux-x86_64",
+            "file": "guruconnect-agent",
+            "size": bytes.len(),
+            "sha256": guruconnect_release::sha256_hex(bytes),
+        }],
+    })
+    .to_string();
+    serde_json::to_value(guruconnect_release::SignedRelease::sign(&manifest, key).unwrap()).unwrap()
+}
+
+/// §4.15: the server accepts only a manifest signed by the pinned key, and an artifact
+/// only with the signed size and SHA-256; the agent gets the signature to check again.
+#[tokio::test]
+async fn only_a_release_signed_by_the_pinned_key_and_its_exact_file_are_accepted() {
+    let key = guruconnect_release::generate_key();
+    let public = guruconnect_release::public_key_text(&key.verifying_key());
+    let server = TestServer::start_with(|c| c.release_public_key = Some(public)).await;
+    let admin = server.admin_token().await;
+    let http = client();
+    let bytes = b"agent build 2.0.0".to_vec();
+
+    let forged = signed_release(&guruconnect_release::generate_key(), "2.0.0", &bytes);
+    let resp = http
+        .post(server.url("/api/releases"))
+        .bearer_auth(&admin)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert!(server.state.store.list_releases().await.unwrap().is_empty());
+
+    let genuine = signed_release(&key, "2.0.0", &bytes);
+    let resp = http
+        .post(server.url("/api/releases"))
+        .bearer_auth(&admin)
+        .json(&genuine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let mut evil = bytes.clone();
+    evil[0] ^= 1;
+    let url = server.url("/api/releases/2.0.0/artifacts/linux-x86_64");
+    let resp = http
+        .put(&url)
+        .bearer_auth(&admin)
+        .body(evil)
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "a refused file is not served"
+    );
+    let resp = http
+        .put(&url)
+        .bearer_auth(&admin)
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let offer: Value = http
+        .get(server.url("/api/version?platform=linux-x86_64&current=1.0.0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let release: guruconnect_release::SignedRelease =
+        serde_json::from_value(offer["release"].clone()).unwrap();
+    assert!(release.verify(&key.verifying_key()).is_ok());
+}
+
+/// §4.16: publishing, rollout, deletion, uploads and pushes are admin-only, and the check
+/// comes before any change (nothing stored, nothing audited).
+#[tokio::test]
+async fn releases_are_admin_only_and_checked_before_any_change() {
+    let key = guruconnect_release::generate_key();
+    let public = guruconnect_release::public_key_text(&key.verifying_key());
+    let server = TestServer::start_with(|c| c.release_public_key = Some(public)).await;
+    let admin = server.admin_token().await;
+    let http = client();
+    let tech = {
+        server
+            .create_user(&admin, "tech.rel", "Tech-password-42!", "technician")
+            .await;
+        server.login("tech.rel", "Tech-password-42!").await
+    };
+    let release = signed_release(&key, "3.0.0", b"x");
+    let resp = http
+        .post(server.url("/api/releases"))
+        .bearer_auth(&tech)
+        .json(&release)
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, StatusCode::FORBIDDEN, "forbidden").await;
+    assert!(server.state.store.list_releases().await.unwrap().is_empty());
+    let resp = http
+        .post(server.url("/api/releases"))
+        .bearer_auth(&admin)
+        .json(&release)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let before = server.events().await.len();
+    for (method, path, body) in [
+        (reqwest::Method::GET, "/api/releases", None),
+        (
+            reqwest::Method::PATCH,
+            "/api/releases/3.0.0",
+            Some(json!({ "rollout_percent": 0 })),
+        ),
+        (reqwest::Method::DELETE, "/api/releases/3.0.0", None),
+        (
+            reqwest::Method::POST,
+            "/api/machines/update",
+            Some(json!({ "agent_ids": ["a"] })),
+        ),
+    ] {
+        let mut req = http
+            .request(method.clone(), server.url(path))
+            .bearer_auth(&tech);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        expect_envelope(resp, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let resp = http
+        .put(server.url("/api/releases/3.0.0/artifacts/linux-x86_64"))
+        .bearer_auth(&tech)
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, StatusCode::FORBIDDEN, "forbidden").await;
+    let stored = server.state.store.get_release("3.0.0").await.unwrap();
+    assert_eq!(stored.rollout_percent, 100);
+    assert_eq!(server.events().await.len(), before, "nothing audited");
+    assert!(
+        !server
+            .data_dir()
+            .join("releases/3.0.0/linux-x86_64/guruconnect-agent")
+            .exists()
+    );
 }

@@ -13,7 +13,7 @@ use crate::{
 
 const MACHINE_COLS: &str = "agent_id, tenant_id, machine_uid, hostname, os, os_version, \
      agent_version, company, site, department, device_type, tags, inventory, external_ip, \
-     status, pending_reason, claimed_machine_uid, site_id, last_seen, created_at, notes";
+     status, pending_reason, claimed_machine_uid, site_id, last_seen, created_at, notes, update_channel, update_status";
 
 /// Page size cap of machine lists and searches.
 const MAX_MACHINE_PAGE: i64 = 1000;
@@ -46,6 +46,11 @@ fn machine_from_row(row: &AnyRow) -> StoreResult<Machine> {
         last_seen: row.try_get("last_seen")?,
         created_at: row.try_get("created_at")?,
         notes: row.try_get("notes")?,
+        update_channel: row.try_get("update_channel")?,
+        update_status: match row.try_get::<Option<String>, _>("update_status")? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(decode_err)?),
+            None => None,
+        },
     })
 }
 
@@ -151,6 +156,7 @@ async fn apply_labels(
         ("department", &labels.department),
         ("device_type", &labels.device_type),
         ("notes", &labels.notes),
+        ("update_channel", &labels.update_channel),
     ] {
         if let Some(v) = value {
             args.push(v.clone());

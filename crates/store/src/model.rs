@@ -224,6 +224,10 @@ pub struct Machine {
     pub created_at: Millis,
     /// The technicians' notes about the machine (free text, not searched).
     pub notes: Option<String>,
+    /// Update channel set for this machine (`stable`, `beta`); `None` inherits the site's.
+    pub update_channel: Option<String>,
+    /// The agent's last reported update step (JSON object), if any.
+    pub update_status: Option<serde_json::Value>,
 }
 
 /// Label changes for [`crate::Store::update_machine_labels`]: `None` leaves a field as
@@ -242,6 +246,8 @@ pub struct MachineLabels {
     pub tags: Option<Vec<String>>,
     /// The technicians' notes about the machine.
     pub notes: Option<Option<String>>,
+    /// Update channel (`stable`, `beta`; `Some(None)`: inherit the site's).
+    pub update_channel: Option<Option<String>>,
 }
 
 /// A machine created explicitly (enrollment, or a collided endpoint's pending row) by
@@ -457,4 +463,25 @@ pub struct SessionRecord {
     pub ended_at: Option<Millis>,
     /// Why it ended.
     pub end_reason: Option<String>,
+}
+
+/// A published release: its signed manifest as uploaded, and what queries need from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Release {
+    /// Semantic version (unique).
+    pub version: String,
+    /// `stable` or `beta`.
+    pub channel: String,
+    /// The manifest's JSON text, byte for byte as signed.
+    pub manifest: String,
+    /// Base64 Ed25519 signature over `manifest`.
+    pub signature: String,
+    /// Release notes (from the manifest).
+    pub notes: String,
+    /// Share of stable agents offered this release, 0–100 (staged rollout).
+    pub rollout_percent: i64,
+    /// Publishing user's name.
+    pub created_by: String,
+    /// Publication time.
+    pub created_at: Millis,
 }

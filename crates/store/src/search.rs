@@ -394,6 +394,8 @@ mod tests {
             pending_reason: None,
             claimed_machine_uid: Some("UID".into()),
             notes: None,
+            update_channel: None,
+            update_status: None,
             site_id: None,
             last_seen: None,
             created_at: 0,

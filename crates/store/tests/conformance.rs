@@ -79,6 +79,7 @@ conformance!(
     case_keys,
     case_codes_consume_once,
     case_codes_customer_name,
+    case_releases_and_update_state,
     case_codes_expired_and_cancelled,
     case_codes_consume_race,
     case_codes_list_and_end,
@@ -1241,6 +1242,117 @@ async fn case_codes_customer_name(store: Store) {
     );
     assert!(!set("Mallory", 3_100).await);
     assert_eq!(stored().await.as_deref(), Some("Dana Smith"));
+}
+
+fn release(version: &str, channel: &str, created_at: i64) -> Release {
+    Release {
+        version: version.to_owned(),
+        channel: channel.to_owned(),
+        manifest: format!("{{\"version\":\"{version}\"}}"),
+        signature: "c2ln".to_owned(),
+        notes: format!("notes of {version}"),
+        rollout_percent: 100,
+        created_by: "admin".to_owned(),
+        created_at,
+    }
+}
+
+async fn case_releases_and_update_state(store: Store) {
+    let a = release("1.2.0", "stable", 1_000);
+    let b = release("1.3.0-beta.1", "beta", 2_000);
+    store
+        .create_release(&a, &ev("release.published"))
+        .await
+        .expect("a");
+    store
+        .create_release(&b, &ev("release.published"))
+        .await
+        .expect("b");
+    let err = store
+        .create_release(&release("1.2.0", "stable", 3_000), &ev("release.published"))
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        store.list_releases().await.expect("list"),
+        [b.clone(), a.clone()]
+    );
+    assert_eq!(store.get_release("1.2.0").await.expect("get"), a);
+    let staged = store
+        .set_release_rollout("1.2.0", 25, &ev("release.rollout_changed"), 4_000)
+        .await
+        .expect("rollout");
+    assert_eq!(staged.rollout_percent, 25);
+    assert!(matches!(
+        store.get_release("9.9.9").await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .delete_release("1.3.0-beta.1", &ev("release.deleted"), 5_000)
+        .await
+        .expect("delete");
+    assert!(matches!(
+        store
+            .delete_release("1.3.0-beta.1", &ev("release.deleted"), 5_001)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.list_releases().await.expect("list"), [staged]);
+    // Audit events went in with each change: published twice, rollout, delete.
+    for (kind, n) in [
+        ("release.published", 2),
+        ("release.rollout_changed", 1),
+        ("release.deleted", 1),
+    ] {
+        assert_eq!(code_events(&store, kind).await, n, "{kind}");
+    }
+
+    // A machine's update state round-trips as JSON; a site's channel is set and cleared.
+    store
+        .upsert_machine(&machine("a-1", None, "host", 1_000))
+        .await
+        .expect("machine");
+    let status = json!({ "state": "done", "version": "1.2.0" });
+    assert!(
+        store
+            .set_machine_update_status("a-1", &status)
+            .await
+            .expect("status")
+    );
+    assert!(
+        !store
+            .set_machine_update_status("nope", &status)
+            .await
+            .expect("unknown")
+    );
+    let m = store.get_machine("a-1").await.expect("get");
+    assert_eq!(m.update_status, Some(status));
+    store
+        .create_site(&site("s-1", T, "Main", "MAIN"), &ev("site.created"))
+        .await
+        .expect("site");
+    assert_eq!(store.site_update_channel("s-1").await.expect("site"), None);
+    store
+        .set_site_update_channel("s-1", Some("beta"), &ev("site.channel"), 6_000)
+        .await
+        .expect("set");
+    assert_eq!(
+        store
+            .site_update_channel("s-1")
+            .await
+            .expect("site")
+            .as_deref(),
+        Some("beta")
+    );
+    store
+        .set_site_update_channel("s-1", None, &ev("site.channel"), 6_001)
+        .await
+        .expect("clear");
+    assert_eq!(store.site_update_channel("s-1").await.expect("site"), None);
+    assert!(matches!(
+        store.site_update_channel("s-9").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn case_codes_expired_and_cancelled(store: Store) {
@@ -2553,6 +2665,7 @@ async fn case_machine_labels(store: Store) {
                 device_type: some("laptop"),
                 tags: Some(vec!["vip".to_owned(), "eu".to_owned()]),
                 notes: some("Printer on the left.\nAsk for Dana."),
+                update_channel: some("beta"),
             },
             2_000,
             None,
@@ -2568,6 +2681,7 @@ async fn case_machine_labels(store: Store) {
         m.notes.as_deref(),
         Some("Printer on the left.\nAsk for Dana.")
     );
+    assert_eq!(m.update_channel.as_deref(), Some("beta"));
     assert_eq!(store.get_machine("a-1").await.expect("get"), m);
 
     // None leaves, Some(None) clears.
@@ -2956,6 +3070,7 @@ async fn case_search_maintained_on_every_write(store: Store) {
                 device_type: some("Workstation"),
                 tags: Some(vec!["Front-Office".to_owned(), "kiosk".to_owned()]),
                 notes: None,
+                update_channel: None,
             },
             5_000,
             None,
@@ -3440,6 +3555,7 @@ async fn case_search_matches_brute_force(store: Store) {
                     .collect(),
             ),
             notes: None,
+            update_channel: None,
         };
         store
             .update_machine_labels(&agent_id, &lab, 3_000, None)

@@ -144,6 +144,7 @@ async fn enroll(
         }),
         // A re-enrollment keeps what technicians wrote.
         notes: None,
+        update_channel: None,
     };
 
     let existing = state

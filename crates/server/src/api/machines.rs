@@ -278,6 +278,19 @@ pub struct LabelsPatch {
     /// Technicians' notes: free text, `null` or empty clears.
     #[serde(default, deserialize_with = "present")]
     notes: Option<Option<String>>,
+    /// Update channel (`stable`, `beta`); `null` inherits the site's.
+    #[serde(default, deserialize_with = "present")]
+    update_channel: Option<Option<String>>,
+}
+
+fn update_channel(value: Option<Option<String>>) -> ApiResult<Option<Option<String>>> {
+    match value {
+        Some(Some(c)) => match c.parse::<guruconnect_release::Channel>() {
+            Ok(c) => Ok(Some(Some(c.as_str().to_owned()))),
+            Err(e) => Err(ApiError::Validation(format!("update_channel: {e}"))),
+        },
+        other => Ok(other),
+    }
 }
 
 /// Longest machine note, in characters.
@@ -342,6 +355,7 @@ async fn update_labels(
         device_type: label(req.device_type)?,
         tags,
         notes: notes(req.notes)?,
+        update_channel: update_channel(req.update_channel)?,
     };
     // Which fields change, never their content (notes may hold anything).
     let differs = |new: &Option<Option<String>>, old: &Option<String>| {
@@ -363,6 +377,10 @@ async fn update_labels(
             labels.tags.as_ref().is_some_and(|t| *t != before.tags),
         ),
         ("notes", differs(&labels.notes, &before.notes)),
+        (
+            "update_channel",
+            differs(&labels.update_channel, &before.update_channel),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

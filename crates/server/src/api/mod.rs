@@ -7,6 +7,7 @@ pub mod events;
 pub mod installers;
 pub mod join;
 pub mod machines;
+pub mod releases;
 pub mod sessions;
 pub mod sites;
 pub mod system;
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .merge(system::download_router())
         .merge(events::router())
         .merge(machines::router())
+        .merge(releases::router())
         .merge(sessions::router())
         .merge(crate::relay::router())
 }

@@ -896,6 +896,9 @@ async fn handle(
             session.end(ENDED_BY_CUSTOMER);
             return Break(());
         }
+        Payload::UpdateStatus(status) => {
+            crate::api::releases::record_status(state, &session.agent_id, &status).await;
+        }
         other => state.metrics.ignored_message(other.kind()),
     }
     Continue(())
