@@ -10,6 +10,8 @@
 //! [labels]
 //! company = "Acme"
 //! tags = ["front-desk"]
+//! # Self-update: the release public key updates are verified with (none: no updates).
+//! release_public_key = "gcrelpub1:…"
 //! ```
 //!
 //! The key file holds the `cak_…` key and must be readable by its owner only (mode 0600 or
@@ -67,6 +69,10 @@ pub struct AgentConfig {
     /// exchanged for a per-agent key on first contact (trust on first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_key: Option<String>,
+    /// The release public key (`gcrelpub1:…`) this agent verifies updates with (SPEC
+    /// §4.15). Without it the agent never updates itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_public_key: Option<String>,
     /// Labels sent with the enrollment.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
@@ -185,6 +191,11 @@ impl AgentConfig {
             return Err(invalid(
                 "enrollment_key is not a GuruConnect enrollment key (gce_…)",
             ));
+        }
+        if let Some(key) = &config.release_public_key
+            && let Err(e) = guruconnect_release::parse_public_key(key)
+        {
+            return Err(invalid(&format!("release_public_key: {e}")));
         }
         #[cfg(not(windows))]
         if config.enrollment_key.is_some() || config.shared_key.is_some() {
@@ -446,6 +457,7 @@ mod tests {
             site_code: None,
             enrollment_key: None,
             shared_key: None,
+            release_public_key: None,
             labels: Labels::default(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -454,6 +466,27 @@ mod tests {
         assert_eq!(AgentConfig::load(&path).expect("load"), config);
         std::fs::write(&path, "server = \"ftp://x\"\nkey_file = \"/k\"\n").expect("write");
         assert!(AgentConfig::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_release_public_key_must_be_one() {
+        let key = guruconnect_release::generate_key();
+        let public = guruconnect_release::public_key_text(&key.verifying_key());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        let text = format!(
+            "server = \"https://r\"\nkey_file = \"/k\"\nrelease_public_key = \"{public}\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        let config = AgentConfig::load(&path).expect("load");
+        assert_eq!(config.release_public_key.as_deref(), Some(public.as_str()));
+        let private = guruconnect_release::private_key_text(&key);
+        let text = format!(
+            "server = \"https://r\"\nkey_file = \"/k\"\nrelease_public_key = \"{private}\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        let err = AgentConfig::load(&path).expect_err("a private key is not a public key");
+        assert!(err.to_string().contains("release_public_key"), "{err}");
     }
 
     fn write_config(mode: u32, text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -591,6 +624,7 @@ mod windows_tests {
             site_code: Some("HQ".into()),
             enrollment_key: None,
             shared_key: None,
+            release_public_key: None,
             labels: Labels::default(),
         };
         std::fs::write(&config_path, config.to_toml()).expect("write");

@@ -139,7 +139,7 @@ pub async fn enroll(config: &AgentConfig) -> Result<Enrolled, EnrollError> {
         hostname: identity.hostname,
         os: identity.os,
         os_version: identity.os_version,
-        agent_version: env!("CARGO_PKG_VERSION"),
+        agent_version: crate::version::agent_version(),
         labels: &config.labels,
     };
     let url = format!("{}/api/enroll", config.server.trim_end_matches('/'));

@@ -149,6 +149,7 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<()> {
             site_code: None,
             enrollment_key: None,
             shared_key: None,
+            release_public_key: None,
             labels: Labels::default(),
         },
         None => AgentConfig::load(&config_path).with_context(|| {

@@ -17,6 +17,9 @@
 //! - [`enroll`]: zero-touch enrollment and the managed agent's credential;
 //! - `install`: the systemd unit (Linux); on Windows `platform::windows::{service, setup,
 //!   keystore}`: the GuruConnectAgent service, install/configure, DPAPI-protected keys;
+//! - [`update`]: the managed agent's signed self-update (check, verify, download, self-test,
+//!   swap, restart, confirm or roll back), and [`version`]: the agent's version, kept in a
+//!   byte slot of the binary that can be patched without recompiling;
 //! - [`backoff`]: exponential backoff with jitter;
 //! - [`platform`]: the OS layer behind one seam, [`platform::Desktop`], a factory for small
 //!   traits ([`platform::Capturer`], [`platform::Injector`], [`platform::ConsentPrompt`],
@@ -32,7 +35,8 @@
 //! consent, clipboard, chat, enrollment, reconnect) and, installed by the MSI as a service,
 //! by `tests/e2e_msi.rs`; DXGI, `SendSAS`, the secure desktop, session 0 isolation and the
 //! hand-off to the console session are unverified on real Windows. Wayland and macOS
-//! are not implemented. Self-update is not implemented.
+//! are not implemented. Self-update works on Linux and is verified end to end by
+//! `tests/update.rs`; on Windows it is built but unverified (see [`update`]).
 //!
 //! `unsafe` is denied crate-wide; the MIT-SHM mapping in `platform::linux::capture` and
 //! the Win32 calls in `platform::windows` are the exceptions.
@@ -47,3 +51,5 @@ pub mod enroll;
 pub mod install;
 pub mod platform;
 pub mod session;
+pub mod update;
+pub mod version;

@@ -12,12 +12,17 @@
 //!   (`platform::windows::service`), which runs `run --control-pipe NAME --log-file PATH`
 //!   in the console session.
 //!
+//! - `guruconnect-agent selftest`: prints the version and exits 0; a self-update starts a
+//!   downloaded binary this way before it replaces the running one (`update`).
+//!
 //! Exit codes: 0 done (including a denied consent), 1 failure, 2 support code refused,
 //! 3 no desktop (no X display, no interactive Windows desktop), 4 (`configure`) the
-//! configuration cannot be written.
+//! configuration cannot be written, 75 (`run`) restart me: a self-update put a new binary
+//! in place, or restored the previous one (`update::EXIT_RESTART`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -29,6 +34,8 @@ use guruconnect_agent::enroll::{self, Credential};
 #[cfg(target_os = "linux")]
 use guruconnect_agent::install::{self, InstallOptions};
 use guruconnect_agent::session::{self, ConnectError, Outcome, SessionOptions};
+use guruconnect_agent::update::{self, Updater};
+use guruconnect_agent::version::agent_version;
 
 /// Exit status when the support code is refused.
 const EXIT_CODE_REFUSED: u8 = 2;
@@ -104,6 +111,9 @@ enum Command {
     /// The service entry point, started by the Service Control Manager.
     #[cfg(windows)]
     Service,
+    /// Prints the version and exits 0 (a self-update's check of a downloaded binary).
+    #[command(hide = true)]
+    Selftest,
     /// Installs the systemd service (and, with --server, its configuration). Linux only.
     #[cfg(not(windows))]
     Install {
@@ -280,6 +290,11 @@ fn plausible_code(code: &str) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Selftest)) {
+        // Nothing else: no logging set-up, no runtime, no desktop, no configuration.
+        println!("{} {}", update::SELFTEST_BANNER, agent_version());
+        return ExitCode::SUCCESS;
+    }
     init_logging(log_file_of(cli.command.as_ref()).as_deref());
     #[cfg(windows)]
     match cli.command {
@@ -363,6 +378,7 @@ fn main() -> ExitCode {
             | Command::Configure { .. }
             | Command::Service,
         ) => unreachable!("handled before the runtime starts"),
+        Some(Command::Selftest) => unreachable!("handled before the runtime starts"),
         #[cfg(not(any(target_os = "linux", windows)))]
         Some(Command::Install { .. } | Command::Uninstall { .. }) => fail(
             "installing as a service is not implemented on this system yet; run \
@@ -500,6 +516,18 @@ async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode
         return code;
     }
     let server = config.server.clone();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            tracing::error!("self-update cannot locate this binary: {e}");
+            None
+        }
+    };
+    let updater = Arc::new(Updater::new(
+        &server,
+        config.release_public_key.as_deref(),
+        exe,
+    ));
     let forever = async {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut skip_stored = false;
@@ -517,6 +545,7 @@ async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode
                             let options = SessionOptions {
                                 attended: false,
                                 key_file: Some(config.key_file.clone()),
+                                updates: Some(updater.clone()),
                             };
                             let outcome = session::run_with(conn, options).await;
                             tracing::warn!(?outcome, "session ended");
@@ -564,6 +593,14 @@ async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode
             ExitCode::SUCCESS
         }
         () = stop_requested(control_pipe) => ExitCode::SUCCESS,
+        () = updater.restart_requested() => {
+            tracing::info!("exiting for the service manager to start the new binary");
+            ExitCode::from(update::EXIT_RESTART)
+        }
+        () = updater.online_deadline() => {
+            tracing::info!("exiting for the service manager to start the restored binary");
+            ExitCode::from(update::EXIT_RESTART)
+        }
     }
 }
 

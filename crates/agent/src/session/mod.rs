@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 use crate::encoding;
 use crate::platform::ui::{MAX_CHAT_TEXT, truncate};
 use crate::platform::{Desktop, Identity, Watcher};
+use crate::update::Updater;
 use capture::{CaptureCmd, capture_thread};
 use indicator::{IndicatorCmd, indicator_thread};
 use input::{InputCmd, MAX_TYPED_TEXT, input_thread};
@@ -188,7 +189,7 @@ pub fn hello(identity: Identity, displays: &[DisplayInfo]) -> AgentHello {
         hostname: identity.hostname,
         os: identity.os.into(),
         os_version: identity.os_version,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
+        agent_version: crate::version::agent_version().into(),
         codecs,
         displays: displays.to_vec(),
         capabilities: [
@@ -211,6 +212,8 @@ pub struct SessionOptions {
     pub attended: bool,
     /// Where a key the relay provisions (trust on first use) is stored; `None` ignores it.
     pub key_file: Option<PathBuf>,
+    /// The managed agent's self-update (`None`: support mode, which never updates).
+    pub updates: Option<Arc<Updater>>,
 }
 
 struct Session {
@@ -218,6 +221,9 @@ struct Session {
     tx: Sender,
     attended: bool,
     key_file: Option<PathBuf>,
+    updates: Option<Arc<Updater>>,
+    /// Update commands for this session's update task, once the relay accepted the hello.
+    update_commands: Option<mpsc::Sender<proto::UpdateCommand>>,
     granted: bool,
     codec: Codec,
     streaming: bool,
@@ -324,6 +330,15 @@ impl Session {
         match payload {
             Payload::SessionInfo(info) => {
                 tracing::info!(session_id = %info.session_id, agent_id = %info.agent_id, attended = info.attended, "session bound");
+                // Online: the update task confirms a pending update and checks for new ones.
+                if let Some(updater) = &self.updates
+                    && self.update_commands.is_none()
+                    && !self.attended
+                {
+                    let (tx, rx) = mpsc::channel(4);
+                    tokio::spawn(updater.clone().serve(info.agent_id, self.out.clone(), rx));
+                    self.update_commands = Some(tx);
+                }
             }
             Payload::ConsentRequest(request) => {
                 if self.granted || self.consent.is_some() {
@@ -479,12 +494,22 @@ impl Session {
                 self.update_indicator();
             }
             Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
-            Payload::UpdateCommand(_) => {
-                tracing::warn!(
-                    kind = payload.kind(),
-                    "not supported by this agent yet; ignored"
-                );
-            }
+            Payload::UpdateCommand(command) => match &self.update_commands {
+                Some(tx) => {
+                    tracing::info!(version = %command.version, request_id = %command.request_id, "the relay asks for an update");
+                    if tx.try_send(command.clone()).is_err() {
+                        self.send(update_refused(&command, "an update is already queued"))
+                            .await?;
+                    }
+                }
+                None => {
+                    self.send(update_refused(
+                        &command,
+                        "this agent does not update itself (a support session)",
+                    ))
+                    .await?;
+                }
+            },
             other => tracing::debug!(kind = other.kind(), "ignoring a message"),
         }
         Ok(Flow::Continue)
@@ -530,6 +555,16 @@ impl Session {
     }
 }
 
+/// A `FAILED` answer to an update command.
+fn update_refused(command: &proto::UpdateCommand, why: &str) -> Payload {
+    Payload::UpdateStatus(proto::UpdateStatus {
+        state: proto::UpdateState::Failed as i32,
+        version: command.version.clone(),
+        detail: why.into(),
+        request_id: command.request_id.clone(),
+    })
+}
+
 async fn join_consent(task: &mut Option<JoinHandle<bool>>) -> bool {
     match task {
         Some(handle) => handle.await.unwrap_or(false),
@@ -553,6 +588,7 @@ pub async fn run(conn: Connection, attended: bool) -> Outcome {
         SessionOptions {
             attended,
             key_file: None,
+            updates: None,
         },
     )
     .await
@@ -569,7 +605,11 @@ pub async fn run_on(
     conn: Connection,
     options: SessionOptions,
 ) -> Outcome {
-    let SessionOptions { attended, key_file } = options;
+    let SessionOptions {
+        attended,
+        key_file,
+        updates,
+    } = options;
     let opened = {
         let desktop = desktop.clone();
         tokio::task::spawn_blocking(move || {
@@ -621,6 +661,8 @@ pub async fn run_on(
         tx,
         attended,
         key_file,
+        updates,
+        update_commands: None,
         granted: false,
         codec: Codec::RawZstd,
         streaming: false,

@@ -945,3 +945,23 @@ pub fn intern(conn: &RustConnection, name: &[u8]) -> u32 {
         .expect("atom")
         .atom
 }
+
+// ------------------------------------------------------------------ versions
+
+/// The built agent binary's bytes with its version slot rewritten to `version`: "a real
+/// build of version B" without a second compile (`guruconnect_agent::version`).
+pub fn agent_bytes_of_version(version: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_guruconnect-agent")).expect("read agent");
+    guruconnect_agent::version::patch(&mut bytes, env!("CARGO_PKG_VERSION"), version)
+        .expect("patch the version slot");
+    bytes
+}
+
+/// Writes the agent as `version` to `path`, executable.
+pub fn install_agent_of_version(path: &Path, version: &str) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bytes = agent_bytes_of_version(version);
+    std::fs::write(path, &bytes).expect("write agent");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bytes
+}

@@ -109,7 +109,7 @@ pub fn collect(idle_seconds: u64) -> AgentStatus {
         hostname: hostname(),
         os: "linux".to_owned(),
         os_version: os_version(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_version: crate::version::agent_version().to_owned(),
         cpu_model: cpus
             .first()
             .map(|c| c.brand().trim().to_owned())

@@ -715,7 +715,7 @@ fn service_main(_arguments: Vec<OsString>) {
         tracing::error!("cannot report the service as running: {e}");
     }
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::version::agent_version(),
         config = %config_path().display(),
         "the {SERVICE_NAME} service is running"
     );

@@ -153,6 +153,7 @@ fn validate(
         site_code: Some(site_code),
         enrollment_key: None,
         shared_key: None,
+        release_public_key: None,
         labels: normalize_labels(&options.labels),
     };
     Ok((config, enrollment_key))

@@ -1,0 +1,628 @@
+//! Self-update end to end (SPEC §4.15): the relay in-process with a release public key,
+//! releases signed in the test and published through the real endpoints (`POST
+//! /api/releases`, `PUT …/artifacts/:platform`), and the managed agent — a copy of the
+//! built binary whose version slot is patched, so "version A" and "version B" are real
+//! builds without a second compile — run under a tiny supervisor that restarts it whenever
+//! it exits, as systemd's `Restart=always` does.
+//!
+//! Needs Xvfb (the managed agent opens the display); without it the tests print a line and
+//! pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use guruconnect_agent::update::{EXIT_RESTART, Marker, NO_KEY, Paths};
+use guruconnect_release::{SignedRelease, SigningKey};
+use serde_json::{Value, json};
+
+mod support;
+use support::*;
+
+const A: &str = "1.0.0";
+const B: &str = "1.1.0";
+/// Long enough for a check, a 25 MB download, a self-test and a restart on a busy machine.
+const UPDATE_WAIT: Duration = Duration::from_secs(90);
+
+// ------------------------------------------------------------------ the service manager
+
+/// Runs the agent and starts it again whenever it exits (after a short pause), recording
+/// every exit status and everything it wrote to stderr.
+struct Supervisor {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<String>>,
+    exits: Arc<Mutex<Vec<Option<i32>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    fn start(exe: &Path, config: &Path, display: &str) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(String::new()));
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let (exe, config, display) = (exe.to_owned(), config.to_owned(), display.to_owned());
+        let (s, l, e) = (stop.clone(), log.clone(), exits.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let spawned = Command::new(&exe)
+                    .arg("run")
+                    .arg("--config")
+                    .arg(&config)
+                    .env("DISPLAY", &display)
+                    .env("RUST_LOG", "info")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn();
+                let mut child = match spawned {
+                    Ok(c) => c,
+                    Err(err) => {
+                        l.lock()
+                            .unwrap()
+                            .push_str(&format!("--- cannot start: {err}\n"));
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                };
+                let mut pipe = child.stderr.take().expect("stderr");
+                let sink = l.clone();
+                let reader = std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = pipe.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        sink.lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                });
+                let status = loop {
+                    if s.load(Ordering::Relaxed) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let _ = reader.join();
+                        return;
+                    }
+                    if let Some(status) = child.try_wait().expect("try_wait") {
+                        break status;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                let _ = reader.join();
+                e.lock().unwrap().push(status.code());
+                l.lock()
+                    .unwrap()
+                    .push_str(&format!("--- the agent exited ({status}); restarting\n"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Supervisor {
+            stop,
+            log,
+            exits,
+            thread: Some(thread),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn exits(&self) -> Vec<Option<i32>> {
+        self.exits.lock().unwrap().clone()
+    }
+
+    async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the fleet of one
+
+/// A relay with `server_key`'s public key, one managed machine whose configuration pins
+/// `pinned` (if any), and version A installed in a directory of its own.
+struct Machine {
+    x: Xvfb,
+    relay: Relay,
+    admin: String,
+    agent_id: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    paths: Paths,
+    a_bytes: Vec<u8>,
+}
+
+fn public_text(key: &SigningKey) -> String {
+    guruconnect_release::public_key_text(&key.verifying_key())
+}
+
+fn new_uuid() -> String {
+    let h = hex(&uuid_like());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+impl Machine {
+    async fn set_up(server_key: &SigningKey, pinned: Option<&SigningKey>) -> Option<Machine> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let x = Xvfb::start()?;
+        let server_public = public_text(server_key);
+        let relay = Relay::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |c| {
+            c.release_public_key = Some(server_public);
+        })
+        .await;
+        let admin = relay.admin().await;
+        let agent_id = new_uuid();
+        let issued = relay
+            .post(
+                &admin,
+                &format!("/api/machines/{agent_id}/keys"),
+                json!({ "label": "update e2e" }),
+            )
+            .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("agent.key");
+        std::fs::write(&key_file, issued["agent_key"].as_str().expect("agent_key"))
+            .expect("write key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = dir.path().join("agent.toml");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        let exe = bin.join("guruconnect-agent");
+        let a_bytes = install_agent_of_version(&exe, A);
+        let machine = Machine {
+            x,
+            relay,
+            admin,
+            agent_id,
+            config,
+            paths: Paths::for_exe(&exe),
+            a_bytes,
+            dir,
+        };
+        machine.write_config(pinned);
+        Some(machine)
+    }
+
+    fn write_config(&self, pinned: Option<&SigningKey>) {
+        let mut text = format!(
+            "server = \"{}\"\nkey_file = \"{}\"\n",
+            self.relay.base,
+            self.dir.path().join("agent.key").display()
+        );
+        if let Some(key) = pinned {
+            text.push_str(&format!("release_public_key = \"{}\"\n", public_text(key)));
+        }
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    fn supervise(&self) -> Supervisor {
+        Supervisor::start(&self.paths.exe, &self.config, &self.x.display)
+    }
+
+    async fn machine(&self) -> Value {
+        self.relay
+            .get(&self.admin, &format!("/api/machines/{}", self.agent_id))
+            .await
+    }
+
+    /// Waits until the machine is online reporting `version`.
+    async fn wait_online_as(&self, version: &str, sup: &Supervisor) -> Value {
+        let deadline = Instant::now() + UPDATE_WAIT;
+        loop {
+            let m = self.machine().await;
+            if m["online"] == true && m["agent_version"] == version {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the machine is not online as {version}: {m}\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the machine's update status satisfies `pred`; returns it.
+    async fn wait_status(&self, sup: &Supervisor, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + UPDATE_WAIT;
+        loop {
+            let status = self.machine().await["update_status"].clone();
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such update status; last {status}\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for the terminal status of the push `request_id`.
+    async fn wait_outcome(&self, sup: &Supervisor, request_id: &str) -> Value {
+        self.wait_status(sup, |s| {
+            s["request_id"] == request_id
+                && ["done", "failed", "rolled_back", "up_to_date"]
+                    .contains(&s["state"].as_str().unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Signs a release of `version` with `key` for `bytes` and publishes it.
+    async fn publish(&self, key: &SigningKey, version: &str, bytes: &[u8]) {
+        let manifest = json!({
+            "version": version,
+            "channel": "stable",
+            "notes": format!("test release {version}"),
+            "artifacts": [{
+                "platform": guruconnect_release::current_platform(),
+                "file": "guruconnect-agent",
+                "size": bytes.len(),
+                "sha256": guruconnect_release::sha256_hex(bytes),
+            }],
+        })
+        .to_string();
+        let signed = SignedRelease::sign(&manifest, key).expect("sign");
+        self.relay
+            .post(
+                &self.admin,
+                "/api/releases",
+                serde_json::to_value(&signed).expect("json"),
+            )
+            .await;
+        let resp = self
+            .relay
+            .http
+            .put(format!(
+                "{}/api/releases/{version}/artifacts/{}",
+                self.relay.base,
+                guruconnect_release::current_platform()
+            ))
+            .bearer_auth(&self.admin)
+            .body(bytes.to_vec())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("upload");
+        assert!(resp.status().is_success(), "upload: {}", resp.status());
+    }
+
+    /// Where the server keeps the artifact of `version`.
+    fn stored_artifact(&self, version: &str) -> PathBuf {
+        self.relay
+            .dir
+            .as_ref()
+            .expect("data dir")
+            .path()
+            .join("data/releases")
+            .join(version)
+            .join(guruconnect_release::current_platform())
+            .join("guruconnect-agent")
+    }
+
+    /// Asks the agent to update now; returns the request id.
+    async fn push(&self, body: Value) -> String {
+        let answer = self
+            .relay
+            .post(
+                &self.admin,
+                &format!("/api/machines/{}/update", self.agent_id),
+                body,
+            )
+            .await;
+        answer["request_id"]
+            .as_str()
+            .expect("request_id")
+            .to_owned()
+    }
+
+    /// Version A still installed and running, nothing of an update left behind.
+    fn assert_a_untouched(&self, sup: &Supervisor) {
+        let log = sup.log();
+        assert!(
+            std::fs::read(&self.paths.exe).expect("exe") == self.a_bytes,
+            "the binary was replaced:\n{log}"
+        );
+        assert_eq!(sup.exits(), Vec::<Option<i32>>::new(), "{log}");
+        for leftover in [&self.paths.new, &self.paths.previous, &self.paths.marker] {
+            assert!(!leftover.exists(), "{} left behind", leftover.display());
+        }
+        let bin = self.paths.exe.parent().expect("bin");
+        let partials: Vec<_> = std::fs::read_dir(bin)
+            .expect("bin")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        assert!(partials.is_empty(), "partial downloads left: {partials:?}");
+    }
+}
+
+fn state_of(status: &Value) -> &str {
+    status["state"].as_str().unwrap_or_default()
+}
+
+fn detail_of(status: &Value) -> &str {
+    status["detail"].as_str().unwrap_or_default()
+}
+
+// ------------------------------------------------------------------ the tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_updates_itself_to_a_published_release_and_comes_back_online_as_it() {
+    let started = Instant::now();
+    let key = guruconnect_release::generate_key();
+    let Some(m) = Machine::set_up(&key, Some(&key)).await else {
+        return;
+    };
+    let b_bytes = agent_bytes_of_version(B);
+    m.publish(&key, B, &b_bytes).await;
+
+    // Version A connects, finds B on its first check, and restarts into it.
+    let sup = m.supervise();
+    let done = m
+        .wait_status(&sup, |s| state_of(s) == "done" && s["version"] == B)
+        .await;
+    assert!(
+        detail_of(&done).contains(&format!("from {A} to {B}")),
+        "{done}"
+    );
+    let machine = m.wait_online_as(B, &sup).await;
+    assert_eq!(machine["update_status"]["state"], "done");
+
+    let log = sup.log();
+    assert!(log.contains("self-update is enabled"), "{log}");
+    assert!(
+        std::fs::read(&m.paths.exe).expect("exe") == b_bytes,
+        "B is not in place:\n{log}"
+    );
+    assert!(!m.paths.previous.exists(), "A kept after B came online");
+    assert!(!m.paths.marker.exists(), "marker kept after B came online");
+    assert_eq!(
+        sup.exits(),
+        vec![Some(i32::from(EXIT_RESTART))],
+        "one restart into B:\n{log}"
+    );
+    assert_eq!(m.relay.count_events(&m.admin, "update.done").await, 1);
+
+    // B is the newest: a push finds nothing to do, and B keeps running.
+    let request = m.push(json!({})).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "up_to_date", "{status}");
+    assert_eq!(sup.exits().len(), 1);
+    println!("updated A -> B in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_a_changed_byte_a_wrong_size_and_a_binary_that_exits_at_start_leave_a_running()
+{
+    let started = Instant::now();
+    let key = guruconnect_release::generate_key();
+    let Some(m) = Machine::set_up(&key, Some(&key)).await else {
+        return;
+    };
+    let sup = m.supervise();
+    m.wait_online_as(A, &sup).await;
+    // The first check found nothing; later ones come only from pushes.
+    sup.wait_log("update check:").await;
+
+    // A downgrade nobody forced.
+    m.publish(&key, "0.9.0", &agent_bytes_of_version("0.9.0"))
+        .await;
+    let request = m.push(json!({ "version": "0.9.0" })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "failed", "{status}");
+    m.assert_a_untouched(&sup);
+
+    // One byte of the stored artifact changed.
+    let b_bytes = agent_bytes_of_version(B);
+    m.publish(&key, B, &b_bytes).await;
+    let mut changed = b_bytes.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x01;
+    std::fs::write(m.stored_artifact(B), &changed).expect("tamper");
+    let request = m.push(json!({ "version": B })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "failed", "{status}");
+    assert!(detail_of(&status).contains("SHA-256"), "{status}");
+    m.assert_a_untouched(&sup);
+
+    // A wrong size.
+    let mut longer = b_bytes.clone();
+    longer.push(0);
+    std::fs::write(m.stored_artifact(B), &longer).expect("tamper");
+    let request = m.push(json!({ "version": B })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "failed", "{status}");
+    assert!(detail_of(&status).contains("bytes"), "{status}");
+    m.assert_a_untouched(&sup);
+
+    // A new version that exits at start, and one that is not a program at all.
+    m.publish(
+        &key,
+        "1.2.0",
+        b"#!/bin/sh\necho 'broken build' >&2\nexit 3\n",
+    )
+    .await;
+    let request = m.push(json!({ "version": "1.2.0" })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "rolled_back", "{status}");
+    assert!(detail_of(&status).contains("exited at start"), "{status}");
+    assert!(detail_of(&status).contains("broken build"), "{status}");
+    m.assert_a_untouched(&sup);
+    m.publish(&key, "1.3.0", &[0x5a; 4096]).await;
+    let request = m.push(json!({ "version": "1.3.0" })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "rolled_back", "{status}");
+    m.assert_a_untouched(&sup);
+
+    // Still online as A; each refusal audited.
+    let machine = m.wait_online_as(A, &sup).await;
+    assert_eq!(machine["online"], true);
+    assert!(m.relay.count_events(&m.admin, "update.failed").await >= 3);
+    assert!(m.relay.count_events(&m.admin, "update.rolled_back").await >= 2);
+    println!("five refusals in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_signed_by_another_key_is_refused_and_an_agent_without_a_key_never_updates() {
+    let started = Instant::now();
+    let agent_key = guruconnect_release::generate_key();
+    let server_key = guruconnect_release::generate_key();
+    let Some(m) = Machine::set_up(&server_key, Some(&agent_key)).await else {
+        return;
+    };
+    // The server trusts a key this agent does not: its releases are refused.
+    m.publish(&server_key, B, &agent_bytes_of_version(B)).await;
+    let sup = m.supervise();
+    let status = m
+        .wait_status(&sup, |s| state_of(s) == "failed" && s["request_id"] == "")
+        .await;
+    assert!(detail_of(&status).contains("signature"), "{status}");
+    let request = m.push(json!({})).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "failed", "{status}");
+    assert!(detail_of(&status).contains("signature"), "{status}");
+    m.assert_a_untouched(&sup);
+    drop(sup);
+
+    // No key pinned: updates are off, said at start and to a push.
+    m.write_config(None);
+    let sup = m.supervise();
+    m.wait_online_as(A, &sup).await;
+    sup.wait_log("self-update is disabled").await;
+    let request = m.push(json!({})).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "failed", "{status}");
+    assert_eq!(detail_of(&status), NO_KEY);
+    m.assert_a_untouched(&sup);
+    println!("refused in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_that_does_not_come_online_in_time_is_rolled_back() {
+    let started = Instant::now();
+    let key = guruconnect_release::generate_key();
+    let Some(mut m) = Machine::set_up(&key, Some(&key)).await else {
+        return;
+    };
+    // The state right after a swap: B in place, A as `.previous`, the marker with a
+    // deadline a few seconds away; and no server to come online to.
+    let b_bytes = install_agent_of_version(&m.paths.exe, B);
+    std::fs::write(&m.paths.previous, &m.a_bytes).expect("previous");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&m.paths.previous, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    Marker {
+        from: A.into(),
+        to: B.into(),
+        deadline: now + 4,
+        request_id: "push-42".into(),
+        rolled_back: None,
+    }
+    .write(&m.paths.marker)
+    .expect("marker");
+    let port = m.relay.port;
+    let password = m.relay.admin_password.clone();
+    let dir = stop(&mut m.relay).await;
+
+    let sup = m.supervise();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while sup.exits().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "B was not undone at its deadline:\n{}",
+            sup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sup.exits(),
+        vec![Some(i32::from(EXIT_RESTART))],
+        "{}",
+        sup.log()
+    );
+    assert!(std::fs::read(&m.paths.exe).expect("exe") == m.a_bytes);
+    assert_ne!(m.a_bytes, b_bytes);
+
+    // The server comes back: A reports the rollback of the push once online.
+    let public = public_text(&key);
+    m.relay = Relay::start_in(dir, port, Some(password), |c| {
+        c.release_public_key = Some(public);
+    })
+    .await;
+    m.admin = m.relay.admin().await;
+    let status = m
+        .wait_status(&sup, |s| {
+            state_of(s) == "rolled_back" && s["request_id"] == "push-42"
+        })
+        .await;
+    assert_eq!(status["version"], B);
+    assert!(
+        detail_of(&status).contains("did not come online"),
+        "{status}"
+    );
+    m.wait_online_as(A, &sup).await;
+    assert!(!m.paths.marker.exists());
+    assert!(!m.paths.previous.exists());
+    assert_eq!(
+        std::fs::read_to_string(&m.paths.skip).expect("skip").trim(),
+        B,
+        "periodic checks skip the version that was undone"
+    );
+    assert_eq!(sup.exits().len(), 1, "{}", sup.log());
+    println!("rolled back in {:?}", started.elapsed());
+}
+
+/// Stops `relay` and returns its data directory (its port stays free for a new one).
+async fn stop(relay: &mut Relay) -> tempfile::TempDir {
+    if let Some(tx) = relay.shutdown.take() {
+        let _ = tx.send(());
+    }
+    if let Some(handle) = relay.handle.take() {
+        let _ = tokio::time::timeout(WAIT, handle)
+            .await
+            .expect("relay stops");
+    }
+    if let Some(state) = relay.state.take() {
+        state.store.close().await;
+    }
+    relay.dir.take().expect("data dir")
+}
