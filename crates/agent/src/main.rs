@@ -55,7 +55,7 @@ const CODE_REFUSED: &str = "the support code is invalid, expired or already used
 #[derive(Debug, Parser)]
 #[command(
     name = "guruconnect-agent",
-    version,
+    version = guruconnect_release::VERSION_LINE,
     about = "GuruConnect remote support agent"
 )]
 struct Cli {

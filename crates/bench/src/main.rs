@@ -47,7 +47,7 @@ enum Scenario {
 
 /// Benchmarks of the GuruConnect relay.
 #[derive(Debug, Parser)]
-#[command(about)]
+#[command(name = "relay-bench", version = guruconnect_release::VERSION_LINE, about)]
 struct Cli {
     /// Scenario to run.
     #[arg(value_enum)]

@@ -9,7 +9,7 @@ use guruconnect_server::config::{Config, DEFAULT_CONFIG_TOML, LogFormat};
 
 /// GuruConnect relay server: API, WebSocket relay and web console.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = guruconnect_release::VERSION_LINE, about)]
 struct Cli {
     /// TOML configuration file (default: ./guruconnect.toml when it exists).
     #[arg(long, env = "GURUCONNECT_CONFIG", global = true)]

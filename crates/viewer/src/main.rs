@@ -18,7 +18,7 @@ use guruconnect_proto::{self as proto, Codec, Payload};
 
 /// Headless GuruConnect viewer.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = guruconnect_release::VERSION_LINE, about)]
 struct Cli {
     /// Server base URL, e.g. http://127.0.0.1:3002.
     #[arg(
