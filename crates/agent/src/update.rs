@@ -1231,6 +1231,159 @@ mod tests {
         assert!(restore_previous(&paths, &marker, "again").is_err());
     }
 
+    /// A one-shot HTTP server per request: `answer` gets the request's Range header (if
+    /// any) and returns the raw response bytes; the connection closes after them.
+    async fn serve_raw(
+        answer: impl Fn(Option<String>) -> Vec<u8> + Send + Sync + 'static,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    ) {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/artifact", listener.local_addr().expect("addr"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let range = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: "))
+                    .map(|r| r.trim().to_owned());
+                log.lock().expect("log").push(range.clone());
+                let _ = socket.write_all(&answer(range)).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn artifact_of(bytes: &[u8]) -> Artifact {
+        Artifact {
+            platform: "linux-x86_64".into(),
+            file: "guruconnect-agent".into(),
+            size: bytes.len() as u64,
+            sha256: guruconnect_release::sha256_hex(bytes),
+            min_version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_download_resumes_with_a_range_and_a_wrong_one_is_deleted() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let served = body.clone();
+        // First answer: the whole length announced, the connection closed after 30,000
+        // bytes. Then the rest, as a 206 for the Range asked.
+        let (url, seen) = serve_raw(move |range| match range {
+            None => {
+                let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", served.len())
+                    .into_bytes();
+                r.extend_from_slice(&served[..30_000]);
+                r
+            }
+            Some(range) => {
+                let from: usize = range
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse()
+                    .expect("range");
+                let mut r = format!(
+                    "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {from}-{}/{}\r\n\r\n",
+                    served.len() - from,
+                    served.len() - 1,
+                    served.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&served[from..]);
+                r
+            }
+        })
+        .await;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let partial = dir.path().join("agent-1.2.0.partial");
+        let artifact = artifact_of(&body);
+
+        let cut = download(&http, &url, &artifact, &partial)
+            .await
+            .expect_err("cut short");
+        assert!(cut.contains("resumes next time"), "{cut}");
+        assert_eq!(std::fs::metadata(&partial).expect("kept").len(), 30_000);
+        download(&http, &url, &artifact, &partial)
+            .await
+            .expect("resumed");
+        assert_eq!(std::fs::read(&partial).expect("read"), body);
+        assert_eq!(
+            *seen.lock().expect("seen"),
+            vec![None, Some("bytes=30000-".to_owned())]
+        );
+
+        // The same bytes against a manifest with another hash: deleted.
+        std::fs::remove_file(&partial).expect("rm");
+        let mut other = artifact.clone();
+        other.sha256 = guruconnect_release::sha256_hex(b"something else");
+        let _ = download(&http, &url, &artifact, &partial).await;
+        let wrong = download(&http, &url, &other, &partial)
+            .await
+            .expect_err("wrong hash");
+        assert!(wrong.contains("SHA-256"), "{wrong}");
+        assert!(!partial.exists(), "a wrong download is deleted");
+
+        // Nobody listening: a clear error, nothing written.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let unreachable = download(&http, &format!("http://{closed}/x"), &artifact, &partial)
+            .await
+            .expect_err("unreachable");
+        assert!(unreachable.contains("cannot download"), "{unreachable}");
+        assert!(!partial.exists());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_self_test_must_exit_0_and_name_the_signed_version() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            path
+        };
+        let good = script(
+            "good",
+            &format!("#!/bin/sh\necho '{SELFTEST_BANNER} 1.2.0'\n"),
+        );
+        assert_eq!(self_test(&good, "1.2.0").await, Ok(()));
+        let why = self_test(&good, "1.3.0").await.expect_err("other version");
+        assert!(why.contains("1.2.0"), "{why}");
+        let failing = script("failing", "#!/bin/sh\necho 'no display' >&2\nexit 4\n");
+        let why = self_test(&failing, "1.2.0").await.expect_err("exit 4");
+        assert!(why.contains("no display"), "{why}");
+        let silent = script("silent", "#!/bin/sh\nexit 0\n");
+        assert!(self_test(&silent, "1.2.0").await.is_err());
+        let not_a_program = dir.path().join("data");
+        std::fs::write(&not_a_program, [0u8; 64]).expect("write");
+        assert!(self_test(&not_a_program, "1.2.0").await.is_err());
+    }
+
     #[test]
     fn paths_sit_beside_the_binary() {
         let paths = Paths::for_exe(Path::new("/opt/gc/guruconnect-agent"));
