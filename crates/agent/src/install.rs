@@ -39,6 +39,8 @@ pub struct InstallOptions {
     pub display: String,
     /// X authority file for that display (`XAUTHORITY`), when the X server requires one.
     pub xauthority: Option<PathBuf>,
+    /// Release public key written into a fresh configuration (self-update verification).
+    pub release_public_key: Option<String>,
 }
 
 impl Default for InstallOptions {
@@ -51,6 +53,7 @@ impl Default for InstallOptions {
             root: None,
             display: ":0".into(),
             xauthority: None,
+            release_public_key: None,
         }
     }
 }
@@ -142,6 +145,15 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<()> {
     check_paths(options)?;
     let root = options.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     let config_path = under(&root, &options.config);
+    let release_public_key = options
+        .release_public_key
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    if let Some(key) = release_public_key {
+        guruconnect_release::parse_public_key(key)
+            .context("--release-public-key is not a GuruConnect release public key")?;
+    }
     let config = match &options.server {
         Some(server) => AgentConfig {
             server: server.clone(),
@@ -149,7 +161,7 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<()> {
             site_code: None,
             enrollment_key: None,
             shared_key: None,
-            release_public_key: None,
+            release_public_key: release_public_key.map(str::to_owned),
             labels: Labels::default(),
         },
         None => AgentConfig::load(&config_path).with_context(|| {
@@ -252,9 +264,23 @@ mod tests {
     #[test]
     fn install_under_root_writes_unit_config_and_binary_then_uninstall_removes_them() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let release_key = guruconnect_release::public_key_text(
+            &guruconnect_release::generate_key().verifying_key(),
+        );
+        let bad_key = InstallOptions {
+            server: Some("https://relay.example".into()),
+            root: Some(dir.path().to_owned()),
+            release_public_key: Some("gcrelpub1:nope".into()),
+            ..InstallOptions::default()
+        };
+        assert!(
+            install(&bad_key).is_err(),
+            "a malformed release key is refused"
+        );
         let options = InstallOptions {
             server: Some("https://relay.example".into()),
             root: Some(dir.path().to_owned()),
+            release_public_key: Some(release_key.clone()),
             ..InstallOptions::default()
         };
         install(&options).expect("install");
@@ -269,6 +295,7 @@ mod tests {
             AgentConfig::load(&dir.path().join("etc/guruconnect/agent.toml")).expect("config");
         assert_eq!(config.server, "https://relay.example");
         assert_eq!(config.key_file, PathBuf::from("/etc/guruconnect/agent.key"));
+        assert_eq!(config.release_public_key, Some(release_key));
         assert!(dir.path().join("usr/local/bin/guruconnect-agent").is_file());
 
         uninstall(Some(dir.path())).expect("uninstall");

@@ -136,6 +136,10 @@ enum Command {
         /// (e.g. /run/user/1000/gdm/Xauthority).
         #[arg(long)]
         xauthority: Option<PathBuf>,
+        /// The release public key (gcrelpub1:…) every self-update must be signed with,
+        /// written into a new configuration.
+        #[arg(long, env = "GURUCONNECT_RELEASE_PUBLIC_KEY")]
+        release_public_key: Option<String>,
     },
     /// Stops and removes the systemd service and its configuration. Linux only.
     #[cfg(not(windows))]
@@ -172,6 +176,9 @@ struct SiteArgs {
     /// Tags, comma-separated.
     #[arg(long)]
     tags: Option<String>,
+    /// The release public key (gcrelpub1:…) every self-update must be signed with.
+    #[arg(long, env = "GURUCONNECT_RELEASE_PUBLIC_KEY")]
+    release_public_key: Option<String>,
 }
 
 #[cfg(windows)]
@@ -192,6 +199,7 @@ impl SiteArgs {
                 device_type: self.device_type,
                 tags,
             },
+            release_public_key: self.release_public_key,
         }
     }
 }
@@ -351,6 +359,7 @@ fn main() -> ExitCode {
             root,
             display,
             xauthority,
+            release_public_key,
         }) => {
             let options = InstallOptions {
                 server: cli.server,
@@ -360,6 +369,7 @@ fn main() -> ExitCode {
                 root,
                 display,
                 xauthority,
+                release_public_key,
             };
             match install::install(&options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -293,8 +293,12 @@ async fn msi_installs_the_service_which_enrolls_and_uninstalls_cleanly() {
     let Some(wine) = WinePrefix::start() else {
         return;
     };
+    // The server's release key travels in the per-site MSI into agent.toml.
+    let release_key =
+        guruconnect_release::public_key_text(&guruconnect_release::generate_key().verifying_key());
     let relay = Relay::start_in(tempfile::tempdir().unwrap(), 0, None, |c| {
         c.agent_windows_msi_path = Some(template.clone());
+        c.release_public_key = Some(release_key.clone());
     })
     .await;
     let admin = relay.admin().await;
@@ -363,6 +367,11 @@ async fn msi_installs_the_service_which_enrolls_and_uninstalls_cleanly() {
             .is_file()
     );
     assert_configured(&wine, &log);
+    let config = std::fs::read_to_string(wine.c(r"ProgramData\GuruConnect\agent.toml")).unwrap();
+    assert!(
+        config.contains(&format!("release_public_key = \"{release_key}\"")),
+        "{config}"
+    );
     let state = wine.wait_service_running();
     assert!(state.contains(SERVICE), "{state}");
 

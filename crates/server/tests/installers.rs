@@ -220,7 +220,10 @@ async fn missing_artifacts_are_named_with_what_to_configure() {
 
 #[tokio::test]
 async fn the_linux_script_carries_the_labels_chosen_in_the_builder() {
-    let server = TestServer::start().await;
+    // The server's release key is pinned into the configuration the script writes.
+    let release_key =
+        guruconnect_release::public_key_text(&guruconnect_release::generate_key().verifying_key());
+    let server = TestServer::start_with(|c| c.release_public_key = Some(release_key.clone())).await;
     let admin = server.admin_token().await;
     let site = create_site(&server, &admin, "Branch", "BRANCH").await;
     let path = format!(
@@ -269,6 +272,10 @@ async fn the_linux_script_carries_the_labels_chosen_in_the_builder() {
         "the environment overrides: {toml}"
     );
     assert!(toml.contains("tags = [\"pos\", \"kiosk\"]"), "{toml}");
+    assert!(
+        toml.contains(&format!("release_public_key = \"{release_key}\"")),
+        "{toml}"
+    );
 
     for bad in [
         "company=a%5Bb%5D",

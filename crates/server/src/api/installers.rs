@@ -182,6 +182,11 @@ async fn installer(
         .replace("@DEPARTMENT@", &shell_quote(&labels.department))
         .replace("@DEVICE_TYPE@", &shell_quote(&labels.device_type))
         .replace("@TAGS@", &shell_quote(&labels.tags.join(",")))
+        // Pinned at install: the agent verifies every update with it (SPEC §4.15).
+        .replace(
+            "@RELEASE_KEY@",
+            &shell_quote(state.config.release_public_key.as_deref().unwrap_or("")),
+        )
         .replace(
             "@AGENT_SERVED@",
             if is_file(state.config.agent_binary_path.as_deref()) {
@@ -238,6 +243,11 @@ async fn windows_msi(
         ("DEPARTMENT", labels.department.as_str()),
         ("DEVICE_TYPE", labels.device_type.as_str()),
         ("TAGS", tags.as_str()),
+        // Pinned at install: the agent verifies every update with it (SPEC §4.15).
+        (
+            "RELEASE_PUBLIC_KEY",
+            state.config.release_public_key.as_deref().unwrap_or(""),
+        ),
     ];
     let signing = state.config.installer_signing_pkcs12.as_deref().map(|p12| {
         let password = state
@@ -425,6 +435,8 @@ const INSTALLER: &str = r##"#!/bin/sh
 set -eu
 SERVER=@SERVER@
 SITE_CODE=@SITE_CODE@
+# The public key agent updates must be signed with (empty: this server publishes none).
+RELEASE_KEY=@RELEASE_KEY@
 # Labels built in by the console's installer builder; the environment overrides them.
 BUILTIN_COMPANY=@COMPANY@
 BUILTIN_DEPARTMENT=@DEPARTMENT@
@@ -471,6 +483,7 @@ umask 077
   echo "site_code = $(toml_str "$SITE_CODE")"
   echo "enrollment_key = $(toml_str "$KEY")"
   echo "key_file = $(toml_str "$ETC/agent.key")"
+  [ -n "$RELEASE_KEY" ] && echo "release_public_key = $(toml_str "$RELEASE_KEY")"
   echo "[labels]"
   [ -n "$COMPANY" ] && echo "company = $(toml_str "$COMPANY")"
   [ -n "$DEPARTMENT" ] && echo "department = $(toml_str "$DEPARTMENT")"

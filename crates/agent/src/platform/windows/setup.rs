@@ -49,6 +49,8 @@ pub struct SiteOptions {
     pub enrollment_key: Option<String>,
     /// Labels sent with the enrollment (empty strings mean unset).
     pub labels: Labels,
+    /// The release public key updates are verified with (`gcrelpub1:…`; empty: none).
+    pub release_public_key: Option<String>,
 }
 
 /// Why `configure` or `install` failed.
@@ -147,13 +149,19 @@ fn validate(
             );
         }
     }
+    let release_public_key = present(options.release_public_key.as_deref());
+    if let Some(key) = &release_public_key
+        && guruconnect_release::parse_public_key(key).is_err()
+    {
+        return bad("--release-public-key is not a GuruConnect release public key (gcrelpub1:…)");
+    }
     let config = AgentConfig {
         server: server.trim_end_matches('/').to_owned(),
         key_file: key_file.to_owned(),
         site_code: Some(site_code),
         enrollment_key: None,
         shared_key: None,
-        release_public_key: None,
+        release_public_key,
         labels: normalize_labels(&options.labels),
     };
     Ok((config, enrollment_key))
@@ -427,6 +435,7 @@ mod tests {
             site_code: Some(code.into()),
             enrollment_key: Some(key.into()),
             labels: Labels::default(),
+            release_public_key: None,
         }
     }
 
