@@ -164,6 +164,16 @@ pub async fn serve_state(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "GuruConnect server listening");
+    match state.config.release_public_key.as_deref() {
+        Some(key) => match guruconnect_release::parse_public_key(key) {
+            Ok(key) => tracing::info!(
+                fingerprint = %guruconnect_release::key_fingerprint(&key),
+                "agent updates are enabled with this release key"
+            ),
+            Err(e) => tracing::error!(error = %e, "release_public_key is unusable"),
+        },
+        None => tracing::info!("{}", api::releases::UPDATES_DISABLED),
+    }
     // Stdout, for whoever started it by hand: where to point a browser.
     println!(
         "  GuruConnect is running: open {} in a browser",
