@@ -37,8 +37,7 @@ use guruconnect_agent::platform::ui::{
 use guruconnect_client::Connection;
 use guruconnect_codec::Image;
 use guruconnect_proto::{
-    AgentNotice, ChatMessage, ClipboardText, Codec, Envelope, Payload, SpecialKey, SpecialKeyKind,
-    TypeText,
+    AgentNotice, ChatMessage, ClipboardText, Codec, Payload, SpecialKey, SpecialKeyKind, TypeText,
 };
 use serde_json::json;
 use support::*;
@@ -534,22 +533,6 @@ fn dark_pixels(display: &str, window: &str, width: u16, height: u16) -> usize {
         .count()
 }
 
-/// The viewer's next `SessionEnd` reason.
-async fn next_session_end(conn: &mut Connection, agent: &AgentProcess) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, conn.recv()).await {
-            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
-            Ok(Ok(Envelope {
-                payload: Some(Payload::SessionEnd(end)),
-                ..
-            })) => return end.reason,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_session_indicator_lists_the_technicians_and_end_session_ends_it() {
     let Some(wine) = WineDesktop::start() else {
@@ -610,24 +593,7 @@ async fn windows_session_indicator_lists_the_technicians_and_end_session_ends_it
             "1",
         ],
     );
-    assert_eq!(
-        next_session_end(&mut control, &agent).await,
-        "ended by the person at the machine"
-    );
-    let status = agent.wait_exit(WAIT).await;
-    let stderr = agent.stderr();
-    assert!(status.success(), "{status}\n{stderr}");
-    assert!(
-        stderr.contains("ended by the person at the machine"),
-        "{stderr}"
-    );
-    relay.wait_session(&admin, "ended").await;
-    assert_eq!(
-        relay
-            .count_events(&admin, "session.ended_by_customer")
-            .await,
-        1
-    );
+    assert_ended_by_customer(&mut control, &mut agent, &relay, &admin).await;
     wait_until("the indicator to close", || {
         visible_windows(display, INDICATOR_TITLE).is_empty()
     })

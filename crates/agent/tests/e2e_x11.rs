@@ -973,41 +973,8 @@ async fn the_person_at_the_machine_sees_who_is_connected_and_ends_the_session() 
 
     // 3. "End session" ends it for everyone: the viewer is told why, the agent exits.
     click_in_window(&x.display, &window, END_BUTTON);
-    assert_eq!(
-        next_session_end(&mut control, &agent).await,
-        "ended by the person at the machine"
-    );
-    let status = agent.wait_exit(WAIT).await;
-    let stderr = agent.stderr();
-    assert!(status.success(), "{status}\n{stderr}");
-    assert!(
-        stderr.contains("ended by the person at the machine"),
-        "{stderr}"
-    );
-    relay.wait_session(&admin, "ended").await;
-    assert_eq!(
-        relay
-            .count_events(&admin, "session.ended_by_customer")
-            .await,
-        1
-    );
+    assert_ended_by_customer(&mut control, &mut agent, &relay, &admin).await;
     assert!(visible_windows(&x.display, INDICATOR_TITLE).is_empty());
-}
-
-/// The viewer's next `SessionEnd` reason.
-async fn next_session_end(conn: &mut Connection, agent: &AgentProcess) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, conn.recv()).await {
-            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
-            Ok(Ok(Envelope {
-                payload: Some(Payload::SessionEnd(end)),
-                ..
-            })) => return end.reason,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

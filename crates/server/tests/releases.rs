@@ -554,23 +554,21 @@ async fn channels_come_from_the_machine_then_its_site() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(version_for(&server, &q).await["version"], "1.1.0-beta.1");
     // The machine's own setting wins.
-    let resp = send(
-        &server,
-        Method::PATCH,
-        &format!("/api/machines/{}", m.agent_id),
-        &admin,
-        Some(json!({ "update_channel": "stable" })),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    let set_channel = |channel: &'static str| {
+        send(
+            &server,
+            Method::PATCH,
+            &format!("/api/machines/{}", m.agent_id),
+            &admin,
+            Some(json!({ "update_channel": channel })),
+        )
+    };
+    assert_eq!(set_channel("stable").await.status(), StatusCode::OK);
     assert_eq!(version_for(&server, &q).await["version"], "1.0.0");
-    let resp = send(
-        &server,
-        Method::PATCH,
-        &format!("/api/machines/{}", m.agent_id),
-        &admin,
-        Some(json!({ "update_channel": "nightly" })),
+    expect_envelope(
+        set_channel("nightly").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
     )
     .await;
-    expect_envelope(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
 }

@@ -965,3 +965,45 @@ pub fn install_agent_of_version(path: &Path, version: &str) -> Vec<u8> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     bytes
 }
+
+/// The next `SessionEnd` a viewer receives: its reason.
+pub async fn next_session_end(conn: &mut Connection, agent: &AgentProcess) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("no SessionEnd reached the viewer\n{}", agent.stderr()),
+            Ok(Ok(Envelope {
+                payload: Some(Payload::SessionEnd(end)),
+                ..
+            })) => return end.reason,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer connection failed before SessionEnd: {e}"),
+        }
+    }
+}
+
+/// After the person at the machine clicked End session: the viewer is told why, the agent
+/// exits cleanly saying so, the session is ended and audited once.
+pub async fn assert_ended_by_customer(
+    viewer: &mut Connection,
+    agent: &mut AgentProcess,
+    relay: &Relay,
+    admin: &str,
+) {
+    assert_eq!(
+        next_session_end(viewer, agent).await,
+        "ended by the person at the machine"
+    );
+    let status = agent.wait_exit(WAIT).await;
+    let stderr = agent.stderr();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("ended by the person at the machine"),
+        "{stderr}"
+    );
+    relay.wait_session(admin, "ended").await;
+    assert_eq!(
+        relay.count_events(admin, "session.ended_by_customer").await,
+        1
+    );
+}
