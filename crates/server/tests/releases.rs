@@ -554,11 +554,12 @@ async fn channels_come_from_the_machine_then_its_site() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(version_for(&server, &q).await["version"], "1.1.0-beta.1");
     // The machine's own setting wins.
+    let machine_path = format!("/api/machines/{}", m.agent_id);
     let set_channel = |channel: &'static str| {
         send(
             &server,
             Method::PATCH,
-            &format!("/api/machines/{}", m.agent_id),
+            &machine_path,
             &admin,
             Some(json!({ "update_channel": channel })),
         )
