@@ -11,9 +11,11 @@
 //! 1. **typing**: a terminal-like window (core font, one character typed per frame at
 //!    30 fps, a block cursor) is captured with the agent's own [`X11Capturer`] (MIT-SHM) and
 //!    encoded with the agent's [`FrameEncoder`] (dirty tiles + zstd, or H.264), on this
-//!    thread. CPU time is this thread's on-CPU time from `/proc/thread-self/schedstat`
-//!    (nanoseconds); the X server's share of the capture (it copies the pixels into the
-//!    shared memory) is Xvfb's on-CPU time from `/proc/<pid>/task/*/schedstat`. Bytes are
+//!    thread. CPU time is this thread's CPU time from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`
+//!    (exact at each reading); the X server's share of the capture (it copies the pixels
+//!    into the shared memory) is Xvfb's on-CPU time from `/proc/<pid>/task/*/schedstat`
+//!    (another process's threads; it may lag by up to a tick while Xvfb runs, and Xvfb is
+//!    idle when it is read after each frame). Bytes are
 //!    the protobuf `Envelope { VideoFrame }` as it goes on the WebSocket.
 //! 2. **full**: two different full-screen pictures (a noisy photo-like one and a smooth
 //!    gradient) alternate; capture + encode per frame.
@@ -215,8 +217,12 @@ fn cpu_ns(schedstat: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// This thread's CPU time from the thread CPU-time clock: exact at the call, unlike
+/// `/proc/thread-self/schedstat`, which lags by up to a scheduler tick and under-counted
+/// short frames (issue 16).
 fn thread_cpu_ns() -> u64 {
-    cpu_ns("/proc/thread-self/schedstat")
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// All threads of `pid` (Xvfb).
