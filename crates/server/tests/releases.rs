@@ -553,6 +553,11 @@ async fn channels_come_from_the_machine_then_its_site() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(version_for(&server, &q).await["version"], "1.1.0-beta.1");
+    // The site list carries the channel (the console's Sites page shows and edits it).
+    assert_eq!(
+        list_sites(&server, &admin).await[0]["update_channel"],
+        "beta"
+    );
     // The machine's own setting wins.
     let machine_path = format!("/api/machines/{}", m.agent_id);
     let set_channel = |channel: &'static str| {

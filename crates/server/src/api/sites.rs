@@ -124,9 +124,34 @@ fn validate_code(code: &str) -> ApiResult<()> {
     }
 }
 
-async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<Json<Vec<SiteView>>> {
+/// A site in the list, with its update channel, which the console's Sites page shows and
+/// edits (`null`: not set; a machine without its own channel then follows its agent's, else
+/// stable).
+#[derive(Debug, Serialize)]
+struct SiteListItem {
+    #[serde(flatten)]
+    site: SiteView,
+    update_channel: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+) -> ApiResult<Json<Vec<SiteListItem>>> {
     let sites = state.store.list_sites(DEFAULT_TENANT).await?;
-    Ok(Json(sites.into_iter().map(SiteView::from).collect()))
+    let mut items = Vec::with_capacity(sites.len());
+    for site in sites {
+        let update_channel = match state.store.site_update_channel(&site.id).await {
+            // Deleted between the two reads: no channel to show.
+            Err(StoreError::NotFound) => None,
+            other => other?,
+        };
+        items.push(SiteListItem {
+            site: SiteView::from(site),
+            update_channel,
+        });
+    }
+    Ok(Json(items))
 }
 
 #[tracing::instrument(skip_all, fields(admin = %admin.0.user.id))]
