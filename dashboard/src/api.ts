@@ -153,10 +153,64 @@ export function saveBlob(blob: Blob, filename: string): void {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
+/**
+ * PUTs a file as the raw request body (XHR, for upload progress); resolves with the JSON
+ * answer, rejects with `ApiError` carrying the server's detail like `request`.
+ */
+export function uploadFile<T>(path: string, file: Blob, onProgress?: (sent: number, total: number) => void, signal?: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('PUT', path);
+    xhr.setRequestHeader('Accept', 'application/json');
+    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+    const tok = session.token();
+    if (tok) xhr.setRequestHeader('Authorization', `Bearer ${tok}`);
+    if (onProgress) xhr.upload.addEventListener('progress', (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size));
+    const abort = () => xhr.abort();
+    signal?.addEventListener('abort', abort, { once: true });
+    const done = () => signal?.removeEventListener('abort', abort);
+    xhr.addEventListener('load', () => {
+      done();
+      let body: unknown = undefined;
+      try {
+        body = xhr.responseText ? JSON.parse(xhr.responseText) : undefined;
+      } catch {
+        body = undefined;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) {
+        resolve(body as T);
+        return;
+      }
+      const env = (body ?? {}) as Partial<ErrorEnvelope>;
+      const err = new ApiError(
+        xhr.status,
+        env.detail ?? `${xhr.status} ${xhr.statusText || 'error'}`,
+        env.error_code ?? null,
+        env.correlation_id ?? xhr.getResponseHeader('x-correlation-id'),
+      );
+      if (xhr.status === 401 && tok) {
+        err.handled = true;
+        onUnauthorized('Your session has expired or was signed out. Please sign in again.');
+      }
+      reject(err);
+    });
+    xhr.addEventListener('error', () => {
+      done();
+      reject(new ApiError(0, 'The upload failed: the server could not be reached or closed the connection.'));
+    });
+    xhr.addEventListener('abort', () => {
+      done();
+      reject(new DOMException('The upload was cancelled', 'AbortError'));
+    });
+    xhr.send(file);
+  });
+}
+
 export const api = {
   get: <T>(path: string, query?: RequestOptions['query'], signal?: AbortSignal) => request<T>('GET', path, { query, signal }),
   post: <T>(path: string, body?: unknown, opts: Omit<RequestOptions, 'body'> = {}) => request<T>('POST', path, { ...opts, body }),
   patch: <T>(path: string, body: unknown) => request<T>('PATCH', path, { body }),
+  put: <T>(path: string, body: unknown) => request<T>('PUT', path, { body }),
   del: <T = void>(path: string) => request<T>('DELETE', path),
   download,
 };

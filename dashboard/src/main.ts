@@ -14,6 +14,7 @@ import { codesPage } from './pages/codes';
 import { usersPage } from './pages/users';
 import { keysPage } from './pages/keys';
 import { sitesPage } from './pages/sites';
+import { releasesPage } from './pages/releases';
 import { auditPage } from './pages/audit';
 import { accountPage } from './pages/account';
 import { viewerPage } from './pages/viewer';
@@ -38,6 +39,7 @@ const routes: Route[] = [
   { pattern: /^\/users$/, page: usersPage, title: 'Users', nav: 'users', admin: true },
   { pattern: /^\/keys(?:\/([0-9a-fA-F-]{36}))?$/, page: keysPage, title: 'Agent keys', nav: 'keys', admin: true },
   { pattern: /^\/sites$/, page: sitesPage, title: 'Sites', nav: 'sites', admin: true },
+  { pattern: /^\/releases$/, page: releasesPage, title: 'Releases', nav: 'releases', admin: true },
   { pattern: /^\/audit$/, page: auditPage, title: 'Audit log', nav: 'audit', admin: true },
   { pattern: /^\/account$/, page: accountPage, title: 'Account', nav: 'account' },
   { pattern: /^\/view\/([^/]+)$/, page: viewerPage, title: 'Viewer' },

@@ -79,6 +79,72 @@ export interface Machine {
   notes: string | null;
   online: boolean;
   session_id: string | null;
+  /** Enrollment site the machine belongs to. */
+  site_id?: string | null;
+  /** `stable` or `beta`; null inherits the site's (else stable). */
+  update_channel?: UpdateChannel | null;
+  /** The agent's last reported update step. */
+  update_status?: UpdateStatus | null;
+}
+
+export type UpdateChannel = 'stable' | 'beta';
+
+/** An agent's update progress (`UpdateStatus`, crates/server/src/api/releases.rs). */
+export interface UpdateStatus {
+  state: 'queued' | 'checking' | 'up_to_date' | 'downloading' | 'verifying' | 'restarting' | 'done' | 'rolled_back' | 'failed' | string;
+  version?: string | null;
+  detail?: string | null;
+  request_id?: string | null;
+  at?: number | null;
+}
+
+/** One platform's file of a release. */
+export interface ReleaseArtifact {
+  platform: string;
+  file: string;
+  size: number;
+  sha256: string;
+  min_version: string | null;
+  /** The file is on the server (agents are offered only uploaded ones). */
+  uploaded: boolean;
+  url: string;
+}
+
+export interface Release {
+  version: string;
+  channel: UpdateChannel | string;
+  notes: string;
+  rollout_percent: number;
+  created_by: string;
+  created_at: number;
+  artifacts: ReleaseArtifact[];
+}
+
+/** `GET /api/releases`. */
+export interface ReleaseList {
+  items: Release[];
+  updates_enabled: boolean;
+  key_fingerprint: string | null;
+  /** Why updates are off. */
+  reason: string | null;
+}
+
+/** What `guruconnect-release sign` writes and `POST /api/releases` takes. */
+export interface SignedRelease {
+  manifest: string;
+  signature: string;
+}
+
+/** `GET /api/changelog` item. */
+export interface ChangelogEntry {
+  version: string;
+  date: number;
+  notes: string;
+}
+
+/** `POST /api/machines/update` answer. */
+export interface BulkUpdateResult {
+  items: { agent_id: string; state: 'queued' | 'offline' | string }[];
 }
 
 /** What the agent last reported (`AgentStatus`, crates/server/src/relay/agent.rs). */
@@ -179,6 +245,8 @@ export interface Site {
   key_fingerprint: string;
   created_at: number;
   rotated_at: number | null;
+  /** Channel of its machines that have none of their own (list only; null: stable). */
+  update_channel?: UpdateChannel | null;
 }
 
 /** A platform a site installer is made for. */

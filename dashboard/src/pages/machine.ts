@@ -1,15 +1,15 @@
 // One machine, `#/machines/<agent_id>`: everything the server knows about it — inventory,
-// labels and notes (admins edit them), session history, its audit trail and keys (admins),
-// and Approve / Remove.
+// labels and notes (admins edit them), agent updates (channel, Update now, the agent's
+// progress), session history, its audit trail and keys (admins), and Approve / Remove.
 
 import { api, ApiError } from '../api';
 import * as session from '../session';
 import { navigate, type PageContext } from '../router';
 import { ago, bytes, dataTable, dateTime, duration, h, mount, pill } from '../ui/dom';
 import { busy, confirmAction, errorBox, loading, showError, toast, toastError } from '../ui/feedback';
-import { joinLink, machineLabels, osText, statusPill } from '../ui/machine';
+import { joinLink, machineLabels, osText, statusPill, updateStatusLine } from '../ui/machine';
 import { machineKeys } from './keys';
-import type { AuditEvent, EventPage, Inventory, Machine, Session } from '../types';
+import type { AuditEvent, EventPage, Inventory, Machine, Session, UpdateChannel } from '../types';
 
 /** `3 d 4 h`, `2 h 5 min`, `4 min`, `12 s`. */
 function seconds(n: number | undefined): string | null {
@@ -134,6 +134,63 @@ function labelsCard(m: Machine, onSaved: (m: Machine) => void): HTMLElement {
   return card;
 }
 
+const CHANNELS: [string, string][] = [
+  ['', 'Inherit (the site’s, else the agent’s own)'],
+  ['stable', 'Stable'],
+  ['beta', 'Beta'],
+];
+
+/** Agent updates: the channel (admins change it), Update now (admins), and `statusSlot`,
+ * which the page redraws with the agent's last report on every refresh. */
+function updatesCard(m: Machine, path: string, statusSlot: HTMLElement, onChange: () => void): HTMLElement {
+  const admin = session.isAdmin();
+  const errorSlot = h('div', { 'data-testid': 'update-error' });
+  const channel = h('select', { id: 'update-channel', class: 'select-sm', 'data-testid': 'update-channel', disabled: !admin }, CHANNELS.map(([v, label]) => h('option', { value: v }, label)));
+  channel.value = m.update_channel ?? '';
+  let saved = channel.value;
+  channel.addEventListener('change', () => {
+    errorSlot.replaceChildren();
+    const value = (channel.value || null) as UpdateChannel | null;
+    channel.disabled = true;
+    api
+      .patch<Machine>(path, { update_channel: value })
+      .then((fresh) => {
+        saved = fresh.update_channel ?? '';
+        channel.value = saved;
+        toast(`Update channel: ${value ?? 'inherited'}`, 'ok');
+        onChange();
+      })
+      .catch((err: unknown) => {
+        channel.value = saved;
+        showError(errorSlot, err);
+      })
+      .finally(() => (channel.disabled = false));
+  });
+  const now = h('button', { class: 'btn btn-sm btn-primary', type: 'button', 'data-testid': 'update-now' }, 'Update now');
+  now.addEventListener('click', () => {
+    errorSlot.replaceChildren();
+    void busy(now, () => api.post<{ request_id: string }>(`${path}/update`))
+      .then(() => {
+        toast('Update requested: the agent checks for a newer release now', 'ok');
+        onChange();
+      })
+      .catch((err: unknown) => showError(errorSlot, err));
+  });
+  return h(
+    'section',
+    { class: 'card', 'aria-labelledby': 'updates-title', 'data-testid': 'updates' },
+    h('h2', { id: 'updates-title' }, 'Agent updates'),
+    h(
+      'div',
+      { class: 'form-inline' },
+      h('div', { class: 'field' }, h('label', { for: 'update-channel' }, 'Update channel'), channel),
+      admin ? h('div', { class: 'field' }, now) : null,
+    ),
+    h('dl', { class: 'facts', style: 'margin-top: 12px' }, h('dt', {}, 'Last update'), h('dd', {}, statusSlot)),
+    errorSlot,
+  );
+}
+
 function sessionRow(s: Session): HTMLElement {
   const end = s.ended_at ?? (s.status === 'ended' ? null : Date.now());
   return h(
@@ -168,6 +225,8 @@ export function machinePage({ root, params, signal }: PageContext): () => void {
   const pendingSlot = h('div', {});
   const inventorySlot = h('div', {});
   const labelsSlot = h('div', {});
+  const updatesSlot = h('div', {});
+  const updateStatusSlot = h('span', {});
   const sessionsSlot = h('div', {}, loading('Loading sessions…'));
   const eventsSlot = h('div', {});
   const keysSlot = h('div', {});
@@ -223,6 +282,7 @@ export function machinePage({ root, params, signal }: PageContext): () => void {
     machine = m;
     drawHead(m);
     mount(inventorySlot, inventoryCard(m));
+    mount(updateStatusSlot, updateStatusLine(m.update_status));
   };
 
   const drawLabels = (m: Machine) =>
@@ -271,7 +331,10 @@ export function machinePage({ root, params, signal }: PageContext): () => void {
       const m = await api.get<Machine>(path, undefined, signal);
       draw(m);
       // The form is drawn once: a refresh must not overwrite what an admin is typing.
-      if (first) drawLabels(m);
+      if (first) {
+        drawLabels(m);
+        mount(updatesSlot, updatesCard(m, path, updateStatusSlot, () => void load(false)));
+      }
       return true;
     } catch (e) {
       if (signal.aborted) return false;
@@ -289,7 +352,7 @@ export function machinePage({ root, params, signal }: PageContext): () => void {
     root,
     head,
     pendingSlot,
-    h('div', { class: 'grid-2' }, inventorySlot, labelsSlot),
+    h('div', { class: 'grid-2' }, inventorySlot, h('div', {}, labelsSlot, updatesSlot)),
     h('h2', { class: 'section-title' }, 'Sessions'),
     sessionsSlot,
     session.isAdmin() ? [h('h2', { class: 'section-title' }, 'Keys'), keysSlot, h('h2', { class: 'section-title' }, 'Audit trail'), eventsSlot] : null,

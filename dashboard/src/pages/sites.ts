@@ -1,12 +1,13 @@
 // Sites (admin): zero-touch fleet enrollment. Create a site (its enrollment key is shown
 // once), list sites with their key fingerprints, rotate a key (the new one is shown once),
-// download the per-site installers (Linux script, Windows MSI) and build one with labels.
+// download the per-site installers (Linux script, Windows MSI) and build one with labels,
+// and choose each site's agent update channel.
 
 import { api, saveBlob } from '../api';
 import type { PageContext } from '../router';
 import { dateTime, h, icon, mount, dataTable } from '../ui/dom';
 import { busy, confirmAction, copyButton, loading, showError, toast, toastError } from '../ui/feedback';
-import type { InstallerAvailability, InstallerPlatform, Site, SiteWithKey } from '../types';
+import type { InstallerAvailability, InstallerPlatform, Site, SiteWithKey, UpdateChannel } from '../types';
 
 /** The installer's file name when the server sends none. */
 function installerName(code: string, platform: InstallerPlatform = 'linux'): string {
@@ -215,6 +216,37 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
     );
   };
 
+  /** The site's update channel: its machines without a channel of their own follow it. */
+  const channelSelect = (s: Site) => {
+    const select = h(
+      'select',
+      { class: 'select-sm', 'data-action': 'update-channel', 'aria-label': `Update channel of ${s.code}` },
+      h('option', { value: '' }, 'Default (the agent’s own, else stable)'),
+      h('option', { value: 'stable' }, 'Stable'),
+      h('option', { value: 'beta' }, 'Beta'),
+    );
+    let saved = s.update_channel ?? '';
+    select.value = saved;
+    select.addEventListener('change', () => {
+      const channel = (select.value || null) as UpdateChannel | null;
+      select.disabled = true;
+      api
+        .put<{ channel: UpdateChannel | null }>(`/api/sites/${encodeURIComponent(s.id)}/update-channel`, { channel })
+        .then((r) => {
+          saved = r.channel ?? '';
+          select.value = saved;
+          s.update_channel = r.channel;
+          toast(`Update channel of ${s.code}: ${r.channel ?? 'default'}`, 'ok');
+        })
+        .catch((err: unknown) => {
+          select.value = saved;
+          toastError(err);
+        })
+        .finally(() => (select.disabled = false));
+    });
+    return select;
+  };
+
   const draw = () => {
     if (!sites.length) {
       mount(
@@ -234,7 +266,7 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
     }
     mount(
       list,
-      dataTable('sites-table', ['Name', 'Code', 'Enrollment key', 'Created', 'Rotated', ''], sites.map((s) => {
+      dataTable('sites-table', ['Name', 'Code', 'Enrollment key', 'Created', 'Rotated', 'Updates', ''], sites.map((s) => {
         const rotate = h('button', { class: 'btn btn-sm btn-danger', type: 'button', 'data-action': 'rotate', 'aria-label': `Rotate the enrollment key of ${s.code}` }, 'Rotate key');
         rotate.addEventListener('click', () => {
           void confirmAction(
@@ -260,6 +292,7 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
           h('td', { class: 'mono nowrap', 'data-testid': 'fingerprint' }, s.key_fingerprint),
           h('td', { class: 'nowrap' }, dateTime(s.created_at)),
           h('td', { class: 'nowrap' }, s.rotated_at ? dateTime(s.rotated_at) : h('span', { class: 'muted' }, 'never')),
+          h('td', {}, channelSelect(s)),
           h('td', { class: 'actions' }, installerButton(s, 'Linux', 'btn-sm'), installerButton(s, 'Windows', 'btn-sm', 'windows'), rotate),
         );
       }), { class: 'nowrap' }),

@@ -36,7 +36,7 @@ function append(el: Node, children: (Child | Child[])[]): void {
  * the caller fills later, or the rows). */
 export function dataTable(
   testId: string,
-  headers: string[],
+  headers: (string | Node)[],
   body: HTMLTableSectionElement | Child | Child[],
   headAttrs: Attrs = {},
 ): HTMLDivElement {
@@ -67,6 +67,7 @@ const ICONS: Record<string, string> = {
   users: 'M16 19v-1a4 4 0 0 0-4-4H7a4 4 0 0 0-4 4v1 M9.5 10a3 3 0 1 0 0-6 3 3 0 0 0 0 6z M21 19v-1a4 4 0 0 0-3-3.9 M16 4.1a3 3 0 0 1 0 5.8',
   keys: 'M15 7a4 4 0 1 1-3.9 5H3v3h3v3h3v-3h2.1A4 4 0 0 1 15 7z',
   sites: 'M4 21V9l8-5 8 5v12 M4 21h16 M9 21v-6h6v6',
+  releases: 'M3 7l9-4 9 4v10l-9 4-9-4z M3 7l9 4 9-4 M12 11v10',
   download: 'M12 4v11 M7 10l5 5 5-5 M5 20h14',
   audit: 'M9 5h11 M9 12h11 M9 19h11 M4 5h.01 M4 12h.01 M4 19h.01',
   account: 'M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8z M4 21a8 8 0 0 1 16 0',

@@ -14,6 +14,7 @@ const NAV: { key: string; label: string; icon: string; admin?: boolean; perm?: s
   { key: 'users', label: 'Users', icon: 'users', admin: true },
   { key: 'keys', label: 'Agent keys', icon: 'keys', admin: true },
   { key: 'sites', label: 'Sites', icon: 'sites', admin: true },
+  { key: 'releases', label: 'Releases', icon: 'releases', admin: true },
   { key: 'audit', label: 'Audit log', icon: 'audit', admin: true },
 ];
 

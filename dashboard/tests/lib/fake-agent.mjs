@@ -38,10 +38,11 @@ export const LEFT = [0x33, 0x66, 0xcc];
 export const RIGHT = [0xcc, 0x33, 0x33];
 
 export class FakeAgent {
-  constructor(baseUrl, key, { hostname = 'fake-pc', os = 'Linux', osVersion = 'Debian 12' } = {}) {
+  constructor(baseUrl, key, { hostname = 'fake-pc', os = 'Linux', osVersion = 'Debian 12', agentVersion = '0.0.0-test' } = {}) {
     this.url = baseUrl.replace(/^http/, 'ws') + '/ws/agent';
     this.key = key;
     this.hostname = hostname;
+    this.agentVersion = agentVersion;
     this.os = os;
     this.osVersion = osVersion;
     this.received = [];
@@ -68,7 +69,7 @@ export class FakeAgent {
             hostname: this.hostname,
             os: this.os,
             osVersion: this.osVersion,
-            agentVersion: '0.0.0-test',
+            agentVersion: this.agentVersion,
             codecs: [pb.Codec.CODEC_RAW_ZSTD],
             displays: this.displays,
             capabilities: ['chat', 'clipboard'],
@@ -116,7 +117,7 @@ export class FakeAgent {
 
   /** Reports an inventory (AgentStatus), as the real agent does after connecting. */
   sendStatus(status) {
-    this.send({ agentStatus: { hostname: this.hostname, os: this.os, osVersion: this.osVersion, agentVersion: '0.0.0-test', ...status } });
+    this.send({ agentStatus: { hostname: this.hostname, os: this.os, osVersion: this.osVersion, agentVersion: this.agentVersion, ...status } });
   }
 
   of(kind) {
