@@ -1075,6 +1075,7 @@ mod tests {
                 size: 3,
                 sha256: guruconnect_release::sha256_hex(b"abc"),
                 min_version: min.map(str::to_owned),
+                path: None,
             }],
         }
     }
@@ -1276,6 +1277,7 @@ mod tests {
             size: bytes.len() as u64,
             sha256: guruconnect_release::sha256_hex(bytes),
             min_version: None,
+            path: None,
         }
     }
 

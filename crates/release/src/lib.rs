@@ -125,6 +125,15 @@ pub struct Artifact {
     /// Agents older than this must not update to it directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_version: Option<String>,
+    /// Where the server serves it: [`artifact_path`] of the release's version and this
+    /// platform (the only value accepted; optional so hand-written manifests may omit it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// The URL path under which a server serves a release's artifact for `platform`.
+pub fn artifact_path(version: &str, platform: &str) -> String {
+    format!("/api/releases/{version}/artifacts/{platform}")
 }
 
 /// What a release says about itself; the signed part.
@@ -225,6 +234,15 @@ impl Manifest {
                 && Version::parse(min).is_err()
             {
                 return invalid(format!("min_version {min:?}"));
+            }
+            if let Some(path) = &a.path
+                && *path != artifact_path(&self.version, &a.platform)
+            {
+                return invalid(format!(
+                    "path of {} must be {}",
+                    a.platform,
+                    artifact_path(&self.version, &a.platform)
+                ));
             }
         }
         Ok(())
@@ -448,6 +466,19 @@ mod tests {
             );
         }
         assert!(SignedRelease::sign(&manifest("1.3.0-beta.2", "beta"), &key).is_ok());
+        let with_path = |path: &str| {
+            format!(
+                r#"{{"version":"1.2.0","channel":"stable","artifacts":[{{"platform":"linux-x86_64","file":"a","size":3,"sha256":"{sha}","path":"{path}"}}]}}"#
+            )
+        };
+        assert!(
+            SignedRelease::sign(&with_path("/api/releases/1.2.0/artifacts/linux-x86_64"), &key)
+                .is_ok()
+        );
+        assert!(matches!(
+            SignedRelease::sign(&with_path("https://elsewhere.example/agent"), &key),
+            Err(ReleaseError::Invalid(_))
+        ));
     }
 
     #[test]

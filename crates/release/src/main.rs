@@ -287,6 +287,10 @@ fn sign(args: SignArgs) -> Outcome {
             size,
             sha256,
             min_version: args.min_version.clone(),
+            path: Some(guruconnect_release::artifact_path(
+                &version.to_string(),
+                platform,
+            )),
         });
     }
     let manifest = Manifest {

@@ -160,7 +160,7 @@ fn view(state: &AppState, release: &Release) -> ApiResult<ReleaseView> {
 }
 
 fn artifact_url(version: &str, platform: &str) -> String {
-    format!("/api/releases/{version}/artifacts/{platform}")
+    guruconnect_release::artifact_path(version, platform)
 }
 
 /// `GET /api/releases`: every release, newest version first, and whether updates are on.
