@@ -37,10 +37,14 @@
 //! id of the push that started the attempt (empty for periodic checks). Periodic checks
 //! that find nothing to do stay quiet; failures are always reported.
 //!
-//! Windows: the same flow with `guruconnect-agent.new.exe`; renaming the running binary is
-//! allowed there, and the service (which keeps running the old code until the next service
-//! restart) relaunches its worker from the same path. UNVERIFIED on real Windows and under
-//! Wine: only the Linux flow is tested end to end (`tests/update.rs`).
+//! Windows: the same flow with `guruconnect-agent.new.exe`. A running `.exe` can be renamed
+//! there but neither deleted nor replaced, so a binary that may be running is moved out of
+//! the way first (`make_room`: the new version restoring the previous one over itself;
+//! `.previous` while the service, which keeps running the old code until the next service
+//! restart, runs from it) and deleted at a later start. The service relaunches its worker
+//! from the same path. Tested end to end on Linux (`tests/update.rs`) and with the `.exe`
+//! under Wine (`tests/e2e_wine.rs`: update, self-test refusals, the rollback over the
+//! running `.exe`); the service restarting its worker from the new file is not run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -94,25 +98,57 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The files for the binary at `exe`.
+    /// The files for the binary at `exe`, named as this system wants them.
     pub fn for_exe(exe: &Path) -> Paths {
-        let with = |suffix: &str| {
-            let mut s = exe.as_os_str().to_owned();
-            s.push(suffix);
-            PathBuf::from(s)
-        };
-        // Windows runs only files it recognises as programs by their extension.
-        let new = if cfg!(windows) {
-            exe.with_extension("new.exe")
+        if cfg!(windows) {
+            Self::for_windows_exe(exe)
         } else {
-            with(".new")
-        };
+            Self::named(exe, with_suffix(exe, ".new"))
+        }
+    }
+
+    /// The files a Windows agent at `exe` uses (the tests under Wine name them on Linux):
+    /// the download is `<name>.new.exe`, as Windows runs only files it recognises as
+    /// programs by their extension.
+    pub fn for_windows_exe(exe: &Path) -> Paths {
+        Self::named(exe, exe.with_extension("new.exe"))
+    }
+
+    fn named(exe: &Path, new: PathBuf) -> Paths {
         Paths {
             exe: exe.to_owned(),
-            previous: with(".previous"),
+            previous: with_suffix(exe, ".previous"),
             new,
-            marker: with(".update.json"),
-            skip: with(".update-skip"),
+            marker: with_suffix(exe, ".update.json"),
+            skip: with_suffix(exe, ".update-skip"),
+        }
+    }
+
+    /// A free name for a binary moved out of the way ([`make_room`]): `<exe>.old-<n>`.
+    fn aside(&self) -> PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        with_suffix(
+            &self.exe,
+            &format!(".{OLD_INFIX}{nanos}-{}", std::process::id()),
+        )
+    }
+
+    /// Deletes the binaries `make_room` moved aside that no longer run.
+    pub fn remove_old(&self) {
+        let (Some(dir), Some(name)) = (self.exe.parent(), self.exe.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}.{OLD_INFIX}", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                // Still running (Windows): deleted at a later start.
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 
@@ -137,6 +173,59 @@ impl Paths {
             if file.starts_with(&prefix) && file.ends_with(".partial") && entry.path() != keep {
                 let _ = std::fs::remove_file(entry.path());
             }
+        }
+    }
+}
+
+/// `<exe>` with `suffix` appended to its name.
+fn with_suffix(exe: &Path, suffix: &str) -> PathBuf {
+    let mut s = exe.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The part of a moved-aside binary's name after `<exe>.`.
+const OLD_INFIX: &str = "old-";
+
+/// Frees the name `path` (a binary that may be running) for another file: deletes it, or,
+/// where the system refuses to delete or replace a binary that runs, renames it out of the
+/// way to `<exe>.old-…` ([`Paths::remove_old`] deletes those once they no longer run).
+///
+/// That is Windows (and Wine): a running `.exe` cannot be deleted or renamed over, but it
+/// can be renamed. It happens when a new version that did not come online restores the
+/// previous one over itself, and when the service, which keeps running the old code until
+/// it is restarted, runs it from `.previous`.
+///
+/// Returns where the file went when it was moved aside.
+fn make_room(paths: &Paths, path: &Path) -> std::io::Result<Option<PathBuf>> {
+    make_room_with(paths, path, |p| std::fs::remove_file(p))
+}
+
+fn make_room_with(
+    paths: &Paths,
+    path: &Path,
+    remove: impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<Option<PathBuf>> {
+    match remove(path) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            let aside = paths.aside();
+            std::fs::rename(path, &aside).map_err(|r| {
+                std::io::Error::new(
+                    r.kind(),
+                    format!(
+                        "cannot delete {} ({e}) nor move it aside ({r})",
+                        path.display()
+                    ),
+                )
+            })?;
+            tracing::info!(
+                file = %path.display(),
+                aside = %aside.display(),
+                "update: moved a binary that cannot be deleted (it runs) out of the way: {e}"
+            );
+            Ok(Some(aside))
         }
     }
 }
@@ -413,6 +502,9 @@ impl Updater {
             ),
         }
         let paths = exe.map(|e| Paths::for_exe(&e));
+        if let Some(p) = &paths {
+            p.remove_old();
+        }
         let phase = paths
             .as_ref()
             .map_or(Phase::Idle, |p| startup_phase(p, current));
@@ -537,7 +629,9 @@ impl Updater {
             Phase::Idle => {}
             Phase::Confirm(marker) => {
                 let _ = std::fs::remove_file(&paths.marker);
-                let _ = std::fs::remove_file(&paths.previous);
+                if let Err(e) = make_room(paths, &paths.previous) {
+                    tracing::warn!("update: cannot remove the previous version: {e}");
+                }
                 sync_dir(&paths.marker);
                 let reporter = Reporter {
                     out,
@@ -553,7 +647,7 @@ impl Updater {
             }
             Phase::ReportRollback(marker) => {
                 let _ = std::fs::remove_file(&paths.marker);
-                let _ = std::fs::remove_file(&paths.previous);
+                let _ = make_room(paths, &paths.previous);
                 remember_skip(paths, &marker.to);
                 let detail = marker.rolled_back.clone().unwrap_or_else(|| {
                     format!(
@@ -833,7 +927,14 @@ fn restore_previous(paths: &Paths, marker: &Marker, why: &str) -> std::io::Resul
     let mut noted = marker.clone();
     noted.rolled_back = Some(why.to_owned());
     noted.write(&paths.marker)?;
-    std::fs::rename(&paths.previous, &paths.exe)?;
+    // The binary in place is the one running now: Windows renames it, never over it.
+    let aside = make_room(paths, &paths.exe)?;
+    if let Err(e) = std::fs::rename(&paths.previous, &paths.exe) {
+        if let Some(aside) = aside {
+            let _ = std::fs::rename(aside, &paths.exe);
+        }
+        return Err(e);
+    }
     sync_dir(&paths.exe);
     Ok(())
 }
@@ -841,7 +942,10 @@ fn restore_previous(paths: &Paths, marker: &Marker, why: &str) -> std::io::Resul
 /// Writes the marker, then moves the running binary to `.previous` and the new one in.
 fn swap(paths: &Paths, marker: &Marker) -> std::io::Result<()> {
     marker.write(&paths.marker)?;
-    let _ = std::fs::remove_file(&paths.previous);
+    if let Err(e) = make_room(paths, &paths.previous) {
+        let _ = std::fs::remove_file(&paths.marker);
+        return Err(e);
+    }
     if let Err(e) = std::fs::rename(&paths.exe, &paths.previous) {
         let _ = std::fs::remove_file(&paths.marker);
         return Err(e);
@@ -1387,6 +1491,42 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_that_cannot_be_deleted_is_moved_aside_and_deleted_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::for_exe(&dir.path().join("guruconnect-agent"));
+        std::fs::write(&paths.previous, "old").expect("write");
+        // As Windows answers for a running binary: it cannot be deleted, but renamed.
+        let running = |p: &Path| -> std::io::Result<()> {
+            if p.exists() {
+                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            } else {
+                std::fs::remove_file(p)
+            }
+        };
+        let aside = make_room_with(&paths, &paths.previous, running)
+            .expect("moved")
+            .expect("aside");
+        assert!(!paths.previous.exists());
+        assert_eq!(std::fs::read_to_string(&aside).expect("aside"), "old");
+        let name = aside
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with("guruconnect-agent.old-"), "{name}");
+        // Nothing there: nothing to do.
+        assert_eq!(
+            make_room_with(&paths, &paths.previous, running).expect("ok"),
+            None
+        );
+        // Once it no longer runs, a later start deletes it (and only it).
+        std::fs::write(&paths.exe, "agent").expect("write");
+        paths.remove_old();
+        assert!(!aside.exists());
+        assert!(paths.exe.exists());
+    }
+
+    #[test]
     fn paths_sit_beside_the_binary() {
         let paths = Paths::for_exe(Path::new("/opt/gc/guruconnect-agent"));
         assert_eq!(
@@ -1400,6 +1540,12 @@ mod tests {
         assert_eq!(
             paths.partial("1.2.0"),
             Path::new("/opt/gc/guruconnect-agent-1.2.0.partial")
+        );
+        let windows = Paths::for_windows_exe(Path::new("/opt/gc/guruconnect-agent.exe"));
+        assert_eq!(windows.new, Path::new("/opt/gc/guruconnect-agent.new.exe"));
+        assert_eq!(
+            windows.previous,
+            Path::new("/opt/gc/guruconnect-agent.exe.previous")
         );
     }
 }
