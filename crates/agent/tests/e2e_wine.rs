@@ -8,6 +8,12 @@
 //! the `.exe` the tests print a line and pass, unless `GURUCONNECT_REQUIRE_WINE` is set
 //! (`.ci/run` sets it), when they fail.
 //!
+//! Self-update runs here too (`windows_agent_updates_itself…` and the two after it): the
+//! `.exe` patched to version A under a [`Supervisor`] that restarts `wine <exe> run` when
+//! it exits (as the service restarts its worker), releases for `windows-x86_64` published
+//! through the real endpoints, the rename of the running `.exe`, the self-test of
+//! `guruconnect-agent.new.exe` and the restart into the new file.
+//!
 //! What this exercises is the GDI capture path, `SendInput`, the Win32 consent, chat and
 //! session indicator windows and the clipboard as Wine implements them; DXGI, `SendSAS`, the secure desktop
 //! and session 0 are not exercised (Wine has none of them).
@@ -25,21 +31,23 @@
 mod support;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guruconnect_agent::platform::ui::{
     ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_HEIGHT, INDICATOR_TITLE,
     INDICATOR_WIDTH, REPLY_FIELD, center,
 };
+use guruconnect_agent::update::{EXIT_RESTART, Marker, Paths};
 use guruconnect_client::Connection;
 use guruconnect_codec::Image;
 use guruconnect_proto::{
     AgentNotice, ChatMessage, ClipboardText, Codec, Payload, SpecialKey, SpecialKeyKind, TypeText,
 };
-use serde_json::json;
+use guruconnect_release::SigningKey;
+use serde_json::{Value, json};
 use support::*;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
@@ -75,6 +83,11 @@ async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `p` as the Windows agent under Wine names it: Wine's `Z:` is the Linux `/`.
+fn windows_path(p: &Path) -> String {
+    format!("Z:{}", p.display()).replace('/', "\\")
 }
 
 /// The built `.exe`, or `None` (test skipped) when it was not built.
@@ -697,9 +710,8 @@ async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_res
         .expect("enrollment key")
         .to_owned();
 
-    // The configuration as the Windows installer would write it; Wine's Z: is the Linux /.
+    // The configuration as the Windows installer would write it.
     let dir = tempfile::tempdir().expect("tempdir");
-    let windows_path = |p: &std::path::Path| format!("Z:{}", p.display()).replace('/', "\\");
     let key_file = dir.path().join("agent.key");
     let config = dir.path().join("agent.toml");
     std::fs::write(
@@ -745,4 +757,360 @@ async fn windows_agent_enrolls_with_a_site_key_and_reconnects_after_a_server_res
         "the stored key is kept"
     );
     assert_alive(&mut agent);
+}
+
+// ------------------------------------------------------------------ self-update
+
+const A: &str = "1.0.0";
+const B: &str = "1.1.0";
+/// Long enough for a check, a 35 MB download, a self-test (a second Wine process) and a
+/// restart under Wine on a busy machine.
+const UPDATE_WAIT: Duration = Duration::from_secs(150);
+/// The Windows artifact of a release.
+const WINDOWS: ArtifactFor<'static> = ArtifactFor {
+    platform: "windows-x86_64",
+    file: "guruconnect-agent.exe",
+};
+
+/// A relay with a release key, one managed Windows machine (a pre-issued key, the release
+/// key pinned) and version A of the `.exe` installed in a directory of its own.
+struct WineMachine {
+    relay: Relay,
+    admin: String,
+    agent_id: String,
+    key: SigningKey,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    /// The agent's files, named as on Windows (Linux paths; the agent sees them on `Z:`).
+    paths: Paths,
+    a_bytes: Vec<u8>,
+}
+
+impl WineMachine {
+    async fn set_up(wine: &WineDesktop) -> WineMachine {
+        let key = guruconnect_release::generate_key();
+        let public = public_text(&key);
+        let relay = within(
+            "starting the relay",
+            Relay::start_in(tempfile::tempdir().expect("tempdir"), 0, None, |c| {
+                c.release_public_key = Some(public);
+            }),
+        )
+        .await;
+        let admin = relay.admin().await;
+        let (agent_id, agent_key) = relay.issue_machine_key(&admin).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The plain key file of older agents: the agent protects it with DPAPI when it
+        // loads it.
+        let key_file = dir.path().join("agent.key");
+        std::fs::write(&key_file, agent_key).expect("write key");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "server = {server:?}\nkey_file = {key:?}\nrelease_public_key = {public:?}\n",
+                server = relay.base,
+                key = windows_path(&key_file),
+                public = public_text(&key),
+            ),
+        )
+        .expect("write config");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        let exe = bin.join("guruconnect-agent.exe");
+        let a_bytes = binary_of_version(&wine.exe, A);
+        install_binary(&exe, &a_bytes);
+        WineMachine {
+            relay,
+            admin,
+            agent_id,
+            key,
+            dir,
+            config,
+            paths: Paths::for_windows_exe(&exe),
+            a_bytes,
+        }
+    }
+
+    /// `wine <exe> run --config <config>`, started again whenever it exits.
+    fn supervise(&self, wine: &WineDesktop) -> Supervisor {
+        let exe = self.paths.exe.clone();
+        let config = windows_path(&self.config);
+        let display = wine.display().to_owned();
+        Supervisor::start(move || {
+            let mut cmd = Command::new("wine");
+            cmd.arg(&exe)
+                .args(["run", "--config", &config])
+                .env("DISPLAY", &display)
+                .env("RUST_LOG", "info");
+            cmd
+        })
+    }
+
+    async fn publish(&self, version: &str, bytes: &[u8]) {
+        self.relay
+            .publish_release(&self.admin, &self.key, version, WINDOWS, bytes)
+            .await;
+    }
+
+    async fn push(&self, body: Value) -> String {
+        self.relay
+            .push_update(&self.admin, &self.agent_id, body)
+            .await
+    }
+
+    async fn wait_online_as(&self, version: &str, sup: &Supervisor) -> Value {
+        self.relay
+            .wait_online_as(&self.admin, &self.agent_id, version, sup, UPDATE_WAIT)
+            .await
+    }
+
+    async fn wait_status(&self, sup: &Supervisor, pred: impl Fn(&Value) -> bool) -> Value {
+        self.relay
+            .wait_update_status(&self.admin, &self.agent_id, sup, UPDATE_WAIT, pred)
+            .await
+    }
+
+    async fn wait_outcome(&self, sup: &Supervisor, request_id: &str) -> Value {
+        self.relay
+            .wait_update_outcome(&self.admin, &self.agent_id, sup, UPDATE_WAIT, request_id)
+            .await
+    }
+
+    /// The files beside the `.exe` named `<exe name><infix>…<suffix>`.
+    fn leftovers(&self, infix: &str, suffix: &str) -> Vec<String> {
+        let bin = self.paths.exe.parent().expect("bin");
+        let name = self.paths.exe.file_name().expect("name").to_string_lossy();
+        let prefix = format!("{name}{infix}");
+        std::fs::read_dir(bin)
+            .expect("bin")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(suffix))
+            .collect()
+    }
+
+    /// Version A still installed and running, nothing of an update left behind.
+    fn assert_a_untouched(&self, sup: &Supervisor) {
+        let log = sup.log();
+        assert!(
+            std::fs::read(&self.paths.exe).expect("exe") == self.a_bytes,
+            "the .exe was replaced:\n{log}"
+        );
+        assert_eq!(sup.exits(), Vec::<Option<i32>>::new(), "{log}");
+        for leftover in [&self.paths.new, &self.paths.previous, &self.paths.marker] {
+            assert!(!leftover.exists(), "{} left behind", leftover.display());
+        }
+        let partials = self.leftovers("-", ".partial");
+        assert!(partials.is_empty(), "partial downloads left: {partials:?}");
+    }
+}
+
+/// A Windows program that writes "broken build" to stderr and exits 3 at once, built with
+/// MinGW (which builds the `.exe` too): a new version that fails at start.
+fn broken_windows_program(dir: &Path) -> Vec<u8> {
+    let gcc = "x86_64-w64-mingw32-gcc";
+    assert!(
+        have(gcc),
+        "{gcc} is missing (scripts/windows/build-agent.sh installs it)"
+    );
+    let source = dir.join("broken.c");
+    let exe = dir.join("broken.exe");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\nint main(void) { fputs(\"broken build\\n\", stderr); return 3; }\n",
+    )
+    .expect("write broken.c");
+    let out = run_with_timeout(
+        Command::new(gcc)
+            .arg("-O2")
+            .arg("-s")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&source),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{gcc}: {out:?}");
+    std::fs::read(&exe).expect("broken.exe")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_updates_itself_under_wine_and_comes_back_online_as_the_new_version() {
+    let started = Instant::now();
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let m = WineMachine::set_up(&wine).await;
+    let b_bytes = binary_of_version(&wine.exe, B);
+    m.publish(B, &b_bytes).await;
+
+    // Version A connects, finds B on its first check, self-tests B as
+    // guruconnect-agent.new.exe, renames itself to .previous, puts B in place and exits
+    // for the restart.
+    let sup = m.supervise(&wine);
+    let done = m
+        .wait_status(&sup, |s| state_of(s) == "done" && s["version"] == B)
+        .await;
+    assert!(
+        detail_of(&done).contains(&format!("from {A} to {B}")),
+        "{done}"
+    );
+    let machine = m.wait_online_as(B, &sup).await;
+    assert_eq!(machine["os"], "windows", "{machine}");
+    assert_eq!(machine["update_status"]["state"], "done");
+
+    let log = sup.log();
+    assert!(log.contains("self-update is enabled"), "{log}");
+    assert!(
+        std::fs::read(&m.paths.exe).expect("exe") == b_bytes,
+        "B is not in place:\n{log}"
+    );
+    for gone in [&m.paths.previous, &m.paths.marker, &m.paths.new] {
+        assert!(
+            !gone.exists(),
+            "{} kept after B came online",
+            gone.display()
+        );
+    }
+    assert_eq!(
+        sup.exits(),
+        vec![Some(i32::from(EXIT_RESTART))],
+        "one restart into B:\n{log}"
+    );
+    assert_eq!(m.relay.count_events(&m.admin, "update.done").await, 1);
+
+    // B is the newest: a push finds nothing to do, and B keeps running.
+    let request = m.push(json!({})).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "up_to_date", "{status}");
+    assert_eq!(sup.exits().len(), 1, "{}", sup.log());
+    println!("updated A -> B under Wine in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_under_wine_keeps_running_when_the_new_version_fails_its_self_test() {
+    let started = Instant::now();
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let m = WineMachine::set_up(&wine).await;
+    let broken = broken_windows_program(m.dir.path());
+    let sup = m.supervise(&wine);
+    m.wait_online_as(A, &sup).await;
+    // The first check found nothing; later ones come only from pushes.
+    sup.wait_log("update check:").await;
+
+    // A Windows program that exits 3 at start.
+    m.publish("1.2.0", &broken).await;
+    let request = m.push(json!({ "version": "1.2.0" })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "rolled_back", "{status}");
+    assert!(detail_of(&status).contains("exited at start"), "{status}");
+    assert!(detail_of(&status).contains("broken build"), "{status}");
+    m.assert_a_untouched(&sup);
+
+    // The agent itself, but not the version the release names: it starts and says so.
+    m.publish("1.3.0", &m.a_bytes).await;
+    let request = m.push(json!({ "version": "1.3.0" })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "rolled_back", "{status}");
+    assert!(
+        detail_of(&status).contains(&format!("it says it is version {A}")),
+        "{status}"
+    );
+    m.assert_a_untouched(&sup);
+
+    // Not a program at all: Windows cannot start it.
+    m.publish("1.4.0", &[0x5a; 4096]).await;
+    let request = m.push(json!({ "version": "1.4.0" })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "rolled_back", "{status}");
+    m.assert_a_untouched(&sup);
+
+    let machine = m.wait_online_as(A, &sup).await;
+    assert_eq!(machine["online"], true);
+    assert_eq!(
+        m.relay.count_events(&m.admin, "update.rolled_back").await,
+        3
+    );
+    println!("three refusals under Wine in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_new_version_that_does_not_come_online_under_wine_restores_the_previous_exe() {
+    let started = Instant::now();
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let mut m = WineMachine::set_up(&wine).await;
+    // The state right after a swap: B in place, A as `.previous`, the marker with a
+    // deadline a few seconds away; and no server to come online to. B, running, must put
+    // A back over its own .exe, which Windows (and Wine) refuse to replace or delete.
+    let b_bytes = binary_of_version(&wine.exe, B);
+    install_binary(&m.paths.exe, &b_bytes);
+    install_binary(&m.paths.previous, &m.a_bytes);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    Marker {
+        from: A.into(),
+        to: B.into(),
+        deadline: now + 6,
+        request_id: "push-42".into(),
+        rolled_back: None,
+    }
+    .write(&m.paths.marker)
+    .expect("marker");
+    let port = m.relay.port;
+    let password = m.relay.admin_password.clone();
+    let dir = within("stopping the relay", m.relay.stop()).await;
+
+    let sup = m.supervise(&wine);
+    sup.wait_exits(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        sup.exits(),
+        vec![Some(i32::from(EXIT_RESTART))],
+        "{}",
+        sup.log()
+    );
+    assert!(
+        std::fs::read(&m.paths.exe).expect("exe") == m.a_bytes,
+        "A was not restored:\n{}",
+        sup.log()
+    );
+
+    // The server comes back: A reports the rollback of the push once online.
+    let public = public_text(&m.key);
+    m.relay = within(
+        "restarting the relay",
+        Relay::start_in(dir, port, Some(password), |c| {
+            c.release_public_key = Some(public);
+        }),
+    )
+    .await;
+    m.admin = m.relay.admin().await;
+    let status = m
+        .wait_status(&sup, |s| {
+            state_of(s) == "rolled_back" && s["request_id"] == "push-42"
+        })
+        .await;
+    assert_eq!(status["version"], B);
+    assert!(
+        detail_of(&status).contains("did not come online"),
+        "{status}"
+    );
+    m.wait_online_as(A, &sup).await;
+    assert!(!m.paths.marker.exists());
+    assert!(!m.paths.previous.exists());
+    assert_eq!(
+        std::fs::read_to_string(&m.paths.skip).expect("skip").trim(),
+        B,
+        "periodic checks skip the version that was undone"
+    );
+    // B, moved aside while it ran, is deleted by A's start.
+    let aside = m.leftovers(".old-", "");
+    assert!(aside.is_empty(), "left aside: {aside:?}\n{}", sup.log());
+    assert_eq!(sup.exits().len(), 1, "{}", sup.log());
+    println!("rolled back under Wine in {:?}", started.elapsed());
 }

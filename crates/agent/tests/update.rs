@@ -10,15 +10,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guruconnect_agent::update::{EXIT_RESTART, Marker, NO_KEY, Paths};
-use guruconnect_release::{SignedRelease, SigningKey};
+use guruconnect_release::SigningKey;
 use serde_json::{Value, json};
 
 mod support;
@@ -28,117 +25,6 @@ const A: &str = "1.0.0";
 const B: &str = "1.1.0";
 /// Long enough for a check, a 25 MB download, a self-test and a restart on a busy machine.
 const UPDATE_WAIT: Duration = Duration::from_secs(90);
-
-// ------------------------------------------------------------------ the service manager
-
-/// Runs the agent and starts it again whenever it exits (after a short pause), recording
-/// every exit status and everything it wrote to stderr.
-struct Supervisor {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<String>>,
-    exits: Arc<Mutex<Vec<Option<i32>>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Supervisor {
-    fn start(exe: &Path, config: &Path, display: &str) -> Supervisor {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(String::new()));
-        let exits = Arc::new(Mutex::new(Vec::new()));
-        let (exe, config, display) = (exe.to_owned(), config.to_owned(), display.to_owned());
-        let (s, l, e) = (stop.clone(), log.clone(), exits.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let spawned = Command::new(&exe)
-                    .arg("run")
-                    .arg("--config")
-                    .arg(&config)
-                    .env("DISPLAY", &display)
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn();
-                let mut child = match spawned {
-                    Ok(c) => c,
-                    Err(err) => {
-                        l.lock()
-                            .unwrap()
-                            .push_str(&format!("--- cannot start: {err}\n"));
-                        std::thread::sleep(Duration::from_millis(200));
-                        continue;
-                    }
-                };
-                let mut pipe = child.stderr.take().expect("stderr");
-                let sink = l.clone();
-                let reader = std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = pipe.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        sink.lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                });
-                let status = loop {
-                    if s.load(Ordering::Relaxed) {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        let _ = reader.join();
-                        return;
-                    }
-                    if let Some(status) = child.try_wait().expect("try_wait") {
-                        break status;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                };
-                let _ = reader.join();
-                e.lock().unwrap().push(status.code());
-                l.lock()
-                    .unwrap()
-                    .push_str(&format!("--- the agent exited ({status}); restarting\n"));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        Supervisor {
-            stop,
-            log,
-            exits,
-            thread: Some(thread),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn exits(&self) -> Vec<Option<i32>> {
-        self.exits.lock().unwrap().clone()
-    }
-
-    async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never logged:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 // ------------------------------------------------------------------ the fleet of one
 
@@ -155,22 +41,6 @@ struct Machine {
     a_bytes: Vec<u8>,
 }
 
-fn public_text(key: &SigningKey) -> String {
-    guruconnect_release::public_key_text(&key.verifying_key())
-}
-
-fn new_uuid() -> String {
-    let h = hex(&uuid_like());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 impl Machine {
     async fn set_up(server_key: &SigningKey, pinned: Option<&SigningKey>) -> Option<Machine> {
         use std::os::unix::fs::PermissionsExt as _;
@@ -181,18 +51,10 @@ impl Machine {
         })
         .await;
         let admin = relay.admin().await;
-        let agent_id = new_uuid();
-        let issued = relay
-            .post(
-                &admin,
-                &format!("/api/machines/{agent_id}/keys"),
-                json!({ "label": "update e2e" }),
-            )
-            .await;
+        let (agent_id, agent_key) = relay.issue_machine_key(&admin).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("agent.key");
-        std::fs::write(&key_file, issued["agent_key"].as_str().expect("agent_key"))
-            .expect("write key");
+        std::fs::write(&key_file, agent_key).expect("write key");
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let config = dir.path().join("agent.toml");
         let bin = dir.path().join("bin");
@@ -226,125 +88,67 @@ impl Machine {
     }
 
     fn supervise(&self) -> Supervisor {
-        Supervisor::start(&self.paths.exe, &self.config, &self.x.display)
-    }
-
-    async fn machine(&self) -> Value {
-        self.relay
-            .get(&self.admin, &format!("/api/machines/{}", self.agent_id))
-            .await
+        let (exe, config, display) = (
+            self.paths.exe.clone(),
+            self.config.clone(),
+            self.x.display.clone(),
+        );
+        Supervisor::start(move || {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&config)
+                .env("DISPLAY", &display)
+                .env("RUST_LOG", "info");
+            cmd
+        })
     }
 
     /// Waits until the machine is online reporting `version`.
     async fn wait_online_as(&self, version: &str, sup: &Supervisor) -> Value {
-        let deadline = Instant::now() + UPDATE_WAIT;
-        loop {
-            let m = self.machine().await;
-            if m["online"] == true && m["agent_version"] == version {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the machine is not online as {version}: {m}\n{}",
-                sup.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.relay
+            .wait_online_as(&self.admin, &self.agent_id, version, sup, UPDATE_WAIT)
+            .await
     }
 
     /// Waits until the machine's update status satisfies `pred`; returns it.
     async fn wait_status(&self, sup: &Supervisor, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + UPDATE_WAIT;
-        loop {
-            let status = self.machine().await["update_status"].clone();
-            if pred(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such update status; last {status}\n{}",
-                sup.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.relay
+            .wait_update_status(&self.admin, &self.agent_id, sup, UPDATE_WAIT, pred)
+            .await
     }
 
     /// Waits for the terminal status of the push `request_id`.
     async fn wait_outcome(&self, sup: &Supervisor, request_id: &str) -> Value {
-        self.wait_status(sup, |s| {
-            s["request_id"] == request_id
-                && ["done", "failed", "rolled_back", "up_to_date"]
-                    .contains(&s["state"].as_str().unwrap_or_default())
-        })
-        .await
+        self.relay
+            .wait_update_outcome(&self.admin, &self.agent_id, sup, UPDATE_WAIT, request_id)
+            .await
     }
 
     /// Signs a release of `version` with `key` for `bytes` and publishes it.
     async fn publish(&self, key: &SigningKey, version: &str, bytes: &[u8]) {
-        let manifest = json!({
-            "version": version,
-            "channel": "stable",
-            "notes": format!("test release {version}"),
-            "artifacts": [{
-                "platform": guruconnect_release::current_platform(),
-                "file": "guruconnect-agent",
-                "size": bytes.len(),
-                "sha256": guruconnect_release::sha256_hex(bytes),
-            }],
-        })
-        .to_string();
-        let signed = SignedRelease::sign(&manifest, key).expect("sign");
         self.relay
-            .post(
+            .publish_release(
                 &self.admin,
-                "/api/releases",
-                serde_json::to_value(&signed).expect("json"),
+                key,
+                version,
+                linux_artifact(&platform()),
+                bytes,
             )
             .await;
-        let resp = self
-            .relay
-            .http
-            .put(format!(
-                "{}/api/releases/{version}/artifacts/{}",
-                self.relay.base,
-                guruconnect_release::current_platform()
-            ))
-            .bearer_auth(&self.admin)
-            .body(bytes.to_vec())
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .expect("upload");
-        assert!(resp.status().is_success(), "upload: {}", resp.status());
     }
 
     /// Where the server keeps the artifact of `version`.
     fn stored_artifact(&self, version: &str) -> PathBuf {
         self.relay
-            .dir
-            .as_ref()
-            .expect("data dir")
-            .path()
-            .join("data/releases")
-            .join(version)
-            .join(guruconnect_release::current_platform())
-            .join("guruconnect-agent")
+            .stored_artifact(version, linux_artifact(&platform()))
     }
 
     /// Asks the agent to update now; returns the request id.
     async fn push(&self, body: Value) -> String {
-        let answer = self
-            .relay
-            .post(
-                &self.admin,
-                &format!("/api/machines/{}/update", self.agent_id),
-                body,
-            )
-            .await;
-        answer["request_id"]
-            .as_str()
-            .expect("request_id")
-            .to_owned()
+        self.relay
+            .push_update(&self.admin, &self.agent_id, body)
+            .await
     }
 
     /// Version A still installed and running, nothing of an update left behind.
@@ -369,12 +173,15 @@ impl Machine {
     }
 }
 
-fn state_of(status: &Value) -> &str {
-    status["state"].as_str().unwrap_or_default()
+fn platform() -> String {
+    guruconnect_release::current_platform()
 }
 
-fn detail_of(status: &Value) -> &str {
-    status["detail"].as_str().unwrap_or_default()
+fn linux_artifact(platform: &str) -> ArtifactFor<'_> {
+    ArtifactFor {
+        platform,
+        file: "guruconnect-agent",
+    }
 }
 
 // ------------------------------------------------------------------ the tests
@@ -561,7 +368,7 @@ async fn a_new_version_that_does_not_come_online_in_time_is_rolled_back() {
     .expect("marker");
     let port = m.relay.port;
     let password = m.relay.admin_password.clone();
-    let dir = stop(&mut m.relay).await;
+    let dir = m.relay.stop().await;
 
     let sup = m.supervise();
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -609,20 +416,4 @@ async fn a_new_version_that_does_not_come_online_in_time_is_rolled_back() {
     );
     assert_eq!(sup.exits().len(), 1, "{}", sup.log());
     println!("rolled back in {:?}", started.elapsed());
-}
-
-/// Stops `relay` and returns its data directory (its port stays free for a new one).
-async fn stop(relay: &mut Relay) -> tempfile::TempDir {
-    if let Some(tx) = relay.shutdown.take() {
-        let _ = tx.send(());
-    }
-    if let Some(handle) = relay.handle.take() {
-        let _ = tokio::time::timeout(WAIT, handle)
-            .await
-            .expect("relay stops");
-    }
-    if let Some(state) = relay.state.take() {
-        state.store.close().await;
-    }
-    relay.dir.take().expect("data dir")
 }

@@ -1,13 +1,15 @@
 //! The harness the end-to-end tests share: a private Xvfb, the relay in-process, the agent
 //! as a real process (the Linux binary, or the Windows `.exe` under Wine), viewers over the
-//! protocol client, and picture helpers.
+//! protocol client, picture helpers, and for self-update a supervisor that restarts the
+//! agent as a service manager does and the release publishing steps.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::Read as _;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use guruconnect_codec::{Decoder, Image};
 use guruconnect_proto::{
     Codec, Envelope, KeyEvent, MouseAction, MouseButton, MouseEvent, Payload, ViewerHello,
 };
+use guruconnect_release::{SignedRelease, SigningKey};
 use serde_json::{Value, json};
 use x11rb::connection::Connection as _;
 use x11rb::protocol::Event;
@@ -524,18 +527,7 @@ impl Relay {
 
     /// Stops this relay and starts a new one on the same data directory and port.
     pub async fn restart(mut self) -> Relay {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            let _ = tokio::time::timeout(WAIT, handle)
-                .await
-                .expect("relay stops");
-        }
-        if let Some(state) = self.state.take() {
-            state.store.close().await;
-        }
-        let dir = self.dir.take().expect("data dir");
+        let dir = self.stop().await;
         Self::start_in(dir, self.port, Some(self.admin_password.clone()), |_| {}).await
     }
 
@@ -948,22 +940,378 @@ pub fn intern(conn: &RustConnection, name: &[u8]) -> u32 {
 
 // ------------------------------------------------------------------ versions
 
-/// The built agent binary's bytes with its version slot rewritten to `version`: "a real
-/// build of version B" without a second compile (`guruconnect_agent::version`).
-pub fn agent_bytes_of_version(version: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_guruconnect-agent")).expect("read agent");
+/// The agent binary at `binary` (this build's version) with its version slot rewritten to
+/// `version`: "a real build of version B" without a second compile
+/// (`guruconnect_agent::version`).
+pub fn binary_of_version(binary: &Path, version: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(binary)
+        .unwrap_or_else(|e| panic!("read the agent {}: {e}", binary.display()));
     guruconnect_agent::version::patch(&mut bytes, env!("CARGO_PKG_VERSION"), version)
         .expect("patch the version slot");
     bytes
 }
 
-/// Writes the agent as `version` to `path`, executable.
-pub fn install_agent_of_version(path: &Path, version: &str) -> Vec<u8> {
+/// The built (Linux) agent's bytes as `version`.
+pub fn agent_bytes_of_version(version: &str) -> Vec<u8> {
+    binary_of_version(Path::new(env!("CARGO_BIN_EXE_guruconnect-agent")), version)
+}
+
+/// Writes `bytes` to `path`, executable.
+pub fn install_binary(path: &Path, bytes: &[u8]) {
     use std::os::unix::fs::PermissionsExt as _;
-    let bytes = agent_bytes_of_version(version);
-    std::fs::write(path, &bytes).expect("write agent");
+    std::fs::write(path, bytes).expect("write agent");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Writes the (Linux) agent as `version` to `path`, executable.
+pub fn install_agent_of_version(path: &Path, version: &str) -> Vec<u8> {
+    let bytes = agent_bytes_of_version(version);
+    install_binary(path, &bytes);
     bytes
+}
+
+// ------------------------------------------------------------------ self-update
+
+/// Runs the agent and starts it again whenever it exits (after a short pause), as
+/// systemd's `Restart=always` or the Windows service does, recording every exit status and
+/// everything it wrote to stderr.
+pub struct Supervisor {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<String>>,
+    exits: Arc<Mutex<Vec<Option<i32>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Runs what `command` builds (the agent's `run`, natively or under Wine) again and
+    /// again until dropped; stdin and stdout are null, stderr is collected.
+    pub fn start(command: impl Fn() -> Command + Send + 'static) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(String::new()));
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let (s, l, e) = (stop.clone(), log.clone(), exits.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let spawned = command()
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn();
+                let mut child = match spawned {
+                    Ok(c) => c,
+                    Err(err) => {
+                        l.lock()
+                            .unwrap()
+                            .push_str(&format!("--- cannot start: {err}\n"));
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                };
+                let (reader, read) = Self::collect(child.stderr.take().expect("stderr"), &l);
+                let status = loop {
+                    if s.load(Ordering::Relaxed) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        Self::finish(reader, read);
+                        return;
+                    }
+                    if let Some(status) = child.try_wait().expect("try_wait") {
+                        break status;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                Self::finish(reader, read);
+                e.lock().unwrap().push(status.code());
+                l.lock()
+                    .unwrap()
+                    .push_str(&format!("--- the agent exited ({status}); restarting\n"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Supervisor {
+            stop,
+            log,
+            exits,
+            thread: Some(thread),
+        }
+    }
+
+    /// Appends what `pipe` carries to `log` on a thread of its own, which says when it is
+    /// done.
+    fn collect(
+        mut pipe: impl Read + Send + 'static,
+        log: &Arc<Mutex<String>>,
+    ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>) {
+        let sink = log.clone();
+        let (tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            let _ = tx.send(());
+        });
+        (thread, done)
+    }
+
+    /// Lets the reader take the last bytes after the process exited. A process it left
+    /// behind may hold the pipe open (Wine's `wineserver` inherits it), so the wait is
+    /// bounded and the reader is left to finish by itself.
+    fn finish(reader: std::thread::JoinHandle<()>, read: std::sync::mpsc::Receiver<()>) {
+        if read.recv_timeout(Duration::from_secs(1)).is_ok() {
+            let _ = reader.join();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn exits(&self) -> Vec<Option<i32>> {
+        self.exits.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 40 s) until the agent logged `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (at most `limit`) until the agent exited `count` times.
+    pub async fn wait_exits(&self, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.exits().len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit {count} time(s) within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The text form of `key`'s public half, as configurations pin it.
+pub fn public_text(key: &SigningKey) -> String {
+    guruconnect_release::public_key_text(&key.verifying_key())
+}
+
+/// A random UUID-shaped id (a managed machine's `agent_id`).
+pub fn new_uuid() -> String {
+    let h = hex(&uuid_like());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// A release's one artifact: the platform it is for and its file name.
+#[derive(Debug, Clone, Copy)]
+pub struct ArtifactFor<'a> {
+    pub platform: &'a str,
+    pub file: &'a str,
+}
+
+impl Relay {
+    /// Issues a key for a new managed machine; returns its `agent_id` and the key.
+    pub async fn issue_machine_key(&self, admin: &str) -> (String, String) {
+        let agent_id = new_uuid();
+        let issued = self
+            .post(
+                admin,
+                &format!("/api/machines/{agent_id}/keys"),
+                json!({ "label": "update e2e" }),
+            )
+            .await;
+        let key = issued["agent_key"].as_str().expect("agent_key").to_owned();
+        (agent_id, key)
+    }
+
+    /// Signs a release of `version` with `key` whose one artifact is `bytes` and publishes
+    /// it through the real endpoints (`POST /api/releases`, `PUT …/artifacts/:platform`).
+    pub async fn publish_release(
+        &self,
+        admin: &str,
+        key: &SigningKey,
+        version: &str,
+        artifact: ArtifactFor<'_>,
+        bytes: &[u8],
+    ) {
+        let manifest = json!({
+            "version": version,
+            "channel": "stable",
+            "notes": format!("test release {version}"),
+            "artifacts": [{
+                "platform": artifact.platform,
+                "file": artifact.file,
+                "size": bytes.len(),
+                "sha256": guruconnect_release::sha256_hex(bytes),
+            }],
+        })
+        .to_string();
+        let signed = SignedRelease::sign(&manifest, key).expect("sign");
+        self.post(
+            admin,
+            "/api/releases",
+            serde_json::to_value(&signed).expect("json"),
+        )
+        .await;
+        let resp = self
+            .http
+            .put(format!(
+                "{}/api/releases/{version}/artifacts/{}",
+                self.base, artifact.platform
+            ))
+            .bearer_auth(admin)
+            .body(bytes.to_vec())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("upload");
+        assert!(resp.status().is_success(), "upload: {}", resp.status());
+    }
+
+    /// Where the server keeps the artifact of `version`.
+    pub fn stored_artifact(&self, version: &str, artifact: ArtifactFor<'_>) -> PathBuf {
+        self.dir
+            .as_ref()
+            .expect("data dir")
+            .path()
+            .join("data/releases")
+            .join(version)
+            .join(artifact.platform)
+            .join(artifact.file)
+    }
+
+    /// Asks the machine to update now; returns the request id.
+    pub async fn push_update(&self, admin: &str, agent_id: &str, body: Value) -> String {
+        let answer = self
+            .post(admin, &format!("/api/machines/{agent_id}/update"), body)
+            .await;
+        answer["request_id"]
+            .as_str()
+            .expect("request_id")
+            .to_owned()
+    }
+
+    /// Waits (at most `limit`) until the machine's update status satisfies `pred`;
+    /// returns it. `sup`'s log goes with a failure.
+    pub async fn wait_update_status(
+        &self,
+        admin: &str,
+        agent_id: &str,
+        sup: &Supervisor,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status =
+                self.get(admin, &format!("/api/machines/{agent_id}")).await["update_status"]
+                    .clone();
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such update status within {limit:?}; last {status}\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for the terminal status of the push `request_id`.
+    pub async fn wait_update_outcome(
+        &self,
+        admin: &str,
+        agent_id: &str,
+        sup: &Supervisor,
+        limit: Duration,
+        request_id: &str,
+    ) -> Value {
+        self.wait_update_status(admin, agent_id, sup, limit, |s| {
+            s["request_id"] == request_id
+                && ["done", "failed", "rolled_back", "up_to_date"]
+                    .contains(&s["state"].as_str().unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Waits (at most `limit`) until the machine is online reporting `version`.
+    pub async fn wait_online_as(
+        &self,
+        admin: &str,
+        agent_id: &str,
+        version: &str,
+        sup: &Supervisor,
+        limit: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.get(admin, &format!("/api/machines/{agent_id}")).await;
+            if m["online"] == true && m["agent_version"] == version {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the machine is not online as {version} within {limit:?}: {m}\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops this relay and returns its data directory (its port stays free for a new one).
+    pub async fn stop(&mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("relay stops");
+        }
+        if let Some(state) = self.state.take() {
+            state.store.close().await;
+        }
+        self.dir.take().expect("data dir")
+    }
+}
+
+/// An update status's state.
+pub fn state_of(status: &Value) -> &str {
+    status["state"].as_str().unwrap_or_default()
+}
+
+/// An update status's detail.
+pub fn detail_of(status: &Value) -> &str {
+    status["detail"].as_str().unwrap_or_default()
 }
 
 /// The next `SessionEnd` a viewer receives: its reason.
