@@ -472,8 +472,11 @@ mod tests {
             )
         };
         assert!(
-            SignedRelease::sign(&with_path("/api/releases/1.2.0/artifacts/linux-x86_64"), &key)
-                .is_ok()
+            SignedRelease::sign(
+                &with_path("/api/releases/1.2.0/artifacts/linux-x86_64"),
+                &key
+            )
+            .is_ok()
         );
         assert!(matches!(
             SignedRelease::sign(&with_path("https://elsewhere.example/agent"), &key),
