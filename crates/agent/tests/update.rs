@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guruconnect_agent::update::{EXIT_RESTART, Marker, NO_KEY, Paths};
@@ -43,6 +43,16 @@ struct Machine {
 
 impl Machine {
     async fn set_up(server_key: &SigningKey, pinned: Option<&SigningKey>) -> Option<Machine> {
+        Self::set_up_in(server_key, pinned, None).await
+    }
+
+    /// As [`Machine::set_up`], with the agent installed in `bin` (e.g. a small tmpfs)
+    /// instead of a directory of its own.
+    async fn set_up_in(
+        server_key: &SigningKey,
+        pinned: Option<&SigningKey>,
+        bin: Option<PathBuf>,
+    ) -> Option<Machine> {
         use std::os::unix::fs::PermissionsExt as _;
         let x = Xvfb::start()?;
         let server_public = public_text(server_key);
@@ -57,8 +67,8 @@ impl Machine {
         std::fs::write(&key_file, agent_key).expect("write key");
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let config = dir.path().join("agent.toml");
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).expect("bin dir");
+        let bin = bin.unwrap_or_else(|| dir.path().join("bin"));
+        std::fs::create_dir_all(&bin).expect("bin dir");
         let exe = bin.join("guruconnect-agent");
         let a_bytes = install_agent_of_version(&exe, A);
         let machine = Machine {
@@ -416,4 +426,72 @@ async fn a_new_version_that_does_not_come_online_in_time_is_rolled_back() {
     );
     assert_eq!(sup.exits().len(), 1, "{}", sup.log());
     println!("rolled back in {:?}", started.elapsed());
+}
+
+/// A tmpfs mounted for a test; unmounted (lazily) on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (not root), unless `GURUCONNECT_REQUIRE_TMPFS`
+    /// says it must work (CI).
+    fn mount(kib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(Tmpfs { dir });
+        }
+        assert!(
+            std::env::var_os("GURUCONNECT_REQUIRE_TMPFS").is_none(),
+            "GURUCONNECT_REQUIRE_TMPFS is set but a tmpfs could not be mounted"
+        );
+        println!("skipped: cannot mount a tmpfs here (needs root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_download_cleanly_and_leaves_a_running() {
+    // Room for version A and 1 MiB: the download of B cannot fit.
+    let a_len = agent_bytes_of_version(A).len() as u64;
+    let Some(disk) = Tmpfs::mount(a_len / 1024 + 1024) else {
+        return;
+    };
+    let key = guruconnect_release::generate_key();
+    let bin = disk.dir.path().join("bin");
+    let Some(m) = Machine::set_up_in(&key, Some(&key), Some(bin)).await else {
+        return;
+    };
+    let sup = m.supervise();
+    m.wait_online_as(A, &sup).await;
+    m.publish(&key, B, &agent_bytes_of_version(B)).await;
+    let request = m.push(json!({ "version": B })).await;
+    let status = m.wait_outcome(&sup, &request).await;
+    assert_eq!(state_of(&status), "failed", "{status}");
+    assert!(
+        detail_of(&status).contains("No space left"),
+        "the reason names the full disk: {status}"
+    );
+    // Nothing replaced, the partial file removed (the disk has room again), still A.
+    m.assert_a_untouched(&sup);
+    let machine = m.wait_online_as(A, &sup).await;
+    assert_eq!(machine["online"], true);
+    drop(sup);
+    drop(m);
+    drop(disk);
 }
