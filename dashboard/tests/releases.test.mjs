@@ -344,10 +344,10 @@ describe('machines and updates', () => {
     assertClean();
   });
 
-  test('the Sites page sets a site update channel that persists', async () => {
+  test('the Sites page sets a site update channel that persists and updates all its machines', async () => {
     const site = await apiCall(server.url, 'POST', '/api/sites', admin, { name: 'Branch', code: 'BR-1' });
     assert.equal(site.status, 201, JSON.stringify(site.body));
-    const { page, assertClean } = await openPage(browser);
+    const { page, assertClean } = await openPage(browser, { allow: [HTTP_4XX] });
     await uiLogin(page, server.url);
     await page.goto(`${server.url}/#/sites`);
     const select = page.locator(`tr[data-site-id="${site.body.id}"] select[data-action=update-channel]`);
@@ -358,6 +358,19 @@ describe('machines and updates', () => {
     await page.reload();
     await page.locator(`tr[data-site-id="${site.body.id}"] select[data-action=update-channel]`).waitFor();
     assert.equal(await page.locator(`tr[data-site-id="${site.body.id}"] select[data-action=update-channel]`).inputValue(), 'beta');
+    // Update all: a site without machines says so; with an offline one, it is counted.
+    const updateAll = page.locator(`tr[data-site-id="${site.body.id}"] [data-action=update-all]`);
+    await updateAll.click();
+    await page.locator('dialog.modal button', { hasText: 'Update all' }).click();
+    await page.locator('.toast', { hasText: 'the site has no machines' }).waitFor();
+    const enrolled = await apiCall(server.url, 'POST', '/api/enroll', null, {
+      site_code: 'BR-1', enrollment_key: site.body.enrollment_key, machine_uid: 'uid-br-1', hostname: 'branch-pc',
+      os: 'linux', os_version: 'Debian GNU/Linux 12', agent_version: '1.0.0', labels: {},
+    });
+    assert.equal(enrolled.status, 201, JSON.stringify(enrolled.body));
+    await updateAll.click();
+    await page.locator('dialog.modal button', { hasText: 'Update all' }).click();
+    await page.locator('.toast', { hasText: 'BR-1: 0 queued, 1 offline' }).waitFor();
     assertClean();
   });
 

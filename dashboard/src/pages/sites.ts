@@ -247,6 +247,23 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
     return select;
   };
 
+  /** Tells every connected machine of the site to update now; offline ones check later. */
+  const updateAllButton = (s: Site) => {
+    const button = h('button', { class: 'btn btn-sm', type: 'button', 'data-action': 'update-all', 'aria-label': `Update the machines of ${s.code}` }, 'Update all');
+    button.addEventListener('click', () => {
+      void confirmAction('Update all machines', `Tell every connected machine of ${s.name} to install the newest release of its channel now? Offline machines check when they reconnect.`, 'Update all', 'primary').then((ok) => {
+        if (!ok) return;
+        void busy(button, () => api.post<{ items: { agent_id: string; state: string }[] }>('/api/machines/update', { site_id: s.id }))
+          .then((r) => {
+            const queued = r.items.filter((i) => i.state === 'queued').length;
+            toast(`${s.code}: ${queued} queued, ${r.items.length - queued} offline (they check when they reconnect)`, 'ok');
+          })
+          .catch(toastError);
+      });
+    });
+    return button;
+  };
+
   const draw = () => {
     if (!sites.length) {
       mount(
@@ -292,7 +309,7 @@ export async function sitesPage({ root, signal }: PageContext): Promise<void> {
           h('td', { class: 'mono nowrap', 'data-testid': 'fingerprint' }, s.key_fingerprint),
           h('td', { class: 'nowrap' }, dateTime(s.created_at)),
           h('td', { class: 'nowrap' }, s.rotated_at ? dateTime(s.rotated_at) : h('span', { class: 'muted' }, 'never')),
-          h('td', {}, channelSelect(s)),
+          h('td', { class: 'nowrap' }, channelSelect(s), ' ', updateAllButton(s)),
           h('td', { class: 'actions' }, installerButton(s, 'Linux', 'btn-sm'), installerButton(s, 'Windows', 'btn-sm', 'windows'), rotate),
         );
       }), { class: 'nowrap' }),

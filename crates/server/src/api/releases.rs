@@ -717,12 +717,14 @@ async fn push_many(
     public_key(&state).map_err(ApiError::NotConfigured)?;
     let mut agent_ids = req.agent_ids.clone();
     if let Some(site_id) = &req.site_id {
-        agent_ids.extend(state.store.machine_ids_of_site(site_id).await?);
+        let of_site = state.store.machine_ids_of_site(site_id).await?;
+        if of_site.is_empty() && agent_ids.is_empty() {
+            return Err(ApiError::Validation("the site has no machines".into()));
+        }
+        agent_ids.extend(of_site);
     }
     if agent_ids.is_empty() {
-        return Err(ApiError::Validation(
-            "give agent_ids or a site_id with machines".into(),
-        ));
+        return Err(ApiError::Validation("give agent_ids or a site_id".into()));
     }
     if agent_ids.len() > 1000 {
         return Err(ApiError::Validation("at most 1000 machines at once".into()));
