@@ -195,66 +195,43 @@ fn a_signed_release_verifies_and_any_change_is_refused() {
     assert!(err.contains("signature"), "{err}");
 
     // Bad input: a clear line and a non-zero exit, never a panic.
-    let err = fails(
-        run(
-            d,
-            &[
-                "sign",
-                "--key",
-                "keys/release.pub",
-                "--version",
-                "1.3.0",
-                "--channel",
-                "stable",
-                "--artifact",
-                "linux-x86_64=dist/guruconnect-agent",
-                "--out",
-                "x.json",
-            ],
+    for (key, version, artifact, says) in [
+        (
+            "keys/release.pub",
+            "1.3.0",
+            "dist/guruconnect-agent",
+            "private",
         ),
-        1,
-    );
-    assert!(err.contains("private"), "{err}");
-    let err = fails(
-        run(
-            d,
-            &[
-                "sign",
-                "--key",
-                "keys/release.key",
-                "--version",
-                "1.3.0-beta.1",
-                "--channel",
-                "stable",
-                "--artifact",
-                "linux-x86_64=dist/guruconnect-agent",
-                "--out",
-                "x.json",
-            ],
+        (
+            "keys/release.key",
+            "1.3.0-beta.1",
+            "dist/guruconnect-agent",
+            "beta",
         ),
-        1,
-    );
-    assert!(err.contains("beta"), "{err}");
-    let err = fails(
-        run(
-            d,
-            &[
-                "sign",
-                "--key",
-                "keys/release.key",
-                "--version",
-                "1.3.0",
-                "--channel",
-                "stable",
-                "--artifact",
-                "linux-x86_64=dist/missing",
-                "--out",
-                "x.json",
-            ],
-        ),
-        1,
-    );
-    assert!(err.contains("dist/missing"), "{err}");
+        ("keys/release.key", "1.3.0", "dist/missing", "dist/missing"),
+    ] {
+        let artifact = format!("linux-x86_64={artifact}");
+        let err = fails(
+            run(
+                d,
+                &[
+                    "sign",
+                    "--key",
+                    key,
+                    "--version",
+                    version,
+                    "--channel",
+                    "stable",
+                    "--artifact",
+                    &artifact,
+                    "--out",
+                    "x.json",
+                ],
+            ),
+            1,
+        );
+        assert!(err.contains(says), "{key} {version} {artifact}: {err}");
+    }
     fails(
         run(
             d,
