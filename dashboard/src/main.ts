@@ -51,6 +51,9 @@ let controller: AbortController | null = null;
 let generation = 0;
 
 function signOutLocally(message: string): void {
+  // Only the first of several parallel 401s signs out: a later one would render the sign-in
+  // page again (navigate() re-dispatches hashchange) after the first took the message.
+  if (!session.token()) return;
   session.clear();
   session.setFlash(message);
   navigate('/login');
