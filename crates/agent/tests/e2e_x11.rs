@@ -983,25 +983,10 @@ async fn a_managed_machine_shows_the_indicator_while_watched_and_reconnects_afte
     let Some(x) = Xvfb::start() else { return };
     let relay = Relay::start().await;
     let admin = relay.admin().await;
-    let h = hex(&uuid_like());
-    let machine = format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    );
-    let issued = relay
-        .post(
-            &admin,
-            &format!("/api/machines/{machine}/keys"),
-            json!({ "label": "e2e" }),
-        )
-        .await;
+    let (_, agent_key) = relay.issue_machine_key(&admin).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("agent.key");
-    std::fs::write(&key_file, issued["agent_key"].as_str().expect("agent_key")).expect("key");
+    std::fs::write(&key_file, &agent_key).expect("key");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let config = dir.path().join("agent.toml");
     let toml = format!(
@@ -1193,23 +1178,8 @@ async fn managed_agent_refuses_an_open_key_then_connects_and_survives_a_relay_re
     let Some(x) = Xvfb::start() else { return };
     let relay = Relay::start().await;
     let admin = relay.admin().await;
-    let h = hex(&uuid_like());
-    let machine = format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    );
-    let issued = relay
-        .post(
-            &admin,
-            &format!("/api/machines/{machine}/keys"),
-            json!({ "label": "e2e" }),
-        )
-        .await;
-    let key = issued["agent_key"].as_str().expect("agent_key").to_owned();
+    let (_, agent_key) = relay.issue_machine_key(&admin).await;
+    let key = agent_key;
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("agent.key");
     std::fs::write(&key_file, &key).expect("write key");

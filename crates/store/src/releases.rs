@@ -145,6 +145,24 @@ impl Store {
         }
     }
 
+    /// The update channels set on a tenant's sites, by site id (sites without one are
+    /// left out); one query for a whole list.
+    pub async fn site_update_channels(
+        &self,
+        tenant_id: &str,
+    ) -> StoreResult<std::collections::HashMap<String, String>> {
+        let rows = sqlx::query(
+            "SELECT id, update_channel FROM sites \
+             WHERE tenant_id = $1 AND update_channel IS NOT NULL",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("update_channel")?)))
+            .collect()
+    }
+
     /// Sets (or with `None` clears) a site's update channel and records `audit`;
     /// `NotFound` if there is no such site.
     pub async fn set_site_update_channel(

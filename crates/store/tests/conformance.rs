@@ -1344,6 +1344,16 @@ async fn case_releases_and_update_state(store: Store) {
             .as_deref(),
         Some("beta")
     );
+    let all = store.site_update_channels(T).await.expect("all");
+    assert_eq!(all.get("s-1").map(String::as_str), Some("beta"));
+    assert_eq!(all.len(), 1);
+    assert!(
+        store
+            .site_update_channels("other")
+            .await
+            .expect("other")
+            .is_empty()
+    );
     store
         .set_site_update_channel("s-1", None, &ev("site.channel"), 6_001)
         .await

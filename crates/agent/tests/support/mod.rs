@@ -1145,7 +1145,7 @@ impl Relay {
             .post(
                 admin,
                 &format!("/api/machines/{agent_id}/keys"),
-                json!({ "label": "update e2e" }),
+                json!({ "label": "e2e" }),
             )
             .await;
         let key = issued["agent_key"].as_str().expect("agent_key").to_owned();

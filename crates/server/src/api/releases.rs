@@ -159,6 +159,13 @@ fn view(state: &AppState, release: &Release) -> ApiResult<ReleaseView> {
     })
 }
 
+/// Highest semantic version first (a prerelease below its final release).
+fn sort_newest_version_first(releases: &mut [Release]) {
+    releases.sort_by_cached_key(|r| {
+        std::cmp::Reverse(guruconnect_release::Version::parse(&r.version).ok())
+    });
+}
+
 fn artifact_url(version: &str, platform: &str) -> String {
     guruconnect_release::artifact_path(version, platform)
 }
@@ -169,11 +176,7 @@ async fn list(
     _admin: AdminUser,
 ) -> ApiResult<Json<serde_json::Value>> {
     let mut releases = state.store.list_releases().await?;
-    releases.sort_by(|a, b| {
-        guruconnect_release::Version::parse(&b.version)
-            .ok()
-            .cmp(&guruconnect_release::Version::parse(&a.version).ok())
-    });
+    sort_newest_version_first(&mut releases);
     let items = releases
         .iter()
         .map(|r| view(&state, r))
@@ -573,11 +576,7 @@ async fn changelog(State(state): State<AppState>) -> ApiResult<Json<serde_json::
         .into_iter()
         .filter(|r| r.channel == "stable")
         .collect();
-    releases.sort_by(|a, b| {
-        guruconnect_release::Version::parse(&b.version)
-            .ok()
-            .cmp(&guruconnect_release::Version::parse(&a.version).ok())
-    });
+    sort_newest_version_first(&mut releases);
     let items: Vec<_> = releases.iter().map(changelog_item).collect();
     Ok(Json(json!({ "items": items })))
 }

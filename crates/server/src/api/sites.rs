@@ -139,18 +139,14 @@ async fn list(
     _admin: AdminUser,
 ) -> ApiResult<Json<Vec<SiteListItem>>> {
     let sites = state.store.list_sites(DEFAULT_TENANT).await?;
-    let mut items = Vec::with_capacity(sites.len());
-    for site in sites {
-        let update_channel = match state.store.site_update_channel(&site.id).await {
-            // Deleted between the two reads: no channel to show.
-            Err(StoreError::NotFound) => None,
-            other => other?,
-        };
-        items.push(SiteListItem {
+    let mut channels = state.store.site_update_channels(DEFAULT_TENANT).await?;
+    let items = sites
+        .into_iter()
+        .map(|site| SiteListItem {
+            update_channel: channels.remove(&site.id),
             site: SiteView::from(site),
-            update_channel,
-        });
-    }
+        })
+        .collect();
     Ok(Json(items))
 }
 
