@@ -43,10 +43,21 @@ pub fn have(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-/// A private Xvfb server, killed on drop.
+/// A private Xvfb server, killed on drop. While it lives, a [`Watchdog`] guards the test.
 pub struct Xvfb {
     pub child: Child,
     pub display: String,
+    _watchdog: Watchdog,
+}
+
+/// How long one end-to-end test may run before the watchdog ends the process: 300 s (the
+/// slowest, Wine, tests take about 75 s on two busy cores), or `GURUCONNECT_TEST_LIMIT_SECS`.
+pub fn test_limit() -> Duration {
+    let secs = std::env::var("GURUCONNECT_TEST_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
 }
 
 impl Xvfb {
@@ -59,42 +70,99 @@ impl Xvfb {
             have("xdotool"),
             "xdotool is not installed (apt-get install xdotool)"
         );
-        for _ in 0..20 {
-            let n = 100 + (rand_u32() % 800);
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            {
-                continue;
-            }
-            let display = format!(":{n}");
-            let mut child = Command::new("Xvfb")
-                .args([
-                    &display,
-                    "-screen",
-                    "0",
-                    "1280x720x24",
-                    "-nolisten",
-                    "tcp",
-                    "-noreset",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn Xvfb");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // lost a race for the display number; try another
-                }
-                if x11rb::connect(Some(&display)).is_ok() {
-                    return Some(Xvfb { child, display });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        let watchdog = Watchdog::arm(test_limit());
+        // -displayfd: Xvfb picks a free display itself and writes its number once it
+        // listens, so parallel tests never race for a number (one that lost such a race
+        // could connect to another test's server).
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x720x24",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn Xvfb");
+        let stdout = child.stdout.take().expect("Xvfb stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let number = rx
+            .recv_timeout(Duration::from_secs(20))
+            .ok()
+            .and_then(|line| line.trim().parse::<u32>().ok());
+        let Some(number) = number else {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        panic!("could not start Xvfb");
+            panic!("Xvfb did not report a display within 20 s");
+        };
+        let display = format!(":{number}");
+        assert!(
+            x11rb::connect(Some(&display)).is_ok(),
+            "Xvfb reported {display} but does not accept connections"
+        );
+        Some(Xvfb {
+            child,
+            display,
+            _watchdog: watchdog,
+        })
+    }
+}
+
+/// Ends the test process when a test outlives its limit, after printing every thread's
+/// backtrace (gdb, when installed): a wait without a deadline then fails CI within minutes
+/// and says where it hung, instead of running into CI's own timeout silently.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    /// Arms a watchdog for the calling test; dropping it disarms it.
+    pub fn arm(limit: Duration) -> Watchdog {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("an unnamed test")
+            .to_owned();
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if armed.recv_timeout(limit) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            // Straight to stderr: the test harness captures print!/eprint! output of the
+            // test's threads and would lose it when the process exits.
+            use std::io::Write as _;
+            let mut err = std::io::stderr();
+            let _ = writeln!(
+                err,
+                "WATCHDOG: {test} still runs after {limit:?}; every thread's backtrace follows"
+            );
+            if have("gdb") {
+                let out = run_with_timeout(
+                    Command::new("gdb").args([
+                        "-p",
+                        &std::process::id().to_string(),
+                        "-batch",
+                        "-ex",
+                        "thread apply all bt",
+                    ]),
+                    Duration::from_secs(60),
+                );
+                let _ = err.write_all(&out.stdout);
+                let _ = err.write_all(&out.stderr);
+            }
+            let _ = writeln!(err, "WATCHDOG: {test} hung; ending the test process");
+            std::process::exit(101);
+        });
+        Watchdog { _disarm: disarm }
     }
 }
 
@@ -114,11 +182,6 @@ impl Drop for Xvfb {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn rand_u32() -> u32 {
-    let id = uuid_like();
-    u32::from_le_bytes([id[0], id[1], id[2], id[3]])
 }
 
 pub fn uuid_like() -> [u8; 16] {
@@ -350,7 +413,7 @@ pub enum Recorded {
 /// Coloured windows; the first records key and button presses (wheel clicks included: X
 /// reports them as buttons 4 to 7).
 pub struct TestApp {
-    pub conn: Arc<RustConnection>,
+    pub display: String,
     pub window_a: u32,
     pub events: Arc<Mutex<Vec<Recorded>>>,
     pub stop: Arc<std::sync::atomic::AtomicBool>,
@@ -396,14 +459,14 @@ impl TestApp {
         }
         conn.flush().expect("flush");
         conn.sync().expect("sync");
-        let conn = Arc::new(conn);
+        // The recording thread owns this connection: no other thread waits on it.
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c, e, s) = (conn.clone(), events.clone(), stop.clone());
+        let (e, s) = (events.clone(), stop.clone());
         let window_a = ids[0];
         std::thread::spawn(move || {
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                match c.poll_for_event() {
+                match conn.poll_for_event() {
                     Ok(Some(Event::KeyPress(k))) if k.event == window_a => {
                         e.lock().unwrap().push(Recorded::KeyPress(k.detail));
                     }
@@ -421,18 +484,19 @@ impl TestApp {
             }
         });
         TestApp {
-            conn,
+            display: display.to_owned(),
             window_a,
             events,
             stop,
         }
     }
 
+    /// Gives window A the keyboard focus (from a connection of its own).
     pub fn focus(&self) {
-        self.conn
-            .set_input_focus(InputFocus::POINTER_ROOT, self.window_a, x11rb::CURRENT_TIME)
+        let (conn, _) = x11rb::connect(Some(&self.display)).expect("connect to focus");
+        conn.set_input_focus(InputFocus::POINTER_ROOT, self.window_a, x11rb::CURRENT_TIME)
             .expect("focus");
-        self.conn.sync().expect("sync");
+        conn.sync().expect("sync");
     }
 
     pub fn events(&self) -> Vec<Recorded> {
