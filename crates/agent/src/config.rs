@@ -12,6 +12,8 @@
 //! tags = ["front-desk"]
 //! # Self-update: the release public key updates are verified with (none: no updates).
 //! release_public_key = "gcrelpub1:…"
+//! # Remote terminals run as this account (none: no terminal, as the agent runs as root).
+//! terminal_user = "support"
 //! ```
 //!
 //! The key file holds the `cak_…` key and must be readable by its owner only (mode 0600 or
@@ -73,6 +75,10 @@ pub struct AgentConfig {
     /// §4.15). Without it the agent never updates itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_public_key: Option<String>,
+    /// The account a technician's remote terminal runs as. The managed agent runs as root,
+    /// so without this no terminal starts; `root` must be named to allow a root shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_user: Option<String>,
     /// Labels sent with the enrollment.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
@@ -458,6 +464,7 @@ mod tests {
             enrollment_key: None,
             shared_key: None,
             release_public_key: None,
+            terminal_user: None,
             labels: Labels::default(),
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -625,6 +632,7 @@ mod windows_tests {
             enrollment_key: None,
             shared_key: None,
             release_public_key: None,
+            terminal_user: None,
             labels: Labels::default(),
         };
         std::fs::write(&config_path, config.to_toml()).expect("write");

@@ -162,6 +162,7 @@ pub fn install(options: &InstallOptions) -> anyhow::Result<()> {
             enrollment_key: None,
             shared_key: None,
             release_public_key: release_public_key.map(str::to_owned),
+            terminal_user: None,
             labels: Labels::default(),
         },
         None => AgentConfig::load(&config_path).with_context(|| {

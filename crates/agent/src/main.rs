@@ -65,6 +65,10 @@ struct Cli {
     /// One-time support code from the technician (XXX-XXX-XXX).
     #[arg(long)]
     code: Option<String>,
+    /// Support mode: the account a technician's remote terminal runs as. Needed only when
+    /// the agent runs as root (a shell as root must be asked for by name: `root`).
+    #[arg(long, value_name = "USER")]
+    terminal_user: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -396,11 +400,13 @@ fn main() -> ExitCode {
             1,
         ),
         None => match (cli.server, cli.code) {
-            (Some(server), Some(code)) => runtime.block_on(support(server, code)),
+            (Some(server), Some(code)) => {
+                runtime.block_on(support(server, code, cli.terminal_user))
+            }
             (None, None) => match support_from_own_name() {
                 Some((server, code)) => {
                     // Double-clicked: keep the window open long enough to read the outcome.
-                    let status = runtime.block_on(support(server, code));
+                    let status = runtime.block_on(support(server, code, None));
                     pause_if_interactive();
                     status
                 }
@@ -437,7 +443,7 @@ async fn shutdown_signal() {
 }
 
 /// Support mode: one attended session with a one-time code.
-async fn support(server: String, code: String) -> ExitCode {
+async fn support(server: String, code: String, terminal_user: Option<String>) -> ExitCode {
     if !plausible_code(&code) {
         return fail(CODE_REFUSED, EXIT_CODE_REFUSED);
     }
@@ -475,7 +481,11 @@ async fn support(server: String, code: String) -> ExitCode {
     };
     tracing::info!("connected to {server}");
     let outcome = tokio::select! {
-        outcome = session::run(conn, true) => outcome,
+        outcome = session::run_with(conn, SessionOptions {
+            attended: true,
+            terminal_user,
+            ..SessionOptions::default()
+        }) => outcome,
         () = shutdown_signal() => Outcome::Ended("stopped on this computer".into()),
     };
     match outcome {
@@ -556,6 +566,7 @@ async fn managed(config_path: PathBuf, control_pipe: Option<String>) -> ExitCode
                                 attended: false,
                                 key_file: Some(config.key_file.clone()),
                                 updates: Some(updater.clone()),
+                                terminal_user: config.terminal_user.clone(),
                             };
                             let outcome = session::run_with(conn, options).await;
                             tracing::warn!(?outcome, "session ended");

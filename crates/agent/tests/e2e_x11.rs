@@ -1875,3 +1875,118 @@ async fn a_us_technician_types_exactly_on_a_german_layout_by_character_not_by_po
     }
     assert_alive(&mut agent);
 }
+
+// ------------------------------------------------------------------ remote terminal
+
+/// Reads terminal output until `want` appears in it (or the terminal ends); returns the
+/// text and the exit, if one came.
+async fn terminal_until(
+    conn: &mut Connection,
+    want: &str,
+) -> (String, Option<guruconnect_proto::TerminalExit>) {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let envelope = match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Err(_) => panic!("{want:?} never appeared in the terminal; got {text:?}"),
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => panic!("viewer connection failed: {e}; got {text:?}"),
+        };
+        match envelope.payload {
+            Some(Payload::TerminalOutput(out)) => {
+                text.push_str(&String::from_utf8_lossy(&out.data));
+                if text.contains(want) {
+                    return (text, None);
+                }
+            }
+            Some(Payload::TerminalExit(exit)) => return (text, Some(exit)),
+            _ => {}
+        }
+    }
+}
+
+fn terminal_input(terminal_id: u32, text: &str) -> Payload {
+    Payload::TerminalInput(guruconnect_proto::TerminalInput {
+        terminal_id,
+        data: text.as_bytes().to_vec(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_terminal_runs_a_shell_resizes_and_reports_its_exit_without_a_stream() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let code = relay.create_code(&admin).await;
+    // Running as root (CI), a shell must be asked for by name.
+    let (_, is_root) = guruconnect_agent::session::terminal::current_account();
+    let mut args = vec!["--server", relay.base.as_str(), "--code", code.as_str()];
+    if is_root {
+        args.extend(["--terminal-user", "root"]);
+    }
+    let mut agent = AgentProcess::spawn(Some(&x.display), &args);
+    click_consent(&x.display, ALLOW_BUTTON);
+    let session_id = relay.wait_session(&admin, "active").await;
+
+    let minted = relay
+        .post(
+            &admin,
+            &format!("/api/sessions/{session_id}/viewer-token"),
+            json!({}),
+        )
+        .await;
+    let token = minted["token"].as_str().expect("viewer token");
+    let mut term = guruconnect_client::connect_viewer_with(&relay.base, &session_id, token, false)
+        .await
+        .expect("terminal viewer connects");
+    term.send(Payload::TerminalOpen(guruconnect_proto::TerminalOpen {
+        terminal_id: 1,
+        cols: 100,
+        rows: 30,
+    }))
+    .await
+    .expect("open");
+    term.send(terminal_input(1, "stty size; echo gc-$((6*7))\r"))
+        .await
+        .expect("type");
+    let (text, exit) = terminal_until(&mut term, "gc-42").await;
+    assert!(
+        exit.is_none(),
+        "the terminal ended: {exit:?}\n{text}\n{}",
+        agent.stderr()
+    );
+    assert!(
+        text.contains("30 100"),
+        "stty size before the resize: {text:?}"
+    );
+
+    term.send(Payload::TerminalResize(guruconnect_proto::TerminalResize {
+        terminal_id: 1,
+        cols: 120,
+        rows: 40,
+    }))
+    .await
+    .expect("resize");
+    term.send(terminal_input(1, "stty size; exit 3\r"))
+        .await
+        .expect("type");
+    let (text, exit) = terminal_until(&mut term, "\u{0}never").await;
+    assert!(
+        text.contains("40 120"),
+        "stty size after the resize: {text:?}"
+    );
+    let exit = exit.expect("the shell's exit");
+    assert_eq!((exit.terminal_id, exit.exit_code), (1, 3), "{exit:?}");
+
+    // A terminal-only viewer never started the picture: no frame was captured.
+    assert!(
+        !agent.stderr().contains("streaming started"),
+        "the agent streamed for a terminal-only viewer:\n{}",
+        agent.stderr()
+    );
+    let events = relay.count_events(&admin, "terminal.opened").await;
+    assert_eq!(events, 1);
+    assert!(agent.child.try_wait().expect("try_wait").is_none());
+    let _ = agent.child.kill();
+    let _ = agent.wait_exit(WAIT).await;
+}

@@ -127,11 +127,23 @@ pub async fn connect_viewer(
     session_id: &str,
     token: &str,
 ) -> ClientResult<Connection> {
+    connect_viewer_with(server, session_id, token, true).await
+}
+
+/// [`connect_viewer`]; without `video` the agent streams nothing for this viewer (remote
+/// terminals only).
+pub async fn connect_viewer_with(
+    server: &str,
+    session_id: &str,
+    token: &str,
+    video: bool,
+) -> ClientResult<Connection> {
     let url = format!(
-        "{}/ws/viewer?session_id={}&token={}",
+        "{}/ws/viewer?session_id={}&token={}{}",
         ws_base(server),
         urlencode(session_id),
-        urlencode(token)
+        urlencode(token),
+        if video { "" } else { "&video=0" }
     );
     let request = url
         .into_client_request()

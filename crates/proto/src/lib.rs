@@ -88,6 +88,12 @@ impl Payload {
             Payload::UpdateStatus(_) => "update_status",
             Payload::KeyProvision(_) => "key_provision",
             Payload::UpdateCommand(_) => "update_command",
+            Payload::TerminalOpen(_) => "terminal_open",
+            Payload::TerminalInput(_) => "terminal_input",
+            Payload::TerminalResize(_) => "terminal_resize",
+            Payload::TerminalClose(_) => "terminal_close",
+            Payload::TerminalOutput(_) => "terminal_output",
+            Payload::TerminalExit(_) => "terminal_exit",
         }
     }
 }

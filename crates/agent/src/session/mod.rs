@@ -23,6 +23,8 @@ mod chat;
 mod clipboard;
 mod indicator;
 mod input;
+#[cfg(target_os = "linux")]
+pub mod terminal;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -200,8 +202,10 @@ pub fn hello(identity: Identity, displays: &[DisplayInfo]) -> AgentHello {
             "multi_display",
             "type_text",
         ]
+        .into_iter()
+        .chain(cfg!(target_os = "linux").then_some("terminal"))
         .map(String::from)
-        .to_vec(),
+        .collect(),
     }
 }
 
@@ -214,6 +218,8 @@ pub struct SessionOptions {
     pub key_file: Option<PathBuf>,
     /// The managed agent's self-update (`None`: support mode, which never updates).
     pub updates: Option<Arc<Updater>>,
+    /// The account remote terminals run as (`terminal_user`); see `terminal::ShellAccount`.
+    pub terminal_user: Option<String>,
 }
 
 struct Session {
@@ -241,6 +247,8 @@ struct Session {
     out: mpsc::Sender<Payload>,
     consent: Option<JoinHandle<bool>>,
     consent_cancel: Arc<AtomicBool>,
+    #[cfg(target_os = "linux")]
+    terminals: terminal::Terminals,
 }
 
 enum Flow {
@@ -310,6 +318,10 @@ impl Session {
 
     /// Sends what a desktop thread produced; "End session" also ends this loop.
     async fn forward(&mut self, payload: Payload) -> Result<Flow, Outcome> {
+        #[cfg(target_os = "linux")]
+        if let Payload::TerminalExit(exit) = &payload {
+            self.terminals.ended(exit.terminal_id);
+        }
         let customer_end = matches!(payload, Payload::CustomerEnd(_));
         self.send(payload).await?;
         if customer_end {
@@ -317,6 +329,37 @@ impl Session {
             return Ok(Flow::Stop(Outcome::Ended(ENDED_HERE.into())));
         }
         Ok(Flow::Continue)
+    }
+
+    /// Handles a terminal message; returns an answer to send (a refusal).
+    fn terminal(&mut self, payload: Payload) -> Option<Payload> {
+        if !self.may_control() {
+            return match payload {
+                Payload::TerminalOpen(open) => Some(Payload::TerminalExit(proto::TerminalExit {
+                    terminal_id: open.terminal_id,
+                    exit_code: -1,
+                    reason: "the person at the machine has not allowed the session".into(),
+                })),
+                _ => None,
+            };
+        }
+        #[cfg(target_os = "linux")]
+        match payload {
+            Payload::TerminalOpen(open) => return self.terminals.open(&open),
+            Payload::TerminalInput(input) => self.terminals.input(input),
+            Payload::TerminalResize(resize) => self.terminals.resize(&resize),
+            Payload::TerminalClose(close) => self.terminals.close(close.terminal_id),
+            _ => {}
+        }
+        #[cfg(not(target_os = "linux"))]
+        if let Payload::TerminalOpen(open) = payload {
+            return Some(Payload::TerminalExit(proto::TerminalExit {
+                terminal_id: open.terminal_id,
+                exit_code: -1,
+                reason: "remote terminals are not available on this platform yet".into(),
+            }));
+        }
+        None
     }
 
     fn display_list(&self) -> Payload {
@@ -361,6 +404,7 @@ impl Session {
                 // The relay's StartStream always names display 0, so it is not followed.
                 self.streaming = true;
                 self.codec = Codec::try_from(start.codec).unwrap_or(Codec::RawZstd);
+                tracing::info!(codec = ?self.codec, "streaming started");
                 let _ = self.capture.send(CaptureCmd::Start {
                     codec: self.codec,
                     display: self.active.clone(),
@@ -494,6 +538,16 @@ impl Session {
                 self.update_indicator();
             }
             Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
+            Payload::TerminalOpen(_)
+            | Payload::TerminalInput(_)
+            | Payload::TerminalResize(_)
+            | Payload::TerminalClose(_) => {
+                // The relay passes these only from a permitted viewer after consent; the
+                // agent checks consent again (SPEC §4.8).
+                if let Some(refusal) = self.terminal(payload) {
+                    self.send(refusal).await?;
+                }
+            }
             Payload::UpdateCommand(command) => match &self.update_commands {
                 Some(tx) => {
                     tracing::info!(version = %command.version, request_id = %command.request_id, "the relay asks for an update");
@@ -589,6 +643,7 @@ pub async fn run(conn: Connection, attended: bool) -> Outcome {
             attended,
             key_file: None,
             updates: None,
+            terminal_user: None,
         },
     )
     .await
@@ -609,7 +664,10 @@ pub async fn run_on(
         attended,
         key_file,
         updates,
+        terminal_user,
     } = options;
+    #[cfg(not(target_os = "linux"))]
+    let _ = terminal_user;
     let opened = {
         let desktop = desktop.clone();
         tokio::task::spawn_blocking(move || {
@@ -675,6 +733,14 @@ pub async fn run_on(
         indicator: None,
         watchers: Vec::new(),
         ended_here: false,
+        #[cfg(target_os = "linux")]
+        terminals: terminal::Terminals::new(
+            {
+                let (me, is_root) = terminal::current_account();
+                terminal::ShellAccount::decide(terminal_user.as_deref(), &me, is_root)
+            },
+            out_tx.clone(),
+        ),
         out: out_tx,
         consent: None,
         consent_cancel: Arc::new(AtomicBool::new(false)),

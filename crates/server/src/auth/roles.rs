@@ -18,6 +18,8 @@ pub enum Permission {
     ManageUsers,
     /// Read the audit log.
     ViewAudit,
+    /// Open a remote terminal (a shell on the machine): administrators only for now.
+    Terminal,
 }
 
 /// A user's role.
@@ -63,6 +65,7 @@ impl Role {
                 ManageMachines,
                 ManageUsers,
                 ViewAudit,
+                Terminal,
             ],
             Role::Technician => &[View, Control, ManageCodes],
             Role::Viewer => &[View],

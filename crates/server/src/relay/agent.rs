@@ -430,6 +430,7 @@ async fn bind(
         key_id,
         hostname: upsert.hostname.clone(),
         codecs,
+        terminal: hello.capabilities.iter().any(|c| c == "terminal"),
         started_at: now,
     });
     if let AgentCredential::Code { code, .. } = credential {
@@ -821,6 +822,32 @@ async fn handle(
                     .record_in_background(state);
             }
         }
+        Payload::TerminalOutput(output) => {
+            deliver_terminal(session, output.terminal_id, false, |id| {
+                Payload::TerminalOutput(proto::TerminalOutput {
+                    terminal_id: id,
+                    data: output.data,
+                })
+            });
+        }
+        Payload::TerminalExit(exit) => {
+            let details = json!({ "terminal": exit.terminal_id, "exit_code": exit.exit_code, "reason": exit.reason });
+            let viewer = deliver_terminal(session, exit.terminal_id, true, |id| {
+                Payload::TerminalExit(proto::TerminalExit {
+                    terminal_id: id,
+                    ..exit
+                })
+            });
+            if let Some(viewer_id) = viewer {
+                let mut details = details;
+                details["viewer_id"] = json!(viewer_id);
+                Audit::new("terminal.closed")
+                    .agent(&session.agent_id)
+                    .session(&session.id)
+                    .details(details)
+                    .record_in_background(state);
+            }
+        }
         Payload::ConsentResponse(answer) => {
             if session.phase() != Phase::WaitingConsent {
                 return Continue(());
@@ -948,4 +975,26 @@ pub async fn reap_offline_sessions(state: &AppState) -> usize {
         }
     }
     reaped.len()
+}
+
+/// Passes a terminal message from the agent to the viewer that opened the terminal, under
+/// that viewer's number; `last` forgets the terminal. A viewer whose queue is full is
+/// disconnected (its terminals then close), as for every control message: terminal
+/// output is never dropped, which would corrupt the screen. Returns the viewer's id.
+fn deliver_terminal(
+    session: &LiveSession,
+    terminal: u32,
+    last: bool,
+    payload: impl FnOnce(u32) -> Payload,
+) -> Option<String> {
+    let to = session.terminal_delivery(terminal, last)?;
+    if to
+        .control
+        .try_send(message(payload(to.viewer_terminal)))
+        .is_err()
+    {
+        tracing::warn!(session_id = %session.id, viewer_id = %to.viewer_id, "a viewer could not keep up with its terminal; disconnecting it");
+        to.cancel.cancel();
+    }
+    Some(to.viewer_id)
 }

@@ -20,6 +20,8 @@ pub const VIEWER_FRAME_QUEUE: usize = 8;
 pub const VIEWER_CONTROL_QUEUE: usize = 64;
 /// Messages queued towards an agent (input, commands); excess input is dropped.
 pub const AGENT_QUEUE: usize = 256;
+/// Remote terminals one viewer may have open at once (the agent allows 4 per session).
+pub const TERMINALS_PER_VIEWER: usize = 4;
 
 /// Attended (support code) or managed (per-agent key) session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,6 +69,53 @@ struct ViewerSlot {
     control: mpsc::Sender<Message>,
     awaiting_keyframe: bool,
     cancel: CancellationToken,
+    /// False for a viewer that wants no picture (a terminal only, `video=0`).
+    video: bool,
+}
+
+/// Where a terminal's output goes: the viewer that opened it, under that viewer's number.
+#[derive(Debug, Clone)]
+struct TerminalRoute {
+    viewer_id: String,
+    viewer_terminal: u32,
+}
+
+/// Why a terminal could not be opened or routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminalError {
+    /// The agent did not announce the `terminal` capability.
+    Unsupported,
+    /// The viewer already uses this number.
+    Duplicate,
+    /// The viewer has [`TERMINALS_PER_VIEWER`] open.
+    TooMany,
+    /// The viewer left.
+    NoViewer,
+}
+
+impl TerminalError {
+    /// For the technician.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TerminalError::Unsupported => "this agent has no remote terminal (update it)",
+            TerminalError::Duplicate => "this terminal is already open",
+            TerminalError::TooMany => "at most 4 terminals per viewer may be open at once",
+            TerminalError::NoViewer => "the viewer left",
+        }
+    }
+}
+
+/// A terminal message for a viewer, with the queue it goes into.
+#[derive(Debug)]
+pub struct TerminalDelivery {
+    /// The number the viewer knows the terminal by.
+    pub viewer_terminal: u32,
+    /// The viewer.
+    pub viewer_id: String,
+    /// The viewer's control queue.
+    pub control: mpsc::Sender<Message>,
+    /// Cancels the viewer (one that cannot keep up is disconnected).
+    pub cancel: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -79,6 +128,11 @@ struct Inner {
     end_reason: Option<String>,
     close_code: u16,
     offline_since: Option<i64>,
+    /// The agent announced the `terminal` capability.
+    agent_terminal: bool,
+    /// Open terminals by the number the relay gave them (the one the agent sees).
+    terminals: HashMap<u32, TerminalRoute>,
+    next_terminal: u32,
 }
 
 /// One live session: an agent and its viewers.
@@ -241,7 +295,7 @@ impl LiveSession {
     pub fn fan_out_frame(&self, bytes: &Bytes, keyframe: bool) -> FanOut {
         let mut out = FanOut::default();
         let mut inner = self.lock();
-        for slot in inner.viewers.values_mut() {
+        for slot in inner.viewers.values_mut().filter(|v| v.video) {
             if slot.awaiting_keyframe && !keyframe {
                 out.waiting += 1;
                 continue;
@@ -266,7 +320,7 @@ impl LiveSession {
     /// changes a viewer's keyframe state.
     pub fn fan_out_aux(&self, bytes: &Bytes) {
         let inner = self.lock();
-        for slot in inner.viewers.values() {
+        for slot in inner.viewers.values().filter(|v| v.video) {
             if !slot.awaiting_keyframe {
                 let _ = slot.frames.try_send(bytes.clone());
             }
@@ -318,12 +372,13 @@ impl LiveSession {
     /// active and watched. The codec is the best one the agent and every viewer share;
     /// lossless tiles are the guaranteed fallback.
     fn desired_stream(inner: &Inner) -> Option<i32> {
-        if inner.phase != Phase::Active || inner.viewers.is_empty() {
+        let mut watching = inner.viewers.values().filter(|v| v.video).peekable();
+        if inner.phase != Phase::Active || watching.peek().is_none() {
             return None;
         }
         let h264 = Codec::H264 as i32;
-        let all_h264 = inner.agent_codecs.contains(&h264)
-            && inner.viewers.values().all(|v| v.codecs.contains(&h264));
+        let all_h264 =
+            inner.agent_codecs.contains(&h264) && watching.all(|v| v.codecs.contains(&h264));
         Some(if all_h264 {
             h264
         } else {
@@ -378,6 +433,87 @@ impl LiveSession {
         }
     }
 
+    /// Numbers a new terminal of `viewer_id` (known to it as `viewer_terminal`); the
+    /// returned number is the one the agent sees.
+    pub fn open_terminal(
+        &self,
+        viewer_id: &str,
+        viewer_terminal: u32,
+    ) -> Result<u32, TerminalError> {
+        let mut inner = self.lock();
+        if !inner.agent_terminal {
+            return Err(TerminalError::Unsupported);
+        }
+        if !inner.viewers.contains_key(viewer_id) {
+            return Err(TerminalError::NoViewer);
+        }
+        let mine = inner
+            .terminals
+            .values()
+            .filter(|r| r.viewer_id == viewer_id);
+        let mut count = 0;
+        for route in mine {
+            if route.viewer_terminal == viewer_terminal {
+                return Err(TerminalError::Duplicate);
+            }
+            count += 1;
+        }
+        if count >= TERMINALS_PER_VIEWER {
+            return Err(TerminalError::TooMany);
+        }
+        inner.next_terminal = inner.next_terminal.wrapping_add(1).max(1);
+        let id = inner.next_terminal;
+        inner.terminals.insert(
+            id,
+            TerminalRoute {
+                viewer_id: viewer_id.to_owned(),
+                viewer_terminal,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The agent's number of `viewer_id`'s terminal `viewer_terminal`, if it is open.
+    pub fn terminal_of(&self, viewer_id: &str, viewer_terminal: u32) -> Option<u32> {
+        self.lock()
+            .terminals
+            .iter()
+            .find(|(_, r)| r.viewer_id == viewer_id && r.viewer_terminal == viewer_terminal)
+            .map(|(id, _)| *id)
+    }
+
+    /// Where the agent's terminal `terminal` goes; `forget` drops the route (its end).
+    pub fn terminal_delivery(&self, terminal: u32, forget: bool) -> Option<TerminalDelivery> {
+        let mut inner = self.lock();
+        let route = if forget {
+            inner.terminals.remove(&terminal)?
+        } else {
+            inner.terminals.get(&terminal)?.clone()
+        };
+        let slot = inner.viewers.get(&route.viewer_id)?;
+        Some(TerminalDelivery {
+            viewer_terminal: route.viewer_terminal,
+            viewer_id: route.viewer_id,
+            control: slot.control.clone(),
+            cancel: slot.cancel.clone(),
+        })
+    }
+
+    /// Forgets the terminals of a viewer that left; returns the agent's numbers, to close.
+    pub fn drop_terminals_of(&self, viewer_id: &str) -> Vec<u32> {
+        let mut inner = self.lock();
+        let ids: Vec<u32> = inner
+            .terminals
+            .iter()
+            .filter(|(_, r)| r.viewer_id == viewer_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            inner.terminals.remove(id);
+        }
+        ids
+    }
+
     /// Disconnects every viewer of `user_id` (e.g. after the user was removed).
     pub fn kick_user(&self, user_id: &str) {
         for slot in self.lock().viewers.values() {
@@ -429,6 +565,8 @@ pub struct NewLive {
     pub hostname: String,
     /// Agent codecs.
     pub codecs: Vec<i32>,
+    /// The agent announced the `terminal` capability.
+    pub terminal: bool,
     /// Start time.
     pub started_at: i64,
 }
@@ -465,6 +603,9 @@ impl Registry {
                 end_reason: None,
                 close_code: 1000,
                 offline_since: None,
+                agent_terminal: new.terminal,
+                terminals: HashMap::new(),
+                next_terminal: 0,
             }),
         });
         let superseded: Vec<Arc<LiveSession>> = {
@@ -615,6 +756,7 @@ impl Registry {
         user_id: &str,
         username: &str,
         access: AccessMode,
+        video: bool,
     ) -> Result<(Arc<LiveSession>, ViewerQueues), JoinError> {
         let session = self.get(session_id).ok_or(JoinError::NotLive)?;
         let (frames_tx, frames_rx) = mpsc::channel(VIEWER_FRAME_QUEUE);
@@ -637,6 +779,7 @@ impl Registry {
                     // A joining viewer needs a full picture first.
                     awaiting_keyframe: true,
                     cancel: cancel.clone(),
+                    video,
                 },
             );
         }

@@ -18,16 +18,17 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use guruconnect_proto::{self as proto, Payload};
+use guruconnect_proto::{self as proto, Envelope, Payload};
 use guruconnect_store::{TokenKind, User};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::registry::{LiveSession, Phase, ViewerQueues, close_message, message};
+use super::registry::{LiveSession, Phase, TerminalError, ViewerQueues, close_message, message};
 use super::throttle::TokenBucket;
 use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
 use crate::audit::Audit;
+use crate::auth::roles::{Permission, Role};
 use crate::auth::tokens::{AccessMode, Claims, Purpose};
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::ClientIp;
@@ -99,6 +100,14 @@ pub async fn upgrade(
     let Some(session_id) = params.get("session_id").filter(|s| !s.is_empty()).cloned() else {
         return ApiError::BadRequest("session_id is required".into()).into_response();
     };
+    // `video=0`: a viewer for terminals only; the agent streams nothing for it.
+    let video = match params.get("video").map(String::as_str) {
+        None | Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(_) => {
+            return ApiError::BadRequest("video must be 0 or 1".into()).into_response();
+        }
+    };
     let grant = match authorize(&state, token, &session_id).await {
         Ok(grant) => grant,
         Err(e) => return e.into_response(),
@@ -122,7 +131,7 @@ pub async fn upgrade(
     ws.max_message_size(proto::MAX_VIEWER_MESSAGE)
         .max_frame_size(proto::MAX_VIEWER_MESSAGE)
         .read_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| run(state, socket, grant, session_id, ip))
+        .on_upgrade(move |socket| run(state, socket, grant, session_id, ip, video))
 }
 
 /// The `SessionState` message for a viewer (or, with no viewer, for all of them).
@@ -156,6 +165,7 @@ async fn run(
     grant: ViewerGrant,
     session_id: String,
     ip: IpAddr,
+    video: bool,
 ) {
     let viewer_id = uuid::Uuid::new_v4().to_string();
     let user = &grant.user;
@@ -165,6 +175,7 @@ async fn run(
         &user.id,
         &user.username,
         grant.access,
+        video,
     ) {
         Ok(joined) => joined,
         Err(_) => {
@@ -240,6 +251,12 @@ async fn run(
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 
+    // The viewer's shells end with it.
+    for terminal in session.drop_terminals_of(&viewer_id) {
+        session.try_send_to_agent(message(Payload::TerminalClose(proto::TerminalClose {
+            terminal_id: terminal,
+        })));
+    }
     let left = state.relay.leave(&session, &viewer_id);
     state.metrics.viewers.dec();
     if left == Some(AccessMode::Control) {
@@ -441,7 +458,99 @@ fn handle(
                 json!({ "from": "technician", "chars": chat.text.chars().count() }),
             );
         }
+        Payload::TerminalOpen(open) => open_terminal(ctx, bucket, open),
+        // Keystrokes, resizes and closes of a terminal this viewer opened, renumbered for
+        // the agent; anything else is dropped.
+        Payload::TerminalInput(_) | Payload::TerminalResize(_) | Payload::TerminalClose(_) => {
+            if ctx.access != AccessMode::Control || !session.is_active() || !bucket.try_take() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            let renumbered = match payload {
+                Payload::TerminalInput(mut m) => {
+                    session.terminal_of(ctx.viewer_id, m.terminal_id).map(|id| {
+                        Payload::TerminalInput({
+                            m.terminal_id = id;
+                            m
+                        })
+                    })
+                }
+                Payload::TerminalResize(mut m) => {
+                    session.terminal_of(ctx.viewer_id, m.terminal_id).map(|id| {
+                        Payload::TerminalResize({
+                            m.terminal_id = id;
+                            m
+                        })
+                    })
+                }
+                Payload::TerminalClose(mut m) => {
+                    session.terminal_of(ctx.viewer_id, m.terminal_id).map(|id| {
+                        Payload::TerminalClose({
+                            m.terminal_id = id;
+                            m
+                        })
+                    })
+                }
+                _ => None,
+            };
+            match renumbered {
+                Some(payload) => forward(Envelope::new(payload).to_bytes()),
+                None => metrics.ignored_message("terminal_unknown"),
+            }
+        }
         other => metrics.ignored_message(other.kind()),
+    }
+}
+
+/// A viewer asks for a remote terminal: only with the `terminal` permission, in control
+/// mode, after consent (SPEC §4.8); refused with a `TerminalExit` that says why.
+fn open_terminal(ctx: &ViewerCtx<'_>, bucket: &mut TokenBucket, open: proto::TerminalOpen) {
+    let session = ctx.session;
+    let permitted = Role::parse(&ctx.user.role).is_some_and(|r| r.has(Permission::Terminal));
+    let refusal = if !permitted {
+        Some("your role may not open remote terminals (permission `terminal`)")
+    } else if ctx.access != AccessMode::Control {
+        Some("a view-only viewer cannot open remote terminals")
+    } else if !session.is_active() {
+        Some("the session is not active (consent pending or the machine is offline)")
+    } else if !bucket.try_take() {
+        Some("too many requests; try again")
+    } else {
+        None
+    };
+    let outcome = match refusal {
+        Some(why) => Err(why),
+        None => session
+            .open_terminal(ctx.viewer_id, open.terminal_id)
+            .map_err(TerminalError::reason),
+    };
+    match outcome {
+        Ok(terminal) => {
+            let renumbered = proto::TerminalOpen {
+                terminal_id: terminal,
+                ..open
+            };
+            if !session.try_send_to_agent(message(Payload::TerminalOpen(renumbered))) {
+                ctx.state.metrics.input_dropped.inc();
+            }
+            audit_use(
+                ctx,
+                "terminal.opened",
+                json!({ "terminal": terminal, "viewer_id": ctx.viewer_id, "cols": open.cols, "rows": open.rows }),
+            );
+        }
+        Err(why) => {
+            let _ = ctx
+                .control_tx
+                .try_send(message(Payload::TerminalExit(proto::TerminalExit {
+                    terminal_id: open.terminal_id,
+                    exit_code: -1,
+                    reason: why.into(),
+                })));
+            if !permitted {
+                audit_use(ctx, "terminal.refused", json!({ "reason": why }));
+            }
+        }
     }
 }
 

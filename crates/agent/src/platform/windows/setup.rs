@@ -162,6 +162,7 @@ fn validate(
         enrollment_key: None,
         shared_key: None,
         release_public_key,
+        terminal_user: None,
         labels: normalize_labels(&options.labels),
     };
     Ok((config, enrollment_key))
