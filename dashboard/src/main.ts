@@ -21,11 +21,14 @@ import { viewerPage } from './pages/viewer';
 import { joinRoute, renderJoin } from './pages/join';
 import { h, mount } from './ui/dom';
 
+// The terminal page (xterm.js) loads when first opened: most visits never need it.
+const terminalPage: Page = async (ctx) => (await import('./pages/terminal')).terminalPage(ctx);
+
 interface Route {
   pattern: RegExp;
   page: Page;
   title: string;
-  /** Nav key highlighted in the sidebar; absent = no shell (sign-in, viewer). */
+  /** Nav key highlighted in the sidebar; absent = no shell (sign-in, viewer, terminal). */
   nav?: string;
   admin?: boolean;
 }
@@ -43,6 +46,7 @@ const routes: Route[] = [
   { pattern: /^\/audit$/, page: auditPage, title: 'Audit log', nav: 'audit', admin: true },
   { pattern: /^\/account$/, page: accountPage, title: 'Account', nav: 'account' },
   { pattern: /^\/view\/([^/]+)$/, page: viewerPage, title: 'Viewer' },
+  { pattern: /^\/terminal\/([^/]+)$/, page: terminalPage, title: 'Terminal' },
 ];
 
 const app = document.getElementById('app') as HTMLElement;
@@ -80,7 +84,7 @@ async function render(): Promise<void> {
   const path = currentPath();
   const signedIn = !!session.token();
   if (!signedIn && path !== '/login') {
-    if (path.startsWith('/view/')) sessionStorage.setItem('gc.after-login', path);
+    if (path.startsWith('/view/') || path.startsWith('/terminal/')) sessionStorage.setItem('gc.after-login', path);
     navigate('/login');
     return;
   }
@@ -105,7 +109,7 @@ async function render(): Promise<void> {
   if (r.nav) {
     root = shell(app, r.nav, r.title);
   } else {
-    root = h('div', { class: r.pattern.source.includes('view') ? 'viewer-root' : 'bare-root' });
+    root = h('div', { class: /view|terminal/.test(r.pattern.source) ? 'viewer-root' : 'bare-root' });
     mount(app, root);
   }
   if (r.admin && !session.isAdmin()) {

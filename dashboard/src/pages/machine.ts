@@ -267,6 +267,9 @@ export function machinePage({ root, params, signal }: PageContext): () => void {
       machineLabels(m).length ? h('div', { class: 'chips' }, machineLabels(m).map((l) => h('span', { class: 'chip' }, l))) : null,
       h('span', { class: 'spacer' }),
       joinLink(m),
+      m.online && m.session_id && m.status !== 'pending' && session.can('terminal')
+        ? h('a', { class: 'btn btn-sm', href: `#/terminal/${encodeURIComponent(m.session_id)}`, target: '_blank', rel: 'noopener', 'aria-label': `Terminal on ${m.hostname}`, 'data-testid': 'terminal-link' }, 'Terminal')
+        : null,
       session.isAdmin() && m.status === 'pending' ? approve : null,
       session.isAdmin() ? remove : null,
     );

@@ -16,6 +16,11 @@ function phasePill(s: Session): HTMLElement {
   return pill(phase, 'muted');
 }
 
+/** A Terminal link: a shell on the machine, in a new tab (permission `terminal`). */
+function terminalLink(sessionId: string, hostname: string): HTMLAnchorElement {
+  return h('a', { class: 'btn btn-sm', href: `#/terminal/${encodeURIComponent(sessionId)}`, target: '_blank', rel: 'noopener', 'aria-label': `Terminal on ${hostname}`, 'data-testid': 'terminal-link' }, 'Terminal');
+}
+
 /** A select for one filter; `values` are the choices after "all". */
 function filterSelect(id: string, label: string, values: [string, string][]): HTMLSelectElement {
   return h('select', { id, 'aria-label': label, 'data-testid': id }, h('option', { value: '' }, `${label}: all`), ...values.map(([v, text]) => h('option', { value: v }, text)));
@@ -117,6 +122,7 @@ export function sessionsPage({ root, signal }: PageContext): () => void {
             'td',
             { class: 'actions' },
             s.live ? viewerLink(s.id, s.live.hostname) : null,
+            s.live && session.can('terminal') ? terminalLink(s.id, s.live.hostname) : null,
             session.isAdmin() ? end : null,
           ),
         );

@@ -74,9 +74,13 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const clipBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side' }, 'Clipboard');
   // Off by default: the numbers are for diagnosing, not for every session.
   const statsBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false' }, 'Stats');
+  // A shell on the machine, in its own tab (permission `terminal`).
+  const terminalBtn = session.can('terminal')
+    ? h('button', { class: 'btn btn-sm', type: 'button', title: 'Open a terminal on the remote machine in a new tab', 'data-testid': 'open-terminal', onclick: () => window.open(`${location.pathname}#/terminal/${encodeURIComponent(sessionId)}`, '_blank') }, 'Terminal')
+    : null;
   const leaveBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Close this viewer; the session goes on' }, 'Leave');
   const endBtn = h('button', { class: 'btn btn-sm btn-danger', type: 'button', title: 'End the session for everyone', 'data-testid': 'end-session' }, 'End session');
-  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu, endBtn];
+  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu, endBtn, ...(terminalBtn ? [terminalBtn] : [])];
 
   const statsText = h('div', { class: 'stats-text mono', 'data-testid': 'stats' });
   const graph = h('canvas', { class: 'sparkline', width: '160', height: '36', 'aria-hidden': 'true' });
@@ -128,6 +132,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
         chatBtn,
         clipBtn,
         statsBtn,
+        terminalBtn,
         leaveBtn,
         endBtn,
       ),

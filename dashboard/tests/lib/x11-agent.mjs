@@ -81,11 +81,12 @@ export async function startXvfb({ base = 90 } = {}) {
 }
 
 /**
- * Starts the agent on the Xvfb display `xs` with a support code. `exited` resolves with
- * its exit code; `log()` is what it printed.
+ * Starts the agent on the Xvfb display `xs` with a support code and `extraArgs` (say
+ * `['--terminal-user', 'root']`). `exited` resolves with its exit code; `log()` is what it
+ * printed.
  */
-export function startAgent(xs, serverUrl, code) {
-  const proc = spawn(AGENT, ['--server', serverUrl, '--code', code], { env: { ...xs.env, RUST_LOG: 'info' } });
+export function startAgent(xs, serverUrl, code, extraArgs = []) {
+  const proc = spawn(AGENT, ['--server', serverUrl, '--code', code, ...extraArgs], { env: { ...xs.env, RUST_LOG: 'info' } });
   let log = '';
   proc.stdout.on('data', (d) => (log += d));
   proc.stderr.on('data', (d) => (log += d));
