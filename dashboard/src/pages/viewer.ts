@@ -11,6 +11,7 @@ import { navigate, type PageContext } from '../router';
 import { bytes, h, mount, pill } from '../ui/dom';
 import { confirmAction, copyButton, copyText, toast, toastError } from '../ui/feedback';
 import type { Machine, Session, ViewerToken } from '../types';
+import { FileTransfers } from '../viewer/files';
 import { decode, encode, nowUs, pb, type EnvelopeProps } from '../viewer/protocol';
 import { codecName, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
 import { isSystemKey, scancodeFor } from '../viewer/scancodes';
@@ -78,9 +79,13 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const terminalBtn = session.can('terminal')
     ? h('button', { class: 'btn btn-sm', type: 'button', title: 'Open a terminal on the remote machine in a new tab', 'data-testid': 'open-terminal', onclick: () => window.open(`${location.pathname}#/terminal/${encodeURIComponent(sessionId)}`, '_blank') }, 'Terminal')
     : null;
+  // Upload and download (permission `files`), in a side panel; hidden in view-only mode.
+  const filesBtn = session.can('files')
+    ? h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false', 'aria-controls': 'viewer-side', 'data-testid': 'files-button', title: 'Upload files to the machine, or download from it' }, 'Files')
+    : null;
   const leaveBtn = h('button', { class: 'btn btn-sm', type: 'button', title: 'Close this viewer; the session goes on' }, 'Leave');
   const endBtn = h('button', { class: 'btn btn-sm btn-danger', type: 'button', title: 'End the session for everyone', 'data-testid': 'end-session' }, 'End session');
-  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu, endBtn, ...(terminalBtn ? [terminalBtn] : [])];
+  const controlsOnly = [cadBtn, sysKeysLabel, keyModeBtn, keysMenu, endBtn, ...(terminalBtn ? [terminalBtn] : []), ...(filesBtn ? [filesBtn] : [])];
 
   const statsText = h('div', { class: 'stats-text mono', 'data-testid': 'stats' });
   const graph = h('canvas', { class: 'sparkline', width: '160', height: '36', 'aria-hidden': 'true' });
@@ -106,7 +111,9 @@ export function viewerPage({ root, params }: PageContext): () => void {
     clipIn,
     h('div', { class: 'row' }, copyButton(() => clipIn.value, 'Copy')),
   );
-  const side = h('aside', { class: 'viewer-side', id: 'viewer-side', hidden: true }, chatPanel, clipPanel);
+  // Sends through whichever socket is current (see `send` below).
+  const files = filesBtn ? new FileTransfers({ send: (props) => send(props) }, sessionId) : null;
+  const side = h('aside', { class: 'viewer-side', id: 'viewer-side', hidden: true }, chatPanel, clipPanel, files?.panel);
 
   mount(
     root,
@@ -132,6 +139,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
         chatBtn,
         clipBtn,
         statsBtn,
+        filesBtn,
         terminalBtn,
         leaveBtn,
         endBtn,
@@ -162,6 +170,10 @@ export function viewerPage({ root, params }: PageContext): () => void {
     canvas.classList.toggle('controllable', canControl());
     for (const el of controlsOnly) el.toggleAttribute('hidden', viewOnly);
     clipSend.disabled = viewOnly;
+    if (files) {
+      if (viewOnly && !files.panel.hidden) showPanel(null);
+      files.setReady(canControl(), s === 'reconnecting' ? 'the remote machine went offline' : s === 'ended' ? 'the session ended' : 'the session is no longer active');
+    }
   };
   const showOverlay = (message: string | null, actions: HTMLElement[] = []) => {
     if (!message) {
@@ -232,6 +244,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
       console.warn('undecodable message from the relay', e);
       return;
     }
+    if (files?.onMessage(env)) return;
     switch (env.payload) {
       case 'videoFrame': {
         const f = env.videoFrame;
@@ -378,7 +391,10 @@ export function viewerPage({ root, params }: PageContext): () => void {
     try {
       const info = await api.get<Session>(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
       if (disposed) return;
-      if (info) await nameTab(info);
+      if (info) {
+        files?.setSession(info);
+        await nameTab(info);
+      }
       if (disposed) return;
       grant = await api.post<ViewerToken>(`/api/sessions/${encodeURIComponent(sessionId)}/viewer-token`);
     } catch (e) {
@@ -421,6 +437,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
       if (ws !== sock) return;
       ws = null;
       releaseAllLocal();
+      files?.reset('the connection to the relay was lost');
       h264.close();
       if (disposed || state === 'ended') return;
       if (ev.code === 1000 && /ended|removed|administrator|denied|timed out|revoked/i.test(ev.reason)) {
@@ -628,12 +645,14 @@ export function viewerPage({ root, params }: PageContext): () => void {
 
   // ---- side panels ----
   const showPanel = (panel: HTMLElement | null) => {
-    for (const [p, b] of [[chatPanel, chatBtn], [clipPanel, clipBtn]] as const) {
+    const panels: [HTMLElement, HTMLElement][] = [[chatPanel, chatBtn], [clipPanel, clipBtn]];
+    if (files && filesBtn) panels.push([files.panel, filesBtn]);
+    for (const [p, b] of panels) {
       const on = p === panel && p.hidden;
       p.hidden = !on;
       b.setAttribute('aria-pressed', String(on));
     }
-    side.hidden = chatPanel.hidden && clipPanel.hidden;
+    side.hidden = panels.every(([p]) => p.hidden);
     requestAnimationFrame(applyScale);
   };
   chatBtn.addEventListener('click', () => {
@@ -641,6 +660,18 @@ export function viewerPage({ root, params }: PageContext): () => void {
     if (!chatPanel.hidden) chatInput.focus();
   });
   clipBtn.addEventListener('click', () => showPanel(clipPanel));
+  if (files && filesBtn) {
+    filesBtn.addEventListener('click', () => showPanel(files.panel));
+    // Files dropped on the screen go to the destination folder; the panel opens to show them.
+    stage.addEventListener('dragover', (e) => {
+      if (canControl()) files.dragOver(e);
+    });
+    stage.addEventListener('drop', (e) => {
+      if (!canControl() || !e.dataTransfer?.files.length) return;
+      if (files.panel.hidden) showPanel(files.panel);
+      files.drop(e);
+    });
+  }
   statsBtn.addEventListener('click', () => {
     statsBox.hidden = !statsBox.hidden;
     statsBtn.setAttribute('aria-pressed', String(!statsBox.hidden));
@@ -714,6 +745,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
     window.clearTimeout(reconnectTimer);
     if (moveFrame) cancelAnimationFrame(moveFrame);
     ro.disconnect();
+    files?.dispose();
     releaseAll();
     h264.close();
     if (ws) {

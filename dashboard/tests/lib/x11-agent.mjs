@@ -1,11 +1,13 @@
 // The real agent under Xvfb, for browser tests: a private X display, the agent started with
-// a support code, and its windows (consent prompt, session indicator) found and clicked with
-// xdotool. Every wait has a deadline.
+// a support code (or managed, with its own key), and its windows (consent prompt, session
+// indicator) found and clicked with xdotool. Every wait has a deadline.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { DASHBOARD } from './harness.mjs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import assert from 'node:assert/strict';
+import { DASHBOARD, apiCall } from './harness.mjs';
 
 export const AGENT = resolve(DASHBOARD, process.env.GURUCONNECT_AGENT_BIN ?? '../target/debug/guruconnect-agent');
 
@@ -92,6 +94,28 @@ export function startAgent(xs, serverUrl, code, extraArgs = []) {
   proc.stderr.on('data', (d) => (log += d));
   const exited = new Promise((r) => proc.once('exit', (code, signal) => r(code ?? signal)));
   return { proc, exited, log: () => log };
+}
+
+/**
+ * Starts a managed agent (no consent, no support code) on `xs` for a new machine: an
+ * administrator mints a key for a fresh machine id, and the agent runs with an owner-only
+ * agent.toml and agent.key in a temp dir. Resolves with the process, `exited`, `log()`,
+ * the machine's `agentId` and the `dir`.
+ */
+export async function startManagedAgent(xs, serverUrl, adminToken) {
+  const agentId = crypto.randomUUID();
+  const key = await apiCall(serverUrl, 'POST', `/api/machines/${agentId}/keys`, adminToken, { label: 'e2e' });
+  assert.equal(key.status, 201, JSON.stringify(key.body));
+  const dir = mkdtempSync(join(tmpdir(), 'gc-managed-agent-'));
+  // The agent refuses a key (or a configuration) that others can read.
+  writeFileSync(join(dir, 'agent.key'), `${key.body.agent_key}\n`, { mode: 0o600 });
+  writeFileSync(join(dir, 'agent.toml'), `server = ${JSON.stringify(serverUrl)}\nkey_file = ${JSON.stringify(join(dir, 'agent.key'))}\n`, { mode: 0o600 });
+  const proc = spawn(AGENT, ['run', '--config', join(dir, 'agent.toml')], { env: { ...xs.env, RUST_LOG: 'info' } });
+  let log = '';
+  proc.stdout.on('data', (d) => (log += d));
+  proc.stderr.on('data', (d) => (log += d));
+  const exited = new Promise((r) => proc.once('exit', (code, signal) => r(code ?? signal)));
+  return { proc, exited, log: () => log, agentId, dir };
 }
 
 /** The id of the visible window titled exactly `title`, waiting up to `ms` for it. */
