@@ -25,6 +25,10 @@ pub const MAX_AGENT_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Largest WebSocket message accepted from a viewer (SPEC §4.6).
 pub const MAX_VIEWER_MESSAGE: usize = 64 * 1024;
+/// Largest `FileChunk` payload a viewer sends (its messages are capped at 64 KiB).
+pub const MAX_VIEWER_FILE_CHUNK: usize = 48 * 1024;
+/// Bytes a file sender keeps in flight beyond the receiver's last `FileAck`.
+pub const FILE_WINDOW: u64 = 1024 * 1024;
 
 impl Envelope {
     /// Wraps a payload in an envelope.
@@ -94,6 +98,14 @@ impl Payload {
             Payload::TerminalClose(_) => "terminal_close",
             Payload::TerminalOutput(_) => "terminal_output",
             Payload::TerminalExit(_) => "terminal_exit",
+            Payload::FileUpload(_) => "file_upload",
+            Payload::FileDownload(_) => "file_download",
+            Payload::FileChunk(_) => "file_chunk",
+            Payload::FileAck(_) => "file_ack",
+            Payload::FileDone(_) => "file_done",
+            Payload::FileCancel(_) => "file_cancel",
+            Payload::FileInfo(_) => "file_info",
+            Payload::FileResult(_) => "file_result",
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct Config {
     pub release_public_key_file: Option<PathBuf>,
     /// Largest release artifact accepted, in bytes.
     pub max_release_artifact_bytes: u64,
+    /// Largest file a technician may upload to or download from a machine, in bytes.
+    pub max_file_transfer_bytes: u64,
     /// Windows agent executable (`scripts/windows/build-agent.sh`) that the join page
     /// offers customers, named so that it runs the support session with no flags.
     pub agent_windows_exe_path: Option<PathBuf>,
@@ -167,6 +169,7 @@ impl Default for Config {
             release_public_key: None,
             release_public_key_file: None,
             max_release_artifact_bytes: 512 * 1024 * 1024,
+            max_file_transfer_bytes: 2 * 1024 * 1024 * 1024,
             installer_signing_pkcs12: None,
             installer_signing_password: None,
             installer_signing_password_file: None,
@@ -405,6 +408,9 @@ offline_session_ttl_secs = 300
 # keygen). Every release published here must be signed with it; unset disables updates.
 # release_public_key = "gcrelpub1:…"
 max_release_artifact_bytes = 536870912
+
+# Largest file a technician may upload to or download from a machine (bytes).
+max_file_transfer_bytes = 2147483648
 
 # Windows agent .exe (scripts/windows/build-agent.sh; sign it first) that the join page
 # offers customers for a support session; the download's name carries server and code.

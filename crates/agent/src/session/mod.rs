@@ -21,6 +21,7 @@
 mod capture;
 mod chat;
 mod clipboard;
+pub mod files;
 mod indicator;
 mod input;
 #[cfg(target_os = "linux")]
@@ -201,6 +202,7 @@ pub fn hello(identity: Identity, displays: &[DisplayInfo]) -> AgentHello {
             "chat",
             "multi_display",
             "type_text",
+            "files",
         ]
         .into_iter()
         .chain(cfg!(target_os = "linux").then_some("terminal"))
@@ -249,6 +251,7 @@ struct Session {
     consent_cancel: Arc<AtomicBool>,
     #[cfg(target_os = "linux")]
     terminals: terminal::Terminals,
+    files: files::Transfers,
 }
 
 enum Flow {
@@ -322,6 +325,9 @@ impl Session {
         if let Payload::TerminalExit(exit) = &payload {
             self.terminals.ended(exit.terminal_id);
         }
+        if let Payload::FileResult(result) = &payload {
+            self.files.finished(result.transfer_id);
+        }
         let customer_end = matches!(payload, Payload::CustomerEnd(_));
         self.send(payload).await?;
         if customer_end {
@@ -329,6 +335,26 @@ impl Session {
             return Ok(Flow::Stop(Outcome::Ended(ENDED_HERE.into())));
         }
         Ok(Flow::Continue)
+    }
+
+    /// Handles a file-transfer message; returns an answer to send.
+    fn file(&mut self, payload: Payload) -> Option<Payload> {
+        if !self.may_control() {
+            // The relay never passes these before consent; nothing is touched if one comes.
+            return None;
+        }
+        match payload {
+            Payload::FileUpload(up) => Some(self.files.upload(&up)),
+            Payload::FileChunk(chunk) => self.files.chunk(chunk),
+            Payload::FileDone(done) => self.files.done(&done),
+            Payload::FileDownload(down) => self.files.download(&down),
+            Payload::FileAck(ack) => {
+                self.files.ack(&ack);
+                None
+            }
+            Payload::FileCancel(cancel) => self.files.cancel(&cancel),
+            _ => None,
+        }
     }
 
     /// Handles a terminal message; returns an answer to send (a refusal).
@@ -538,6 +564,16 @@ impl Session {
                 self.update_indicator();
             }
             Payload::KeyProvision(provision) => self.store_provisioned_key(&provision),
+            Payload::FileUpload(_)
+            | Payload::FileDownload(_)
+            | Payload::FileChunk(_)
+            | Payload::FileAck(_)
+            | Payload::FileDone(_)
+            | Payload::FileCancel(_) => {
+                if let Some(answer) = self.file(payload) {
+                    self.send(answer).await?;
+                }
+            }
             Payload::TerminalOpen(_)
             | Payload::TerminalInput(_)
             | Payload::TerminalResize(_)
@@ -741,6 +777,7 @@ pub async fn run_on(
             },
             out_tx.clone(),
         ),
+        files: files::Transfers::new(out_tx.clone()),
         out: out_tx,
         consent: None,
         consent_cancel: Arc::new(AtomicBool::new(false)),

@@ -20,6 +20,8 @@ pub enum Permission {
     ViewAudit,
     /// Open a remote terminal (a shell on the machine): administrators only for now.
     Terminal,
+    /// Upload files to machines and download files from them.
+    Files,
 }
 
 /// A user's role.
@@ -66,8 +68,9 @@ impl Role {
                 ManageUsers,
                 ViewAudit,
                 Terminal,
+                Files,
             ],
-            Role::Technician => &[View, Control, ManageCodes],
+            Role::Technician => &[View, Control, ManageCodes, Files],
             Role::Viewer => &[View],
         }
     }

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::registry::{LiveSession, NewLive, Phase, SessionKind, close_message, message};
+use super::registry::{Channel, LiveSession, NewLive, Phase, SessionKind, close_message, message};
 use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
 use crate::api::codes::normalize_code;
@@ -430,7 +430,7 @@ async fn bind(
         key_id,
         hostname: upsert.hostname.clone(),
         codecs,
-        terminal: hello.capabilities.iter().any(|c| c == "terminal"),
+        capabilities: hello.capabilities.clone(),
         started_at: now,
     });
     if let AgentCredential::Code { code, .. } = credential {
@@ -823,25 +823,91 @@ async fn handle(
             }
         }
         Payload::TerminalOutput(output) => {
-            deliver_terminal(session, output.terminal_id, false, |id| {
-                Payload::TerminalOutput(proto::TerminalOutput {
-                    terminal_id: id,
-                    data: output.data,
-                })
-            });
+            deliver(
+                session,
+                Channel::Terminal,
+                output.terminal_id,
+                false,
+                |id| {
+                    Payload::TerminalOutput(proto::TerminalOutput {
+                        terminal_id: id,
+                        data: output.data,
+                    })
+                },
+            );
         }
         Payload::TerminalExit(exit) => {
             let details = json!({ "terminal": exit.terminal_id, "exit_code": exit.exit_code, "reason": exit.reason });
-            let viewer = deliver_terminal(session, exit.terminal_id, true, |id| {
+            let viewer = deliver(session, Channel::Terminal, exit.terminal_id, true, |id| {
                 Payload::TerminalExit(proto::TerminalExit {
                     terminal_id: id,
                     ..exit
                 })
             });
-            if let Some(viewer_id) = viewer {
+            if let Some((viewer_id, user_id)) = viewer {
                 let mut details = details;
                 details["viewer_id"] = json!(viewer_id);
+                details["user_id"] = json!(user_id);
                 Audit::new("terminal.closed")
+                    .agent(&session.agent_id)
+                    .session(&session.id)
+                    .details(details)
+                    .record_in_background(state);
+            }
+        }
+        Payload::FileInfo(info) => {
+            let limit = state.config.max_file_transfer_bytes;
+            let too_big = info.size > limit;
+            let id = info.transfer_id;
+            let viewer = deliver(session, Channel::File, id, too_big, |n| {
+                if too_big {
+                    file_refusal(n, &too_big_error(info.size, limit))
+                } else {
+                    Payload::FileInfo(proto::FileInfo {
+                        transfer_id: n,
+                        ..info
+                    })
+                }
+            });
+            if too_big && viewer.is_some() {
+                session.try_send_to_agent(message(Payload::FileCancel(proto::FileCancel {
+                    transfer_id: id,
+                    reason: "larger than the server's limit".into(),
+                })));
+            }
+        }
+        Payload::FileChunk(chunk) => {
+            deliver(session, Channel::File, chunk.transfer_id, false, |n| {
+                Payload::FileChunk(proto::FileChunk {
+                    transfer_id: n,
+                    ..chunk
+                })
+            });
+        }
+        Payload::FileAck(ack) => {
+            deliver(session, Channel::File, ack.transfer_id, false, |n| {
+                Payload::FileAck(proto::FileAck {
+                    transfer_id: n,
+                    ..ack
+                })
+            });
+        }
+        Payload::FileResult(result) => {
+            let details = json!({
+                "transfer": result.transfer_id, "ok": result.ok, "error": result.error,
+                "path": result.path, "bytes": result.bytes, "sha256": result.sha256,
+            });
+            let viewer = deliver(session, Channel::File, result.transfer_id, true, |n| {
+                Payload::FileResult(proto::FileResult {
+                    transfer_id: n,
+                    ..result
+                })
+            });
+            if let Some((viewer_id, user_id)) = viewer {
+                let mut details = details;
+                details["viewer_id"] = json!(viewer_id);
+                details["user_id"] = json!(user_id);
+                Audit::new("file.transferred")
                     .agent(&session.agent_id)
                     .session(&session.id)
                     .details(details)
@@ -977,24 +1043,43 @@ pub async fn reap_offline_sessions(state: &AppState) -> usize {
     reaped.len()
 }
 
-/// Passes a terminal message from the agent to the viewer that opened the terminal, under
-/// that viewer's number; `last` forgets the terminal. A viewer whose queue is full is
-/// disconnected (its terminals then close), as for every control message: terminal
-/// output is never dropped, which would corrupt the screen. Returns the viewer's id.
-fn deliver_terminal(
+/// Passes a terminal or file message from the agent to the viewer that opened the channel,
+/// under that viewer's number; `last` forgets the channel. A viewer whose queue is full is
+/// disconnected (its channels then close), as for every control message: terminal output
+/// and file chunks are never dropped. Returns the viewer's id and user id.
+fn deliver(
     session: &LiveSession,
-    terminal: u32,
+    channel: Channel,
+    number: u32,
     last: bool,
     payload: impl FnOnce(u32) -> Payload,
-) -> Option<String> {
-    let to = session.terminal_delivery(terminal, last)?;
+) -> Option<(String, String)> {
+    let to = session.delivery(channel, number, last)?;
     if to
         .control
-        .try_send(message(payload(to.viewer_terminal)))
+        .try_send(message(payload(to.viewer_number)))
         .is_err()
     {
-        tracing::warn!(session_id = %session.id, viewer_id = %to.viewer_id, "a viewer could not keep up with its terminal; disconnecting it");
+        tracing::warn!(session_id = %session.id, viewer_id = %to.viewer_id, ?channel, "a viewer could not keep up; disconnecting it");
         to.cancel.cancel();
     }
-    Some(to.viewer_id)
+    Some((to.viewer_id, to.user_id))
+}
+
+/// A failed `FileResult` for a transfer the relay refuses or stops.
+pub(super) fn file_refusal(transfer_id: u32, error: &str) -> Payload {
+    Payload::FileResult(proto::FileResult {
+        transfer_id,
+        ok: false,
+        error: error.to_owned(),
+        ..proto::FileResult::default()
+    })
+}
+
+/// Why a file of `size` bytes may not cross this relay.
+pub(super) fn too_big_error(size: u64, limit: u64) -> String {
+    format!(
+        "the file ({size} bytes) is larger than the server's limit of {limit} bytes \
+         (max_file_transfer_bytes)"
+    )
 }

@@ -20,8 +20,9 @@ pub const VIEWER_FRAME_QUEUE: usize = 8;
 pub const VIEWER_CONTROL_QUEUE: usize = 64;
 /// Messages queued towards an agent (input, commands); excess input is dropped.
 pub const AGENT_QUEUE: usize = 256;
-/// Remote terminals one viewer may have open at once (the agent allows 4 per session).
-pub const TERMINALS_PER_VIEWER: usize = 4;
+/// Remote terminals, or file transfers, one viewer may have open at once (the agent
+/// allows 4 terminals and 8 transfers per session).
+pub const CHANNELS_PER_VIEWER: usize = 4;
 
 /// Attended (support code) or managed (per-agent key) session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,45 +74,75 @@ struct ViewerSlot {
     video: bool,
 }
 
-/// Where a terminal's output goes: the viewer that opened it, under that viewer's number.
-#[derive(Debug, Clone)]
-struct TerminalRoute {
-    viewer_id: String,
-    viewer_terminal: u32,
+/// A per-viewer stream between a viewer and the agent that the relay numbers and routes:
+/// a remote terminal or a file transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A remote terminal.
+    Terminal,
+    /// A file transfer.
+    File,
 }
 
-/// Why a terminal could not be opened or routed.
+/// Where a channel's messages from the agent go: the viewer that opened it, under that
+/// viewer's number.
+#[derive(Debug, Clone)]
+struct Route {
+    viewer_id: String,
+    viewer_number: u32,
+}
+
+/// The open channels of one kind in a session, by the number the agent sees.
+#[derive(Debug, Default)]
+struct Routes {
+    open: HashMap<u32, Route>,
+    next: u32,
+}
+
+/// Why a channel could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TerminalError {
-    /// The agent did not announce the `terminal` capability.
+pub enum ChannelError {
+    /// The agent did not announce the capability.
     Unsupported,
     /// The viewer already uses this number.
     Duplicate,
-    /// The viewer has [`TERMINALS_PER_VIEWER`] open.
+    /// The viewer has [`CHANNELS_PER_VIEWER`] open.
     TooMany,
     /// The viewer left.
     NoViewer,
 }
 
-impl TerminalError {
+impl ChannelError {
     /// For the technician.
-    pub fn reason(self) -> &'static str {
-        match self {
-            TerminalError::Unsupported => "this agent has no remote terminal (update it)",
-            TerminalError::Duplicate => "this terminal is already open",
-            TerminalError::TooMany => "at most 4 terminals per viewer may be open at once",
-            TerminalError::NoViewer => "the viewer left",
+    pub fn reason(self, channel: Channel) -> &'static str {
+        match (self, channel) {
+            (ChannelError::Unsupported, Channel::Terminal) => {
+                "this agent has no remote terminal (update it)"
+            }
+            (ChannelError::Unsupported, Channel::File) => {
+                "this agent cannot transfer files (update it)"
+            }
+            (ChannelError::Duplicate, _) => "this number is already in use",
+            (ChannelError::TooMany, Channel::Terminal) => {
+                "at most 4 terminals per viewer may be open at once"
+            }
+            (ChannelError::TooMany, Channel::File) => {
+                "at most 4 transfers per viewer may run at once"
+            }
+            (ChannelError::NoViewer, _) => "the viewer left",
         }
     }
 }
 
-/// A terminal message for a viewer, with the queue it goes into.
+/// A channel message for a viewer, with the queue it goes into.
 #[derive(Debug)]
-pub struct TerminalDelivery {
-    /// The number the viewer knows the terminal by.
-    pub viewer_terminal: u32,
+pub struct Delivery {
+    /// The number the viewer knows the channel by.
+    pub viewer_number: u32,
     /// The viewer.
     pub viewer_id: String,
+    /// The viewer's user id.
+    pub user_id: String,
     /// The viewer's control queue.
     pub control: mpsc::Sender<Message>,
     /// Cancels the viewer (one that cannot keep up is disconnected).
@@ -128,11 +159,19 @@ struct Inner {
     end_reason: Option<String>,
     close_code: u16,
     offline_since: Option<i64>,
-    /// The agent announced the `terminal` capability.
-    agent_terminal: bool,
-    /// Open terminals by the number the relay gave them (the one the agent sees).
-    terminals: HashMap<u32, TerminalRoute>,
-    next_terminal: u32,
+    /// The capabilities the agent announced (`terminal`, `files`).
+    agent_capabilities: Vec<String>,
+    terminals: Routes,
+    transfers: Routes,
+}
+
+impl Inner {
+    fn routes(&mut self, channel: Channel) -> &mut Routes {
+        match channel {
+            Channel::Terminal => &mut self.terminals,
+            Channel::File => &mut self.transfers,
+        }
+    }
 }
 
 /// One live session: an agent and its viewers.
@@ -433,83 +472,89 @@ impl LiveSession {
         }
     }
 
-    /// Numbers a new terminal of `viewer_id` (known to it as `viewer_terminal`); the
-    /// returned number is the one the agent sees.
-    pub fn open_terminal(
+    /// Numbers a new channel of `viewer_id` (known to it as `viewer_number`); the returned
+    /// number is the one the agent sees.
+    pub fn open_channel(
         &self,
+        channel: Channel,
         viewer_id: &str,
-        viewer_terminal: u32,
-    ) -> Result<u32, TerminalError> {
+        viewer_number: u32,
+    ) -> Result<u32, ChannelError> {
         let mut inner = self.lock();
-        if !inner.agent_terminal {
-            return Err(TerminalError::Unsupported);
+        let capability = match channel {
+            Channel::Terminal => "terminal",
+            Channel::File => "files",
+        };
+        if !inner.agent_capabilities.iter().any(|c| c == capability) {
+            return Err(ChannelError::Unsupported);
         }
         if !inner.viewers.contains_key(viewer_id) {
-            return Err(TerminalError::NoViewer);
+            return Err(ChannelError::NoViewer);
         }
-        let mine = inner
-            .terminals
-            .values()
-            .filter(|r| r.viewer_id == viewer_id);
+        let routes = inner.routes(channel);
         let mut count = 0;
-        for route in mine {
-            if route.viewer_terminal == viewer_terminal {
-                return Err(TerminalError::Duplicate);
+        for route in routes.open.values().filter(|r| r.viewer_id == viewer_id) {
+            if route.viewer_number == viewer_number {
+                return Err(ChannelError::Duplicate);
             }
             count += 1;
         }
-        if count >= TERMINALS_PER_VIEWER {
-            return Err(TerminalError::TooMany);
+        if count >= CHANNELS_PER_VIEWER {
+            return Err(ChannelError::TooMany);
         }
-        inner.next_terminal = inner.next_terminal.wrapping_add(1).max(1);
-        let id = inner.next_terminal;
-        inner.terminals.insert(
+        routes.next = routes.next.wrapping_add(1).max(1);
+        let id = routes.next;
+        routes.open.insert(
             id,
-            TerminalRoute {
+            Route {
                 viewer_id: viewer_id.to_owned(),
-                viewer_terminal,
+                viewer_number,
             },
         );
         Ok(id)
     }
 
-    /// The agent's number of `viewer_id`'s terminal `viewer_terminal`, if it is open.
-    pub fn terminal_of(&self, viewer_id: &str, viewer_terminal: u32) -> Option<u32> {
+    /// The agent's number of `viewer_id`'s channel `viewer_number`, if it is open.
+    pub fn channel_of(&self, channel: Channel, viewer_id: &str, viewer_number: u32) -> Option<u32> {
         self.lock()
-            .terminals
+            .routes(channel)
+            .open
             .iter()
-            .find(|(_, r)| r.viewer_id == viewer_id && r.viewer_terminal == viewer_terminal)
+            .find(|(_, r)| r.viewer_id == viewer_id && r.viewer_number == viewer_number)
             .map(|(id, _)| *id)
     }
 
-    /// Where the agent's terminal `terminal` goes; `forget` drops the route (its end).
-    pub fn terminal_delivery(&self, terminal: u32, forget: bool) -> Option<TerminalDelivery> {
+    /// Where the agent's channel `number` goes; `forget` drops the route (its end).
+    pub fn delivery(&self, channel: Channel, number: u32, forget: bool) -> Option<Delivery> {
         let mut inner = self.lock();
+        let routes = inner.routes(channel);
         let route = if forget {
-            inner.terminals.remove(&terminal)?
+            routes.open.remove(&number)?
         } else {
-            inner.terminals.get(&terminal)?.clone()
+            routes.open.get(&number)?.clone()
         };
         let slot = inner.viewers.get(&route.viewer_id)?;
-        Some(TerminalDelivery {
-            viewer_terminal: route.viewer_terminal,
+        Some(Delivery {
+            viewer_number: route.viewer_number,
             viewer_id: route.viewer_id,
+            user_id: slot.user_id.clone(),
             control: slot.control.clone(),
             cancel: slot.cancel.clone(),
         })
     }
 
-    /// Forgets the terminals of a viewer that left; returns the agent's numbers, to close.
-    pub fn drop_terminals_of(&self, viewer_id: &str) -> Vec<u32> {
+    /// Forgets the channels of a viewer that left; returns the agent's numbers, to close.
+    pub fn drop_channels_of(&self, channel: Channel, viewer_id: &str) -> Vec<u32> {
         let mut inner = self.lock();
-        let ids: Vec<u32> = inner
-            .terminals
+        let routes = inner.routes(channel);
+        let ids: Vec<u32> = routes
+            .open
             .iter()
             .filter(|(_, r)| r.viewer_id == viewer_id)
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
-            inner.terminals.remove(id);
+            routes.open.remove(id);
         }
         ids
     }
@@ -565,8 +610,8 @@ pub struct NewLive {
     pub hostname: String,
     /// Agent codecs.
     pub codecs: Vec<i32>,
-    /// The agent announced the `terminal` capability.
-    pub terminal: bool,
+    /// The capabilities the agent announced in its hello.
+    pub capabilities: Vec<String>,
     /// Start time.
     pub started_at: i64,
 }
@@ -603,9 +648,9 @@ impl Registry {
                 end_reason: None,
                 close_code: 1000,
                 offline_since: None,
-                agent_terminal: new.terminal,
-                terminals: HashMap::new(),
-                next_terminal: 0,
+                agent_capabilities: new.capabilities,
+                terminals: Routes::default(),
+                transfers: Routes::default(),
             }),
         });
         let superseded: Vec<Arc<LiveSession>> = {

@@ -23,7 +23,9 @@ use guruconnect_store::{TokenKind, User};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::registry::{LiveSession, Phase, TerminalError, ViewerQueues, close_message, message};
+use super::registry::{
+    Channel, LiveSession, Phase, SessionKind, ViewerQueues, close_message, message,
+};
 use super::throttle::TokenBucket;
 use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
@@ -251,10 +253,16 @@ async fn run(
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 
-    // The viewer's shells end with it.
-    for terminal in session.drop_terminals_of(&viewer_id) {
+    // The viewer's shells and transfers end with it.
+    for terminal in session.drop_channels_of(Channel::Terminal, &viewer_id) {
         session.try_send_to_agent(message(Payload::TerminalClose(proto::TerminalClose {
             terminal_id: terminal,
+        })));
+    }
+    for transfer in session.drop_channels_of(Channel::File, &viewer_id) {
+        session.try_send_to_agent(message(Payload::FileCancel(proto::FileCancel {
+            transfer_id: transfer,
+            reason: "the technician left".into(),
         })));
     }
     let left = state.relay.leave(&session, &viewer_id);
@@ -458,7 +466,53 @@ fn handle(
                 json!({ "from": "technician", "chars": chat.text.chars().count() }),
             );
         }
-        Payload::TerminalOpen(open) => open_terminal(ctx, bucket, open),
+        Payload::TerminalOpen(open) => {
+            let (number, cols, rows) = (open.terminal_id, open.cols, open.rows);
+            open_channel(
+                ctx,
+                bucket,
+                Channel::Terminal,
+                number,
+                None,
+                |agent_number| {
+                    let details = json!({ "terminal": agent_number, "viewer_id": ctx.viewer_id, "cols": cols, "rows": rows });
+                    let open = proto::TerminalOpen {
+                        terminal_id: agent_number,
+                        ..open
+                    };
+                    (Payload::TerminalOpen(open), "terminal.opened", details)
+                },
+            );
+        }
+        Payload::FileUpload(up) => {
+            let (number, size) = (up.transfer_id, up.size);
+            open_channel(
+                ctx,
+                bucket,
+                Channel::File,
+                number,
+                Some(size),
+                |agent_number| {
+                    let details = json!({ "transfer": agent_number, "direction": "upload", "directory": up.directory, "name": up.name, "size": size, "viewer_id": ctx.viewer_id });
+                    let up = proto::FileUpload {
+                        transfer_id: agent_number,
+                        ..up
+                    };
+                    (Payload::FileUpload(up), "file.started", details)
+                },
+            );
+        }
+        Payload::FileDownload(down) => {
+            let number = down.transfer_id;
+            open_channel(ctx, bucket, Channel::File, number, None, |agent_number| {
+                let details = json!({ "transfer": agent_number, "direction": "download", "path": down.path, "viewer_id": ctx.viewer_id });
+                let down = proto::FileDownload {
+                    transfer_id: agent_number,
+                    ..down
+                };
+                (Payload::FileDownload(down), "file.started", details)
+            });
+        }
         // Keystrokes, resizes and closes of a terminal this viewer opened, renumbered for
         // the agent; anything else is dropped.
         Payload::TerminalInput(_) | Payload::TerminalResize(_) | Payload::TerminalClose(_) => {
@@ -466,31 +520,17 @@ fn handle(
                 metrics.input_dropped.inc();
                 return;
             }
+            let renumber = |n: u32| session.channel_of(Channel::Terminal, ctx.viewer_id, n);
             let renumbered = match payload {
-                Payload::TerminalInput(mut m) => {
-                    session.terminal_of(ctx.viewer_id, m.terminal_id).map(|id| {
-                        Payload::TerminalInput({
-                            m.terminal_id = id;
-                            m
-                        })
-                    })
-                }
-                Payload::TerminalResize(mut m) => {
-                    session.terminal_of(ctx.viewer_id, m.terminal_id).map(|id| {
-                        Payload::TerminalResize({
-                            m.terminal_id = id;
-                            m
-                        })
-                    })
-                }
-                Payload::TerminalClose(mut m) => {
-                    session.terminal_of(ctx.viewer_id, m.terminal_id).map(|id| {
-                        Payload::TerminalClose({
-                            m.terminal_id = id;
-                            m
-                        })
-                    })
-                }
+                Payload::TerminalInput(m) => renumber(m.terminal_id).map(|terminal_id| {
+                    Payload::TerminalInput(proto::TerminalInput { terminal_id, ..m })
+                }),
+                Payload::TerminalResize(m) => renumber(m.terminal_id).map(|terminal_id| {
+                    Payload::TerminalResize(proto::TerminalResize { terminal_id, ..m })
+                }),
+                Payload::TerminalClose(m) => renumber(m.terminal_id).map(|terminal_id| {
+                    Payload::TerminalClose(proto::TerminalClose { terminal_id })
+                }),
                 _ => None,
             };
             match renumbered {
@@ -498,57 +538,108 @@ fn handle(
                 None => metrics.ignored_message("terminal_unknown"),
             }
         }
+        // The rest of a transfer this viewer started. Not throttled: the agent's window
+        // (FILE_WINDOW bytes ahead of its acks) bounds what a viewer can have in flight.
+        Payload::FileChunk(_)
+        | Payload::FileAck(_)
+        | Payload::FileDone(_)
+        | Payload::FileCancel(_) => {
+            if ctx.access != AccessMode::Control || !session.is_active() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            let renumber = |n: u32| session.channel_of(Channel::File, ctx.viewer_id, n);
+            let renumbered = match payload {
+                Payload::FileChunk(m) => renumber(m.transfer_id)
+                    .map(|transfer_id| Payload::FileChunk(proto::FileChunk { transfer_id, ..m })),
+                Payload::FileAck(m) => renumber(m.transfer_id)
+                    .map(|transfer_id| Payload::FileAck(proto::FileAck { transfer_id, ..m })),
+                Payload::FileDone(m) => renumber(m.transfer_id)
+                    .map(|transfer_id| Payload::FileDone(proto::FileDone { transfer_id, ..m })),
+                Payload::FileCancel(m) => renumber(m.transfer_id)
+                    .map(|transfer_id| Payload::FileCancel(proto::FileCancel { transfer_id, ..m })),
+                _ => None,
+            };
+            match renumbered {
+                Some(payload) => forward(Envelope::new(payload).to_bytes()),
+                None => metrics.ignored_message("file_unknown"),
+            }
+        }
         other => metrics.ignored_message(other.kind()),
     }
 }
 
-/// A viewer asks for a remote terminal: only with the `terminal` permission, in control
-/// mode, after consent (SPEC §4.8); refused with a `TerminalExit` that says why.
-fn open_terminal(ctx: &ViewerCtx<'_>, bucket: &mut TokenBucket, open: proto::TerminalOpen) {
+/// A viewer opens a terminal or starts a transfer: only with the permission (`terminal`,
+/// `files`), in control mode, after consent (SPEC §4.8); transfers only in managed
+/// sessions and within `max_file_transfer_bytes`. A refusal says why (`TerminalExit`,
+/// failed `FileResult`); `opened` renumbers the request for the agent and names its audit.
+fn open_channel(
+    ctx: &ViewerCtx<'_>,
+    bucket: &mut TokenBucket,
+    channel: Channel,
+    viewer_number: u32,
+    size: Option<u64>,
+    opened: impl FnOnce(u32) -> (Payload, &'static str, serde_json::Value),
+) {
     let session = ctx.session;
-    let permitted = Role::parse(&ctx.user.role).is_some_and(|r| r.has(Permission::Terminal));
+    let (permission, what) = match channel {
+        Channel::Terminal => (
+            Permission::Terminal,
+            "open remote terminals (permission `terminal`)",
+        ),
+        Channel::File => (Permission::Files, "transfer files (permission `files`)"),
+    };
+    let permitted = Role::parse(&ctx.user.role).is_some_and(|r| r.has(permission));
+    let limit = ctx.state.config.max_file_transfer_bytes;
     let refusal = if !permitted {
-        Some("your role may not open remote terminals (permission `terminal`)")
+        Some(format!("your role may not {what}"))
     } else if ctx.access != AccessMode::Control {
-        Some("a view-only viewer cannot open remote terminals")
+        Some(format!("a view-only viewer cannot {what}"))
     } else if !session.is_active() {
-        Some("the session is not active (consent pending or the machine is offline)")
+        Some("the session is not active (consent pending or the machine is offline)".into())
+    } else if channel == Channel::File && session.kind == SessionKind::Attended {
+        Some(
+            "file transfer is not available in support-code sessions yet (the customer \
+             would have to see and allow each transfer)"
+                .into(),
+        )
+    } else if size.is_some_and(|s| s > limit) {
+        Some(super::agent::too_big_error(size.unwrap_or_default(), limit))
     } else if !bucket.try_take() {
-        Some("too many requests; try again")
+        Some("too many requests; try again".into())
     } else {
         None
     };
     let outcome = match refusal {
         Some(why) => Err(why),
         None => session
-            .open_terminal(ctx.viewer_id, open.terminal_id)
-            .map_err(TerminalError::reason),
+            .open_channel(channel, ctx.viewer_id, viewer_number)
+            .map_err(|e| e.reason(channel).to_owned()),
     };
     match outcome {
-        Ok(terminal) => {
-            let renumbered = proto::TerminalOpen {
-                terminal_id: terminal,
-                ..open
-            };
-            if !session.try_send_to_agent(message(Payload::TerminalOpen(renumbered))) {
+        Ok(agent_number) => {
+            let (payload, event, details) = opened(agent_number);
+            if !session.try_send_to_agent(message(payload)) {
                 ctx.state.metrics.input_dropped.inc();
             }
-            audit_use(
-                ctx,
-                "terminal.opened",
-                json!({ "terminal": terminal, "viewer_id": ctx.viewer_id, "cols": open.cols, "rows": open.rows }),
-            );
+            audit_use(ctx, event, details);
         }
         Err(why) => {
-            let _ = ctx
-                .control_tx
-                .try_send(message(Payload::TerminalExit(proto::TerminalExit {
-                    terminal_id: open.terminal_id,
+            let answer = match channel {
+                Channel::Terminal => Payload::TerminalExit(proto::TerminalExit {
+                    terminal_id: viewer_number,
                     exit_code: -1,
-                    reason: why.into(),
-                })));
+                    reason: why.clone(),
+                }),
+                Channel::File => super::agent::file_refusal(viewer_number, &why),
+            };
+            let _ = ctx.control_tx.try_send(message(answer));
             if !permitted {
-                audit_use(ctx, "terminal.refused", json!({ "reason": why }));
+                let event = match channel {
+                    Channel::Terminal => "terminal.refused",
+                    Channel::File => "file.refused",
+                };
+                audit_use(ctx, event, json!({ "reason": why }));
             }
         }
     }
