@@ -979,24 +979,11 @@ async fn the_person_at_the_machine_sees_who_is_connected_and_ends_the_session() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_machine_shows_the_indicator_while_watched_and_reconnects_after_end() {
-    use std::os::unix::fs::PermissionsExt as _;
     let Some(x) = Xvfb::start() else { return };
     let relay = Relay::start().await;
     let admin = relay.admin().await;
-    let (_, agent_key) = relay.issue_machine_key(&admin).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("agent.key");
-    std::fs::write(&key_file, &agent_key).expect("key");
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let config = dir.path().join("agent.toml");
-    let toml = format!(
-        "server = \"{}\"\nkey_file = \"{}\"\n",
-        relay.base,
-        key_file.display()
-    );
-    std::fs::write(&config, toml).expect("write config");
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let managed = relay.managed_config(&admin, 0o600).await;
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &managed.config]);
     let first = relay.wait_session(&admin, "active").await;
 
     // Nobody watching: no indicator. A technician joins: it names them; leaves: it hides.
@@ -1178,34 +1165,19 @@ async fn managed_agent_refuses_an_open_key_then_connects_and_survives_a_relay_re
     let Some(x) = Xvfb::start() else { return };
     let relay = Relay::start().await;
     let admin = relay.admin().await;
-    let (_, agent_key) = relay.issue_machine_key(&admin).await;
-    let key = agent_key;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("agent.key");
-    std::fs::write(&key_file, &key).expect("write key");
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "server = \"{}\"\nkey_file = \"{}\"\n",
-            relay.base,
-            key_file.display()
-        ),
-    )
-    .expect("write config");
-    let config_arg = config.to_string_lossy().into_owned();
+    let managed = relay.managed_config(&admin, 0o644).await;
+    let (key_file, config_arg) = (&managed.key_file, &managed.config);
 
     // A key readable by others: refuse to start.
-    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", config_arg]);
     let status = agent.wait_exit(WAIT).await;
     let stderr = agent.stderr();
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("readable by group or others"), "{stderr}");
 
     // Owner-only: it connects (no consent for a managed machine).
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    std::fs::set_permissions(key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", config_arg]);
     let first = relay.wait_session(&admin, "active").await;
 
     // The relay restarts on the same port: the agent comes back by itself.
@@ -2076,24 +2048,11 @@ async fn upload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_cross_both_ways_through_the_relay_with_their_hashes_and_escapes_are_refused() {
-    use std::os::unix::fs::PermissionsExt as _;
     let Some(x) = Xvfb::start() else { return };
     let relay = Relay::start().await;
     let admin = relay.admin().await;
-    let (_, agent_key) = relay.issue_machine_key(&admin).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("agent.key");
-    std::fs::write(&key_file, &agent_key).expect("key");
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let config = dir.path().join("agent.toml");
-    let toml = format!(
-        "server = \"{}\"\nkey_file = \"{}\"\n",
-        relay.base,
-        key_file.display()
-    );
-    std::fs::write(&config, toml).expect("write config");
-    let config_arg = config.to_string_lossy().into_owned();
-    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &config_arg]);
+    let managed = relay.managed_config(&admin, 0o600).await;
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &managed.config]);
     let session_id = relay.wait_session(&admin, "active").await;
     let (mut conn, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
 

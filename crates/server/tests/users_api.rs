@@ -174,7 +174,7 @@ async fn admin_manages_users() {
     assert_eq!(dave["disabled"], false);
     assert_eq!(
         dave["permissions"],
-        json!(["view", "control", "manage_codes"])
+        json!(["view", "control", "manage_codes", "files"])
     );
     assert!(dave.get("password_hash").is_none() && !dave.to_string().contains("argon2"));
     let id = dave["id"].as_str().unwrap().to_owned();

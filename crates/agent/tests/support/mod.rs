@@ -776,6 +776,13 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// See [`Relay::managed_config`]; the directory lives as long as this.
+pub struct ManagedConfig {
+    pub dir: tempfile::TempDir,
+    pub key_file: PathBuf,
+    pub config: String,
+}
+
 // ------------------------------------------------------------------ viewer helpers
 
 /// Decodes frames until `accept` approves the picture (after a keyframe); returns it.
@@ -1203,6 +1210,30 @@ pub struct ArtifactFor<'a> {
 
 impl Relay {
     /// Issues a key for a new managed machine; returns its `agent_id` and the key.
+    /// A managed agent's files for a new machine: `agent.key` with `key_mode` and an
+    /// `agent.toml` pointing at this relay; `config` is the path for `run --config`.
+    pub async fn managed_config(&self, admin: &str, key_mode: u32) -> ManagedConfig {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (_, agent_key) = self.issue_machine_key(admin).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("agent.key");
+        std::fs::write(&key_file, &agent_key).expect("write key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(key_mode))
+            .expect("chmod");
+        let config = dir.path().join("agent.toml");
+        let toml = format!(
+            "server = \"{}\"\nkey_file = \"{}\"\n",
+            self.base,
+            key_file.display()
+        );
+        std::fs::write(&config, toml).expect("write config");
+        ManagedConfig {
+            config: config.to_string_lossy().into_owned(),
+            key_file,
+            dir,
+        }
+    }
+
     pub async fn issue_machine_key(&self, admin: &str) -> (String, String) {
         let agent_id = new_uuid();
         let issued = self

@@ -838,22 +838,21 @@ async fn handle(
         }
         Payload::TerminalExit(exit) => {
             let details = json!({ "terminal": exit.terminal_id, "exit_code": exit.exit_code, "reason": exit.reason });
-            let viewer = deliver(session, Channel::Terminal, exit.terminal_id, true, |id| {
-                Payload::TerminalExit(proto::TerminalExit {
-                    terminal_id: id,
-                    ..exit
-                })
-            });
-            if let Some((viewer_id, user_id)) = viewer {
-                let mut details = details;
-                details["viewer_id"] = json!(viewer_id);
-                details["user_id"] = json!(user_id);
-                Audit::new("terminal.closed")
-                    .agent(&session.agent_id)
-                    .session(&session.id)
-                    .details(details)
-                    .record_in_background(state);
-            }
+            let number = exit.terminal_id;
+            deliver_end(
+                state,
+                session,
+                Channel::Terminal,
+                number,
+                "terminal.closed",
+                details,
+                |id| {
+                    Payload::TerminalExit(proto::TerminalExit {
+                        terminal_id: id,
+                        ..exit
+                    })
+                },
+            );
         }
         Payload::FileInfo(info) => {
             let limit = state.config.max_file_transfer_bytes;
@@ -897,22 +896,21 @@ async fn handle(
                 "transfer": result.transfer_id, "ok": result.ok, "error": result.error,
                 "path": result.path, "bytes": result.bytes, "sha256": result.sha256,
             });
-            let viewer = deliver(session, Channel::File, result.transfer_id, true, |n| {
-                Payload::FileResult(proto::FileResult {
-                    transfer_id: n,
-                    ..result
-                })
-            });
-            if let Some((viewer_id, user_id)) = viewer {
-                let mut details = details;
-                details["viewer_id"] = json!(viewer_id);
-                details["user_id"] = json!(user_id);
-                Audit::new("file.transferred")
-                    .agent(&session.agent_id)
-                    .session(&session.id)
-                    .details(details)
-                    .record_in_background(state);
-            }
+            let number = result.transfer_id;
+            deliver_end(
+                state,
+                session,
+                Channel::File,
+                number,
+                "file.transferred",
+                details,
+                |n| {
+                    Payload::FileResult(proto::FileResult {
+                        transfer_id: n,
+                        ..result
+                    })
+                },
+            );
         }
         Payload::ConsentResponse(answer) => {
             if session.phase() != Phase::WaitingConsent {
@@ -1064,6 +1062,28 @@ fn deliver(
         to.cancel.cancel();
     }
     Some((to.viewer_id, to.user_id))
+}
+
+/// Delivers a channel's last message (a shell's exit, a transfer's result) and audits the
+/// end as `event`, naming the viewer and user it was for.
+fn deliver_end(
+    state: &AppState,
+    session: &LiveSession,
+    channel: Channel,
+    number: u32,
+    event: &str,
+    mut details: serde_json::Value,
+    payload: impl FnOnce(u32) -> Payload,
+) {
+    if let Some((viewer_id, user_id)) = deliver(session, channel, number, true, payload) {
+        details["viewer_id"] = json!(viewer_id);
+        details["user_id"] = json!(user_id);
+        Audit::new(event)
+            .agent(&session.agent_id)
+            .session(&session.id)
+            .details(details)
+            .record_in_background(state);
+    }
 }
 
 /// A failed `FileResult` for a transfer the relay refuses or stops.
