@@ -6,6 +6,8 @@
 // FileDownload → FileInfo → FileChunk… (we ack every ACK_EVERY bytes) → FileResult, then
 // the hash is checked and the browser saves the file. Either side may cancel.
 
+import { sha256 } from '@noble/hashes/sha2.js';
+import { bytesToHex } from '@noble/hashes/utils.js';
 import { bytes, h, mount } from '../ui/dom';
 import { toast } from '../ui/feedback';
 import type { Envelope, EnvelopeProps } from './protocol';
@@ -25,92 +27,21 @@ const CANCEL_GRACE_MS = 10_000;
 
 // ---- SHA-256 ----
 
-const K = new Int32Array([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-  0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-  0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-  0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-]);
-
 /**
- * Streaming SHA-256. crypto.subtle only hashes a whole buffer (a big file would have to be
- * held twice) and is missing on a console served over plain http; this one hashes each
- * chunk as it passes, at a few hundred MB/s.
+ * Streaming SHA-256 (@noble/hashes): each chunk is hashed as it passes, so a big file is
+ * never held twice, and it works where crypto.subtle is missing (a console served over
+ * plain http).
  */
 export class Sha256 {
-  private readonly st = new Int32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
-  private readonly w = new Int32Array(64);
-  private readonly block = new Uint8Array(64);
-  private fill = 0;
-  private total = 0;
+  private readonly inner = sha256.create();
 
   update(data: Uint8Array): void {
-    const n = data.length;
-    let i = 0;
-    this.total += n;
-    if (this.fill) {
-      i = Math.min(64 - this.fill, n);
-      this.block.set(data.subarray(0, i), this.fill);
-      this.fill += i;
-      if (this.fill < 64) return;
-      this.compress(this.block, 0);
-      this.fill = 0;
-    }
-    for (; i + 64 <= n; i += 64) this.compress(data, i);
-    if (i < n) {
-      this.block.set(data.subarray(i), 0);
-      this.fill = n - i;
-    }
+    this.inner.update(data);
   }
 
-  /** The digest as lowercase hex; the hash is finished after this. */
+  /** The digest as lowercase hex; call once. */
   hex(): string {
-    const total = this.total;
-    const pad = new Uint8Array((this.fill < 56 ? 56 : 120) - this.fill + 8);
-    pad[0] = 0x80;
-    const dv = new DataView(pad.buffer);
-    dv.setUint32(pad.length - 8, Math.floor(total / 0x20000000));
-    dv.setUint32(pad.length - 4, (total * 8) >>> 0);
-    this.update(pad);
-    return Array.from(this.st, (x) => (x >>> 0).toString(16).padStart(8, '0')).join('');
-  }
-
-  private compress(d: Uint8Array, p: number): void {
-    const w = this.w;
-    for (let j = 0; j < 16; j++, p += 4) w[j] = (d[p] << 24) | (d[p + 1] << 16) | (d[p + 2] << 8) | d[p + 3];
-    for (let j = 16; j < 64; j++) {
-      const x = w[j - 15];
-      const y = w[j - 2];
-      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
-      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
-      w[j] = (w[j - 16] + s0 + w[j - 7] + s1) | 0;
-    }
-    const st = this.st;
-    let a = st[0], b = st[1], c = st[2], dd = st[3], e = st[4], f = st[5], g = st[6], hh = st[7];
-    for (let j = 0; j < 64; j++) {
-      const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-      const t1 = (hh + s1 + ((e & f) ^ (~e & g)) + K[j] + w[j]) | 0;
-      const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-      const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
-      hh = g;
-      g = f;
-      f = e;
-      e = (dd + t1) | 0;
-      dd = c;
-      c = b;
-      b = a;
-      a = (t1 + t2) | 0;
-    }
-    st[0] = (st[0] + a) | 0;
-    st[1] = (st[1] + b) | 0;
-    st[2] = (st[2] + c) | 0;
-    st[3] = (st[3] + dd) | 0;
-    st[4] = (st[4] + e) | 0;
-    st[5] = (st[5] + f) | 0;
-    st[6] = (st[6] + g) | 0;
-    st[7] = (st[7] + hh) | 0;
+    return bytesToHex(this.inner.digest());
   }
 }
 
