@@ -56,6 +56,28 @@ impl Envelope {
 }
 
 impl Payload {
+    /// The terminal or transfer number of a channel message (a remote terminal's or a file
+    /// transfer's), which the relay rewrites between a viewer's numbering and the agent's.
+    pub fn channel_number_mut(&mut self) -> Option<&mut u32> {
+        match self {
+            Payload::TerminalOpen(m) => Some(&mut m.terminal_id),
+            Payload::TerminalInput(m) => Some(&mut m.terminal_id),
+            Payload::TerminalResize(m) => Some(&mut m.terminal_id),
+            Payload::TerminalClose(m) => Some(&mut m.terminal_id),
+            Payload::TerminalOutput(m) => Some(&mut m.terminal_id),
+            Payload::TerminalExit(m) => Some(&mut m.terminal_id),
+            Payload::FileUpload(m) => Some(&mut m.transfer_id),
+            Payload::FileDownload(m) => Some(&mut m.transfer_id),
+            Payload::FileChunk(m) => Some(&mut m.transfer_id),
+            Payload::FileAck(m) => Some(&mut m.transfer_id),
+            Payload::FileDone(m) => Some(&mut m.transfer_id),
+            Payload::FileCancel(m) => Some(&mut m.transfer_id),
+            Payload::FileInfo(m) => Some(&mut m.transfer_id),
+            Payload::FileResult(m) => Some(&mut m.transfer_id),
+            _ => None,
+        }
+    }
+
     /// A short, stable name of the payload kind for logs and metrics (never content).
     pub fn kind(&self) -> &'static str {
         match self {

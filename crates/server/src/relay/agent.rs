@@ -822,94 +822,49 @@ async fn handle(
                     .record_in_background(state);
             }
         }
-        Payload::TerminalOutput(output) => {
-            deliver(
-                session,
-                Channel::Terminal,
-                output.terminal_id,
-                false,
-                |id| {
-                    Payload::TerminalOutput(proto::TerminalOutput {
-                        terminal_id: id,
-                        data: output.data,
-                    })
-                },
-            );
+        Payload::TerminalOutput(_) => {
+            deliver(session, Channel::Terminal, payload, false);
         }
-        Payload::TerminalExit(exit) => {
+        Payload::TerminalExit(ref exit) => {
             let details = json!({ "terminal": exit.terminal_id, "exit_code": exit.exit_code, "reason": exit.reason });
-            let number = exit.terminal_id;
             deliver_end(
                 state,
                 session,
                 Channel::Terminal,
-                number,
+                payload,
                 "terminal.closed",
                 details,
-                |id| {
-                    Payload::TerminalExit(proto::TerminalExit {
-                        terminal_id: id,
-                        ..exit
-                    })
-                },
             );
         }
-        Payload::FileInfo(info) => {
-            let limit = state.config.max_file_transfer_bytes;
-            let too_big = info.size > limit;
-            let id = info.transfer_id;
-            let viewer = deliver(session, Channel::File, id, too_big, |n| {
-                if too_big {
-                    file_refusal(n, &too_big_error(info.size, limit))
-                } else {
-                    Payload::FileInfo(proto::FileInfo {
-                        transfer_id: n,
-                        ..info
-                    })
+        Payload::FileInfo(ref info) => {
+            let (id, limit) = (info.transfer_id, state.config.max_file_transfer_bytes);
+            if info.size > limit {
+                let refusal = file_refusal(id, &too_big_error(info.size, limit));
+                if deliver(session, Channel::File, refusal, true).is_some() {
+                    session.try_send_to_agent(message(Payload::FileCancel(proto::FileCancel {
+                        transfer_id: id,
+                        reason: "larger than the server's limit".into(),
+                    })));
                 }
-            });
-            if too_big && viewer.is_some() {
-                session.try_send_to_agent(message(Payload::FileCancel(proto::FileCancel {
-                    transfer_id: id,
-                    reason: "larger than the server's limit".into(),
-                })));
+            } else {
+                deliver(session, Channel::File, payload, false);
             }
         }
-        Payload::FileChunk(chunk) => {
-            deliver(session, Channel::File, chunk.transfer_id, false, |n| {
-                Payload::FileChunk(proto::FileChunk {
-                    transfer_id: n,
-                    ..chunk
-                })
-            });
+        Payload::FileChunk(_) | Payload::FileAck(_) => {
+            deliver(session, Channel::File, payload, false);
         }
-        Payload::FileAck(ack) => {
-            deliver(session, Channel::File, ack.transfer_id, false, |n| {
-                Payload::FileAck(proto::FileAck {
-                    transfer_id: n,
-                    ..ack
-                })
-            });
-        }
-        Payload::FileResult(result) => {
+        Payload::FileResult(ref result) => {
             let details = json!({
                 "transfer": result.transfer_id, "ok": result.ok, "error": result.error,
                 "path": result.path, "bytes": result.bytes, "sha256": result.sha256,
             });
-            let number = result.transfer_id;
             deliver_end(
                 state,
                 session,
                 Channel::File,
-                number,
+                payload,
                 "file.transferred",
                 details,
-                |n| {
-                    Payload::FileResult(proto::FileResult {
-                        transfer_id: n,
-                        ..result
-                    })
-                },
             );
         }
         Payload::ConsentResponse(answer) => {
@@ -1048,16 +1003,13 @@ pub async fn reap_offline_sessions(state: &AppState) -> usize {
 fn deliver(
     session: &LiveSession,
     channel: Channel,
-    number: u32,
+    mut payload: Payload,
     last: bool,
-    payload: impl FnOnce(u32) -> Payload,
 ) -> Option<(String, String)> {
-    let to = session.delivery(channel, number, last)?;
-    if to
-        .control
-        .try_send(message(payload(to.viewer_number)))
-        .is_err()
-    {
+    let number = payload.channel_number_mut()?;
+    let to = session.delivery(channel, *number, last)?;
+    *number = to.viewer_number;
+    if to.control.try_send(message(payload)).is_err() {
         tracing::warn!(session_id = %session.id, viewer_id = %to.viewer_id, ?channel, "a viewer could not keep up; disconnecting it");
         to.cancel.cancel();
     }
@@ -1070,12 +1022,11 @@ fn deliver_end(
     state: &AppState,
     session: &LiveSession,
     channel: Channel,
-    number: u32,
+    payload: Payload,
     event: &str,
     mut details: serde_json::Value,
-    payload: impl FnOnce(u32) -> Payload,
 ) {
-    if let Some((viewer_id, user_id)) = deliver(session, channel, number, true, payload) {
+    if let Some((viewer_id, user_id)) = deliver(session, channel, payload, true) {
         details["viewer_id"] = json!(viewer_id);
         details["user_id"] = json!(user_id);
         Audit::new(event)

@@ -18,7 +18,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use guruconnect_proto::{self as proto, Envelope, Payload};
+use guruconnect_proto::{self as proto, Payload};
 use guruconnect_store::{TokenKind, User};
 use serde_json::json;
 use tokio::time::Instant;
@@ -466,80 +466,54 @@ fn handle(
                 json!({ "from": "technician", "chars": chat.text.chars().count() }),
             );
         }
-        Payload::TerminalOpen(open) => {
-            let (number, cols, rows) = (open.terminal_id, open.cols, open.rows);
+        Payload::TerminalOpen(ref open) => {
+            let details = json!({ "cols": open.cols, "rows": open.rows });
             open_channel(
                 ctx,
                 bucket,
                 Channel::Terminal,
-                number,
+                payload,
                 None,
-                |agent_number| {
-                    let details = json!({ "terminal": agent_number, "viewer_id": ctx.viewer_id, "cols": cols, "rows": rows });
-                    let open = proto::TerminalOpen {
-                        terminal_id: agent_number,
-                        ..open
-                    };
-                    (Payload::TerminalOpen(open), "terminal.opened", details)
-                },
+                "terminal.opened",
+                details,
             );
         }
-        Payload::FileUpload(up) => {
-            let (number, size) = (up.transfer_id, up.size);
+        Payload::FileUpload(ref up) => {
+            let size = up.size;
+            let details = json!({ "direction": "upload", "directory": up.directory, "name": up.name, "size": size });
             open_channel(
                 ctx,
                 bucket,
                 Channel::File,
-                number,
+                payload,
                 Some(size),
-                |agent_number| {
-                    let details = json!({ "transfer": agent_number, "direction": "upload", "directory": up.directory, "name": up.name, "size": size, "viewer_id": ctx.viewer_id });
-                    let up = proto::FileUpload {
-                        transfer_id: agent_number,
-                        ..up
-                    };
-                    (Payload::FileUpload(up), "file.started", details)
-                },
+                "file.started",
+                details,
             );
         }
-        Payload::FileDownload(down) => {
-            let number = down.transfer_id;
-            open_channel(ctx, bucket, Channel::File, number, None, |agent_number| {
-                let details = json!({ "transfer": agent_number, "direction": "download", "path": down.path, "viewer_id": ctx.viewer_id });
-                let down = proto::FileDownload {
-                    transfer_id: agent_number,
-                    ..down
-                };
-                (Payload::FileDownload(down), "file.started", details)
-            });
+        Payload::FileDownload(ref down) => {
+            let details = json!({ "direction": "download", "path": down.path });
+            open_channel(
+                ctx,
+                bucket,
+                Channel::File,
+                payload,
+                None,
+                "file.started",
+                details,
+            );
         }
-        // Keystrokes, resizes and closes of a terminal this viewer opened, renumbered for
-        // the agent; anything else is dropped.
+        // Keystrokes, resizes and closes of a terminal this viewer opened, and the rest of
+        // a transfer it started, renumbered for the agent; anything else is dropped. Only
+        // terminal input is throttled: a transfer is bounded by the agent's window
+        // (FILE_WINDOW bytes ahead of its acks).
         Payload::TerminalInput(_) | Payload::TerminalResize(_) | Payload::TerminalClose(_) => {
             if ctx.access != AccessMode::Control || !session.is_active() || !bucket.try_take() {
                 metrics.input_dropped.inc();
                 return;
             }
-            let renumber = |n: u32| session.channel_of(Channel::Terminal, ctx.viewer_id, n);
-            let renumbered = match payload {
-                Payload::TerminalInput(m) => renumber(m.terminal_id).map(|terminal_id| {
-                    Payload::TerminalInput(proto::TerminalInput { terminal_id, ..m })
-                }),
-                Payload::TerminalResize(m) => renumber(m.terminal_id).map(|terminal_id| {
-                    Payload::TerminalResize(proto::TerminalResize { terminal_id, ..m })
-                }),
-                Payload::TerminalClose(m) => renumber(m.terminal_id).map(|terminal_id| {
-                    Payload::TerminalClose(proto::TerminalClose { terminal_id })
-                }),
-                _ => None,
-            };
-            match renumbered {
-                Some(payload) => forward(Envelope::new(payload).to_bytes()),
-                None => metrics.ignored_message("terminal_unknown"),
-            }
+            renumber_and_forward(ctx, Channel::Terminal, payload);
         }
-        // The rest of a transfer this viewer started. Not throttled: the agent's window
-        // (FILE_WINDOW bytes ahead of its acks) bounds what a viewer can have in flight.
         Payload::FileChunk(_)
         | Payload::FileAck(_)
         | Payload::FileDone(_)
@@ -548,46 +522,61 @@ fn handle(
                 metrics.input_dropped.inc();
                 return;
             }
-            let renumber = |n: u32| session.channel_of(Channel::File, ctx.viewer_id, n);
-            let renumbered = match payload {
-                Payload::FileChunk(m) => renumber(m.transfer_id)
-                    .map(|transfer_id| Payload::FileChunk(proto::FileChunk { transfer_id, ..m })),
-                Payload::FileAck(m) => renumber(m.transfer_id)
-                    .map(|transfer_id| Payload::FileAck(proto::FileAck { transfer_id, ..m })),
-                Payload::FileDone(m) => renumber(m.transfer_id)
-                    .map(|transfer_id| Payload::FileDone(proto::FileDone { transfer_id, ..m })),
-                Payload::FileCancel(m) => renumber(m.transfer_id)
-                    .map(|transfer_id| Payload::FileCancel(proto::FileCancel { transfer_id, ..m })),
-                _ => None,
-            };
-            match renumbered {
-                Some(payload) => forward(Envelope::new(payload).to_bytes()),
-                None => metrics.ignored_message("file_unknown"),
-            }
+            renumber_and_forward(ctx, Channel::File, payload);
         }
         other => metrics.ignored_message(other.kind()),
     }
 }
 
-/// A viewer opens a terminal or starts a transfer: only with the permission (`terminal`,
-/// `files`), in control mode, after consent (SPEC §4.8); transfers only in managed
-/// sessions and within `max_file_transfer_bytes`. A refusal says why (`TerminalExit`,
-/// failed `FileResult`); `opened` renumbers the request for the agent and names its audit.
+/// Passes a message of a channel this viewer opened to the agent under the agent's number;
+/// one for a channel it does not have goes nowhere.
+fn renumber_and_forward(ctx: &ViewerCtx<'_>, channel: Channel, mut payload: Payload) {
+    let metrics = &ctx.state.metrics;
+    let Some(number) = payload.channel_number_mut() else {
+        return;
+    };
+    let Some(agent_number) = ctx.session.channel_of(channel, ctx.viewer_id, *number) else {
+        metrics.ignored_message("channel_unknown");
+        return;
+    };
+    *number = agent_number;
+    if !ctx.session.try_send_to_agent(message(payload)) {
+        metrics.input_dropped.inc();
+    }
+}
+
+/// A viewer opens a terminal or starts a transfer (`request`): only with the permission
+/// (`terminal`, `files`), in control mode, after consent (SPEC §4.8); transfers only in
+/// managed sessions and within `max_file_transfer_bytes`. A refusal says why
+/// (`TerminalExit`, failed `FileResult`); otherwise the request goes to the agent under the
+/// agent's number and is audited as `event` with `details`.
 fn open_channel(
     ctx: &ViewerCtx<'_>,
     bucket: &mut TokenBucket,
     channel: Channel,
-    viewer_number: u32,
+    mut request: Payload,
     size: Option<u64>,
-    opened: impl FnOnce(u32) -> (Payload, &'static str, serde_json::Value),
+    event: &str,
+    mut details: serde_json::Value,
 ) {
     let session = ctx.session;
-    let (permission, what) = match channel {
+    let Some(number) = request.channel_number_mut() else {
+        return;
+    };
+    let viewer_number = *number;
+    let (permission, what, key, refused) = match channel {
         Channel::Terminal => (
             Permission::Terminal,
             "open remote terminals (permission `terminal`)",
+            "terminal",
+            "terminal.refused",
         ),
-        Channel::File => (Permission::Files, "transfer files (permission `files`)"),
+        Channel::File => (
+            Permission::Files,
+            "transfer files (permission `files`)",
+            "transfer",
+            "file.refused",
+        ),
     };
     let permitted = Role::parse(&ctx.user.role).is_some_and(|r| r.has(permission));
     let limit = ctx.state.config.max_file_transfer_bytes;
@@ -603,8 +592,8 @@ fn open_channel(
              would have to see and allow each transfer)"
                 .into(),
         )
-    } else if size.is_some_and(|s| s > limit) {
-        Some(super::agent::too_big_error(size.unwrap_or_default(), limit))
+    } else if let Some(size) = size.filter(|&s| s > limit) {
+        Some(super::agent::too_big_error(size, limit))
     } else if !bucket.try_take() {
         Some("too many requests; try again".into())
     } else {
@@ -618,10 +607,12 @@ fn open_channel(
     };
     match outcome {
         Ok(agent_number) => {
-            let (payload, event, details) = opened(agent_number);
-            if !session.try_send_to_agent(message(payload)) {
+            *number = agent_number;
+            if !session.try_send_to_agent(message(request)) {
                 ctx.state.metrics.input_dropped.inc();
             }
+            details[key] = json!(agent_number);
+            details["viewer_id"] = json!(ctx.viewer_id);
             audit_use(ctx, event, details);
         }
         Err(why) => {
@@ -635,11 +626,7 @@ fn open_channel(
             };
             let _ = ctx.control_tx.try_send(message(answer));
             if !permitted {
-                let event = match channel {
-                    Channel::Terminal => "terminal.refused",
-                    Channel::File => "file.refused",
-                };
-                audit_use(ctx, event, json!({ "reason": why }));
+                audit_use(ctx, refused, json!({ "reason": why }));
             }
         }
     }
