@@ -40,6 +40,8 @@ export interface RequestOptions {
   /** Send this token instead of the session's (sign-out, after the session is cleared); a
    * 401 is then no expired session. */
   bearer?: string;
+  /** Extra request headers (say `Range`). */
+  headers?: Record<string, string>;
   signal?: AbortSignal;
 }
 
@@ -58,7 +60,7 @@ function buildUrl(path: string, query?: RequestOptions['query']): string {
 
 /** Sends the request with the bearer token; resolves with an OK response, throws `ApiError` otherwise. */
 async function send(method: string, path: string, opts: RequestOptions, accept: string): Promise<Response> {
-  const headers: Record<string, string> = { Accept: accept };
+  const headers: Record<string, string> = { ...opts.headers, Accept: accept };
   const tok = opts.bearer ?? session.token();
   if (tok && !opts.anonymous) headers.Authorization = `Bearer ${tok}`;
   let body: string | undefined;
@@ -136,6 +138,12 @@ export function dispositionFilename(header: string | null): string | null {
 export async function download(path: string, signal?: AbortSignal): Promise<Download> {
   const res = await send('GET', path, { signal }, '*/*');
   return { blob: await res.blob(), filename: dispositionFilename(res.headers.get('content-disposition')) };
+}
+
+/** GETs a file with the bearer token and `headers` (say `Range`); the OK response is the
+ * caller's to read as it arrives. */
+export function fetchFile(path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<Response> {
+  return send('GET', path, { headers, signal }, '*/*');
 }
 
 /** Hands `blob` to the browser as a download named `filename`. */

@@ -18,6 +18,7 @@ import { releasesPage } from './pages/releases';
 import { auditPage } from './pages/audit';
 import { accountPage } from './pages/account';
 import { viewerPage } from './pages/viewer';
+import { recordingPage, recordingsPage } from './pages/recordings';
 import { joinRoute, renderJoin } from './pages/join';
 import { h, mount } from './ui/dom';
 
@@ -31,6 +32,8 @@ interface Route {
   /** Nav key highlighted in the sidebar; absent = no shell (sign-in, viewer, terminal). */
   nav?: string;
   admin?: boolean;
+  /** The permission the page needs (administrators have every one). */
+  perm?: string;
 }
 
 const routes: Route[] = [
@@ -43,6 +46,8 @@ const routes: Route[] = [
   { pattern: /^\/keys(?:\/([0-9a-fA-F-]{36}))?$/, page: keysPage, title: 'Agent keys', nav: 'keys', admin: true },
   { pattern: /^\/sites$/, page: sitesPage, title: 'Sites', nav: 'sites', admin: true },
   { pattern: /^\/releases$/, page: releasesPage, title: 'Releases', nav: 'releases', admin: true },
+  { pattern: /^\/recordings$/, page: recordingsPage, title: 'Recordings', nav: 'recordings', perm: 'recordings' },
+  { pattern: /^\/recordings\/([^/]+)$/, page: recordingPage, title: 'Recording', nav: 'recordings', perm: 'recordings' },
   { pattern: /^\/audit$/, page: auditPage, title: 'Audit log', nav: 'audit', admin: true },
   { pattern: /^\/account$/, page: accountPage, title: 'Account', nav: 'account' },
   { pattern: /^\/view\/([^/]+)$/, page: viewerPage, title: 'Viewer' },
@@ -114,6 +119,10 @@ async function render(): Promise<void> {
   }
   if (r.admin && !session.isAdmin()) {
     mount(root, h('div', { class: 'alert alert-warn', role: 'alert' }, 'This page is for administrators.'));
+    return;
+  }
+  if (r.perm && !session.can(r.perm)) {
+    mount(root, h('div', { class: 'alert alert-warn', role: 'alert', 'data-testid': 'no-permission' }, `This page needs the permission “${r.perm}”, which your account does not have.`));
     return;
   }
   try {

@@ -297,3 +297,46 @@ export interface ErrorEnvelope {
   status_code: number;
   correlation_id: string;
 }
+
+/** A session recording (docs/recordings.md). */
+export interface Recording {
+  /** The recorded session's id. */
+  id: string;
+  session_id: string;
+  agent_id: string;
+  hostname: string;
+  kind: 'managed' | 'attended' | string;
+  started_at: number;
+  ended_at: number | null;
+  bytes: number;
+  duration_ms: number;
+  sha256: string | null;
+  status: 'recording' | 'complete' | 'failed' | string;
+  error: string | null;
+}
+
+/** A timeline event of a recording's index. */
+export interface RecordingEvent {
+  t: number;
+  type: 'chat' | 'viewer_joined' | 'viewer_left' | 'input' | 'consent' | string;
+  user?: string;
+  mode?: string;
+  from?: string;
+  text?: string;
+  granted?: boolean;
+}
+
+/** `GET /api/recordings/{id}`: the recording and the index built from its file. */
+export interface RecordingDetail extends Recording {
+  keyframes: { t: number; offset: number }[];
+  events: RecordingEvent[];
+  end_t: number;
+}
+
+/** `GET/PUT /api/settings/recording`. */
+export interface RecordingPolicy {
+  mode: 'off' | 'all' | 'sites';
+  /** Site ids, for mode `sites`. */
+  sites: string[];
+  retention_days: number;
+}

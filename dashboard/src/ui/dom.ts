@@ -69,6 +69,7 @@ const ICONS: Record<string, string> = {
   sites: 'M4 21V9l8-5 8 5v12 M4 21h16 M9 21v-6h6v6',
   releases: 'M3 7l9-4 9 4v10l-9 4-9-4z M3 7l9 4 9-4 M12 11v10',
   download: 'M12 4v11 M7 10l5 5 5-5 M5 20h14',
+  recordings: 'M3 5h18v14H3z M12 15a3 3 0 1 0 0-6 3 3 0 0 0 0 6z',
   audit: 'M9 5h11 M9 12h11 M9 19h11 M4 5h.01 M4 12h.01 M4 19h.01',
   account: 'M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8z M4 21a8 8 0 0 1 16 0',
   logout: 'M15 4h4v16h-4 M10 8l-4 4 4 4 M6 12h10',

@@ -11,6 +11,7 @@ const NAV: { key: string; label: string; icon: string; admin?: boolean; perm?: s
   { key: 'machines', label: 'Machines', icon: 'machines' },
   { key: 'sessions', label: 'Live sessions', icon: 'sessions' },
   { key: 'codes', label: 'Support codes', icon: 'codes', perm: 'manage_codes' },
+  { key: 'recordings', label: 'Recordings', icon: 'recordings', perm: 'recordings' },
   { key: 'users', label: 'Users', icon: 'users', admin: true },
   { key: 'keys', label: 'Agent keys', icon: 'keys', admin: true },
   { key: 'sites', label: 'Sites', icon: 'sites', admin: true },

@@ -85,17 +85,27 @@ export function codecFromSps(au: Uint8Array): string | null {
   return null;
 }
 
-/** H.264 (Annex B, one access unit per message) through WebCodecs. */
+/**
+ * H.264 (Annex B, one access unit per message) through WebCodecs. `maxQueue` is how many
+ * chunks may wait in the decoder before the rest are dropped up to the next keyframe: few
+ * for a live stream (latency), unbounded for a recording's seek (every frame up to the
+ * chosen time must be decoded).
+ */
 export class H264Renderer {
   private decoder: VideoDecoder | null = null;
   private needKey = true;
   private timestamp = 0;
+  /** Chunks given to the current decoder, and frames it drew (for `settle`). */
+  private submitted = 0;
+  private drawnCount = 0;
+  private waiters: (() => void)[] = [];
 
   constructor(
     private readonly canvas: HTMLCanvasElement,
     private readonly ctx: CanvasRenderingContext2D,
     private readonly onDrawn: () => void,
     private readonly onNeedKeyframe: (why: string) => void,
+    public maxQueue = 8,
   ) {}
 
   decode(frame: VideoFrameMsg): void {
@@ -111,7 +121,7 @@ export class H264Renderer {
     if (this.needKey && !frame.keyframe) return;
     const decoder = this.decoder;
     if (!decoder || decoder.state !== 'configured') return;
-    if (decoder.decodeQueueSize > 8) {
+    if (decoder.decodeQueueSize > this.maxQueue) {
       // Falling behind: drop until the next keyframe.
       this.needKey = true;
       this.onNeedKeyframe('decoder behind');
@@ -120,12 +130,15 @@ export class H264Renderer {
     this.needKey = false;
     fit(this.canvas, frame.width ?? 0, frame.height ?? 0);
     this.timestamp += 16_666;
+    this.submitted++;
     decoder.decode(new EncodedVideoChunk({ type: frame.keyframe ? 'key' : 'delta', timestamp: this.timestamp, data }));
   }
 
   private open(codec: string, frame: VideoFrameMsg): void {
     this.close();
     this.needKey = true;
+    this.submitted = 0;
+    this.drawnCount = 0;
     const decoder = new VideoDecoder({
       output: (vf) => {
         try {
@@ -134,17 +147,45 @@ export class H264Renderer {
           this.onDrawn();
         } finally {
           vf.close();
+          this.drawnCount++;
+          this.wake();
         }
       },
       error: (e) => {
         console.warn('H.264 decoder error; requesting a keyframe', e.message);
         this.decoder = null;
+        this.wake();
         this.onNeedKeyframe('decoder error');
       },
     });
     // No `description`: the stream is Annex B with in-band SPS/PPS.
     decoder.configure({ codec, optimizeForLatency: true, codedWidth: frame.width || undefined, codedHeight: frame.height || undefined });
     this.decoder = decoder;
+  }
+
+  /**
+   * Resolves once every chunk handed to the decoder so far has been drawn, or when none was
+   * for `idleMs` (a decoder may hold a frame back). Unlike `VideoDecoder.flush()`, which
+   * makes the next chunk a keyframe, the stream goes on with the next delta frame.
+   */
+  async settle(idleMs = 1000): Promise<void> {
+    while (this.decoder && this.drawnCount < this.submitted) {
+      const before = this.drawnCount;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, idleMs);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      if (this.drawnCount === before) return;
+    }
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
   }
 
   close(): void {
@@ -156,6 +197,7 @@ export class H264Renderer {
       }
     }
     this.decoder = null;
+    this.wake();
   }
 }
 
