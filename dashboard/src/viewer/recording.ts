@@ -361,7 +361,8 @@ export class RecordingPlayer {
       return;
     }
     if (this.state !== 'playing') return;
-    this.rebase(this.time);
+    this.rebase(Math.round(this.time));
+    this.emitTime(this.t0);
     this.setState('paused');
   }
 
