@@ -112,6 +112,8 @@ pub struct Config {
     pub max_release_artifact_bytes: u64,
     /// Largest file a technician may upload to or download from a machine, in bytes.
     pub max_file_transfer_bytes: u64,
+    /// Where session recordings are written; `<data_dir>/recordings` when unset.
+    pub recordings_dir: Option<PathBuf>,
     /// Windows agent executable (`scripts/windows/build-agent.sh`) that the join page
     /// offers customers, named so that it runs the support session with no flags.
     pub agent_windows_exe_path: Option<PathBuf>,
@@ -170,6 +172,7 @@ impl Default for Config {
             release_public_key_file: None,
             max_release_artifact_bytes: 512 * 1024 * 1024,
             max_file_transfer_bytes: 2 * 1024 * 1024 * 1024,
+            recordings_dir: None,
             installer_signing_pkcs12: None,
             installer_signing_password: None,
             installer_signing_password_file: None,
@@ -411,6 +414,10 @@ max_release_artifact_bytes = 536870912
 
 # Largest file a technician may upload to or download from a machine (bytes).
 max_file_transfer_bytes = 2147483648
+
+# Where session recordings go (the policy is set in the console: Recordings); a volume of
+# its own keeps a full disk from stopping the database. Default: <data_dir>/recordings.
+# recordings_dir = "/var/lib/guruconnect/recordings"
 
 # Windows agent .exe (scripts/windows/build-agent.sh; sign it first) that the join page
 # offers customers for a support session; the download's name carries server and code.

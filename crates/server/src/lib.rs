@@ -24,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub mod rate_limit;
+pub mod recording;
 pub mod relay;
 pub mod secrets;
 
@@ -225,8 +226,8 @@ pub async fn prune_codes(state: &AppState) -> u64 {
     }
 }
 
-/// Periodic pruning: expired token records, finished support codes and idle rate-limit
-/// state.
+/// Periodic pruning: expired token records, finished support codes, idle rate-limit
+/// state and recordings past their retention.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
@@ -241,5 +242,12 @@ async fn housekeeping(state: AppState) {
             tracing::warn!(error = ?e, "pruning expired tokens failed");
         }
         prune_codes(&state).await;
+        let expired = recording::expire(&state).await;
+        if expired > 0 {
+            tracing::info!(
+                recordings = expired,
+                "removed recordings past their retention"
+            );
+        }
     }
 }

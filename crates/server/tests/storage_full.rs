@@ -14,10 +14,9 @@ mod common;
 mod fleet_support;
 #[path = "common/relay.rs"]
 mod relay_support;
+#[path = "common/tmpfs.rs"]
+mod tmpfs_support;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{TestServer, eventually, expect_envelope};
@@ -25,49 +24,7 @@ use fleet_support::*;
 use relay_support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// A tmpfs mounted for the test; unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok { Some(Tmpfs { dir }) } else { None }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: a panicking test's server may still hold the database open.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// Fills the filesystem under `dir` until a write fails; returns the filler's path.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).expect("filler");
-    let block = vec![0x5a_u8; 64 * 1024];
-    while file.write_all(&block).and_then(|()| file.flush()).is_ok() {}
-    // Byte-sized leftovers too, so no page of the database can grow.
-    while file.write_all(&[0x5a]).is_ok() {}
-    let _ = file.sync_all();
-    path
-}
+use tmpfs_support::{Tmpfs, fill};
 
 async fn create_code(server: &TestServer, admin: &str) -> reqwest::Response {
     server
@@ -82,12 +39,7 @@ async fn create_code(server: &TestServer, admin: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_reported_and_loses_no_acknowledged_write() {
-    let Some(tmpfs) = Tmpfs::mount("8m") else {
-        assert!(
-            std::env::var_os("GURUCONNECT_REQUIRE_TMPFS").is_none(),
-            "GURUCONNECT_REQUIRE_TMPFS is set but a tmpfs could not be mounted"
-        );
-        println!("skipped: cannot mount a tmpfs here (needs root)");
+    let Some(tmpfs) = Tmpfs::mount_or_skip("8m") else {
         return;
     };
     let data_dir = tmpfs.path().join("data");

@@ -37,6 +37,7 @@ mod codes;
 mod events;
 mod keys;
 mod machines;
+mod recordings;
 mod releases;
 mod search;
 mod sessions;

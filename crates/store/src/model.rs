@@ -485,3 +485,85 @@ pub struct Release {
     /// Publication time.
     pub created_at: Millis,
 }
+
+/// Where a session recording stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingStatus {
+    /// Being written.
+    Recording,
+    /// Closed normally; `sha256` is set.
+    Complete,
+    /// Stopped by an error (a full disk); the file is playable up to where it stops.
+    Failed,
+}
+
+impl RecordingStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingStatus::Recording => "recording",
+            RecordingStatus::Complete => "complete",
+            RecordingStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "recording" => Some(RecordingStatus::Recording),
+            "complete" => Some(RecordingStatus::Complete),
+            "failed" => Some(RecordingStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A session recording's row (its frames are in a file under the recordings directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recording {
+    /// The recorded session's id (one recording per session).
+    pub id: String,
+    /// Tenant.
+    #[serde(skip)]
+    pub tenant_id: String,
+    /// Session.
+    pub session_id: String,
+    /// Machine.
+    pub agent_id: String,
+    /// Machine host name when the session started.
+    pub hostname: String,
+    /// `attended` or `managed`.
+    pub kind: String,
+    /// Where it stands.
+    pub status: RecordingStatus,
+    /// Start time.
+    pub started_at: Millis,
+    /// Close time.
+    pub ended_at: Option<Millis>,
+    /// File size.
+    pub bytes: i64,
+    /// Recorded time.
+    pub duration_ms: i64,
+    /// The file's SHA-256 (hex), once closed.
+    pub sha256: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// How a recording ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingEnd {
+    /// `Complete` or `Failed`.
+    pub status: RecordingStatus,
+    /// Close time.
+    pub ended_at: Millis,
+    /// File size.
+    pub bytes: i64,
+    /// Recorded time.
+    pub duration_ms: i64,
+    /// The file's SHA-256 (hex).
+    pub sha256: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}

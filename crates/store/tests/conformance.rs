@@ -49,6 +49,7 @@ macro_rules! conformance {
 
 conformance!(
     case_ping,
+    case_recordings,
     case_users_crud,
     case_users_case_insensitive_conflict,
     case_users_tenant_isolation,
@@ -4066,4 +4067,118 @@ async fn case_totp_lifecycle(store: Store) {
             .expect("gone")
     );
     assert!(!store.get_user("t1").await.expect("get").totp_enabled);
+}
+
+async fn case_recordings(store: Store) {
+    use guruconnect_store::{Recording, RecordingEnd, RecordingStatus};
+    let rec = |id: &str, agent: &str, tenant: &str, started_at| Recording {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        session_id: id.into(),
+        agent_id: agent.into(),
+        hostname: "host".into(),
+        kind: "managed".into(),
+        status: RecordingStatus::Recording,
+        started_at,
+        ended_at: None,
+        bytes: 0,
+        duration_ms: 0,
+        sha256: None,
+        error: None,
+    };
+    store
+        .create_recording(&rec("r1", "a1", DEFAULT_TENANT, 1_000))
+        .await
+        .expect("r1");
+    store
+        .create_recording(&rec("r2", "a2", DEFAULT_TENANT, 2_000))
+        .await
+        .expect("r2");
+    store
+        .create_recording(&rec("r3", "a1", "other", 3_000))
+        .await
+        .expect("r3");
+    assert!(matches!(
+        store
+            .create_recording(&rec("r1", "a1", DEFAULT_TENANT, 1_000))
+            .await,
+        Err(StoreError::Conflict("recording exists"))
+    ));
+    let ids = |v: Vec<Recording>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store
+            .list_recordings(DEFAULT_TENANT, None, 10)
+            .await
+            .expect("query")),
+        ["r2", "r1"]
+    );
+    assert_eq!(
+        ids(store
+            .list_recordings(DEFAULT_TENANT, Some("a1"), 10)
+            .await
+            .expect("query")),
+        ["r1"]
+    );
+    assert!(matches!(
+        store.get_recording(DEFAULT_TENANT, "r3").await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Only closed recordings expire; a finished one cannot be finished again.
+    assert!(
+        store
+            .recordings_started_before(10_000, 10)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    let end = RecordingEnd {
+        status: RecordingStatus::Complete,
+        ended_at: 5_000,
+        bytes: 1234,
+        duration_ms: 4_000,
+        sha256: Some("ab".repeat(32)),
+        error: None,
+    };
+    store.finish_recording("r1", &end).await.expect("finish");
+    assert!(matches!(
+        store.finish_recording("r1", &end).await,
+        Err(StoreError::NotFound)
+    ));
+    let got = store
+        .get_recording(DEFAULT_TENANT, "r1")
+        .await
+        .expect("query");
+    assert_eq!(
+        (got.status, got.bytes, got.duration_ms, got.ended_at),
+        (RecordingStatus::Complete, 1234, 4_000, Some(5_000))
+    );
+    assert_eq!(got.sha256, end.sha256);
+    assert_eq!(
+        ids(store
+            .recordings_started_before(1_001, 10)
+            .await
+            .expect("query")),
+        ["r1"]
+    );
+    assert!(
+        store
+            .recordings_started_before(1_000, 10)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+
+    assert!(matches!(
+        store.delete_recording("other", "r1").await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .delete_recording(DEFAULT_TENANT, "r1")
+        .await
+        .expect("delete");
+    assert!(matches!(
+        store.get_recording(DEFAULT_TENANT, "r1").await,
+        Err(StoreError::NotFound)
+    ));
 }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod installers;
 pub mod join;
 pub mod machines;
+pub mod recordings;
 pub mod releases;
 pub mod sessions;
 pub mod sites;
@@ -35,5 +36,6 @@ pub fn router() -> Router<AppState> {
         .merge(machines::router())
         .merge(releases::router())
         .merge(sessions::router())
+        .merge(recordings::router())
         .merge(crate::relay::router())
 }

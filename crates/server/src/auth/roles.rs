@@ -22,6 +22,8 @@ pub enum Permission {
     Terminal,
     /// Upload files to machines and download files from them.
     Files,
+    /// Watch session recordings (they hold everything a session showed).
+    Recordings,
 }
 
 /// A user's role.
@@ -69,6 +71,7 @@ impl Role {
                 ViewAudit,
                 Terminal,
                 Files,
+                Recordings,
             ],
             Role::Technician => &[View, Control, ManageCodes, Files],
             Role::Viewer => &[View],

@@ -34,6 +34,7 @@ use crate::audit::Audit;
 use crate::config::SharedKeyMode;
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::ClientIp;
+use crate::recording::format::RecordType;
 use crate::secrets::sha256_hex;
 
 /// Time an agent has to send its hello after the upgrade.
@@ -457,6 +458,7 @@ async fn bind(
     if matches!(credential, AgentCredential::SharedKey) {
         provision_key(state, &session, ip).await;
     }
+    crate::recording::start_if_due(state, &session, &upsert.hostname).await;
     Ok(Bound {
         session,
         agent_rx,
@@ -719,9 +721,16 @@ async fn read_loop(
                 session.end("consent timed out");
                 return LoopEnd::Ended;
             }
-            _ = heartbeat.tick() => if last_seen.elapsed() > DEAD_PEER_AFTER {
-                return LoopEnd::Disconnected("agent heartbeat lost");
-            },
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() > DEAD_PEER_AFTER {
+                    return LoopEnd::Disconnected("agent heartbeat lost");
+                }
+                // A recording gets a keyframe every few seconds, so a seek decodes little.
+                if session.streaming_codec().is_some() && session.recorder().is_some_and(|r| r.keyframe_due()) {
+                    last_refresh = Some(Instant::now());
+                    session.try_send_to_agent(message(Payload::RefreshRequest(proto::RefreshRequest {})));
+                }
+            }
             msg = ws_rx.next() => {
                 let bytes = match msg {
                     Some(Ok(Message::Binary(bytes))) => bytes,
@@ -776,9 +785,12 @@ async fn handle(
             state.metrics.frames_relayed.inc_by(out.delivered as u64);
             state.metrics.bytes_relayed.inc_by(out.bytes as u64);
             state.metrics.frames_dropped.inc_by(out.dropped as u64);
-            // A viewer that lost frames, or still waits for a full picture, needs a
-            // keyframe; ask again (spaced) until every viewer has one.
-            if (out.dropped > 0 || out.waiting > 0)
+            let recorder_waits = session
+                .recorder()
+                .is_some_and(|r| r.frame(bytes, frame.keyframe));
+            // A viewer (or the recorder) that lost frames, or still waits for a full
+            // picture, needs a keyframe; ask again (spaced) until every one has one.
+            if (out.dropped > 0 || out.waiting > 0 || recorder_waits)
                 && last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_SPACING)
             {
                 *last_refresh = Some(Instant::now());
@@ -789,11 +801,13 @@ async fn handle(
         Payload::CursorShape(_) | Payload::CursorPosition(_) => {
             if session.is_active() {
                 session.fan_out_aux(bytes);
+                record(session, RecordType::Stream, bytes);
             }
         }
         Payload::DisplayList(_) => {
             if session.is_active() {
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
+                record(session, RecordType::Stream, bytes);
             }
         }
         Payload::AgentNotice(_) => {
@@ -805,6 +819,7 @@ async fn handle(
         Payload::Chat(chat) => {
             if session.is_active() {
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
+                record(session, RecordType::Chat, bytes);
                 Audit::new("chat.sent")
                     .agent(&session.agent_id)
                     .session(&session.id)
@@ -823,6 +838,7 @@ async fn handle(
             }
         }
         Payload::TerminalOutput(_) => {
+            record(session, RecordType::Terminal, bytes);
             deliver(session, Channel::Terminal, payload, false);
         }
         Payload::TerminalExit(ref exit) => {
@@ -872,6 +888,9 @@ async fn handle(
                 return Continue(());
             }
             *consent_deadline = None;
+            if let Some(recorder) = session.recorder() {
+                recorder.event(json!({ "type": "consent", "granted": answer.granted }));
+            }
             if answer.granted {
                 session.set_phase(Phase::Active);
                 let _ = state.store.set_session_status(&session.id, "active").await;
@@ -948,6 +967,13 @@ async fn handle(
         other => state.metrics.ignored_message(other.kind()),
     }
     Continue(())
+}
+
+/// Copies a relayed message into the session's recording, if it has one.
+pub(super) fn record(session: &LiveSession, kind: RecordType, bytes: &bytes::Bytes) {
+    if let Some(recorder) = session.recorder() {
+        recorder.record(kind, bytes);
+    }
 }
 
 fn inventory_json(s: &proto::AgentStatus) -> serde_json::Value {

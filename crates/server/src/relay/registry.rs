@@ -3,7 +3,7 @@
 //! durable records live in the store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::tokens::AccessMode;
+use crate::recording::Recorder;
 
 /// Frames queued per viewer before the relay starts dropping for it.
 pub const VIEWER_FRAME_QUEUE: usize = 8;
@@ -193,6 +194,8 @@ pub struct LiveSession {
     pub cancel: CancellationToken,
     agent_tx: mpsc::Sender<Message>,
     inner: Mutex<Inner>,
+    /// Set when the recording policy records this session.
+    recorder: OnceLock<Recorder>,
 }
 
 /// What a viewer receives from the session.
@@ -267,6 +270,16 @@ pub fn close_message(code: u16, reason: &str) -> Message {
 impl LiveSession {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attaches the session's recorder; false if it already has one.
+    pub fn set_recorder(&self, recorder: Recorder) -> bool {
+        self.recorder.set(recorder).is_ok()
+    }
+
+    /// The session's recorder, while the policy records it.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.recorder.get()
     }
 
     /// Current phase.
@@ -652,6 +665,7 @@ impl Registry {
                 terminals: Routes::default(),
                 transfers: Routes::default(),
             }),
+            recorder: OnceLock::new(),
         });
         let superseded: Vec<Arc<LiveSession>> = {
             let mut map = self.lock();

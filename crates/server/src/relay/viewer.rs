@@ -23,6 +23,7 @@ use guruconnect_store::{TokenKind, User};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::agent::record;
 use super::registry::{
     Channel, LiveSession, Phase, SessionKind, ViewerQueues, close_message, message,
 };
@@ -34,6 +35,7 @@ use crate::auth::roles::{Permission, Role};
 use crate::auth::tokens::{AccessMode, Claims, Purpose};
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::ClientIp;
+use crate::recording::format::RecordType;
 
 /// A verified viewer token for one session.
 #[derive(Debug, Clone)]
@@ -201,6 +203,10 @@ async fn run(
         .record_quietly(&state)
         .await;
     tracing::info!(session_id = %session.id, viewer_id = %viewer_id, user_id = %user.id, access = access_name, "viewer joined");
+    if let Some(recorder) = session.recorder() {
+        recorder
+            .event(json!({ "type": "viewer_joined", "user": user.username, "mode": access_name }));
+    }
 
     let ViewerQueues {
         frames,
@@ -278,6 +284,9 @@ async fn run(
         username: user.username.clone(),
     })));
     session.update_stream();
+    if let Some(recorder) = session.recorder() {
+        recorder.event(json!({ "type": "viewer_left", "user": user.username }));
+    }
     Audit::new("viewer.left")
         .user(user)
         .ip(ip)
@@ -431,6 +440,7 @@ fn handle(
                 metrics.input_dropped.inc();
                 return;
             }
+            record(session, RecordType::Input, &bytes);
             forward(bytes);
         }
         Payload::Clipboard(clip) => {
@@ -459,6 +469,7 @@ fn handle(
                 return;
             }
             session.broadcast(&Message::Binary(bytes.clone()), false, Some(ctx.viewer_id));
+            record(session, RecordType::Chat, &bytes);
             forward(bytes);
             audit_use(
                 ctx,
