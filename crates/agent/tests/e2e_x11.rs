@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use guruconnect_agent::platform::ui::{
     ALLOW_BUTTON, CHAT_TITLE, CONSENT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_TITLE,
-    INDICATOR_WIDTH, REPLY_FIELD,
+    INDICATOR_WIDTH, REPLY_FIELD, TRANSFER_TITLE,
 };
 use guruconnect_client::{Connection, connect_agent};
 use guruconnect_codec::{Encoder, Image};
@@ -33,6 +33,7 @@ use x11rb::protocol::xproto::{
 use x11rb::wrapper::ConnectionExt as _;
 
 mod support;
+use support::files::{download, sha256_hex, upload};
 use support::*;
 
 // ------------------------------------------------------------------ the tests
@@ -1965,85 +1966,64 @@ async fn a_remote_terminal_runs_a_shell_resizes_and_reports_its_exit_without_a_s
 
 // ------------------------------------------------------------------ file transfer
 
-/// The next file-transfer message for this viewer.
-async fn file_message(conn: &mut Connection) -> Payload {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let envelope = match tokio::time::timeout_at(deadline, conn.recv()).await {
-            Err(_) => panic!("no file-transfer message within {WAIT:?}"),
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => panic!("viewer connection failed: {e}"),
-        };
-        if let Some(
-            p @ (Payload::FileInfo(_)
-            | Payload::FileChunk(_)
-            | Payload::FileAck(_)
-            | Payload::FileResult(_)),
-        ) = envelope.payload
-        {
-            return p;
-        }
-    }
+/// Clicks `button` of the next transfer prompt from a thread of its own (the test's
+/// task meanwhile waits for the agent's answer).
+fn answer_transfer_prompt(
+    display: &str,
+    button: (i16, i16, u16, u16),
+) -> std::thread::JoinHandle<()> {
+    let display = display.to_owned();
+    std::thread::spawn(move || click_prompt(&display, TRANSFER_TITLE, button))
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex(&sha2::Sha256::digest(data))
-}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_support_code_session_the_person_at_the_machine_allows_or_refuses_each_transfer() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let (mut agent, _sid, mut conn, _, _) =
+        attended_control_session(&x, &relay, &admin, |_| true).await;
+    let target = tempfile::tempdir().expect("target dir");
+    let data = b"shared with permission".to_vec();
 
-/// Uploads `data` as `name` into `directory` through the relay, as the console does: a
-/// window of chunks ahead of the agent's acks. Returns the agent's verdict.
-async fn upload(
-    conn: &mut Connection,
-    id: u32,
-    directory: &Path,
-    name: &str,
-    data: &[u8],
-) -> guruconnect_proto::FileResult {
-    conn.send(Payload::FileUpload(guruconnect_proto::FileUpload {
-        transfer_id: id,
-        directory: directory.display().to_string(),
-        name: name.into(),
-        size: data.len() as u64,
-        overwrite: false,
-    }))
-    .await
-    .expect("send upload");
-    match file_message(conn).await {
-        Payload::FileInfo(_) => {}
-        Payload::FileResult(r) => return r,
-        other => panic!("{other:?}"),
-    }
-    let (mut sent, mut acked) = (0usize, 0u64);
-    while sent < data.len() {
-        while sent as u64 - acked >= guruconnect_proto::FILE_WINDOW {
-            match file_message(conn).await {
-                Payload::FileAck(a) => acked = a.received,
-                Payload::FileResult(r) => return r,
-                other => panic!("{other:?}"),
-            }
-        }
-        let end = (sent + guruconnect_proto::MAX_VIEWER_FILE_CHUNK).min(data.len());
-        conn.send(Payload::FileChunk(guruconnect_proto::FileChunk {
-            transfer_id: id,
-            offset: sent as u64,
-            data: data[sent..end].to_vec(),
-        }))
-        .await
-        .expect("send chunk");
-        sent = end;
-    }
-    conn.send(Payload::FileDone(guruconnect_proto::FileDone {
-        transfer_id: id,
-        sha256: sha256_hex(data),
-    }))
-    .await
-    .expect("send done");
-    loop {
-        if let Payload::FileResult(r) = file_message(conn).await {
-            return r;
-        }
-    }
+    // Refused at the machine: nothing is written, the technician is told.
+    let click = answer_transfer_prompt(&x.display, DENY_BUTTON);
+    let refused = upload(&mut conn, 1, target.path(), "notes.txt", &data).await;
+    click.join().expect("clicked Deny");
+    assert!(
+        !refused.ok && refused.error.contains("did not allow"),
+        "{refused:?}\n{}",
+        agent.stderr()
+    );
+    assert_eq!(std::fs::read_dir(target.path()).expect("dir").count(), 0);
+
+    // Allowed: it lands with its hash, and comes back down after another Allow.
+    let click = answer_transfer_prompt(&x.display, ALLOW_BUTTON);
+    let allowed = upload(&mut conn, 2, target.path(), "notes.txt", &data).await;
+    click.join().expect("clicked Allow");
+    assert!(allowed.ok, "{allowed:?}\n{}", agent.stderr());
+    assert_eq!(
+        std::fs::read(target.path().join("notes.txt")).expect("landed"),
+        data
+    );
+    let click = answer_transfer_prompt(&x.display, ALLOW_BUTTON);
+    let (result, got) = download(&mut conn, 3, &target.path().join("notes.txt")).await;
+    click.join().expect("clicked Allow");
+    assert!(result.ok, "{result:?}");
+    assert_eq!(got, data);
+
+    // A download refused at the machine sends nothing.
+    let click = answer_transfer_prompt(&x.display, DENY_BUTTON);
+    let (result, got) = download(&mut conn, 4, &target.path().join("notes.txt")).await;
+    click.join().expect("clicked Deny");
+    assert!(
+        !result.ok && result.error.contains("did not allow"),
+        "{result:?}"
+    );
+    assert!(got.is_empty());
+    assert!(agent.child.try_wait().expect("try_wait").is_none());
+    let _ = agent.child.kill();
+    let _ = agent.wait_exit(WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2056,16 +2036,16 @@ async fn files_cross_both_ways_through_the_relay_with_their_hashes_and_escapes_a
     let session_id = relay.wait_session(&admin, "active").await;
     let (mut conn, _) = relay.viewer(&admin, &session_id, &[Codec::RawZstd]).await;
 
-    // Upload 5 MB into a folder of the machine: the same bytes land there.
+    // Upload 200 MB into a folder of the machine: the same bytes land there.
     let target = tempfile::tempdir().expect("target dir");
-    let data: Vec<u8> = (0..5_000_000u32)
+    let data: Vec<u8> = (0..200_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let started = Instant::now();
     let result = upload(&mut conn, 1, target.path(), "big.bin", &data).await;
     println!(
-        "upload of 5 MB: {:.1} MB/s (debug build)",
-        5.0 / started.elapsed().as_secs_f64()
+        "upload of 200 MB: {:.1} MB/s (debug build)",
+        200.0 / started.elapsed().as_secs_f64()
     );
     assert!(result.ok, "{result:?}\n{}", agent.stderr());
     assert_eq!(result.sha256, sha256_hex(&data));
@@ -2102,37 +2082,15 @@ async fn files_cross_both_ways_through_the_relay_with_their_hashes_and_escapes_a
     );
 
     // Download it back: the chunks, acknowledged, rebuild the same bytes and hash.
-    conn.send(Payload::FileDownload(guruconnect_proto::FileDownload {
-        transfer_id: 4,
-        path: target.path().join("big.bin").display().to_string(),
-    }))
-    .await
-    .expect("send download");
-    let mut got = Vec::new();
-    let mut acked = 0usize;
-    let result = loop {
-        match file_message(&mut conn).await {
-            Payload::FileInfo(info) => assert_eq!(info.size, data.len() as u64),
-            Payload::FileChunk(c) => {
-                assert_eq!(c.offset, got.len() as u64);
-                got.extend_from_slice(&c.data);
-                if got.len() - acked >= 256 * 1024 {
-                    acked = got.len();
-                    conn.send(Payload::FileAck(guruconnect_proto::FileAck {
-                        transfer_id: 4,
-                        received: acked as u64,
-                    }))
-                    .await
-                    .expect("ack");
-                }
-            }
-            Payload::FileResult(r) => break r,
-            Payload::FileAck(_) => {}
-            other => panic!("{other:?}"),
-        }
-    };
+    let started = Instant::now();
+    let (result, got) = download(&mut conn, 4, &target.path().join("big.bin")).await;
+    println!(
+        "download of 200 MB: {:.1} MB/s (debug build)",
+        200.0 / started.elapsed().as_secs_f64()
+    );
     assert!(result.ok, "{result:?}");
-    assert_eq!(got, data);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the downloaded bytes differ");
     assert_eq!(result.sha256, sha256_hex(&got));
 
     // Each transfer is audited with its outcome.

@@ -4,13 +4,15 @@
 //! of small and 64 KiB frames at 200/s), `fanout` (1 agent → 10 viewers at 60 fps with
 //! one slow viewer), `idle` (server RSS per idle agent), `soak` (idle agents with
 //! periodic fan-out bursts, server RSS over time), `flood` (idle and slow connections the
-//! server must close, sign-in meanwhile) and `all` (all but `soak` and `flood`). Each prints markdown
-//! table rows. Run in release mode; see `docs/benchmarks.md`.
+//! server must close, sign-in meanwhile), `record` (session recording's CPU and bytes
+//! per minute), `seek` (seeking to the middle of a 30-minute recording) and `all` (all but
+//! `soak`, `flood`, `record` and `seek`). Each prints markdown table rows. Run in release mode; see `docs/benchmarks.md`.
 
 #![forbid(unsafe_code)]
 
 mod flood;
 mod peers;
+mod record;
 mod report;
 mod scenarios;
 mod target;
@@ -41,7 +43,13 @@ enum Scenario {
     /// server: time until it closes them, sign-in and `/health` latency meanwhile; not
     /// part of `all`.
     Flood,
-    /// All of the above but `soak` and `flood`.
+    /// Session recording's cost: the same 1080p-sized stream with recording off and on,
+    /// process CPU and recorded bytes per minute; not part of `all`.
+    Record,
+    /// Seeking to the middle of a synthetic 30-minute recording: indexing and the bytes a
+    /// player reads, cold and warm page cache; not part of `all`.
+    Seek,
+    /// All of the above but `soak`, `flood`, `record` and `seek`.
     All,
 }
 
@@ -99,6 +107,12 @@ struct Cli {
     /// unchanged), e.g. 1024.
     #[arg(long)]
     soft_nofile: Option<u64>,
+    /// Record: seconds of streaming per run (one run with recording off, one on).
+    #[arg(long, default_value_t = 60)]
+    record_secs: u64,
+    /// Seek: minutes of the synthetic recording.
+    #[arg(long, default_value_t = 30)]
+    seek_minutes: u64,
 }
 
 impl Cli {
@@ -120,7 +134,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let stream_scenarios: &[Scenario] = match cli.scenario {
         Scenario::All => &[Scenario::Throughput, Scenario::Latency, Scenario::Fanout],
-        Scenario::Idle | Scenario::Soak | Scenario::Flood => &[],
+        Scenario::Idle | Scenario::Soak | Scenario::Flood | Scenario::Seek => &[],
         ref one => std::slice::from_ref(one),
     };
     if !stream_scenarios.is_empty() {
@@ -134,11 +148,22 @@ async fn main() -> Result<()> {
                 Scenario::Throughput => scenarios::throughput(&target).await?,
                 Scenario::Latency => scenarios::latency(&target).await?,
                 Scenario::Fanout => scenarios::fanout(&target).await?,
-                Scenario::Idle | Scenario::Soak | Scenario::Flood | Scenario::All => continue,
+                Scenario::Record => {
+                    let run = std::time::Duration::from_secs(cli.record_secs.max(1));
+                    record::record(&target, run).await?
+                }
+                Scenario::Idle
+                | Scenario::Soak
+                | Scenario::Flood
+                | Scenario::Seek
+                | Scenario::All => continue,
             };
             print_table(&format!("{scenario:?}").to_lowercase(), &rows);
         }
         target.stop();
+    }
+    if cli.scenario == Scenario::Seek {
+        print_table("seek", &record::seek(cli.seek_minutes.max(1))?);
     }
     if matches!(cli.scenario, Scenario::Idle | Scenario::All) {
         let target = match cli.external()? {

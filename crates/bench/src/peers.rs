@@ -94,6 +94,43 @@ impl Api {
         str_field(&body, "agent_key")
     }
 
+    /// `PUT` of a JSON body to `path` as the admin.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        json_of(response).await
+    }
+
+    /// `POST` without a body to `path` as the admin; the answer's body is not read.
+    pub async fn post_empty(&self, path: &str) -> Result<()> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("POST {path}: HTTP {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// `GET` of `path` as the admin.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        json_of(response).await
+    }
+
     /// Mints a viewer token (`POST /api/sessions/{id}/viewer-token`).
     pub async fn viewer_token(&self, session_id: &str) -> Result<String> {
         let body = post(
@@ -118,7 +155,10 @@ async fn post(
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await?;
+    json_of(request.send().await?).await
+}
+
+async fn json_of(response: reqwest::Response) -> Result<Value> {
     let status = response.status();
     let text = response.text().await?;
     if !status.is_success() {

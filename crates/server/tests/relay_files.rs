@@ -242,21 +242,40 @@ async fn transfers_are_refused_without_the_permission_in_support_sessions_and_ov
         "a refused upload reached the agent: {leaked:?}"
     );
 
-    // Support-code sessions: not yet (the customer would have to allow each transfer).
-    let code = create_code(&server, &admin).await;
-    let mut attended = agent_hello(&server, &code, files_hello()).await;
-    attended.conn.send(consent(true)).await.unwrap();
-    let asid = attended.session_id.clone();
-    assert!(
-        common::eventually(WAIT, || async {
-            server.state.relay.get(&asid).is_some_and(|s| s.is_active())
+    // Support-code sessions: only with an agent that asks the customer about each
+    // transfer (`file_consent`); the agent then asks before it touches anything.
+    for (capabilities, passes) in [
+        (vec!["files"], false),
+        (vec!["files", "file_consent"], true),
+    ] {
+        let code = create_code(&server, &admin).await;
+        let Payload::AgentHello(mut h) = hello("customer-pc", "") else {
+            unreachable!()
+        };
+        h.capabilities = capabilities.iter().map(|c| (*c).to_owned()).collect();
+        let mut attended = agent_hello(&server, &code, Payload::AgentHello(h)).await;
+        recv_until(&mut attended.conn, "consent request", WAIT, |p| {
+            matches!(p, Payload::ConsentRequest(_))
         })
-        .await
-    );
-    let mut conn = viewer(&server, &admin, &asid).await;
-    conn.send(upload(4, 10)).await.unwrap();
-    let e = refused(&mut conn, 4).await;
-    assert!(e.contains("support-code sessions"), "{e}");
+        .await;
+        attended.conn.send(consent(true)).await.unwrap();
+        let asid = attended.session_id.clone();
+        assert!(
+            common::eventually(WAIT, || async {
+                server.state.relay.get(&asid).is_some_and(|s| s.is_active())
+            })
+            .await
+        );
+        let mut conn = viewer(&server, &admin, &asid).await;
+        conn.send(upload(4, 10)).await.unwrap();
+        if passes {
+            let got = agent_gets(&mut attended, "upload").await;
+            assert!(matches!(got, Payload::FileUpload(_)), "{got:?}");
+        } else {
+            let e = refused(&mut conn, 4).await;
+            assert!(e.contains("cannot ask the person at the machine"), "{e}");
+        }
+    }
 
     // An agent that did not announce the capability.
     let (old, _) = managed_agent(&server, &admin).await;

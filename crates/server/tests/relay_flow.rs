@@ -720,10 +720,18 @@ async fn a_controlling_technician_may_end_the_session_others_may_not() {
     assert_eq!(end(&watcher).await.unwrap().status(), 403);
     assert!(server.state.relay.get(&sid).is_some());
 
-    assert_eq!(end(&tech).await.unwrap().status(), 204);
+    // The end is audited before anyone is told: a console reading the audit log as soon
+    // as its viewer shows "ended" finds the entry (the request's answer may come later).
+    let request = tokio::spawn(end(&tech));
+    let (seen, _, _) = expect_closed(&mut controlling, WAIT).await;
+    let audited_when_told = server.events_of("session.ended_by_user").await.len();
+    assert_eq!(
+        audited_when_told, 1,
+        "the viewer was told before the end was audited"
+    );
+    assert_eq!(request.await.unwrap().unwrap().status(), 204);
     let (_, code, _) = expect_closed(&mut agent.conn, WAIT).await;
     assert_eq!(code, 1000);
-    let (seen, _, _) = expect_closed(&mut controlling, WAIT).await;
     assert!(
         seen.iter()
             .any(|p| matches!(p, Payload::SessionEnd(e) if e.reason.contains("ended by"))),

@@ -336,6 +336,10 @@ async fn retention_removes_old_recordings_and_deletion_is_audited() {
             .join(format!("{id}.gcrec"))
     };
     assert!(path(&ids[0]).is_file());
+    assert!(
+        path(&ids[0]).with_extension("gcidx").is_file(),
+        "the saved index"
+    );
 
     // Deleted by an administrator: file and row.
     let resp = server
@@ -347,6 +351,7 @@ async fn retention_removes_old_recordings_and_deletion_is_audited() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(!path(&ids[0]).exists());
+    assert!(!path(&ids[0]).with_extension("gcidx").exists());
     assert_eq!(server.events_of("recording.deleted").await.len(), 1);
 
     // Within retention nothing goes; past it the rest does.

@@ -177,7 +177,7 @@ export class FileTransfers {
     this.panel.addEventListener('drop', (e) => this.drop(e));
   }
 
-  /** What the session is: support-code sessions cannot transfer files yet (the relay refuses). */
+  /** What the session is: in a support-code session the customer allows each transfer. */
   setSession(info: { agent_id?: string; kind?: string }): void {
     if (info.agent_id) {
       // The folder is remembered per machine; a session-keyed value moves over.
@@ -192,7 +192,7 @@ export class FileTransfers {
     }
     const attended = info.kind === 'attended';
     this.note.hidden = !attended;
-    this.note.textContent = attended ? 'File transfer is not available in support-code sessions yet: only managed machines.' : '';
+    this.note.textContent = attended ? 'The person at the machine is asked to allow each transfer.' : '';
   }
 
   /** Transfers run while the session is active under control; otherwise they wait (or end). */

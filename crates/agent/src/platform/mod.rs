@@ -144,6 +144,18 @@ pub trait ConsentPrompt: Send + Sync {
     /// Shows the prompt and blocks until the user answers; anything but an explicit
     /// "allow" (deny, closing, timeout, an error, `cancel` becoming true) is `false`.
     fn ask(&self, request: &ConsentRequest, cancel: &std::sync::atomic::AtomicBool) -> bool;
+
+    /// Whether this platform can ask about single file transfers (the agent then offers
+    /// transfers in support-code sessions).
+    fn asks_transfers(&self) -> bool {
+        false
+    }
+
+    /// Asks the person at the machine to allow one file transfer; `lines` say what. The
+    /// same rules as [`ConsentPrompt::ask`]; where there is no such prompt, refuses.
+    fn ask_transfer(&self, _lines: &[String], _cancel: &std::sync::atomic::AtomicBool) -> bool {
+        false
+    }
 }
 
 /// The answer of a consent prompt that failed closed: only an explicit "allow" grants; a

@@ -14,6 +14,11 @@ pub const ALLOW_BUTTON: (i16, i16, u16, u16) = (70, 130, 140, 44);
 pub const DENY_BUTTON: (i16, i16, u16, u16) = (250, 130, 140, 44);
 /// How long the prompt waits when the request names no timeout; then it denies.
 pub const CONSENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The per-transfer prompt's title in support-code sessions (same size and buttons as the
+/// consent prompt).
+pub const TRANSFER_TITLE: &str = "GuruConnect file transfer";
+/// How long the per-transfer prompt waits; then it refuses.
+pub const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The chat window's title.
 pub const CHAT_TITLE: &str = "GuruConnect chat";
@@ -76,6 +81,36 @@ pub fn consent_lines(product: &str, technician: &str) -> [String; 2] {
     [
         format!("{technician} ({product}) asks to view and control"),
         "this computer. Allow remote support?".to_owned(),
+    ]
+}
+
+/// A size for people: `1.5 MB`, `820 KB`, `12 bytes`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// What the per-transfer prompt says: the direction, the file and its size.
+pub fn transfer_lines(upload: bool, name: &str, size: Option<u64>) -> [String; 3] {
+    let name = truncate(name.trim(), 48);
+    let size = size.map_or_else(|| "size unknown".to_owned(), human_size);
+    [
+        if upload {
+            "The technician wants to copy a file TO this computer:".to_owned()
+        } else {
+            "The technician wants to copy a file FROM this computer:".to_owned()
+        },
+        format!("{name} ({size})"),
+        "Allow this transfer?".to_owned(),
     ]
 }
 

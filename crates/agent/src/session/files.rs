@@ -57,7 +57,8 @@ pub struct Transfers {
     out: mpsc::Sender<Payload>,
 }
 
-fn failed(transfer_id: u32, error: impl Into<String>) -> Payload {
+/// A transfer's failed `FileResult`.
+pub(crate) fn failed(transfer_id: u32, error: impl Into<String>) -> Payload {
     Payload::FileResult(proto::FileResult {
         transfer_id,
         ok: false,

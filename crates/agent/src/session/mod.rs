@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::encoding;
-use crate::platform::ui::{MAX_CHAT_TEXT, truncate};
+use crate::platform::ui::{MAX_CHAT_TEXT, transfer_lines, truncate};
 use crate::platform::{Desktop, Identity, Watcher};
 use crate::update::Updater;
 use capture::{CaptureCmd, capture_thread};
@@ -178,6 +178,10 @@ fn now_us() -> u64 {
 }
 
 // ------------------------------------------------------------------ the loop
+
+/// Announced in support-code sessions where the person at the machine is asked about each
+/// file transfer (the relay allows transfers there only then).
+pub const FILE_CONSENT: &str = "file_consent";
 
 /// The `AgentHello` for a machine with `identity` and `displays`.
 pub fn hello(identity: Identity, displays: &[DisplayInfo]) -> AgentHello {
@@ -319,8 +323,60 @@ impl Session {
         }
     }
 
-    /// Sends what a desktop thread produced; "End session" also ends this loop.
+    /// Asks the person at the machine about one transfer, on a thread of its own. Allowed,
+    /// the request comes back through `out` and starts (see [`Session::forward`]); refused
+    /// (or unanswered), the technician gets a failed result and nothing is touched.
+    fn ask_about_transfer(&self, request: Payload) {
+        let (desktop, out, cancel) = (
+            self.desktop.clone(),
+            self.out.clone(),
+            self.consent_cancel.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("transfer-prompt".into())
+            .spawn(move || {
+                let (id, lines) = match &request {
+                    Payload::FileUpload(up) => (
+                        up.transfer_id,
+                        transfer_lines(true, &up.name, Some(up.size)),
+                    ),
+                    Payload::FileDownload(down) => (
+                        down.transfer_id,
+                        transfer_lines(
+                            false,
+                            &down.path,
+                            std::fs::metadata(&down.path).ok().map(|m| m.len()),
+                        ),
+                    ),
+                    _ => return,
+                };
+                let allowed = desktop.consent().ask_transfer(&lines, &cancel);
+                tracing::info!(
+                    transfer = id,
+                    allowed,
+                    "the person at the machine answered about a transfer"
+                );
+                let answer = if allowed {
+                    request
+                } else {
+                    files::failed(id, "the person at the machine did not allow this transfer")
+                };
+                let _ = out.blocking_send(answer);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot ask about a transfer");
+        }
+    }
+
+    /// Sends what a desktop thread produced; "End session" also ends this loop. A transfer
+    /// request here is one the person at the machine has just allowed: it starts now.
     async fn forward(&mut self, payload: Payload) -> Result<Flow, Outcome> {
+        if matches!(payload, Payload::FileUpload(_) | Payload::FileDownload(_)) {
+            if let Some(answer) = self.start_transfer(payload) {
+                self.send(answer).await?;
+            }
+            return Ok(Flow::Continue);
+        }
         #[cfg(target_os = "linux")]
         if let Payload::TerminalExit(exit) = &payload {
             self.terminals.ended(exit.terminal_id);
@@ -344,15 +400,28 @@ impl Session {
             return None;
         }
         match payload {
-            Payload::FileUpload(up) => Some(self.files.upload(&up)),
+            // In a support-code session the person at the machine decides about each one.
+            Payload::FileUpload(_) | Payload::FileDownload(_) if self.attended => {
+                self.ask_about_transfer(payload);
+                None
+            }
+            Payload::FileUpload(_) | Payload::FileDownload(_) => self.start_transfer(payload),
             Payload::FileChunk(chunk) => self.files.chunk(chunk),
             Payload::FileDone(done) => self.files.done(&done),
-            Payload::FileDownload(down) => self.files.download(&down),
             Payload::FileAck(ack) => {
                 self.files.ack(&ack);
                 None
             }
             Payload::FileCancel(cancel) => self.files.cancel(&cancel),
+            _ => None,
+        }
+    }
+
+    /// Starts an upload or a download; returns the answer to send.
+    fn start_transfer(&mut self, request: Payload) -> Option<Payload> {
+        match request {
+            Payload::FileUpload(up) => Some(self.files.upload(&up)),
+            Payload::FileDownload(down) => self.files.download(&down),
             _ => None,
         }
     }
@@ -729,10 +798,11 @@ pub async fn run_on(
         .cloned()
         .unwrap_or_default();
     let (mut tx, mut rx) = conn.split();
-    if let Err(e) = tx
-        .send(Payload::AgentHello(hello(identity, &displays)))
-        .await
-    {
+    let mut agent_hello = hello(identity, &displays);
+    if attended && desktop.consent().asks_transfers() {
+        agent_hello.capabilities.push(FILE_CONSENT.into());
+    }
+    if let Err(e) = tx.send(Payload::AgentHello(agent_hello)).await {
         return Outcome::Lost(e.to_string());
     }
     let (out_tx, mut out_rx) = mpsc::channel::<Payload>(4);

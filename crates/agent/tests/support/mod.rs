@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod files;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -320,7 +322,12 @@ pub fn click_in_window(display: &str, window: &str, rect: (i16, i16, u16, u16)) 
 
 /// Finds the consent prompt and clicks one of its buttons as a user would.
 pub fn click_consent(display: &str, button: (i16, i16, u16, u16)) {
-    let window = wait_window(display, CONSENT_TITLE);
+    click_prompt(display, CONSENT_TITLE, button);
+}
+
+/// Finds the prompt titled `title` and clicks one of its buttons as a user would.
+pub fn click_prompt(display: &str, title: &str, button: (i16, i16, u16, u16)) {
+    let window = wait_window(display, title);
     // Give the prompt a moment to finish mapping before the click.
     std::thread::sleep(Duration::from_millis(200));
     click_in_window(display, &window, button);

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use guruconnect_store::{DEFAULT_TENANT, Recording, StoreError};
+use guruconnect_store::{DEFAULT_TENANT, Recording, RecordingStatus, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::ServiceExt;
@@ -122,19 +122,17 @@ async fn show(
     let recording = load(&state, &id).await?;
     let path =
         recording::file_of(&state, &recording.id).ok_or(ApiError::NotFound("no such recording"))?;
-    let index = tokio::task::spawn_blocking(move || {
-        std::fs::File::open(&path)
-            .and_then(|f| format::read_index(std::io::BufReader::with_capacity(16 * 1024, f)))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ApiError::NotFound("the recording's file is missing"),
-        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
-            ApiError::Conflict(format!("the recording's file cannot be read: {e}"))
-        }
-        _ => ApiError::Internal(e.into()),
-    })?;
+    let closed = recording.status != RecordingStatus::Recording;
+    let index = tokio::task::spawn_blocking(move || recording::load_index(&path, closed))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::NotFound("the recording's file is missing"),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                ApiError::Conflict(format!("the recording's file cannot be read: {e}"))
+            }
+            _ => ApiError::Internal(e.into()),
+        })?;
     Audit::new("recording.viewed")
         .user(&auth.user)
         .ip(ip)
@@ -176,7 +174,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let recording = load(&state, &id).await?;
-    if recording.status == guruconnect_store::RecordingStatus::Recording {
+    if recording.status == RecordingStatus::Recording {
         return Err(ApiError::Conflict(
             "the session is still being recorded; end it first".into(),
         ));

@@ -195,6 +195,14 @@ async fn end_live(
         ));
     }
     let reason = format!("ended by {}", auth.user.username);
+    // Audited first: whoever sees the session end can already find who ended it.
+    Audit::new("session.ended_by_user")
+        .user(&auth.user)
+        .ip(ip)
+        .agent(&record.agent_id)
+        .session(&id)
+        .record(&state)
+        .await?;
     if state
         .relay
         .end_offline(&id, crate::relay::close::NORMAL, &reason)
@@ -207,13 +215,6 @@ async fn end_live(
     } else {
         live.end(&reason);
     }
-    Audit::new("session.ended_by_user")
-        .user(&auth.user)
-        .ip(ip)
-        .agent(&record.agent_id)
-        .session(&id)
-        .record(&state)
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -52,7 +52,7 @@ impl RecordType {
 }
 
 /// The JSON in a recording's header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// Session id.
     pub session_id: String,
@@ -86,7 +86,7 @@ pub fn encode_record_header(kind: RecordType, t_ms: u32, len: u32) -> [u8; RECOR
 }
 
 /// A keyframe's place in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyframeAt {
     /// Milliseconds since the start.
     pub t: u32,
@@ -95,7 +95,7 @@ pub struct KeyframeAt {
 }
 
 /// What a player needs to seek and to draw a timeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Index {
     /// The file's header.
     #[serde(skip)]
@@ -110,6 +110,15 @@ pub struct Index {
     /// Bytes up to the end of the last whole record.
     #[serde(skip)]
     pub whole_len: u64,
+}
+
+/// A closed recording's index saved beside it, valid while the file keeps `file_len`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// The recording's length when it was indexed.
+    pub file_len: u64,
+    /// The index.
+    pub index: Index,
 }
 
 fn invalid(what: &str) -> io::Error {

@@ -27,8 +27,9 @@ use crate::relay::registry::LiveSession;
 /// The settings key that holds the policy.
 const POLICY_KEY: &str = "recording_policy";
 /// While recording, the relay asks for a keyframe when the last one is older than this,
-/// so a seek decodes at most a few seconds of frames.
-pub const KEYFRAME_EVERY: Duration = Duration::from_secs(5);
+/// so a seek decodes at most a few seconds of frames. The relay checks on its 5 s agent
+/// heartbeat, so 4 s here means a keyframe every 5 s.
+pub const KEYFRAME_EVERY: Duration = Duration::from_secs(4);
 /// Records queued for the writer; beyond this the recorder skips to the next keyframe.
 const QUEUE: usize = 512;
 /// The writer's buffer.
@@ -128,6 +129,38 @@ pub fn file_of(state: &AppState, id: &str) -> Option<PathBuf> {
     uuid::Uuid::parse_str(id)
         .ok()
         .map(|u| dir(state).join(format!("{}.gcrec", u.hyphenated())))
+}
+
+/// The saved index beside a recording's file.
+fn sidecar_of(path: &Path) -> PathBuf {
+    path.with_extension("gcidx")
+}
+
+/// A recording's index: from its sidecar when that matches the file's length, else by
+/// scanning the file; a closed recording's scan is saved as the sidecar (a seek in a long
+/// recording then reads a few kilobytes instead of every record header). Blocking.
+pub fn load_index(path: &Path, closed: bool) -> std::io::Result<format::Index> {
+    let file_len = std::fs::metadata(path)?.len();
+    let sidecar = sidecar_of(path);
+    if closed
+        && let Ok(text) = std::fs::read(&sidecar)
+        && let Ok(saved) = serde_json::from_slice::<format::Sidecar>(&text)
+        && saved.file_len == file_len
+    {
+        return Ok(saved.index);
+    }
+    let file = File::open(path)?;
+    let index = format::read_index(std::io::BufReader::with_capacity(16 * 1024, file))?;
+    if closed {
+        let saved = format::Sidecar {
+            file_len,
+            index: index.clone(),
+        };
+        if let Err(e) = std::fs::write(&sidecar, serde_json::to_vec(&saved).unwrap_or_default()) {
+            tracing::warn!(error = %e, path = %sidecar.display(), "cannot save a recording's index");
+        }
+    }
+    Ok(index)
 }
 
 /// One record on its way to the writer.
@@ -385,8 +418,7 @@ fn write_all(file: File, header: &[u8], mut rx: mpsc::Receiver<Entry>) -> Writte
     }
 }
 
-/// SHA-256 and length of the file as it is on disk (after a failed write the writer's own
-/// count is not what the disk holds).
+/// SHA-256 and length of the file as it is on disk.
 fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
@@ -410,12 +442,22 @@ async fn finish(
     mut written: Written,
     elapsed: Duration,
 ) {
-    if written.error.is_some() {
-        let path = path.to_owned();
-        if let Ok(Ok((bytes, sha))) = tokio::task::spawn_blocking(move || hash_file(&path)).await {
-            written.bytes = bytes;
-            written.sha256 = Some(sha);
-        }
+    let failed_write = written.error.is_some();
+    let on_disk = path.to_owned();
+    let checked = tokio::task::spawn_blocking(move || {
+        // After a failed write the writer's own count is not what the disk holds.
+        let hashed = if failed_write {
+            hash_file(&on_disk).ok()
+        } else {
+            None
+        };
+        let _ = load_index(&on_disk, true);
+        hashed
+    })
+    .await;
+    if let Ok(Some((bytes, sha))) = checked {
+        written.bytes = bytes;
+        written.sha256 = Some(sha);
     }
     let duration_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
     let end = RecordingEnd {
@@ -430,13 +472,11 @@ async fn finish(
         sha256: written.sha256.clone(),
         error: written.error.clone(),
     };
-    if let Err(e) = state.store.finish_recording(&session.id, &end).await {
-        tracing::error!(error = ?e, session_id = %session.id, "cannot store the end of a recording");
-    }
     let details = json!({
         "bytes": written.bytes, "duration_ms": duration_ms, "sha256": written.sha256,
         "error": written.error,
     });
+    // Audited before the row says it closed: whoever sees it closed finds its hash.
     match &written.error {
         None => {
             Audit::new("recording.closed")
@@ -447,6 +487,9 @@ async fn finish(
                 .await;
         }
         Some(error) => failed_with(state, session, error, details).await,
+    }
+    if let Err(e) = state.store.finish_recording(&session.id, &end).await {
+        tracing::error!(error = ?e, session_id = %session.id, "cannot store the end of a recording");
     }
 }
 
@@ -508,6 +551,7 @@ pub async fn expire(state: &AppState) -> usize {
 /// Deletes a recording's file (a missing file is fine) and then its row.
 pub async fn remove(state: &AppState, rec: &Recording) -> ApiResult<()> {
     if let Some(path) = file_of(state, &rec.id) {
+        let _ = tokio::fs::remove_file(sidecar_of(&path)).await;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -282,6 +282,14 @@ impl LiveSession {
         self.recorder.get()
     }
 
+    /// Whether the agent announced `capability` in its hello.
+    pub fn has_capability(&self, capability: &str) -> bool {
+        self.lock()
+            .agent_capabilities
+            .iter()
+            .any(|c| c == capability)
+    }
+
     /// Current phase.
     pub fn phase(&self) -> Phase {
         self.lock().phase

@@ -556,9 +556,13 @@ fn renumber_and_forward(ctx: &ViewerCtx<'_>, channel: Channel, mut payload: Payl
     }
 }
 
+/// The capability of an agent that asks the person at the machine about each transfer.
+pub const FILE_CONSENT: &str = "file_consent";
+
 /// A viewer opens a terminal or starts a transfer (`request`): only with the permission
-/// (`terminal`, `files`), in control mode, after consent (SPEC §4.8); transfers only in
-/// managed sessions and within `max_file_transfer_bytes`. A refusal says why
+/// (`terminal`, `files`), in control mode, after consent (SPEC §4.8); transfers within
+/// `max_file_transfer_bytes`, and in support-code sessions only with an agent that asks the
+/// customer about each one ([`FILE_CONSENT`]). A refusal says why
 /// (`TerminalExit`, failed `FileResult`); otherwise the request goes to the agent under the
 /// agent's number and is audited as `event` with `details`.
 fn open_channel(
@@ -597,10 +601,13 @@ fn open_channel(
         Some(format!("a view-only viewer cannot {what}"))
     } else if !session.is_active() {
         Some("the session is not active (consent pending or the machine is offline)".into())
-    } else if channel == Channel::File && session.kind == SessionKind::Attended {
+    } else if channel == Channel::File
+        && session.kind == SessionKind::Attended
+        && !session.has_capability(FILE_CONSENT)
+    {
         Some(
-            "file transfer is not available in support-code sessions yet (the customer \
-             would have to see and allow each transfer)"
+            "this agent cannot ask the person at the machine to allow each transfer, \
+             which support-code sessions need; update the agent or use a managed session"
                 .into(),
         )
     } else if let Some(size) = size.filter(|&s| s > limit) {

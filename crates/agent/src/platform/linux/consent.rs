@@ -5,6 +5,8 @@
 //!
 //! It fails closed: only a left click on "Allow" grants. Deny, closing the window, the
 //! timeout from the request, losing the display, or not being able to open it at all deny.
+//! The same window, titled [`TRANSFER_TITLE`], asks about each file transfer in a
+//! support-code session.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,11 +20,12 @@ use x11rb::rust_connection::RustConnection;
 use super::window::{FixedWindow, Place, Spec, button};
 use crate::platform::ConsentPrompt;
 
+pub use crate::platform::ui::TRANSFER_TITLE;
 pub use crate::platform::ui::{
     ALLOW_BUTTON, CONSENT_HEIGHT as HEIGHT, CONSENT_TITLE as WINDOW_TITLE, CONSENT_WIDTH as WIDTH,
     DENY_BUTTON, center,
 };
-use crate::platform::ui::{CONSENT_TIMEOUT as DEFAULT_TIMEOUT, inside};
+use crate::platform::ui::{CONSENT_TIMEOUT as DEFAULT_TIMEOUT, TRANSFER_TIMEOUT, inside};
 
 /// Latin-1-safe, bounded text for core-font drawing.
 fn printable(text: &str, max: usize) -> String {
@@ -45,6 +48,16 @@ pub struct X11Consent;
 impl ConsentPrompt for X11Consent {
     fn ask(&self, request: &ConsentRequest, cancel: &AtomicBool) -> bool {
         crate::platform::fail_closed(prompt(request, cancel))
+    }
+
+    fn asks_transfers(&self) -> bool {
+        true
+    }
+
+    fn ask_transfer(&self, lines: &[String], cancel: &AtomicBool) -> bool {
+        let mut all = vec![TRANSFER_TITLE.to_owned()];
+        all.extend(lines.iter().map(|l| printable(l, 60)));
+        crate::platform::fail_closed(show(TRANSFER_TITLE, all, TRANSFER_TIMEOUT, cancel))
     }
 }
 
@@ -76,27 +89,6 @@ impl Prompt<'_> {
 }
 
 fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool> {
-    let (conn, screen_num) = super::connect()?;
-    let window = FixedWindow::create(
-        &conn,
-        screen_num,
-        &Spec {
-            title: WINDOW_TITLE,
-            width: WIDTH,
-            height: HEIGHT,
-            place: Place::Centre,
-            foreground: BLACK,
-            background: WHITE,
-            border: BLACK,
-            extra_events: EventMask::NO_EVENT,
-            takes_focus: None,
-            keep_above: false,
-        },
-    )?;
-    let button_gc = window.create_gc(&conn, WHITE, GREEN)?;
-    conn.map_window(window.id)?;
-    conn.flush()?;
-
     let technician = if request.technician.is_empty() {
         "A technician".to_owned()
     } else {
@@ -111,19 +103,50 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
         0 => DEFAULT_TIMEOUT,
         s => Duration::from_secs(u64::from(s.clamp(1, 600))),
     };
+    let lines = vec![
+        WINDOW_TITLE.to_owned(),
+        format!("{technician}{organization}"),
+        "asks to view and control this computer.".to_owned(),
+        format!(
+            "Allow only if you expect it. (Denies in {} s.)",
+            timeout.as_secs()
+        ),
+    ];
+    show(WINDOW_TITLE, lines, timeout, cancel)
+}
+
+/// Shows the prompt window titled `title` with `lines` and waits for a click on Allow.
+fn show(
+    title: &str,
+    lines: Vec<String>,
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> anyhow::Result<bool> {
+    let (conn, screen_num) = super::connect()?;
+    let window = FixedWindow::create(
+        &conn,
+        screen_num,
+        &Spec {
+            title,
+            width: WIDTH,
+            height: HEIGHT,
+            place: Place::Centre,
+            foreground: BLACK,
+            background: WHITE,
+            border: BLACK,
+            extra_events: EventMask::NO_EVENT,
+            takes_focus: None,
+            keep_above: false,
+        },
+    )?;
+    let button_gc = window.create_gc(&conn, WHITE, GREEN)?;
+    conn.map_window(window.id)?;
+    conn.flush()?;
     let view = Prompt {
         conn: &conn,
         window,
         button_gc,
-        lines: vec![
-            WINDOW_TITLE.to_owned(),
-            format!("{technician}{organization}"),
-            "asks to view and control this computer.".to_owned(),
-            format!(
-                "Allow only if you expect it. (Denies in {} s.)",
-                timeout.as_secs()
-            ),
-        ],
+        lines,
     };
     let deadline = Instant::now() + timeout;
     let answer = loop {
@@ -141,14 +164,16 @@ fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> anyhow::Result<bool>
                 }
             }
             // Any close request denies (fail closed).
-            Some(Event::ClientMessage(e)) if e.type_ == window.close.wm_protocols => break false,
+            Some(Event::ClientMessage(e)) if e.type_ == view.window.close.wm_protocols => {
+                break false;
+            }
             Some(Event::DestroyNotify(_)) => break false,
             Some(Event::UnmapNotify(_)) => break false,
             Some(_) => {}
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    window.destroy(&conn);
+    view.window.destroy(&conn);
     Ok(answer)
 }
 
