@@ -13,6 +13,7 @@ import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
+import { execFileSync } from 'node:child_process';
 import { ADMIN_PASSWORD, apiCall, launch, login, openPage, shot, startServer, uiLogin } from './lib/harness.mjs';
 import { skipUnless, sleep, startManagedAgent, startXvfb, waitFor } from './lib/x11-agent.mjs';
 
@@ -164,6 +165,27 @@ test('an administrator uploads, downloads and cancels transfers in the Files pan
   assert.equal(r.state, 'done', r.text);
   assert.equal(await newest(page).locator('[data-testid=transfer-sha]').innerText(), fetchHash.slice(0, 12));
   console.log(`# download 5 MiB: ${downMs} ms in the test, ${await newest(page).locator('[data-testid=transfer-speed]').innerText()} in the row`);
+
+  // A folder comes down as <folder>.tar holding its files.
+  const folder = join(dest, 'reports');
+  mkdirSync(join(folder, 'march'), { recursive: true });
+  writeFileSync(join(folder, 'summary.txt'), 'all good\n');
+  writeFileSync(join(folder, 'march', 'week1.csv'), 'a,b\n1,2\n');
+  await page.fill('[data-testid=files-path]', folder);
+  const [tarDownload] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.click('[data-testid=files-download]')]);
+  assert.equal(tarDownload.suggestedFilename(), 'reports.tar');
+  const tarSaved = join(src, 'reports.tar');
+  await tarDownload.saveAs(tarSaved);
+  r = await settled(page, 'the folder download');
+  assert.equal(r.state, 'done', r.text);
+  const listing = execFileSync('tar', ['-tf', tarSaved], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
+  // Folder entries carry the directory type flag (the tar crate writes no trailing '/').
+  assert.deepEqual(listing, ['reports', 'reports/march', 'reports/march/week1.csv', 'reports/summary.txt']);
+  const unpacked = mkdtempSync(join(tmpdir(), 'gc-untar-'));
+  execFileSync('tar', ['-xf', tarSaved, '-C', unpacked]);
+  assert.equal(readFileSync(join(unpacked, 'reports', 'summary.txt'), 'utf8'), 'all good\n');
+  rmSync(unpacked, { recursive: true, force: true });
+  assert.equal(execFileSync('tar', ['-xOf', tarSaved, 'reports/march/week1.csv'], { encoding: 'utf8' }), 'a,b\n1,2\n');
 
   // A missing file: the machine's error in the row.
   await page.fill('[data-testid=files-path]', join(dest, 'no-such-file.bin'));

@@ -66,7 +66,8 @@ impl Sshd {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
              AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\n\
-             UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n",
+             UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\n",
             d = dir.path().display()
         );
         std::fs::write(dir.path().join("sshd_config"), config).expect("sshd_config");

@@ -167,7 +167,7 @@ export class FileTransfers {
       this.dirInput,
       h('label', { class: 'toggle', for: 'files-overwrite' }, this.overwrite, 'Overwrite existing files'),
       h('div', { class: 'row' }, choose, h('span', { class: 'muted small' }, 'or drop files here'), this.picker),
-      h('label', { for: 'files-path' }, 'File path on the machine'),
+      h('label', { for: 'files-path' }, 'File or folder path on the machine (a folder comes as a .tar)'),
       downloadForm,
       h('div', { class: 'files-head' }, h('strong', { class: 'small' }, 'Transfers'), clear),
       this.list,

@@ -1,4 +1,5 @@
-//! File transfer: uploads into a directory the technician chose, downloads of one file.
+//! File transfer: uploads into a directory the technician chose, downloads of one file or
+//! of a folder (as a tar stream).
 //!
 //! Uploads are written to a hidden `.<name>.gcpart` beside the target, created exclusively
 //! (never through an existing file or link), checked against the sender's size and SHA-256
@@ -9,10 +10,15 @@
 //!
 //! A download runs on a thread that reads the file in chunks, paced by the viewer's
 //! `FileAck`s (at most [`FILE_WINDOW`] bytes in flight) and by the session's bounded
-//! outgoing queue, so a transfer never crowds out the picture.
+//! outgoing queue, so a transfer never crowds out the picture. A folder is sent as
+//! `<folder>.tar` (ustar/GNU, no compression) of its files and folders; links and special
+//! files are left out, never followed. Its exact size is known before the first byte (a dry
+//! run over the recorded sizes), so progress and the relay's size limit work as for a file;
+//! a file that changes size meanwhile fails the download.
 //!
-//! The relay allows transfers only with the `files` permission, in control mode, in managed
-//! sessions. On Windows the same code runs (std paths); it is unverified there.
+//! The relay allows transfers only with the `files` permission, in control mode; in a
+//! support-code session the person at the machine allows each one first (the session asks
+//! before anything here runs). On Windows the same code runs (std paths); it is unverified there.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -33,6 +39,8 @@ const DOWNLOAD_CHUNK: usize = 64 * 1024;
 const ACK_EVERY: u64 = 256 * 1024;
 /// A download whose viewer stops acknowledging gives up after this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Files and folders one folder download may hold (bounds the work of one request).
+const MAX_FOLDER_ENTRIES: usize = 100_000;
 
 struct Upload {
     file: File,
@@ -292,25 +300,41 @@ impl Transfers {
         if let Some(why) = self.busy(id) {
             return Some(failed(id, why));
         }
-        let opened = check_absolute(&down.path, "file").and_then(|path| {
+        let opened = check_absolute(&down.path, "file or folder").and_then(|path| {
             let failed = |e: std::io::Error| format!("{}: {e}", path.display());
             // Asked first: Windows refuses to open a folder at all ("Access denied").
-            if !std::fs::metadata(&path).map_err(failed)?.is_file() {
-                return Err(format!("{} is not a regular file", path.display()));
+            let meta = std::fs::metadata(&path).map_err(failed)?;
+            if meta.is_dir() {
+                return open_folder(&path);
+            }
+            if !meta.is_file() {
+                return Err(format!(
+                    "{} is not a regular file or a folder",
+                    path.display()
+                ));
             }
             let file = File::open(&path).map_err(failed)?;
             let size = file.metadata().map_err(failed)?.len();
-            Ok((path, file, size))
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Source {
+                path,
+                name,
+                size,
+                reader: Box::new(file),
+            })
         });
-        let (path, file, size) = match opened {
-            Ok(opened) => opened,
+        let source = match opened {
+            Ok(source) => source,
             Err(why) => return Some(failed(id, why)),
         };
         let (tx, rx) = std_mpsc::channel();
         let out = self.out.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("download-{id}"))
-            .spawn(move || send_file(id, &path, file, size, &rx, &out));
+            .spawn(move || send_file(id, source, &rx, &out));
         if let Err(e) = spawned {
             return Some(failed(id, format!("cannot start a thread: {e}")));
         }
@@ -357,19 +381,162 @@ impl Drop for Transfers {
     }
 }
 
+/// What a download reads: a file, or a folder's tar stream.
+struct Source {
+    path: PathBuf,
+    name: String,
+    size: u64,
+    reader: Box<dyn Read + Send>,
+}
+
+/// A file or folder a folder download holds: its path inside the tar, on disk, and its
+/// metadata.
+type Entry = (PathBuf, PathBuf, std::fs::Metadata);
+
+/// The folder's files and folders (depth first, sorted by name), paths starting with the
+/// folder's own name; links and special files are left out.
+fn folder_entries(root: &Path) -> Result<Vec<Entry>, String> {
+    let base = root
+        .file_name()
+        .map_or_else(|| PathBuf::from("folder"), PathBuf::from);
+    let mut entries = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), base)];
+    while let Some((dir, inside)) = stack.pop() {
+        // Found as real folders (the root as the technician named it).
+        let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        entries.push((inside.clone(), dir.clone(), meta));
+        let mut children: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(Result::ok)
+            .collect();
+        children.sort_by_key(std::fs::DirEntry::file_name);
+        let mut folders = Vec::new();
+        for child in children {
+            let Ok(meta) = std::fs::symlink_metadata(child.path()) else {
+                continue;
+            };
+            let name = inside.join(child.file_name());
+            if meta.is_dir() {
+                folders.push((child.path(), name));
+            } else if meta.is_file() {
+                entries.push((name, child.path(), meta));
+            }
+            if entries.len() + stack.len() + folders.len() > MAX_FOLDER_ENTRIES {
+                return Err(format!(
+                    "{} holds more than {MAX_FOLDER_ENTRIES} files and folders",
+                    root.display()
+                ));
+            }
+        }
+        // Files first, then each sub-folder in name order.
+        stack.extend(folders.into_iter().rev());
+    }
+    Ok(entries)
+}
+
+/// Fails a read that ends before `left` bytes (the file shrank while it was sent).
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a file changed while it was read",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Counts what is written (the dry run that sizes a folder's tar).
+struct Count(u64);
+
+impl Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the tar of `entries` to `out`; with `contents` false every file reads as zeros
+/// of its recorded size, which frames exactly the same bytes.
+fn write_tar(entries: &[Entry], out: impl Write, contents: bool) -> std::io::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    for (inside, on_disk, meta) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+        if meta.is_dir() {
+            tar.append_data(&mut header, inside, std::io::empty())?;
+        } else if contents {
+            let file = File::open(on_disk)?;
+            let data = Exact {
+                inner: file.take(meta.len()),
+                left: meta.len(),
+            };
+            tar.append_data(&mut header, inside, data)?;
+        } else {
+            tar.append_data(&mut header, inside, std::io::repeat(0).take(meta.len()))?;
+        }
+    }
+    tar.into_inner()?.flush()
+}
+
+/// A folder download: its tar's exact size, and the stream from a thread that writes it.
+fn open_folder(path: &Path) -> Result<Source, String> {
+    let entries = folder_entries(path)?;
+    let mut count = Count(0);
+    write_tar(&entries, &mut count, false).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let root = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("download-tar".into())
+        .spawn(move || {
+            // A failure closes the pipe early; the sender reports the short stream.
+            if let Err(e) = write_tar(&entries, writer, true) {
+                tracing::warn!(error = %e, folder = %root.display(), "a folder download stopped");
+            }
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "folder".to_owned(), |n| n.to_string_lossy().into_owned());
+    Ok(Source {
+        path: path.to_path_buf(),
+        name: format!("{name}.tar"),
+        size: count.0,
+        reader: Box::new(reader),
+    })
+}
+
 /// A download's thread: `FileInfo`, chunks within the window, then the result.
 fn send_file(
     id: u32,
-    path: &Path,
-    mut file: File,
-    size: u64,
+    source: Source,
     cmds: &std_mpsc::Receiver<DownloadCmd>,
     out: &mpsc::Sender<Payload>,
 ) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let Source {
+        path,
+        name,
+        size,
+        reader: mut file,
+    } = source;
     if out
         .blocking_send(Payload::FileInfo(proto::FileInfo {
             transfer_id: id,
@@ -630,22 +797,45 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
         let mut t = Transfers::new(tx);
+        let (info, got, result) = download_all(&mut t, &mut rx, 4, &path).await;
+        assert_eq!(info.size, data.len() as u64);
+        assert!(result.ok, "{result:?}");
+        assert_eq!(result.sha256, sha(&data));
+        assert_eq!(got, data);
+        t.finished(4);
+
+        #[cfg(unix)]
+        {
+            let e = error_of(t.download(&proto::FileDownload {
+                transfer_id: 5,
+                path: "/dev/null".into(),
+            }));
+            assert!(e.contains("not a regular file or a folder"), "{e}");
+        }
+    }
+
+    /// Runs a download to its end, acknowledging as a viewer does and checking the window.
+    async fn download_all(
+        t: &mut Transfers,
+        rx: &mut mpsc::Receiver<Payload>,
+        id: u32,
+        path: &Path,
+    ) -> (proto::FileInfo, Vec<u8>, proto::FileResult) {
         assert!(
             t.download(&proto::FileDownload {
-                transfer_id: 4,
+                transfer_id: id,
                 path: path.display().to_string(),
             })
             .is_none()
         );
-        let mut got = Vec::new();
-        let mut acked = 0u64;
+        let (mut info, mut got, mut acked) = (None, Vec::new(), 0u64);
         loop {
             let p = tokio::time::timeout(Duration::from_secs(20), rx.recv())
                 .await
                 .expect("in time")
                 .expect("open");
             match p {
-                Payload::FileInfo(info) => assert_eq!(info.size, data.len() as u64),
+                Payload::FileInfo(i) => info = Some(i),
                 Payload::FileChunk(c) => {
                     assert_eq!(c.offset, got.len() as u64);
                     got.extend_from_slice(&c.data);
@@ -654,26 +844,69 @@ mod tests {
                     if got.len() as u64 - acked >= 512 * 1024 {
                         acked = got.len() as u64;
                         t.ack(&proto::FileAck {
-                            transfer_id: 4,
+                            transfer_id: id,
                             received: acked,
                         });
                     }
                 }
-                Payload::FileResult(r) => {
-                    assert!(r.ok, "{r:?}");
-                    assert_eq!(r.sha256, sha(&data));
-                    break;
-                }
+                Payload::FileResult(r) => return (info.expect("FileInfo first"), got, r),
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(got, data);
-        t.finished(4);
+    }
 
-        let e = error_of(t.download(&proto::FileDownload {
-            transfer_id: 5,
-            path: dir.path().display().to_string(),
-        }));
-        assert!(e.contains("not a regular file"), "{e}");
+    #[tokio::test]
+    async fn a_folder_downloads_as_a_tar_of_its_files_and_folders_without_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("docs");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a.txt"), b"alpha").unwrap();
+        let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(root.join("sub").join("b.bin"), &big).unwrap();
+        let long = format!("{}.txt", "n".repeat(120));
+        std::fs::write(root.join("sub").join(&long), b"long name").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut t = Transfers::new(tx);
+        let (info, got, result) = download_all(&mut t, &mut rx, 7, &root).await;
+        assert!(result.ok, "{result:?}");
+        assert_eq!(info.name, "docs.tar");
+        assert_eq!(
+            info.size,
+            got.len() as u64,
+            "the size announced up front is exact"
+        );
+        assert_eq!(result.sha256, sha(&got));
+
+        let mut archive = tar::Archive::new(&got[..]);
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().replace('\\', "/");
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            found.push((path, data));
+        }
+        let names: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        let long_path = format!("docs/sub/{long}");
+        assert_eq!(
+            names,
+            [
+                "docs",
+                "docs/a.txt",
+                "docs/empty",
+                "docs/sub",
+                "docs/sub/b.bin",
+                long_path.as_str()
+            ],
+            "links are left out"
+        );
+        let content = |name: &str| &found.iter().find(|(p, _)| p == name).unwrap().1;
+        assert_eq!(content("docs/a.txt"), b"alpha");
+        assert_eq!(content("docs/sub/b.bin"), &big);
+        assert_eq!(content(&long_path), b"long name");
     }
 }
