@@ -2,9 +2,12 @@
 //! its credential, a viewer dials `/ws/viewer` with a viewer token. Both then exchange
 //! [`Envelope`]s, one per binary WebSocket message.
 //!
-//! Used by the agent, the native viewer, the integration tests and the benchmarks.
+//! Used by the agent, the native viewer, the integration tests and the benchmarks;
+//! [`files`] moves files as a viewer.
 
 #![forbid(unsafe_code)]
+
+pub mod files;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};

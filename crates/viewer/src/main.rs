@@ -1,5 +1,7 @@
 //! `guruconnect-viewer`: joins a session with a viewer token and runs headless: decodes
-//! frames, prints live statistics, sends scripted input, and saves the picture as PNG.
+//! frames, prints live statistics, sends scripted input, and saves the picture as PNG; or,
+//! with `--upload` / `--download`, moves one file (or a folder, as a tar) to or from the
+//! machine without a picture.
 //! (A windowed native viewer is a later milestone.)
 
 #![forbid(unsafe_code)]
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use guruconnect_client::{ClientError, Sender, connect_viewer};
+use guruconnect_client::{ClientError, Sender, connect_viewer, connect_viewer_with, files};
 use guruconnect_codec::{Decoder, Image};
 use guruconnect_proto::{self as proto, Codec, Payload};
 
@@ -57,6 +59,21 @@ struct Cli {
     /// Print statistics every second.
     #[arg(long)]
     stats: bool,
+    /// Upload this local file to the machine (into --to), then exit.
+    #[arg(long, requires = "to", conflicts_with = "download")]
+    upload: Option<PathBuf>,
+    /// The machine's folder an upload goes into (an absolute path that exists).
+    #[arg(long)]
+    to: Option<String>,
+    /// Replace a file of the same name on the machine.
+    #[arg(long)]
+    overwrite: bool,
+    /// Download this file or folder (absolute path on the machine), then exit.
+    #[arg(long, requires = "output")]
+    download: Option<String>,
+    /// Where the download is written (a folder arrives as a tar).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +143,90 @@ async fn mint_token(cli: &Cli) -> anyhow::Result<String> {
         .context("no token in the response")
 }
 
+/// The server's refusal of a viewer, with the error envelope's detail.
+fn refusal(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Rejected { status, body } => {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            anyhow::anyhow!("the server refused the viewer (HTTP {status}): {detail}")
+        }
+        e => anyhow::Error::new(e).context("cannot connect to the server"),
+    }
+}
+
+/// `--upload` / `--download`: one transfer over a viewer without a picture.
+async fn transfer(cli: &Cli, token: &str) -> anyhow::Result<()> {
+    let mut conn = connect_viewer_with(&cli.server, &cli.session, token, false)
+        .await
+        .map_err(refusal)?;
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut progress = |bytes: u64| {
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!("{:.1} MB", bytes as f64 / 1e6);
+        }
+    };
+    let result = if let (Some(local), Some(to)) = (&cli.upload, &cli.to) {
+        let mut file = std::fs::File::open(local)
+            .with_context(|| format!("cannot open {}", local.display()))?;
+        let size = file.metadata()?.len();
+        let name = local
+            .file_name()
+            .context("the file to upload has no name")?
+            .to_string_lossy()
+            .into_owned();
+        files::upload(
+            &mut conn,
+            1,
+            to,
+            &name,
+            size,
+            &mut file,
+            cli.overwrite,
+            &mut progress,
+        )
+        .await?
+    } else if let (Some(remote), Some(output)) = (&cli.download, &cli.output) {
+        // Written beside the target and moved into place only when the hash matched.
+        let partial = output.with_extension("part");
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?,
+        );
+        let outcome = files::download(&mut conn, 1, remote, &mut file, &mut progress).await;
+        drop(file);
+        match outcome {
+            Ok((_, result)) if result.ok => {
+                std::fs::rename(&partial, output)?;
+                result
+            }
+            other => {
+                let _ = std::fs::remove_file(&partial);
+                other?.1
+            }
+        }
+    } else {
+        anyhow::bail!("give --upload FILE --to FOLDER, or --download PATH --output FILE");
+    };
+    let _ = conn.close().await;
+    if !result.ok {
+        anyhow::bail!("the transfer failed: {}", result.error);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} {} bytes in {secs:.2} s ({:.1} MB/s), SHA-256 {}",
+        result.path,
+        result.bytes,
+        result.bytes as f64 / 1e6 / secs.max(1e-9),
+        result.sha256
+    );
+    Ok(())
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -187,17 +288,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let token = mint_token(&cli).await?;
-    let conn = match connect_viewer(&cli.server, &cli.session, &token).await {
-        Ok(conn) => conn,
-        Err(ClientError::Rejected { status, body }) => {
-            let detail = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["detail"].as_str().map(str::to_owned))
-                .unwrap_or(body);
-            anyhow::bail!("the server refused the viewer (HTTP {status}): {detail}");
-        }
-        Err(e) => return Err(e).context("cannot connect to the server"),
-    };
+    if cli.upload.is_some() || cli.download.is_some() {
+        return transfer(&cli, &token).await;
+    }
+    let conn = connect_viewer(&cli.server, &cli.session, &token)
+        .await
+        .map_err(refusal)?;
     let (mut tx, mut rx) = conn.split();
     let codecs: Vec<i32> = cli
         .codecs
