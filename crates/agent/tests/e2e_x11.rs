@@ -2114,63 +2114,49 @@ async fn files_cross_both_ways_through_the_relay_with_their_hashes_and_escapes_a
         "{} is missing: build the workspace first (cargo build --workspace)",
         viewer_bin.display()
     );
-    let cli = |args: &[&str]| {
-        let out = run_with_timeout(
-            Command::new(&viewer_bin)
-                .args(["--server", &relay.base, "--session", &session_id])
-                .args(args),
-            WAIT,
-        );
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
-    let token = |minted: serde_json::Value| minted["token"].as_str().expect("token").to_owned();
-    let local = tempfile::tempdir().expect("local dir");
-    std::fs::write(local.path().join("notes.txt"), b"from the command line\n").expect("write");
-    let vt = token(
-        relay
+    // Each run mints its own viewer token, as a script would.
+    let cli = async |args: &[&str]| {
+        let minted = relay
             .post(
                 &admin,
                 &format!("/api/sessions/{session_id}/viewer-token"),
                 json!({}),
             )
-            .await,
-    );
+            .await;
+        let out = run_with_timeout(
+            Command::new(&viewer_bin)
+                .args(["--server", &relay.base, "--session", &session_id])
+                .args(["--token", minted["token"].as_str().expect("token")])
+                .args(args),
+            WAIT,
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    let local = tempfile::tempdir().expect("local dir");
+    std::fs::write(local.path().join("notes.txt"), b"from the command line\n").expect("write");
     let (ok, said) = cli(&[
-        "--token",
-        &vt,
         "--upload",
         &local.path().join("notes.txt").display().to_string(),
         "--to",
         &target.path().display().to_string(),
-    ]);
+    ])
+    .await;
     assert!(ok, "{said}");
     assert!(said.contains("SHA-256"), "{said}");
     assert_eq!(
         std::fs::read(target.path().join("notes.txt")).expect("uploaded"),
         b"from the command line\n"
     );
-    let vt = token(
-        relay
-            .post(
-                &admin,
-                &format!("/api/sessions/{session_id}/viewer-token"),
-                json!({}),
-            )
-            .await,
-    );
     let tar = local.path().join("back.tar");
     let (ok, said) = cli(&[
-        "--token",
-        &vt,
         "--download",
         &target.path().display().to_string(),
         "--output",
         &tar.display().to_string(),
-    ]);
+    ])
+    .await;
     assert!(ok, "{said}");
     let listing = run_with_timeout(Command::new("tar").arg("-tf").arg(&tar), WAIT);
     let listing = String::from_utf8_lossy(&listing.stdout);
@@ -2179,24 +2165,14 @@ async fn files_cross_both_ways_through_the_relay_with_their_hashes_and_escapes_a
         "{listing}"
     );
     // A refusal is a clear message and a failing exit, and leaves no partial file.
-    let vt = token(
-        relay
-            .post(
-                &admin,
-                &format!("/api/sessions/{session_id}/viewer-token"),
-                json!({}),
-            )
-            .await,
-    );
     let missing = local.path().join("missing.bin");
     let (ok, said) = cli(&[
-        "--token",
-        &vt,
         "--download",
         "/no/such/file",
         "--output",
         &missing.display().to_string(),
-    ]);
+    ])
+    .await;
     assert!(!ok && said.contains("the transfer failed"), "{said}");
     assert!(!missing.exists() && !missing.with_extension("part").exists());
     assert!(agent.child.try_wait().expect("try_wait").is_none());
