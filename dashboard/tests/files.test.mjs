@@ -210,6 +210,26 @@ test('an administrator uploads, downloads and cancels transfers in the Files pan
   await sleep(3000);
   const left = readdirSync(dest);
   assert.ok(!left.some((f) => f.startsWith('huge-150mb') || f.endsWith('.gcpart')), `left in the folder: ${left.join(', ')}`);
+
+  // The same upload cut off by the viewer's connection going away (a reload) resumes
+  // where it stopped when the file is sent again, and the whole file's hash still agrees.
+  const hugeHash = sha256(readFileSync(hugePath));
+  await page.setInputFiles('[data-testid=files-input]', hugePath);
+  const cut = newest(page);
+  await waitFor(async () => Number(await cut.locator('[role=progressbar]').getAttribute('aria-valuenow')) >= 5 || (await cut.getAttribute('data-state')) !== 'running', 'the upload to cut off under way', 30_000);
+  assert.equal(await cut.getAttribute('data-state'), 'running', await cut.innerText());
+  await page.reload();
+  await page.waitForSelector('[data-testid=conn-state][data-state=active]', { timeout: 20_000 });
+  if (!(await page.locator('[data-testid=files-panel]').isVisible())) await page.click('[data-testid=files-button]');
+  await waitFor(async () => readdirSync(dest).includes('.huge-150mb.bin.gcpart'), 'the partial file kept for a resume', 10_000);
+  await page.fill('[data-testid=files-dir]', dest);
+  await page.setInputFiles('[data-testid=files-input]', hugePath);
+  r = await settled(page, 'the resumed upload');
+  assert.equal(r.state, 'done', r.text);
+  assert.match(r.text, /resumed at \d/, r.text);
+  assert.equal(sha256(readFileSync(join(dest, 'huge-150mb.bin'))), hugeHash);
+  assert.ok(!readdirSync(dest).some((f) => f.endsWith('.gcpart')));
+  console.log(`# resumed upload: ${r.text.replace(/\s+/g, ' ')}`);
   assertClean();
   await page.context().close();
 });

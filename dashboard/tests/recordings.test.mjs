@@ -542,6 +542,7 @@ test('a watched session is recorded, listed with its SHA-256 and played back as 
   await page.waitForSelector('[data-testid=player][data-state=paused]', { timeout: 20_000 });
   assert.equal(await page.locator('[data-testid=rec-host]').innerText(), machine.hostname);
   const endT = recording.end_t;
+  console.log('DIAG', JSON.stringify({endT, chatT: chat.t, keyframes: recording.keyframes, events: recording.events, startedAt: recording.started_at, chatAt, endedAt: recording.ended_at}));
   assert.equal(Number(await page.locator('[data-testid=player]').getAttribute('data-end')), endT);
   assert.ok((await page.locator('[data-testid=rec-marker][data-type=chat]').count()) === 1);
   assert.ok((await page.locator('[data-testid=rec-marker][data-type=viewer_joined]').count()) >= 1);
@@ -556,6 +557,7 @@ test('a watched session is recorded, listed with its SHA-256 and played back as 
   const t1 = await playerTime(page);
   await sleep(1000);
   const t2 = await playerTime(page);
+  console.log('DIAG t1 t2', t1, t2);
   assert.ok(t2 - t1 >= 600 && t2 - t1 <= 1600, `1 s of playing at 1x moved the clock ${t2 - t1} ms`);
   await shot(page, 'recordings-player');
 
@@ -589,6 +591,7 @@ test('a watched session is recorded, listed with its SHA-256 and played back as 
   await page.waitForSelector('[data-testid=player][data-state=paused]');
   await waitFor(async () => Math.abs((await playerTime(page)) - endT / 2) <= endT * 0.03 && (await playerState(page)) === 'paused', async () => `the player at the middle (${endT / 2} ms); it is at ${await playerTime(page)}`);
   const mid = await playerTime(page);
+  console.log('DIAG mid', mid);
   assert.ok(mid > chat.t + 2500 && mid > firstKey, `the middle (${mid} ms) is well after the change (chat at ${chat.t} ms)`);
   assertSameAsViewer(await waitForColour(page, '.rec-canvas', ORANGE, 'the player in the middle'), seen.orange, 'in the middle');
   // And it plays on from there, and pauses.

@@ -33,7 +33,7 @@ use x11rb::protocol::xproto::{
 use x11rb::wrapper::ConnectionExt as _;
 
 mod support;
-use support::files::{download, sha256_hex, upload};
+use support::files::{download, sha256_hex, upload, upload_from};
 use support::*;
 
 // ------------------------------------------------------------------ the tests
@@ -2022,6 +2022,85 @@ async fn in_a_support_code_session_the_person_at_the_machine_allows_or_refuses_e
     );
     assert!(got.is_empty());
     assert!(agent.child.try_wait().expect("try_wait").is_none());
+    let _ = agent.child.kill();
+    let _ = agent.wait_exit(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_by_the_agent_dying_resumes_after_it_reconnects() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let managed = relay.managed_config(&admin, 0o600).await;
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &managed.config]);
+    let first = relay.wait_session(&admin, "active").await;
+    let (conn, _) = relay.viewer(&admin, &first, &[Codec::RawZstd]).await;
+    let target = tempfile::tempdir().expect("target dir");
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..60_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect(),
+    );
+
+    // Start the upload; kill -9 the agent once some of it is on the machine.
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let running = {
+        let (data, acked, dir) = (
+            data.clone(),
+            acked.clone(),
+            target.path().display().to_string(),
+        );
+        let mut conn = conn;
+        tokio::spawn(async move {
+            let what = guruconnect_client::files::Upload {
+                directory: &dir,
+                name: "big.iso",
+                size: data.len() as u64,
+                overwrite: false,
+                resume: true,
+            };
+            let mut source = std::io::Cursor::new(&data[..]);
+            let _ = guruconnect_client::files::upload(&mut conn, 1, &what, &mut source, |n| {
+                acked.store(n, std::sync::atomic::Ordering::Relaxed);
+            })
+            .await;
+        })
+    };
+    wait_until("10 MB acknowledged", || {
+        acked.load(std::sync::atomic::Ordering::Relaxed) >= 10_000_000
+    })
+    .await;
+    let _ = agent.child.kill();
+    let _ = agent.wait_exit(WAIT).await;
+    running.abort();
+    assert!(!target.path().join("big.iso").exists());
+
+    // The agent comes back (a new session); the same upload goes on where it stopped.
+    let mut agent = AgentProcess::spawn(Some(&x.display), &["run", "--config", &managed.config]);
+    let deadline = Instant::now() + WAIT;
+    let second = loop {
+        let id = relay.wait_session(&admin, "active").await;
+        if id != first {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the agent did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (mut conn, _) = relay.viewer(&admin, &second, &[Codec::RawZstd]).await;
+    let (result, from) = upload_from(&mut conn, 2, target.path(), "big.iso", &data, true).await;
+    assert!(result.ok, "{result:?}\n{}", agent.stderr());
+    assert!(
+        from >= 10_000_000 && from < data.len() as u64,
+        "resumed at {from} of {}",
+        data.len()
+    );
+    assert_eq!(result.sha256, sha256_hex(&data));
+    assert!(std::fs::read(target.path().join("big.iso")).expect("landed") == *data);
+    let left: Vec<String> = std::fs::read_dir(target.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["big.iso"], "no partial file left");
     let _ = agent.child.kill();
     let _ = agent.wait_exit(WAIT).await;
 }

@@ -2,9 +2,10 @@
 //! upload sends chunks of at most [`MAX_VIEWER_FILE_CHUNK`] bytes and never runs more than
 //! [`FILE_WINDOW`] bytes ahead of the agent's acks; a download is acknowledged as it
 //! arrives. Both ends compute the SHA-256; a download whose bytes do not match the agent's
-//! hash is an error. Messages that are not about this transfer are skipped.
+//! hash is an error. Messages that are not about this transfer are skipped. An upload with
+//! `resume` continues a cut-off one of the same name from where the agent says it stopped.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use guruconnect_proto::{self as proto, FILE_WINDOW, FileResult, MAX_VIEWER_FILE_CHUNK, Payload};
@@ -59,35 +60,66 @@ async fn next_about(conn: &mut Connection, id: u32) -> Result<Payload, TransferE
     }
 }
 
-/// Uploads `size` bytes from `source` as `name` into `directory` on the machine, with
-/// `progress` told the bytes the agent acknowledged. Returns the agent's verdict.
-#[allow(clippy::too_many_arguments)]
+/// What to upload and how.
+#[derive(Debug, Clone)]
+pub struct Upload<'a> {
+    /// The machine's folder (absolute, existing).
+    pub directory: &'a str,
+    /// The file name there.
+    pub name: &'a str,
+    /// Bytes the source holds.
+    pub size: u64,
+    /// Replace an existing file of that name.
+    pub overwrite: bool,
+    /// Continue a cut-off upload of this name.
+    pub resume: bool,
+}
+
+/// Uploads `what.size` bytes from `source`, with `progress` told the bytes the agent
+/// acknowledged. Returns the agent's verdict and where the upload started (non-zero when
+/// it resumed a cut-off one).
 pub async fn upload(
     conn: &mut Connection,
     id: u32,
-    directory: &str,
-    name: &str,
-    size: u64,
-    source: &mut impl Read,
-    overwrite: bool,
+    what: &Upload<'_>,
+    source: &mut (impl Read + Seek),
     mut progress: impl FnMut(u64),
-) -> Result<FileResult, TransferError> {
+) -> Result<(FileResult, u64), TransferError> {
+    let size = what.size;
     conn.send(Payload::FileUpload(proto::FileUpload {
         transfer_id: id,
-        directory: directory.to_owned(),
-        name: name.to_owned(),
+        directory: what.directory.to_owned(),
+        name: what.name.to_owned(),
         size,
-        overwrite,
+        overwrite: what.overwrite,
+        resume: what.resume,
     }))
     .await?;
-    match next_about(conn, id).await? {
-        Payload::FileInfo(_) => {}
-        Payload::FileResult(r) => return Ok(r),
-        _ => {}
+    let offset = match next_about(conn, id).await? {
+        Payload::FileInfo(info) => info.offset,
+        Payload::FileResult(r) => return Ok((r, 0)),
+        _ => 0,
+    };
+    if offset > size {
+        return Err(TransferError::Io(std::io::Error::other(format!(
+            "the machine holds {offset} bytes of a {size}-byte file"
+        ))));
     }
     let mut hasher = Sha256::new();
+    // The hash covers the whole file: the part the machine already holds too.
+    source.seek(SeekFrom::Start(0))?;
+    let held = std::io::copy(
+        &mut source.by_ref().take(offset),
+        &mut HashWriter(&mut hasher),
+    )?;
+    if held != offset {
+        return Err(TransferError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the file is shorter than the {offset} bytes to resume from"),
+        )));
+    }
     let mut buf = vec![0u8; MAX_VIEWER_FILE_CHUNK];
-    let (mut sent, mut acked) = (0u64, 0u64);
+    let (mut sent, mut acked) = (offset, offset);
     while sent < size {
         while sent - acked >= FILE_WINDOW {
             match next_about(conn, id).await? {
@@ -95,7 +127,7 @@ pub async fn upload(
                     acked = a.received;
                     progress(acked);
                 }
-                Payload::FileResult(r) => return Ok(r),
+                Payload::FileResult(r) => return Ok((r, offset)),
                 _ => {}
             }
         }
@@ -127,11 +159,25 @@ pub async fn upload(
         match next_about(conn, id).await? {
             Payload::FileResult(r) => {
                 progress(r.bytes);
-                return Ok(r);
+                return Ok((r, offset));
             }
             Payload::FileAck(a) => progress(a.received),
             _ => {}
         }
+    }
+}
+
+/// Feeds what is written into a hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@ fn files_hello() -> Payload {
 
 fn upload(transfer_id: u32, size: u64) -> Payload {
     Payload::FileUpload(FileUpload {
+        resume: false,
         transfer_id,
         directory: "/tmp".into(),
         name: "report.pdf".into(),
@@ -87,6 +88,7 @@ async fn a_transfer_is_routed_to_its_viewer_only_and_cancelled_when_it_leaves() 
     agent
         .conn
         .send(Payload::FileInfo(FileInfo {
+            offset: 0,
             transfer_id: n,
             name: "report.pdf".into(),
             size: 10,
@@ -222,6 +224,7 @@ async fn transfers_are_refused_without_the_permission_in_support_sessions_and_ov
     agent
         .conn
         .send(Payload::FileInfo(FileInfo {
+            offset: 0,
             transfer_id: down.transfer_id,
             name: "big".into(),
             size: 5000,

@@ -179,17 +179,20 @@ async fn transfer(cli: &Cli, token: &str) -> anyhow::Result<()> {
             .context("the file to upload has no name")?
             .to_string_lossy()
             .into_owned();
-        files::upload(
-            &mut conn,
-            1,
-            to,
-            &name,
+        let what = files::Upload {
+            directory: to,
+            name: &name,
             size,
-            &mut file,
-            cli.overwrite,
-            &mut progress,
-        )
-        .await?
+            overwrite: cli.overwrite,
+            // A cut-off upload of this name goes on where it stopped (the hash at the end
+            // still covers the whole file).
+            resume: true,
+        };
+        let (result, from) = files::upload(&mut conn, 1, &what, &mut file, &mut progress).await?;
+        if from > 0 {
+            eprintln!("resumed a cut-off upload at {:.1} MB", from as f64 / 1e6);
+        }
+        result
     } else if let (Some(remote), Some(output)) = (&cli.download, &cli.output) {
         // Written beside the target and moved into place only when the hash matched.
         let partial = output.with_extension("part");

@@ -76,6 +76,8 @@ interface Transfer {
   overwrite?: boolean;
   pumping: boolean;
   doneSent: boolean;
+  /** Where a resumed upload started (the bytes the machine already held). */
+  resumedAt: number;
   block: Uint8Array | null;
   blockAt: number;
   // download
@@ -227,7 +229,9 @@ export class FileTransfers {
         t.started = performance.now();
         t.samples = [[t.started, 0]];
         this.paint(t, true);
-        if (t.up) void this.pump(t);
+        const offset = Number(m.offset ?? 0);
+        if (t.up && offset > 0) void this.resumeFrom(t, offset);
+        else if (t.up) void this.pump(t);
         return true;
       }
       case 'fileAck': {
@@ -362,7 +366,7 @@ export class FileTransfers {
     );
     const t: Transfer = {
       up, id: 0, name, size, sizeKnown, moved: 0, acked: 0, state: 'queued', accepted: false, cancelling: false, cancelTimer: 0,
-      started: 0, samples: [], hash: new Sha256(), digest: '', pumping: false, doneSent: false, block: null, blockAt: 0,
+      started: 0, samples: [], hash: new Sha256(), digest: '', pumping: false, doneSent: false, resumedAt: 0, block: null, blockAt: 0,
       folded: [], parts: [], partBytes: 0, row, nameEl, sizeEl, bar, fillEl, status, cancelBtn, lastPaint: 0, paintTimer: 0,
     };
     cancelBtn.addEventListener('click', () => this.cancel(t));
@@ -385,11 +389,39 @@ export class FileTransfers {
       t.started = performance.now();
       this.active.set(t.id, t);
       const sent = up
-        ? this.host.send({ fileUpload: { transferId: t.id, directory: t.directory, name: t.name, size: t.size, overwrite: t.overwrite } })
+        ? this.host.send({ fileUpload: { transferId: t.id, directory: t.directory, name: t.name, size: t.size, overwrite: t.overwrite, resume: true } })
         : this.host.send({ fileDownload: { transferId: t.id, path: t.path } });
       if (!sent) this.finish(t, 'failed', 'not connected to the machine');
       else this.paint(t, true);
     }
+  }
+
+  /**
+   * The machine holds the first `offset` bytes from an upload of this name that was cut
+   * off: hash them here too (the SHA-256 covers the whole file), then send the rest.
+   */
+  private async resumeFrom(t: Transfer, offset: number): Promise<void> {
+    if (offset > t.size) {
+      this.abort(t, `the machine holds ${offset} bytes of a ${t.size}-byte file`);
+      return;
+    }
+    try {
+      for (let at = 0; at < offset; at += READ_BLOCK) {
+        const buf = await (t.file as File).slice(at, Math.min(offset, at + READ_BLOCK)).arrayBuffer();
+        if (t.state !== 'running' || t.cancelling) return;
+        t.hash.update(new Uint8Array(buf));
+      }
+    } catch (e) {
+      this.abort(t, `could not read the file: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
+    t.moved = offset;
+    t.acked = offset;
+    t.resumedAt = offset;
+    t.started = performance.now();
+    t.samples = [[t.started, offset]];
+    this.paint(t, true);
+    void this.pump(t);
   }
 
   /** Sends upload chunks while the window allows; FileDone once every byte is out. */
@@ -459,7 +491,7 @@ export class FileTransfers {
       t.up ? 'Saved to ' : 'Downloaded ',
       h('span', { class: 'mono transfer-path', 'data-testid': 'transfer-path' }, path),
       h('br'),
-      h('span', { class: 'muted' }, 'SHA-256 ', h('span', { class: 'mono', 'data-testid': 'transfer-sha', title: t.digest }, t.digest.slice(0, 12)), ` · ${bytes(t.moved)} in ${(ms / 1000).toFixed(1)} s · `, h('span', { 'data-testid': 'transfer-speed' }, `${mbps(t.moved, ms).toFixed(1)} MB/s`)),
+      h('span', { class: 'muted' }, 'SHA-256 ', h('span', { class: 'mono', 'data-testid': 'transfer-sha', title: t.digest }, t.digest.slice(0, 12)), ` · ${bytes(t.moved)}${t.resumedAt ? ` (resumed at ${bytes(t.resumedAt)})` : ''} in ${(ms / 1000).toFixed(1)} s · `, h('span', { 'data-testid': 'transfer-speed' }, `${mbps(t.moved - t.resumedAt, ms).toFixed(1)} MB/s`)),
     ]);
   }
 

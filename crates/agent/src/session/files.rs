@@ -6,7 +6,11 @@
 //! and only then moved into place: without `overwrite` through a hard link, which fails if
 //! the name exists (no clobbering, even in a race), with it by a rename that replaces a
 //! regular file (a link or directory of that name is refused, so nothing outside the
-//! directory is ever written). Anything that fails or is cancelled removes the partial file.
+//! directory is ever written). Anything that fails or is cancelled removes the partial file;
+//! an upload cut off by a lost connection keeps it, and the next upload of that name with
+//! `resume` continues from its length (the SHA-256 at the end covers the whole file, so a
+//! partial of another file fails the check and is removed). While an upload runs its
+//! partial file is locked (Linux: `flock`), so two uploads of one name never mix.
 //!
 //! A download runs on a thread that reads the file in chunks, paced by the viewer's
 //! `FileAck`s (at most [`FILE_WINDOW`] bytes in flight) and by the session's bounded
@@ -135,12 +139,14 @@ impl Transfers {
         }
         match Self::open_upload(up) {
             Ok(upload) => {
-                tracing::info!(transfer = id, target = %upload.target.display(), size = up.size, "upload accepted");
+                tracing::info!(transfer = id, target = %upload.target.display(), size = up.size, resumed_at = upload.received, "upload accepted");
+                let offset = upload.received;
                 self.uploads.insert(id, upload);
                 Payload::FileInfo(proto::FileInfo {
                     transfer_id: id,
                     name: up.name.clone(),
                     size: up.size,
+                    offset,
                 })
             }
             Err(why) => failed(id, why),
@@ -158,27 +164,43 @@ impl Transfers {
         let target = dir.join(&up.name);
         Self::check_target(&target, up.overwrite)?;
         let partial = dir.join(format!(".{}.gcpart", up.name));
-        let file = std::fs::OpenOptions::new()
+        let mut hasher = Sha256::new();
+        let (file, received) = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&partial)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => format!(
-                    "{} exists (another transfer of this name is running, or one was cut \
-                     off: remove it)",
+        {
+            Ok(file) => (file, 0),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && up.resume => {
+                let (file, held) = reopen_partial(&partial, up.size)?;
+                (file, held)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(format!(
+                    "{} exists: an upload of this name is running, or one was cut off \
+                     (send it again with resume to continue it, or remove it)",
                     partial.display()
-                ),
-                _ => format!("cannot write in {}: {e}", dir.display()),
-            })?;
+                ));
+            }
+            Err(e) => return Err(format!("cannot write in {}: {e}", dir.display())),
+        };
+        lock_exclusive(&file)
+            .map_err(|_| format!("another upload of {} is running", target.display()))?;
+        if received > 0 {
+            // The hash covers the whole file: read back what is already there.
+            let mut held = (&file).take(received);
+            std::io::copy(&mut held, &mut HashWriter(&mut hasher))
+                .map_err(|e| format!("reading {} failed: {e}", partial.display()))?;
+        }
         Ok(Upload {
             file,
             partial,
             target,
             size: up.size,
-            received: 0,
-            acked: 0,
+            received,
+            acked: received,
             overwrite: up.overwrite,
-            hasher: Sha256::new(),
+            hasher,
         })
     }
 
@@ -352,6 +374,20 @@ impl Transfers {
     /// A viewer cancels; an upload's partial file is removed at once.
     pub fn cancel(&mut self, cancel: &proto::FileCancel) -> Option<Payload> {
         let id = cancel.transfer_id;
+        if cancel.cut_off
+            && let Some(up) = self.uploads.remove(&id)
+        {
+            // The viewer went away mid-upload: keep what arrived for a resume.
+            if up.received == 0 {
+                let _ = std::fs::remove_file(&up.partial);
+            }
+            tracing::info!(
+                transfer = id,
+                bytes = up.received,
+                "upload cut off; kept for a resume"
+            );
+            return None;
+        }
         if self.uploads.contains_key(&id) {
             self.abort_upload(id);
             tracing::info!(transfer = id, "upload cancelled by the technician");
@@ -370,14 +406,86 @@ impl Transfers {
 }
 
 impl Drop for Transfers {
+    /// The session is over (or the connection lost): uploads that got some bytes keep
+    /// their partial file for a resume; empty ones are removed.
     fn drop(&mut self) {
-        let ids: Vec<u32> = self.uploads.keys().copied().collect();
-        for id in ids {
-            self.abort_upload(id);
+        for (_, up) in self.uploads.drain() {
+            if up.received == 0 {
+                let _ = std::fs::remove_file(&up.partial);
+            } else {
+                tracing::info!(partial = %up.partial.display(), bytes = up.received, "upload cut off; kept for a resume");
+            }
         }
         for (_, tx) in self.downloads.drain() {
             let _ = tx.send(DownloadCmd::Cancel);
         }
+    }
+}
+
+/// Opens a cut-off upload's partial file to continue it (never through a link); returns it
+/// and the bytes it holds. One longer than `size` is not a prefix of this upload.
+fn reopen_partial(partial: &Path, size: u64) -> Result<(File, u64), String> {
+    let meta =
+        std::fs::symlink_metadata(partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(format!("{} is not a regular file", partial.display()));
+    }
+    let file = open_no_follow(partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let held = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", partial.display()))?
+        .len();
+    if held > size {
+        return Err(format!(
+            "{} holds more than this upload's {size} bytes: remove it",
+            partial.display()
+        ));
+    }
+    Ok((file, held))
+}
+
+/// Opens `path` to read and append, refusing a symbolic link.
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDWR | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+    }
+}
+
+/// Takes an exclusive lock on an upload's partial file, or fails at once if another
+/// upload holds it (Linux `flock`; elsewhere nothing is locked).
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
+}
+
+/// Feeds what is written into a hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -542,6 +650,7 @@ fn send_file(
             transfer_id: id,
             name,
             size,
+            offset: 0,
         }))
         .is_err()
     {
@@ -625,6 +734,7 @@ mod tests {
             name: name.into(),
             size,
             overwrite,
+            resume: false,
         }
     }
 
@@ -780,6 +890,7 @@ mod tests {
         let e = error_of(t.cancel(&proto::FileCancel {
             transfer_id: 1,
             reason: String::new(),
+            cut_off: false,
         }));
         assert!(e.contains("cancelled"), "{e}");
         assert!(
@@ -787,6 +898,103 @@ mod tests {
             "{:?}",
             leftovers(dir.path())
         );
+    }
+
+    fn chunk(offset: u64, data: &[u8]) -> proto::FileChunk {
+        proto::FileChunk {
+            transfer_id: 1,
+            offset,
+            data: data.to_vec(),
+        }
+    }
+
+    fn resuming(dir: &Path, name: &str, size: u64) -> proto::FileUpload {
+        proto::FileUpload {
+            resume: true,
+            ..upload(dir, name, size, false)
+        }
+    }
+
+    fn offset_of(p: Payload) -> u64 {
+        match p {
+            Payload::FileInfo(info) => info.offset,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_upload_cut_off_is_kept_and_resumed_from_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"0123456789abcdefghij".to_vec();
+        // Cut off twice: the viewer left (the relay says so), then the session ended.
+        let (tx, _rx) = mpsc::channel(16);
+        let mut t = Transfers::new(tx);
+        assert_eq!(offset_of(t.upload(&resuming(dir.path(), "r.bin", 20))), 0);
+        t.chunk(chunk(0, &data[..6]));
+        assert!(
+            t.cancel(&proto::FileCancel {
+                transfer_id: 1,
+                reason: "left".into(),
+                cut_off: true
+            })
+            .is_none()
+        );
+        assert_eq!(leftovers(dir.path()), [".r.bin.gcpart"]);
+        // Without resume the name is taken, with a clear way out.
+        let e = error_of(Some(t.upload(&upload(dir.path(), "r.bin", 20, false))));
+        assert!(e.contains("resume"), "{e}");
+        assert_eq!(offset_of(t.upload(&resuming(dir.path(), "r.bin", 20))), 6);
+        // A second upload of the same name cannot run beside it.
+        let (tx2, _rx2) = mpsc::channel(16);
+        let mut other = Transfers::new(tx2);
+        #[cfg(target_os = "linux")]
+        {
+            let e = error_of(Some(other.upload(&resuming(dir.path(), "r.bin", 20))));
+            assert!(e.contains("another upload"), "{e}");
+        }
+        t.chunk(chunk(6, &data[6..12]));
+        drop(t);
+        assert_eq!(leftovers(dir.path()), [".r.bin.gcpart"]);
+
+        let (tx, _rx) = mpsc::channel(16);
+        let mut t = Transfers::new(tx);
+        assert_eq!(offset_of(t.upload(&resuming(dir.path(), "r.bin", 20))), 12);
+        t.chunk(chunk(12, &data[12..]));
+        let done = t.done(&proto::FileDone {
+            transfer_id: 1,
+            sha256: sha(&data),
+        });
+        match done {
+            Some(Payload::FileResult(r)) => assert!(r.ok && r.sha256 == sha(&data), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.path().join("r.bin")).unwrap(), data);
+        assert_eq!(leftovers(dir.path()), ["r.bin"]);
+        drop(other);
+
+        // A partial of another file: the whole-file hash fails and nothing is placed.
+        std::fs::write(dir.path().join(".s.bin.gcpart"), b"XXXX").unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let mut t = Transfers::new(tx);
+        assert_eq!(offset_of(t.upload(&resuming(dir.path(), "s.bin", 8))), 4);
+        t.chunk(chunk(4, b"4567"));
+        let e = error_of(t.done(&proto::FileDone {
+            transfer_id: 1,
+            sha256: sha(b"01234567"),
+        }));
+        assert!(e.contains("SHA-256") || e.contains("hash"), "{e}");
+        assert!(!dir.path().join("s.bin").exists());
+        assert!(!dir.path().join(".s.bin.gcpart").exists());
+        // A partial longer than the upload is not its prefix; a link is never followed.
+        std::fs::write(dir.path().join(".t.bin.gcpart"), b"too long").unwrap();
+        let e = error_of(Some(t.upload(&resuming(dir.path(), "t.bin", 3))));
+        assert!(e.contains("more than"), "{e}");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc/passwd", dir.path().join(".u.bin.gcpart")).unwrap();
+            let e = error_of(Some(t.upload(&resuming(dir.path(), "u.bin", 30))));
+            assert!(e.contains("not a regular file"), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -15,9 +15,27 @@ pub async fn upload(
     name: &str,
     data: &[u8],
 ) -> FileResult {
+    upload_from(conn, id, directory, name, data, false).await.0
+}
+
+/// [`upload`], resuming a cut-off upload when `resume`; also returns where it started.
+pub async fn upload_from(
+    conn: &mut Connection,
+    id: u32,
+    directory: &Path,
+    name: &str,
+    data: &[u8],
+    resume: bool,
+) -> (FileResult, u64) {
     let dir = directory.display().to_string();
-    let size = data.len() as u64;
-    files::upload(conn, id, &dir, name, size, &mut &data[..], false, |_| {})
+    let what = files::Upload {
+        directory: &dir,
+        name,
+        size: data.len() as u64,
+        overwrite: false,
+        resume,
+    };
+    files::upload(conn, id, &what, &mut std::io::Cursor::new(data), |_| {})
         .await
         .expect("the upload ran to a verdict")
 }

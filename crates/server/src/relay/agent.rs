@@ -860,6 +860,7 @@ async fn handle(
                     session.try_send_to_agent(message(Payload::FileCancel(proto::FileCancel {
                         transfer_id: id,
                         reason: "larger than the server's limit".into(),
+                        cut_off: false,
                     })));
                 }
             } else {

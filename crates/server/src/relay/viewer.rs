@@ -269,6 +269,7 @@ async fn run(
         session.try_send_to_agent(message(Payload::FileCancel(proto::FileCancel {
             transfer_id: transfer,
             reason: "the technician left".into(),
+            cut_off: true,
         })));
     }
     let left = state.relay.leave(&session, &viewer_id);
