@@ -181,7 +181,9 @@ pub async fn serve_state(
         console_url(&state.config, addr)
     );
     let cancel = state.shutdown.clone();
-    let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    // Before any connection is served: recordings that started earlier are a previous run's.
+    let serving_since = state.clock.now_millis();
+    let housekeeping = tokio::spawn(housekeeping(state.clone(), serving_since));
     let limits = conn::ConnLimits {
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
         max_per_address: state.config.max_connections_per_address,
@@ -228,7 +230,8 @@ pub async fn prune_codes(state: &AppState) -> u64 {
 
 /// Periodic pruning: expired token records, finished support codes, idle rate-limit
 /// state and recordings past their retention.
-async fn housekeeping(state: AppState) {
+async fn housekeeping(state: AppState, serving_since: i64) {
+    recording::recover(&state, serving_since).await;
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tick.tick().await;

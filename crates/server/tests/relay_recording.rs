@@ -454,3 +454,83 @@ async fn a_full_disk_stops_the_recording_with_an_alert_and_the_session_goes_on()
     let index = read_index(std::fs::File::open(path).unwrap()).unwrap();
     assert!(!index.keyframes.is_empty());
 }
+
+#[tokio::test]
+async fn a_recording_left_open_by_a_crash_is_closed_as_failed_and_can_be_deleted() {
+    use guruconnect_server::recording::format::{
+        Header, RecordType, encode_header, encode_record_header,
+    };
+    use guruconnect_store::{DEFAULT_TENANT, Recording, RecordingStatus};
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    // What a crash leaves: a row still 'recording' and a file cut inside its last record.
+    let id = uuid::Uuid::new_v4().to_string();
+    let header = Header {
+        session_id: id.clone(),
+        agent_id: "crashed-agent".into(),
+        hostname: "crashed".into(),
+        kind: "managed".into(),
+        started_at: 1,
+    };
+    let mut file = encode_header(&header);
+    let frame = guruconnect_proto::Envelope::new(frame(1, true, 500)).to_bytes();
+    file.extend_from_slice(&encode_record_header(
+        RecordType::Keyframe,
+        0,
+        frame.len() as u32,
+    ));
+    file.extend_from_slice(&frame);
+    file.extend_from_slice(&encode_record_header(RecordType::Frame, 40, 1000));
+    file.extend_from_slice(&[0u8; 10]);
+    let path = guruconnect_server::recording::file_of(&server.state, &id).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &file).unwrap();
+    let row = Recording {
+        id: id.clone(),
+        tenant_id: DEFAULT_TENANT.into(),
+        session_id: id.clone(),
+        agent_id: "crashed-agent".into(),
+        hostname: "crashed".into(),
+        kind: "managed".into(),
+        status: RecordingStatus::Recording,
+        started_at: 1,
+        ended_at: None,
+        bytes: 0,
+        duration_ms: 0,
+        sha256: None,
+        error: None,
+    };
+    server.state.store.create_recording(&row).await.unwrap();
+
+    // One that started after the server began serving is live, not left over.
+    let live = Recording {
+        id: uuid::Uuid::new_v4().to_string(),
+        started_at: i64::MAX - 1,
+        ..row.clone()
+    };
+    server.state.store.create_recording(&live).await.unwrap();
+    guruconnect_server::recording::recover(&server.state, server.state.clock.now_millis()).await;
+    let open = server.state.store.open_recordings(10).await.unwrap();
+    assert_eq!(
+        open.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [live.id.as_str()]
+    );
+    let rec = get_json(&server, &admin, &format!("/api/recordings/{id}")).await;
+    assert_eq!(rec["status"], "failed", "{rec}");
+    assert_eq!(rec["error"], "the server stopped while recording");
+    assert_eq!(rec["sha256"], hex::encode(Sha256::digest(&file)).as_str());
+    assert_eq!(
+        rec["keyframes"].as_array().unwrap().len(),
+        1,
+        "plays up to the cut"
+    );
+    let resp = server
+        .client()
+        .delete(server.url(&format!("/api/recordings/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(!path.exists());
+}

@@ -135,6 +135,18 @@ impl Store {
         rows.iter().map(recording_from_row).collect()
     }
 
+    /// Recordings (any tenant) still marked `recording`, oldest first.
+    pub async fn open_recordings(&self, limit: i64) -> StoreResult<Vec<Recording>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORDING_COLS} FROM recordings WHERE status = 'recording' \
+             ORDER BY started_at LIMIT $1"
+        ))
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(recording_from_row).collect()
+    }
+
     /// Removes the tenant's recording row; `NotFound` if there was none.
     pub async fn delete_recording(&self, tenant_id: &str, id: &str) -> StoreResult<()> {
         let done = sqlx::query("DELETE FROM recordings WHERE id = $1 AND tenant_id = $2")

@@ -4124,6 +4124,12 @@ async fn case_recordings(store: Store) {
         Err(StoreError::NotFound)
     ));
 
+    let open = store.open_recordings(10).await.expect("query");
+    assert_eq!(
+        ids(open),
+        ["r1", "r2", "r3"],
+        "every tenant's, oldest first"
+    );
     // Only closed recordings expire; a finished one cannot be finished again.
     assert!(
         store
@@ -4141,6 +4147,10 @@ async fn case_recordings(store: Store) {
         error: None,
     };
     store.finish_recording("r1", &end).await.expect("finish");
+    assert_eq!(
+        ids(store.open_recordings(10).await.expect("query")),
+        ["r2", "r3"]
+    );
     assert!(matches!(
         store.finish_recording("r1", &end).await,
         Err(StoreError::NotFound)

@@ -8,7 +8,8 @@ pub mod format;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +33,9 @@ const POLICY_KEY: &str = "recording_policy";
 pub const KEYFRAME_EVERY: Duration = Duration::from_secs(4);
 /// Records queued for the writer; beyond this the recorder skips to the next keyframe.
 const QUEUE: usize = 512;
+/// Bytes queued for the writer at most (a slow disk must not hold frames in memory
+/// without bound); beyond this the recorder skips to the next keyframe too.
+const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// The writer's buffer.
 const WRITE_BUFFER: usize = 256 * 1024;
 /// How many expired recordings one sweep removes.
@@ -182,6 +186,8 @@ pub struct Recorder {
     tx: mpsc::Sender<Entry>,
     started: Instant,
     pacing: Mutex<Pacing>,
+    /// Bytes in the queue (the writer takes off what it wrote).
+    queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -214,10 +220,11 @@ impl Recorder {
         } else {
             RecordType::Frame
         };
-        match self
-            .tx
-            .try_send(Entry::Record(kind, self.t_ms(), bytes.clone()))
-        {
+        if self.queued.load(Ordering::Relaxed) + bytes.len() > QUEUE_BYTES {
+            pacing.awaiting_keyframe = true;
+            return true;
+        }
+        match self.try_queue(kind, bytes) {
             Ok(()) => {
                 pacing.awaiting_keyframe = false;
                 if keyframe {
@@ -246,9 +253,20 @@ impl Recorder {
     /// Queues any other record; one that does not fit is dropped (they are small and
     /// never needed to decode the picture).
     pub fn record(&self, kind: RecordType, bytes: &Bytes) {
-        let _ = self
-            .tx
-            .try_send(Entry::Record(kind, self.t_ms(), bytes.clone()));
+        if self.queued.load(Ordering::Relaxed) + bytes.len() <= QUEUE_BYTES {
+            let _ = self.try_queue(kind, bytes);
+        }
+    }
+
+    fn try_queue(
+        &self,
+        kind: RecordType,
+        bytes: &Bytes,
+    ) -> Result<(), mpsc::error::TrySendError<Entry>> {
+        self.tx
+            .try_send(Entry::Record(kind, self.t_ms(), bytes.clone()))?;
+        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Queues a JSON event.
@@ -280,6 +298,7 @@ pub async fn start_if_due(state: &AppState, session: &std::sync::Arc<LiveSession
         return;
     }
     let Some(path) = file_of(state, &session.id) else {
+        tracing::warn!(session_id = %session.id, "not recorded: the session id is not a UUID");
         return;
     };
     let header = Header {
@@ -324,6 +343,7 @@ pub async fn start_if_due(state: &AppState, session: &std::sync::Arc<LiveSession
         return;
     }
     let (tx, rx) = mpsc::channel(QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
     let recorder = Recorder {
         tx: tx.clone(),
         started: Instant::now(),
@@ -331,6 +351,7 @@ pub async fn start_if_due(state: &AppState, session: &std::sync::Arc<LiveSession
             awaiting_keyframe: true,
             last_keyframe: None,
         }),
+        queued: queued.clone(),
     };
     if !session.set_recorder(recorder) {
         return;
@@ -342,7 +363,7 @@ pub async fn start_if_due(state: &AppState, session: &std::sync::Arc<LiveSession
         .record_quietly(state)
         .await;
     let started = Instant::now();
-    let writer = tokio::task::spawn_blocking(move || write_all(file, &header_bytes, rx));
+    let writer = tokio::task::spawn_blocking(move || write_all(file, &header_bytes, rx, &queued));
     let (state, session) = (state.clone(), session.clone());
     tokio::spawn(async move {
         let mut writer = writer;
@@ -384,7 +405,12 @@ struct Written {
 }
 
 /// The writer thread: appends records until `End`, hashing what it writes.
-fn write_all(file: File, header: &[u8], mut rx: mpsc::Receiver<Entry>) -> Written {
+fn write_all(
+    file: File,
+    header: &[u8],
+    mut rx: mpsc::Receiver<Entry>,
+    queued: &AtomicUsize,
+) -> Written {
     let mut hasher = Sha256::new();
     hasher.update(header);
     let mut bytes = header.len() as u64;
@@ -398,6 +424,7 @@ fn write_all(file: File, header: &[u8], mut rx: mpsc::Receiver<Entry>) -> Writte
             hasher.update(head);
             hasher.update(&payload);
             bytes += head.len() as u64 + payload.len() as u64;
+            queued.fetch_sub(payload.len(), Ordering::Relaxed);
         }
         out.flush()?;
         out.get_ref().sync_all()
@@ -515,6 +542,54 @@ async fn failed_with(state: &AppState, session: &LiveSession, error: &str, detai
         json!({ "session_id": session.id, "agent_id": session.agent_id, "error": error }),
     )
     .await;
+}
+
+/// Closes recordings a previous run left open (started before `before`, when this server
+/// began serving; the server stopped or crashed while writing them): marked failed with the
+/// file's hash and length as they are on disk (it plays up to its last whole record), and
+/// audited. Sessions of a previous run are ended at start-up the same way (one server per
+/// database).
+pub async fn recover(state: &AppState, before: i64) {
+    let open = match state.store.open_recordings(1000).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot list recordings left open");
+            return;
+        }
+    };
+    for rec in open.into_iter().filter(|r| r.started_at < before) {
+        let Some(path) = file_of(state, &rec.id) else {
+            continue;
+        };
+        let hashed = tokio::task::spawn_blocking(move || {
+            let hashed = hash_file(&path).ok();
+            let _ = load_index(&path, true);
+            hashed
+        })
+        .await
+        .ok()
+        .flatten();
+        let error = "the server stopped while recording".to_owned();
+        let end = RecordingEnd {
+            status: RecordingStatus::Failed,
+            ended_at: state.clock.now_millis(),
+            bytes: hashed
+                .as_ref()
+                .map_or(0, |(b, _)| i64::try_from(*b).unwrap_or(i64::MAX)),
+            duration_ms: 0,
+            sha256: hashed.map(|(_, sha)| sha),
+            error: Some(error.clone()),
+        };
+        Audit::new("recording.failed")
+            .agent(&rec.agent_id)
+            .session(&rec.session_id)
+            .details(json!({ "error": error, "bytes": end.bytes, "sha256": end.sha256 }))
+            .record_quietly(state)
+            .await;
+        if let Err(e) = state.store.finish_recording(&rec.id, &end).await {
+            tracing::warn!(error = ?e, id = %rec.id, "cannot close a recording left open");
+        }
+    }
 }
 
 /// Removes closed recordings older than the policy's retention (file, then row), each
