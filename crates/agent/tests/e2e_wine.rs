@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guruconnect_agent::platform::ui::{
     ALLOW_BUTTON, CHAT_TITLE, DENY_BUTTON, END_BUTTON, INDICATOR_HEIGHT, INDICATOR_TITLE,
-    INDICATOR_WIDTH, REPLY_FIELD, center,
+    INDICATOR_WIDTH, REPLY_FIELD, TRANSFER_TITLE, center,
 };
 use guruconnect_agent::update::{EXIT_RESTART, Marker, Paths};
 use guruconnect_client::Connection;
@@ -511,6 +511,54 @@ async fn windows_chat_window_shows_the_message_and_the_typed_reply_reaches_the_v
         !agent.stderr().contains("Hello, I am looking"),
         "chat text must not be logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_customer_allows_or_refuses_each_file_transfer() {
+    let Some(wine) = WineDesktop::start() else {
+        return;
+    };
+    let relay = start_relay().await;
+    let admin = relay.admin().await;
+    let (agent, mut viewer, _) = allowed_session(&wine, &relay, &admin, |_| true).await;
+    let target = tempfile::tempdir().expect("target dir");
+    let dir = windows_path(target.path());
+    let data = b"shared with permission".to_vec();
+
+    for (button, allowed) in [(DENY_BUTTON, false), (ALLOW_BUTTON, true)] {
+        let display = wine.display().to_owned();
+        let click = std::thread::spawn(move || click_prompt(&display, TRANSFER_TITLE, button));
+        let what = guruconnect_client::files::Upload {
+            directory: &dir,
+            name: "notes.txt",
+            size: data.len() as u64,
+            overwrite: false,
+            resume: false,
+        };
+        let (result, _) = within(
+            "the customer's answer and the upload",
+            guruconnect_client::files::upload(
+                &mut viewer,
+                1 + u32::from(allowed),
+                &what,
+                &mut std::io::Cursor::new(&data),
+                |_| {},
+            ),
+        )
+        .await
+        .expect("the upload ran to a verdict");
+        click.join().expect("clicked");
+        assert_eq!(result.ok, allowed, "{result:?}\n{}", agent.stderr());
+        if allowed {
+            assert_eq!(
+                std::fs::read(target.path().join("notes.txt")).expect("landed"),
+                data
+            );
+        } else {
+            assert!(result.error.contains("did not allow"), "{result:?}");
+            assert_eq!(std::fs::read_dir(target.path()).expect("dir").count(), 0);
+        }
+    }
 }
 
 /// The visible windows titled `title` (no waiting; empty when there is none).

@@ -150,6 +150,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_transfer_prompt_names_the_direction_the_file_and_its_size() {
+        let up = transfer_lines(true, "report.pdf", Some(1_500_000));
+        assert!(up[0].contains("TO this computer"), "{up:?}");
+        assert_eq!(up[1], "report.pdf (1.5 MB)");
+        let down = transfer_lines(false, "/home/u/a.txt", None);
+        assert!(down[0].contains("FROM this computer"), "{down:?}");
+        assert_eq!(down[1], "/home/u/a.txt (size unknown)");
+        assert_eq!(human_size(999), "999 bytes");
+        assert_eq!(human_size(2_500_000_000), "2.5 GB");
+        assert_eq!(
+            transfer_lines(true, &"x".repeat(200), Some(1))[1].len(),
+            48 + " (1 bytes)".len()
+        );
+    }
+
+    #[test]
     fn the_indicator_lists_who_controls_and_who_watches_and_fits() {
         use super::super::Watcher;
         let w = |name: &str, control| Watcher {

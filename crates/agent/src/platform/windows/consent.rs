@@ -8,7 +8,8 @@
 //! window (Alt+F4), the timeout (`timeout_seconds`, else [`ui::CONSENT_TIMEOUT`]), `cancel`
 //! becoming true (polled every 100 ms), or failing to create the window all deny. The
 //! prompt runs its own message loop on the calling thread and destroys the window before
-//! it returns.
+//! it returns. The same window, titled [`ui::TRANSFER_TITLE`], asks about each file
+//! transfer in a support-code session (unverified on real Windows; tested under Wine).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,12 +111,31 @@ pub struct WindowsConsent;
 
 impl ConsentPrompt for WindowsConsent {
     fn ask(&self, request: &ConsentRequest, cancel: &AtomicBool) -> bool {
-        crate::platform::fail_closed(prompt(request, cancel))
+        crate::platform::fail_closed(prompt(
+            ui::CONSENT_TITLE,
+            &lines(request),
+            timeout(request),
+            cancel,
+        ))
+    }
+
+    fn asks_transfers(&self) -> bool {
+        true
+    }
+
+    fn ask_transfer(&self, lines: &[String], cancel: &AtomicBool) -> bool {
+        let lines: Vec<String> = lines.iter().map(|l| window::one_line(l, 200)).collect();
+        crate::platform::fail_closed(prompt(
+            ui::TRANSFER_TITLE,
+            &lines,
+            ui::TRANSFER_TIMEOUT,
+            cancel,
+        ))
     }
 }
 
 /// Creates the window and its controls; the caller destroys it.
-fn create(request: &ConsentRequest) -> PlatformResult<HWND> {
+fn create(title: &str, lines: &[String]) -> PlatformResult<HWND> {
     window::register_class(CLASS, Some(consent_proc))?;
     let (w, h) = (i32::from(ui::CONSENT_WIDTH), i32::from(ui::CONSENT_HEIGHT));
     let primary = super::capture::list_monitors()
@@ -129,13 +149,13 @@ fn create(request: &ConsentRequest) -> PlatformResult<HWND> {
     });
     let hwnd = window::create_popup(
         CLASS,
-        ui::CONSENT_TITLE,
+        title,
         WS_EX_TOPMOST,
         WS_POPUP | WS_CLIPCHILDREN,
         (x, y, w, h),
     )?;
     let build = || -> PlatformResult<()> {
-        for (i, line) in lines(request).iter().enumerate() {
+        for (i, line) in lines.iter().enumerate() {
             let top = 18 + 24 * i32::try_from(i).unwrap_or(0);
             window::create_child(
                 hwnd,
@@ -191,10 +211,15 @@ fn create(request: &ConsentRequest) -> PlatformResult<HWND> {
     Ok(hwnd)
 }
 
-fn prompt(request: &ConsentRequest, cancel: &AtomicBool) -> PlatformResult<bool> {
+fn prompt(
+    title: &str,
+    lines: &[String],
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> PlatformResult<bool> {
     let given: Cell<Option<bool>> = Cell::new(None);
-    let deadline = Instant::now() + timeout(request);
-    let hwnd = create(request)?;
+    let deadline = Instant::now() + timeout;
+    let hwnd = create(title, lines)?;
     // SAFETY: the window procedure records the answer in `given` through this pointer;
     // `given` outlives the window, which is destroyed before this function returns. The
     // timer is killed before that too.
@@ -305,8 +330,15 @@ mod tests {
     /// Clicks a button by sending it BM_CLICK from another thread once the window exists,
     /// and checks the window's geometry on the way.
     fn answer_with(id: usize) -> bool {
+        answer_prompt(ui::CONSENT_TITLE, id, || {
+            WindowsConsent.ask(&request(20), &AtomicBool::new(false))
+        })
+    }
+
+    /// Runs `ask` while another thread clicks button `id` of the window titled `title`.
+    fn answer_prompt(title: &'static str, id: usize, ask: impl FnOnce() -> bool) -> bool {
         let clicker = std::thread::spawn(move || {
-            let title = super::super::wide(ui::CONSENT_TITLE);
+            let title = super::super::wide(title);
             for _ in 0..100 {
                 // SAFETY: NUL-terminated title.
                 let hwnd = unsafe { FindWindowW(std::ptr::null(), title.as_ptr()) };
@@ -329,9 +361,9 @@ mod tests {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            panic!("the consent window never appeared");
+            panic!("the prompt window never appeared");
         });
-        let granted = WindowsConsent.ask(&request(20), &AtomicBool::new(false));
+        let granted = ask();
         let (window, client) = clicker.join().expect("clicker");
         assert_eq!(
             (window.right - window.left, window.bottom - window.top),
@@ -348,5 +380,18 @@ mod tests {
     fn allow_grants_and_deny_denies() {
         assert!(answer_with(ID_ALLOW));
         assert!(!answer_with(ID_DENY));
+    }
+
+    #[test]
+    fn each_transfer_is_asked_about_in_its_own_window() {
+        assert!(WindowsConsent.asks_transfers());
+        let lines = ui::transfer_lines(true, "report.pdf", Some(1_500_000));
+        let ask = |id| {
+            answer_prompt(ui::TRANSFER_TITLE, id, || {
+                WindowsConsent.ask_transfer(&lines, &AtomicBool::new(false))
+            })
+        };
+        assert!(ask(ID_ALLOW));
+        assert!(!ask(ID_DENY));
     }
 }
