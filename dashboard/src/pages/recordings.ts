@@ -50,13 +50,16 @@ function policyForm(signal: AbortSignal, onSaved: (p: RecordingPolicy) => void):
     h('option', { value: 'all' }, 'All sessions'),
     h('option', { value: 'sites' }, 'Sessions of chosen sites'),
   );
-  const retention = h('input', { id: 'policy-retention', type: 'number', min: '1', max: '3650', required: true, 'data-testid': 'policy-retention' });
+  // Disabled until the saved policy is shown: a choice made before would be overwritten
+  // by it, and a save would send the blank form.
+  const retention = h('input', { id: 'policy-retention', type: 'number', min: '1', max: '3650', required: true, disabled: true, 'data-testid': 'policy-retention' });
+  mode.disabled = true;
   const sitesBox = h('fieldset', { class: 'policy-sites', 'data-testid': 'policy-sites' });
-  const save = h('button', { class: 'btn btn-primary', type: 'submit', 'data-testid': 'policy-save' }, 'Save policy');
+  const save = h('button', { class: 'btn btn-primary', type: 'submit', disabled: true, 'data-testid': 'policy-save' }, 'Save policy');
   const formError = h('div', {});
   const form = h(
     'form',
-    { class: 'card', 'aria-label': 'Recording policy', 'data-testid': 'policy-form' },
+    { class: 'card', 'aria-label': 'Recording policy', 'aria-busy': 'true', 'data-state': 'loading', 'data-testid': 'policy-form' },
     h('h2', {}, 'Recording policy'),
     h(
       'div',
@@ -120,9 +123,16 @@ function policyForm(signal: AbortSignal, onSaved: (p: RecordingPolicy) => void):
       const [p, s] = await Promise.all([api.get<RecordingPolicy>('/api/settings/recording', undefined, signal), api.get<Site[]>('/api/sites', undefined, signal)]);
       sites = s;
       show(p);
+      mode.disabled = retention.disabled = save.disabled = false;
+      form.removeAttribute('aria-busy');
+      form.dataset.state = 'ready';
       return p;
     } catch (e) {
-      if (!signal.aborted) showError(formError, e);
+      if (!signal.aborted) {
+        form.removeAttribute('aria-busy');
+        form.dataset.state = 'error';
+        showError(formError, e);
+      }
       return null;
     }
   };
