@@ -173,7 +173,7 @@ async fn a_recorded_session_holds_what_was_relayed_and_its_hash_is_audited() {
         .iter()
         .map(|e| e["type"].as_str().unwrap())
         .collect();
-    for wanted in ["viewer_joined", "input", "chat"] {
+    for wanted in ["viewer_joined", "input", "chat", "session_ended"] {
         assert!(types.contains(&wanted), "{wanted} missing from {types:?}");
     }
     let chat_event = rec["events"]

@@ -370,6 +370,11 @@ pub async fn start_if_due(state: &AppState, session: &std::sync::Arc<LiveSession
         let outcome = tokio::select! {
             outcome = &mut writer => outcome,
             () = session.cancel.cancelled() => {
+                // The last record says why it ended (the viewers' own "left" come later).
+                if let Some(recorder) = session.recorder() {
+                    let reason = session.end_reason().map(|(_, reason)| reason);
+                    recorder.event(json!({ "type": "session_ended", "reason": reason }));
+                }
                 let _ = tx.send(Entry::End).await;
                 writer.await
             }
