@@ -108,10 +108,7 @@ pub async fn upload(
     let mut hasher = Sha256::new();
     // The hash covers the whole file: the part the machine already holds too.
     source.seek(SeekFrom::Start(0))?;
-    let held = std::io::copy(
-        &mut source.by_ref().take(offset),
-        &mut HashWriter(&mut hasher),
-    )?;
+    let held = std::io::copy(&mut source.by_ref().take(offset), &mut hasher)?;
     if held != offset {
         return Err(TransferError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -164,20 +161,6 @@ pub async fn upload(
             Payload::FileAck(a) => progress(a.received),
             _ => {}
         }
-    }
-}
-
-/// Feeds what is written into a hasher.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

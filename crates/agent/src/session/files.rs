@@ -189,7 +189,7 @@ impl Transfers {
         if received > 0 {
             // The hash covers the whole file: read back what is already there.
             let mut held = (&file).take(received);
-            std::io::copy(&mut held, &mut HashWriter(&mut hasher))
+            std::io::copy(&mut held, &mut hasher)
                 .map_err(|e| format!("reading {} failed: {e}", partial.display()))?;
         }
         Ok(Upload {
@@ -473,20 +473,6 @@ fn lock_exclusive(file: &File) -> std::io::Result<()> {
     #[cfg(not(target_os = "linux"))]
     let _ = file;
     Ok(())
-}
-
-/// Feeds what is written into a hasher.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// What a download reads: a file, or a folder's tar stream.
