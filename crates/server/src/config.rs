@@ -137,6 +137,26 @@ pub struct Config {
     /// Plain-HTTP connections allowed at once per source address (0: no cap); a
     /// WebSocket no longer counts once upgraded. Trusted proxies are exempt.
     pub max_connections_per_address: usize,
+    /// Several instances on one database (`[cluster]`); unset: a single server.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: instances that share one PostgreSQL database and a NATS server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `nats://host:4222`: the session bus and presence; unset: no cluster.
+    pub nats_url: Option<String>,
+    /// This instance's name on the bus (default: a random one per start). Letters,
+    /// digits, `-` and `_` only.
+    pub instance_id: Option<String>,
+}
+
+impl ClusterConfig {
+    /// Whether instances are clustered (a NATS URL is set).
+    pub fn enabled(&self) -> bool {
+        self.nats_url.as_deref().is_some_and(|u| !u.is_empty())
+    }
 }
 
 impl Default for Config {
@@ -181,6 +201,7 @@ impl Default for Config {
             require_totp_roles: Vec::new(),
             header_read_timeout_secs: 15,
             max_connections_per_address: 256,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -217,8 +238,10 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         // Variables meant for tests or other tools are not config keys; skip them.
+        // `GURUCONNECT_CLUSTER__NATS_URL` sets `cluster.nats_url`.
         let env = Env::prefixed("GURUCONNECT_")
-            .filter(|key| !key.as_str().starts_with("test_") && key.as_str() != "config");
+            .filter(|key| !key.as_str().starts_with("test_") && key.as_str() != "config")
+            .split("__");
         figment = figment.merge(env);
         let mut config: Config = figment
             .extract()
@@ -319,6 +342,24 @@ impl Config {
             && let Err(e) = guruconnect_release::parse_public_key(key)
         {
             return Err(ConfigError::Invalid(format!("release_public_key: {e}")));
+        }
+        if let Some(id) = &self.cluster.instance_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.instance_id {id:?}: use 1-64 letters, digits, '-' or '_'"
+            )));
+        }
+        if self.cluster.enabled() && self.database_url().is_none() {
+            return Err(ConfigError::Invalid(
+                "cluster.nats_url is set but database_url is not: the instances of a cluster \
+                 share one PostgreSQL database"
+                    .into(),
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
@@ -441,6 +482,12 @@ require_totp_roles = []
 # raised to the hard limit.
 header_read_timeout_secs = 15
 max_connections_per_address = 256
+
+# Several instances behind a load balancer (docs/cluster.md): all share database_url
+# (PostgreSQL) and signing_secret, and meet on one NATS server.
+# [cluster]
+# nats_url = "nats://127.0.0.1:4222"
+# instance_id = "gc-a"
 "#;
 
 #[cfg(test)]
