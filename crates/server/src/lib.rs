@@ -27,6 +27,7 @@ pub mod rate_limit;
 pub mod recording;
 pub mod relay;
 pub mod secrets;
+pub mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,8 +60,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
-    /// Live sessions of this instance.
-    pub relay: Arc<relay::registry::Registry>,
+    /// Live sessions: this instance's registry and the bus to the others.
+    pub sessions: Arc<sessions::Sessions>,
     /// Wall clock for expiries.
     pub clock: clock::Clock,
     /// Outbound HTTP (alert webhooks).
@@ -87,12 +88,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// Builds the application state: store, migrations, signing secret, first admin.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     config.validate()?;
+    let bus = sessions::bus::SessionBus::connect(&config).await?;
     let store = open_store(&config).await?;
     let secret = bootstrap::signing_secret(&config, &store).await?;
-    // Sessions of a previous run cannot be live any more.
-    let stale = store
-        .end_open_sessions("server restarted", auth::tokens::now_millis())
-        .await?;
+    // Sessions of a previous run cannot be live any more (in a cluster: only this
+    // instance's; the others end those of instances that died).
+    let now = auth::tokens::now_millis();
+    let stale = match bus.instance() {
+        None => store.end_open_sessions("server restarted", now).await?,
+        Some(instance) => {
+            store
+                .end_open_sessions_of_instance(instance, "server restarted", now)
+                .await?
+        }
+    };
     if stale > 0 {
         tracing::info!(
             sessions = stale,
@@ -114,7 +123,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         limits: Arc::new(RateLimits::new()),
         metrics: Arc::new(Metrics::new()),
         shutdown: CancellationToken::new(),
-        relay: Arc::new(relay::registry::Registry::default()),
+        sessions: Arc::new(sessions::Sessions::new(bus)),
         clock: clock::Clock::default(),
         http: reqwest::Client::new(),
     })
@@ -184,6 +193,9 @@ pub async fn serve_state(
     // Before any connection is served: recordings that started earlier are a previous run's.
     let serving_since = state.clock.now_millis();
     let housekeeping = tokio::spawn(housekeeping(state.clone(), serving_since));
+    if let Some(bus) = state.sessions.bus().nats() {
+        bus.start(state.clone()).await?;
+    }
     let limits = conn::ConnLimits {
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
         max_per_address: state.config.max_connections_per_address,
@@ -236,7 +248,7 @@ async fn housekeeping(state: AppState, serving_since: i64) {
     loop {
         tick.tick().await;
         state.limits.prune();
-        relay::agent::reap_offline_sessions(&state).await;
+        sessions::reap_offline(&state).await;
         if let Err(e) = state
             .store
             .prune_expired_tokens(auth::tokens::now_millis())

@@ -48,6 +48,10 @@ pub struct Metrics {
     /// Input events dropped by access mode or throttle.
     pub input_dropped: Counter,
     unknown_messages: Family<KindLabel, Counter>,
+    /// Messages from the session bus that did not decode (dropped).
+    pub bus_dropped: Counter,
+    /// Other server instances this one hears on the session bus.
+    pub cluster_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +80,18 @@ impl Metrics {
         );
         let sessions = Gauge::default();
         registry.register("sessions", "Live relay sessions", sessions.clone());
+        let bus_dropped = Counter::default();
+        registry.register(
+            "bus_dropped",
+            "Session-bus messages that did not decode and were dropped",
+            bus_dropped.clone(),
+        );
+        let cluster_peers = Gauge::default();
+        registry.register(
+            "cluster_peers",
+            "Other server instances heard on the session bus",
+            cluster_peers.clone(),
+        );
         let viewers = Gauge::default();
         registry.register("viewers", "Connected viewers", viewers.clone());
         let agents = Gauge::default();
@@ -123,6 +139,8 @@ impl Metrics {
             frames_dropped,
             input_dropped,
             unknown_messages,
+            bus_dropped,
+            cluster_peers,
         }
     }
 

@@ -548,7 +548,7 @@ async fn bulk_removal_isolates_bad_ids_and_audits_each_removal() {
     let offline = eventually(WAIT, || async {
         server
             .state
-            .relay
+            .sessions
             .get(&dropped_session)
             .is_some_and(|s| !s.is_agent_connected())
     })
@@ -644,8 +644,8 @@ async fn bulk_removal_isolates_bad_ids_and_audits_each_removal() {
     })
     .await;
     assert!(ended, "the removed machine's offline session is still open");
-    assert!(server.state.relay.get(&dropped_session).is_none());
-    assert!(server.state.relay.by_agent(&good2.agent_id).is_none());
+    assert!(server.state.sessions.get(&dropped_session).is_none());
+    assert!(server.state.sessions.by_agent(&good2.agent_id).is_none());
 
     // More than 500 ids (or none) is a validation error, and nothing is removed.
     let mut too_many: Vec<String> = (0..500).map(|_| uuid::Uuid::new_v4().to_string()).collect();
@@ -703,7 +703,7 @@ async fn removing_a_session_is_admin_only_ends_it_and_hides_it() {
         .expect("sessions");
     assert!(listed.iter().all(|s| s["id"] != agent.session_id.as_str()));
     let gone = eventually(WAIT, || async {
-        server.state.relay.get(&agent.session_id).is_none()
+        server.state.sessions.get(&agent.session_id).is_none()
     })
     .await;
     assert!(gone, "the removed session is still live");
@@ -721,7 +721,7 @@ async fn removing_a_session_is_admin_only_ends_it_and_hides_it() {
     let offline = eventually(WAIT, || async {
         server
             .state
-            .relay
+            .sessions
             .get(&offline_id)
             .is_some_and(|s| !s.is_agent_connected())
     })
@@ -731,7 +731,7 @@ async fn removing_a_session_is_admin_only_ends_it_and_hides_it() {
     let resp = send(&server, Method::DELETE, &path, &admin, None).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(
-        server.state.relay.get(&offline_id).is_none(),
+        server.state.sessions.get(&offline_id).is_none(),
         "a removed offline session is still in the relay"
     );
     let machine: Value = server
@@ -806,15 +806,15 @@ async fn offline_sessions_without_viewers_are_reaped_after_the_ttl_and_no_others
         let offline = eventually(WAIT, || async {
             server
                 .state
-                .relay
+                .sessions
                 .get(id)
                 .is_some_and(|s| !s.is_agent_connected())
         })
         .await;
         assert!(offline, "session {id} never went offline");
     }
-    let reap = || guruconnect_server::relay::agent::reap_offline_sessions(&server.state);
-    let live = |id: &str| server.state.relay.get(id).is_some();
+    let reap = || guruconnect_server::sessions::reap_offline(&server.state);
+    let live = |id: &str| server.state.sessions.get(id).is_some();
 
     // Not before the TTL.
     assert_eq!(reap().await, 0);
@@ -942,7 +942,7 @@ async fn a_keyed_agent_claiming_another_machines_uid_changes_nothing() {
     assert_eq!(
         server
             .state
-            .relay
+            .sessions
             .by_agent(&b.agent_id)
             .expect("B is live")
             .id,
@@ -982,11 +982,14 @@ async fn a_support_session_on_an_enrolled_machine_reuses_its_row_beside_its_mana
     assert!(server.events_of("alert.machine_collision").await.is_empty());
     // Neither session ends the other.
     sync(&mut managed.conn).await;
-    assert_eq!(server.state.relay.all_of_agent(&enrolled.agent_id).len(), 2);
+    assert_eq!(
+        server.state.sessions.all_of_agent(&enrolled.agent_id).len(),
+        2
+    );
     assert_eq!(
         server
             .state
-            .relay
+            .sessions
             .by_agent(&enrolled.agent_id)
             .expect("live")
             .id,

@@ -113,7 +113,7 @@ async fn websocket_protocol_violations_close_with_1002_or_1007() {
         let live = common::eventually(WAIT, || async {
             server
                 .state
-                .relay
+                .sessions
                 .by_agent(&key.agent_id)
                 .is_some_and(|s| s.is_agent_connected())
         })

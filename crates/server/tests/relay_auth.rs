@@ -46,7 +46,7 @@ async fn wait_gone(server: &TestServer, session_id: &str) -> bool {
     common::eventually(WAIT, || async {
         server
             .state
-            .relay
+            .sessions
             .get(session_id)
             .is_none_or(|s| !s.is_agent_connected())
     })
@@ -247,7 +247,7 @@ async fn viewer_plane_refuses_login_jwts_foreign_sessions_and_bad_tokens() {
 
     // Nothing happened: no viewer joined either session, neither agent heard of one.
     for agent in [&mut a, &mut b] {
-        let live = server.state.relay.get(&agent.session_id).unwrap();
+        let live = server.state.sessions.get(&agent.session_id).unwrap();
         assert_eq!(live.viewer_count(), 0);
         let (seen, close) = collect_for(&mut agent.conn, QUIET).await;
         assert!(close.is_none());
@@ -408,7 +408,7 @@ async fn a_key_for_machine_x_cannot_take_over_machine_y() {
         );
         let record = server.state.store.get_session(&x.session_id).await.unwrap();
         assert_eq!(record.agent_id, x_key.agent_id);
-        let live = server.state.relay.get(&x.session_id).unwrap();
+        let live = server.state.sessions.get(&x.session_id).unwrap();
         assert_eq!(live.agent_id, x_key.agent_id);
 
         let y_after = server.state.store.get_machine(target).await.unwrap();
@@ -437,11 +437,11 @@ async fn a_key_for_machine_x_cannot_take_over_machine_y() {
         assert!(wait_gone(&server, &x.session_id).await);
     }
     assert!(
-        server.state.relay.get(&y2_session).is_some(),
+        server.state.sessions.get(&y2_session).is_some(),
         "Y2's live session must not be ended by X's connections"
     );
     assert_eq!(
-        server.state.relay.by_agent(&y2_key.agent_id).unwrap().id,
+        server.state.sessions.by_agent(&y2_key.agent_id).unwrap().id,
         y2_session
     );
     // A viewer joining Y2's session reaches Y2's agent, not X.

@@ -265,7 +265,11 @@ async fn transfers_are_refused_without_the_permission_in_support_sessions_and_ov
         let asid = attended.session_id.clone();
         assert!(
             common::eventually(WAIT, || async {
-                server.state.relay.get(&asid).is_some_and(|s| s.is_active())
+                server
+                    .state
+                    .sessions
+                    .get(&asid)
+                    .is_some_and(|s| s.is_active())
             })
             .await
         );

@@ -59,6 +59,7 @@ fn agent_only_payloads() -> Vec<Payload> {
         Payload::StartStream(guruconnect_proto::StartStream::default()),
         Payload::ReleaseModifiers(guruconnect_proto::ReleaseModifiers {}),
         Payload::SessionEnd(guruconnect_proto::SessionEnd {
+            code: 0,
             reason: "forged".into(),
         }),
         Payload::CursorPosition(guruconnect_proto::CursorPosition::default()),
@@ -139,7 +140,7 @@ async fn view_only_input_and_agent_only_types_never_reach_the_agent() {
     // The session is untouched: still live, inventory not written by a viewer.
     let live = server
         .state
-        .relay
+        .sessions
         .get(&agent.session_id)
         .expect("still live");
     assert!(live.is_active());
@@ -318,7 +319,8 @@ async fn consent_denied_ends_the_session_and_burns_the_code() {
         "code after denial",
     );
     // Removal follows the agent task's clean-up, which may finish just after the close.
-    let gone = common::eventually(WAIT, || async { server.state.relay.get(&sid).is_none() }).await;
+    let gone =
+        common::eventually(WAIT, || async { server.state.sessions.get(&sid).is_none() }).await;
     assert!(gone, "the denied session is still in the registry");
     let ended = common::eventually(WAIT, || async {
         server
@@ -718,7 +720,7 @@ async fn a_controlling_technician_may_end_the_session_others_may_not() {
     // Not in the session, or only watching: refused, and the session goes on.
     assert_eq!(end(&other_tech).await.unwrap().status(), 403);
     assert_eq!(end(&watcher).await.unwrap().status(), 403);
-    assert!(server.state.relay.get(&sid).is_some());
+    assert!(server.state.sessions.get(&sid).is_some());
 
     // The end is audited before anyone is told: a console reading the audit log as soon
     // as its viewer shows "ended" finds the entry (the request's answer may come later).
@@ -855,7 +857,7 @@ async fn the_person_at_the_machine_ends_an_attended_session_for_everyone() {
     agent.conn.send(customer_end()).await.unwrap();
     sync(&mut agent.conn).await;
     assert!(
-        server.state.relay.get(&sid).is_some(),
+        server.state.sessions.get(&sid).is_some(),
         "ended before consent"
     );
     assert!(
@@ -895,7 +897,8 @@ async fn the_person_at_the_machine_ends_an_attended_session_for_everyone() {
     let events = server.events_of("session.ended_by_customer").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event.session_id.as_deref(), Some(sid.as_str()));
-    let gone = common::eventually(WAIT, || async { server.state.relay.get(&sid).is_none() }).await;
+    let gone =
+        common::eventually(WAIT, || async { server.state.sessions.get(&sid).is_none() }).await;
     assert!(gone, "the ended session is still in the registry");
 }
 
@@ -926,7 +929,7 @@ async fn the_person_at_a_managed_machine_ends_the_session_and_the_agent_reconnec
     // The machine keeps its key: it comes back as a new session with nobody watching.
     let again = agent_hello(&server, &key.key, hello("managed-host", "")).await;
     assert_ne!(again.session_id, sid);
-    let live = server.state.relay.get(&again.session_id).expect("live");
+    let live = server.state.sessions.get(&again.session_id).expect("live");
     assert!(live.is_active());
     assert_eq!(live.viewer_count(), 0);
 }
@@ -946,7 +949,7 @@ async fn a_new_connection_of_the_same_machine_supersedes_the_old_one() {
     let (seen, _, _) = expect_closed(&mut v, WAIT).await;
     assert!(seen.iter().any(|p| matches!(p, Payload::SessionEnd(_))));
     assert_eq!(
-        server.state.relay.by_agent(&key.agent_id).unwrap().id,
+        server.state.sessions.by_agent(&key.agent_id).unwrap().id,
         second.session_id
     );
     // A viewer for the old session is refused (not live), not attached to the new one.
@@ -990,7 +993,7 @@ async fn heartbeats_keep_quiet_peers_and_drop_dead_ones() {
     assert!(
         server
             .state
-            .relay
+            .sessions
             .get(&alive.session_id)
             .is_some_and(|s| s.is_agent_connected())
     );
@@ -998,7 +1001,7 @@ async fn heartbeats_keep_quiet_peers_and_drop_dead_ones() {
     assert!(
         server
             .state
-            .relay
+            .sessions
             .get(&dead_sid)
             .is_none_or(|s| !s.is_agent_connected()),
         "a peer that never answered pings is still connected after {watch:?}"

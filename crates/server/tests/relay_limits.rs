@@ -81,7 +81,7 @@ async fn agent_messages_over_4_mib_close_with_1009() {
     // The registry forgets the session once its agent task has finished its clean-up
     // (audit writes included), which may be just after the viewer's socket closed.
     let gone = common::eventually(WAIT, || async {
-        server.state.relay.get(&agent.session_id).is_none()
+        server.state.sessions.get(&agent.session_id).is_none()
     })
     .await;
     assert!(gone, "the ended session is still in the registry");
@@ -99,20 +99,20 @@ async fn oversized_headers_are_refused_with_1009_before_the_payload_arrives() {
     let mut raw = RawWs::connect(&server, "/ws/agent", Some(&key.key)).await;
     raw.send_partial(MAX_AGENT_MESSAGE + 1, 1024).await;
     assert_eq!(raw.read_close(WAIT).await, 1009, "agent, before hello");
-    assert!(server.state.relay.by_agent(&key.agent_id).is_none());
+    assert!(server.state.sessions.by_agent(&key.agent_id).is_none());
 
     // Agent, after its hello, in a watched session.
     let mut raw = RawWs::connect(&server, "/ws/agent", Some(&key.key)).await;
     raw.send_binary(&guruconnect_proto::Envelope::new(hello("raw", "")).to_bytes())
         .await;
     let live = common::eventually(WAIT, || async {
-        server.state.relay.by_agent(&key.agent_id).is_some()
+        server.state.sessions.by_agent(&key.agent_id).is_some()
     })
     .await;
     assert!(live);
     let sid = server
         .state
-        .relay
+        .sessions
         .by_agent(&key.agent_id)
         .unwrap()
         .id
@@ -308,7 +308,7 @@ async fn malformed_agent_messages_close_with_1007_and_are_audited() {
     conn.send(frame(1, true, 8)).await.unwrap();
     let (_, close_code, _) = expect_closed(&mut conn, WAIT).await;
     assert_eq!(close_code, 1008);
-    assert!(server.state.relay.by_agent(&key.agent_id).is_none());
+    assert!(server.state.sessions.by_agent(&key.agent_id).is_none());
 
     // A malformed viewer message closes that viewer with 1007, audited.
     let (mut agent, _) = managed_agent(&server, &admin).await;

@@ -448,7 +448,13 @@ async fn a_full_disk_stops_the_recording_with_an_alert_and_the_session_goes_on()
         frame_seq(p) == Some(17)
     })
     .await;
-    assert!(server.state.relay.get(&sid).is_some_and(|s| s.is_active()));
+    assert!(
+        server
+            .state
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.is_active())
+    );
     // What did get written still indexes (up to where the disk filled).
     let path = dir.join(format!("{sid}.gcrec"));
     let index = read_index(std::fs::File::open(path).unwrap()).unwrap();

@@ -244,7 +244,11 @@ async fn an_attended_session_opens_terminals_only_after_consent() {
     agent.conn.send(consent(true)).await.unwrap();
     assert!(
         common::eventually(WAIT, || async {
-            server.state.relay.get(&sid).is_some_and(|s| s.is_active())
+            server
+                .state
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.is_active())
         })
         .await
     );

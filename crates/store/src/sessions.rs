@@ -156,6 +156,72 @@ impl Store {
         Ok(res.rows_affected())
     }
 
+    /// Notes which cluster instance holds the live session.
+    pub async fn set_session_instance(&self, id: &str, instance: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET instance_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(instance)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The instances that hold sessions not ended yet.
+    pub async fn open_session_instances(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT instance_id FROM sessions \
+             WHERE status <> 'ended' AND instance_id IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("instance_id").map_err(Into::into))
+            .collect()
+    }
+
+    /// Ends the open sessions held by `instance` (it died or restarted); returns how many.
+    pub async fn end_open_sessions_of_instance(
+        &self,
+        instance: &str,
+        reason: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = 'ended', ended_at = $3, end_reason = $2 \
+             WHERE status <> 'ended' AND instance_id = $1",
+        )
+        .bind(instance)
+        .bind(reason)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Ends the open sessions of `agent_id` and `kind` other than `except` (a new
+    /// connection of the machine supersedes them, wherever they were); returns how many.
+    pub async fn end_other_open_sessions(
+        &self,
+        agent_id: &str,
+        kind: &str,
+        except: &str,
+        reason: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = 'ended', ended_at = $5, end_reason = $4 \
+             WHERE status <> 'ended' AND agent_id = $1 AND kind = $2 AND id <> $3",
+        )
+        .bind(agent_id)
+        .bind(kind)
+        .bind(except)
+        .bind(reason)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
     /// Soft-deletes a session; `NotFound` if missing or already deleted. `audit` is
     /// recorded in the same transaction.
     pub async fn soft_delete_session(

@@ -94,6 +94,7 @@ conformance!(
     case_sessions_audit_in_same_transaction,
     case_enroll_in_one_transaction,
     case_sessions,
+    case_sessions_of_instances,
     case_out_of_order_binding,
     case_errors_map,
     case_nul_byte_is_not_transient,
@@ -4191,4 +4192,87 @@ async fn case_recordings(store: Store) {
         store.get_recording(DEFAULT_TENANT, "r1").await,
         Err(StoreError::NotFound)
     ));
+}
+
+async fn case_sessions_of_instances(store: Store) {
+    for (id, agent, instance) in [
+        ("s-a1", "m-1", Some("gc-a")),
+        ("s-a2", "m-2", Some("gc-a")),
+        ("s-b1", "m-3", Some("gc-b")),
+        ("s-solo", "m-4", None),
+    ] {
+        store
+            .create_session(&session(id, agent, "active", 1_000), &ev("session.created"))
+            .await
+            .expect("create");
+        if let Some(instance) = instance {
+            store
+                .set_session_instance(id, instance)
+                .await
+                .expect("instance");
+        }
+    }
+    let mut held = store.open_session_instances().await.expect("instances");
+    held.sort();
+    assert_eq!(held, ["gc-a", "gc-b"]);
+    let ended = store
+        .end_open_sessions_of_instance("gc-a", "server instance lost", 2_000)
+        .await
+        .expect("end");
+    assert_eq!(ended, 2);
+    let a1 = store.get_session("s-a1").await.expect("get");
+    assert_eq!(a1.status, "ended");
+    assert_eq!(a1.end_reason.as_deref(), Some("server instance lost"));
+    assert_eq!(
+        store.get_session("s-b1").await.expect("get").status,
+        "active"
+    );
+    assert_eq!(
+        store.open_session_instances().await.expect("instances"),
+        ["gc-b"]
+    );
+    // Ending again changes nothing (several instances sweep the same dead one).
+    assert_eq!(
+        store
+            .end_open_sessions_of_instance("gc-a", "again", 3_000)
+            .await
+            .expect("end"),
+        0
+    );
+
+    // A machine's new session supersedes its other open ones of the same kind only.
+    store
+        .create_session(
+            &session("s-new", "m-3", "active", 4_000),
+            &ev("session.created"),
+        )
+        .await
+        .expect("create");
+    let mut attended = session("s-att", "m-3", "active", 4_000);
+    attended.kind = "attended".into();
+    store
+        .create_session(&attended, &ev("session.created"))
+        .await
+        .expect("create");
+    let superseded = store
+        .end_other_open_sessions("m-3", "managed", "s-new", "superseded", 5_000)
+        .await
+        .expect("supersede");
+    assert_eq!(superseded, 1);
+    assert_eq!(
+        store.get_session("s-b1").await.expect("get").status,
+        "ended"
+    );
+    assert_eq!(
+        store.get_session("s-new").await.expect("get").status,
+        "active"
+    );
+    assert_eq!(
+        store.get_session("s-att").await.expect("get").status,
+        "active"
+    );
+    assert_eq!(
+        store.get_session("s-solo").await.expect("get").status,
+        "active"
+    );
 }

@@ -260,6 +260,8 @@ async fn logout(
         .store
         .revoke_user_viewer_tokens(&auth.user.id, now)
         .await?;
+    // …and so do the viewers open with them, on every instance.
+    crate::sessions::kick_user(&state, &auth.user.id, "signed out").await;
     Audit::new("auth.logout")
         .user(&auth.user)
         .ip(ip)

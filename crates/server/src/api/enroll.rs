@@ -220,9 +220,7 @@ async fn enroll(
     };
     let key = enrollment.key;
     for old in &revoked {
-        state
-            .relay
-            .end_by_key(&old.id, "re-enrolled with a new key");
+        crate::sessions::end_by_key(&state, &old.id, "re-enrolled with a new key").await;
     }
     // Alerts follow the committed enrollment.
     match (outcome, &existing) {

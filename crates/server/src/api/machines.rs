@@ -55,7 +55,7 @@ pub struct MachineView {
 }
 
 fn view(state: &AppState, machine: Machine) -> MachineView {
-    let live = state.relay.by_agent(&machine.agent_id);
+    let live = state.sessions.by_agent(&machine.agent_id);
     MachineView {
         online: live.as_ref().is_some_and(|s| s.is_agent_connected()),
         session_id: live.map(|s| s.id.clone()),
@@ -87,7 +87,7 @@ async fn list(
         ));
     }
     let online_ids = state
-        .relay
+        .sessions
         .all()
         .into_iter()
         .filter(|s| s.is_agent_connected())
@@ -248,7 +248,7 @@ async fn revoke_key(
         other => other?,
     };
     // A live connection made with the key ends now.
-    let closed = state.relay.end_by_key(&key_id, "agent key revoked");
+    let closed = crate::sessions::end_by_key(&state, &key_id, "agent key revoked").await;
     tracing::info!(key_id, live_sessions_closed = closed, "agent key revoked");
     Ok(Json(key))
 }
@@ -423,24 +423,7 @@ async fn remove_one(
         .store
         .soft_delete_machine(agent_id, now, audit.event())
         .await?;
-    for live in state.relay.all_of_agent(agent_id) {
-        // An offline session has no agent task to end it: end it here.
-        if state
-            .relay
-            .end_offline(&live.id, crate::relay::close::POLICY, "machine removed")
-        {
-            state.metrics.sessions.dec();
-            if let Err(e) = state
-                .store
-                .end_session(&live.id, "machine removed", now, None)
-                .await
-            {
-                tracing::warn!(error = ?e, "could not record the end of a session");
-            }
-        } else {
-            live.end_with(crate::relay::close::POLICY, "machine removed");
-        }
-    }
+    crate::sessions::end_machine(state, agent_id, "machine removed").await;
     Ok(())
 }
 

@@ -43,7 +43,7 @@ use crate::audit::Audit;
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::middleware::ClientIp;
-use crate::relay::registry::message;
+use crate::sessions::registry::message;
 
 /// Why updates are off when no public key is configured.
 pub const UPDATES_DISABLED: &str = "updates are disabled: this server has no release public \
@@ -633,7 +633,7 @@ async fn push(
         ));
     }
     let Some(session) = state
-        .relay
+        .sessions
         .by_agent(agent_id)
         .filter(|s| s.is_agent_connected())
     else {

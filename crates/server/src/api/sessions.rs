@@ -14,7 +14,9 @@ use crate::auth::tokens::{AccessMode, Claims, ISSUER, Purpose, VIEWER_TTL_SECS, 
 use crate::auth::{AdminUser, AuthUser, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::ClientIp;
-use crate::relay::registry::SessionSnapshot;
+use crate::sessions::bus::EndReply;
+use crate::sessions::registry::EndCode;
+use crate::sessions::registry::SessionSnapshot;
 
 /// `/api/sessions*`.
 pub fn router() -> Router<AppState> {
@@ -67,7 +69,7 @@ async fn view(state: &AppState, record: SessionRecord) -> ApiResult<SessionView>
         Err(e) => return Err(e.into()),
     };
     Ok(SessionView {
-        live: state.relay.get(&record.id).map(|s| s.snapshot()),
+        live: state.sessions.get(&record.id).map(|s| s.snapshot()),
         record: masked(record),
         customer,
         machine,
@@ -144,18 +146,15 @@ async fn end(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let record = load(&state, &id).await?;
-    if let Some(live) = state.relay.get(&id) {
-        // An offline session has no agent task to take it out of the relay: do it here.
-        if state.relay.end_offline(
-            &id,
-            crate::relay::close::NORMAL,
-            "ended by an administrator",
-        ) {
-            state.metrics.sessions.dec();
-        } else {
-            live.end("ended by an administrator");
-        }
-    }
+    crate::sessions::end(
+        &state,
+        &id,
+        crate::relay::close::NORMAL,
+        EndCode::Ended,
+        "ended by an administrator",
+        None,
+    )
+    .await;
     let now = state.clock.now_millis();
     state
         .store
@@ -185,37 +184,63 @@ async fn end_live(
 ) -> ApiResult<StatusCode> {
     auth.require(Permission::Control)?;
     let record = load(&state, &id).await?;
-    let Some(live) = state.relay.get(&id) else {
-        return Err(ApiError::Conflict("the session is not live".into()));
-    };
     let admin = auth.role == crate::auth::Role::Admin;
-    if !admin && !live.has_controlling_viewer(&auth.user.id) {
-        return Err(ApiError::Forbidden(
-            "only a technician controlling this session (or an administrator) may end it",
-        ));
-    }
     let reason = format!("ended by {}", auth.user.username);
-    // Audited first: whoever sees the session end can already find who ended it.
-    Audit::new("session.ended_by_user")
+    let controller = (!admin).then_some(auth.user.id.as_str());
+    // Audited first: whoever sees the session end can already find who ended it. Only the
+    // holder knows whether the technician controls it, so a refusal is unaudited again.
+    let audit = Audit::new("session.ended_by_user")
         .user(&auth.user)
         .ip(ip)
         .agent(&record.agent_id)
-        .session(&id)
-        .record(&state)
-        .await?;
-    if state
-        .relay
-        .end_offline(&id, crate::relay::close::NORMAL, &reason)
-    {
-        state.metrics.sessions.dec();
-        state
-            .store
-            .end_session(&id, &reason, state.clock.now_millis(), None)
-            .await?;
-    } else {
-        live.end(&reason);
+        .session(&id);
+    let ended = match controller {
+        None => {
+            audit.record(&state).await?;
+            crate::sessions::end(
+                &state,
+                &id,
+                crate::relay::close::NORMAL,
+                EndCode::Ended,
+                &reason,
+                None,
+            )
+            .await
+        }
+        Some(user) => {
+            // A technician may end only a session they control: checked before the audit.
+            match crate::sessions::controls(&state, &id, user).await {
+                Some(true) => {
+                    audit.record(&state).await?;
+                    crate::sessions::end(
+                        &state,
+                        &id,
+                        crate::relay::close::NORMAL,
+                        EndCode::Ended,
+                        &reason,
+                        Some(user),
+                    )
+                    .await
+                }
+                Some(false) => EndReply::Forbidden,
+                None => EndReply::NotLive,
+            }
+        }
+    };
+    match ended {
+        EndReply::Ended => Ok(StatusCode::NO_CONTENT),
+        EndReply::EndedOffline => {
+            state
+                .store
+                .end_session(&id, &reason, state.clock.now_millis(), None)
+                .await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        EndReply::NotLive => Err(ApiError::Conflict("the session is not live".into())),
+        EndReply::Forbidden => Err(ApiError::Forbidden(
+            "only a technician controlling this session (or an administrator) may end it",
+        )),
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The minted token and where to use it.

@@ -184,6 +184,8 @@ async fn update(
             .store
             .revoke_user_tokens_except(&id, None, now)
             .await?;
+        crate::sessions::kick_user(&state, &id, "your account was changed by an administrator")
+            .await;
     }
     Ok(Json(UserView::from_user(&user)))
 }
@@ -205,5 +207,6 @@ async fn remove(
         .store
         .revoke_user_tokens_except(&id, None, now_millis())
         .await?;
+    crate::sessions::kick_user(&state, &id, "your account was removed").await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -23,7 +23,7 @@ use self::format::{Header, RecordType, encode_header, encode_record_header};
 use crate::AppState;
 use crate::audit::Audit;
 use crate::error::{ApiError, ApiResult};
-use crate::relay::registry::LiveSession;
+use crate::sessions::registry::LiveSession;
 
 /// The settings key that holds the policy.
 const POLICY_KEY: &str = "recording_policy";

@@ -26,7 +26,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::registry::{Channel, LiveSession, NewLive, Phase, SessionKind, close_message, message};
 use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
 use crate::api::codes::normalize_code;
@@ -36,6 +35,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::middleware::ClientIp;
 use crate::recording::format::RecordType;
 use crate::secrets::sha256_hex;
+use crate::sessions::registry::{
+    Channel, EndCode, LiveSession, NewLive, Phase, SessionKind, close_message, message,
+};
 
 /// Time an agent has to send its hello after the upgrade.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -419,21 +421,23 @@ async fn bind(
     if !codecs.contains(&(Codec::RawZstd as i32)) {
         codecs.push(Codec::RawZstd as i32);
     }
-    let super::registry::Registered {
-        session,
-        agent_rx,
-        superseded_offline,
-    } = state.relay.register(NewLive {
-        id: session_id.clone(),
-        agent_id: agent_id.clone(),
-        kind,
-        code: code.clone(),
-        key_id,
-        hostname: upsert.hostname.clone(),
-        codecs,
-        capabilities: hello.capabilities.clone(),
-        started_at: now,
-    });
+    let crate::sessions::registry::Registered {
+        session, agent_rx, ..
+    } = crate::sessions::open(
+        state,
+        NewLive {
+            id: session_id.clone(),
+            agent_id: agent_id.clone(),
+            kind,
+            code: code.clone(),
+            key_id,
+            hostname: upsert.hostname.clone(),
+            codecs,
+            capabilities: hello.capabilities.clone(),
+            started_at: now,
+        },
+    )
+    .await;
     if let AgentCredential::Code { code, .. } = credential {
         Audit::new("code.consumed")
             .agent(&agent_id)
@@ -441,18 +445,6 @@ async fn bind(
             .ip(ip)
             .details(json!({ "code_suffix": &code.code[code.code.len().saturating_sub(3)..] }))
             .record_quietly(state)
-            .await;
-    }
-    for old in superseded_offline {
-        state.metrics.sessions.dec();
-        let _ = state
-            .store
-            .end_session(
-                &old,
-                "superseded by a new connection of the same machine",
-                now,
-                None,
-            )
             .await;
     }
     if matches!(credential, AgentCredential::SharedKey) {
@@ -539,7 +531,6 @@ async fn run(state: AppState, mut socket: WebSocket, credential: AgentCredential
         }
     };
     state.metrics.agents.inc();
-    state.metrics.sessions.inc();
     tracing::info!(session_id = %session.id, agent_id = %session.agent_id, kind = session.kind.as_str(), "agent connected");
 
     let (ws_tx, ws_rx) = socket.split();
@@ -581,60 +572,23 @@ async fn run(state: AppState, mut socket: WebSocket, credential: AgentCredential
     if let (LoopEnd::Disconnected(why), SessionKind::Managed) = (outcome, session.kind) {
         // A managed machine that drops (reboot, network) keeps its session and viewers
         // until it reconnects (superseding this session) or the reaper removes it.
-        let now = state.clock.now_millis();
-        session.go_offline(now);
         connection.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-        state.metrics.agents.dec();
-        session.broadcast(
-            &super::viewer::state_message(&session, None, None),
-            false,
-            None,
-        );
-        let _ = state.store.set_session_status(&session.id, "offline").await;
-        let _ = state.store.touch_machine(&session.agent_id, now).await;
-        Audit::new("session.agent_offline")
-            .agent(&session.agent_id)
-            .session(&session.id)
-            .details(json!({ "reason": why }))
-            .record_quietly(&state)
-            .await;
-        tracing::info!(session_id = %session.id, reason = why, "managed agent went offline");
+        crate::sessions::agent_offline(&state, &session, why).await;
         return;
     }
-
     // The session is over: make sure everything watching it knows.
-    let (_, reason) = session
+    let reason = session
         .end_reason()
-        .unwrap_or((close::NORMAL, "agent disconnected".to_owned()));
-    session.end(&reason);
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| "agent disconnected".to_owned());
+    session.end(EndCode::AgentGone, &reason);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    state.relay.remove(&session.id);
-    state.metrics.agents.dec();
-    state.metrics.sessions.dec();
-    let reason = if let LoopEnd::Disconnected(why) = outcome {
-        why.to_owned()
-    } else {
-        reason
+    let why = match outcome {
+        LoopEnd::Disconnected(why) => Some(why),
+        LoopEnd::Ended => None,
     };
-    let now = state.clock.now_millis();
-    let audit = Audit::new("session.ended")
-        .agent(&session.agent_id)
-        .session(&session.id)
-        .details(json!({ "reason": reason }));
-    if let Err(e) = state
-        .store
-        .end_session(&session.id, &reason, now, Some(audit.event()))
-        .await
-    {
-        tracing::warn!(error = ?e, "could not record the end of a session");
-    }
-    if let Some(code) = &session.code {
-        // A code is good for one session, whatever the outcome.
-        let _ = state.store.end_code(code).await;
-    }
-    let _ = state.store.touch_machine(&session.agent_id, now).await;
-    tracing::info!(session_id = %session.id, reason = %reason, "agent session ended");
+    crate::sessions::close(&state, &session, why).await;
 }
 
 async fn release_unbound_code(state: &AppState, credential: &AgentCredential) {
@@ -670,8 +624,9 @@ async fn write_loop(
                     break;
                 }
                 let (code, reason) = session.end_reason().unwrap_or((close::NORMAL, "session ended".into()));
-                let end = message(Payload::SessionEnd(proto::SessionEnd { reason: reason.clone() }));
-                let _ = ws_tx.send(end).await;
+                if let Some(end) = session.end_message() {
+                    let _ = ws_tx.send(end).await;
+                }
                 let _ = ws_tx.send(close_message(code, &reason)).await;
                 break;
             }
@@ -715,10 +670,10 @@ async fn read_loop(
         };
         tokio::select! {
             () = session.cancel.cancelled() => return LoopEnd::Ended,
-            () = state.shutdown.cancelled() => { session.end_with(close::GOING_AWAY, "server shutting down"); return LoopEnd::Ended }
+            () = state.shutdown.cancelled() => { session.end_with(close::GOING_AWAY, EndCode::ServerGoingAway, "server shutting down"); return LoopEnd::Ended }
             () = consent_wait => {
                 Audit::new("consent.timeout").agent(&session.agent_id).session(&session.id).record_quietly(state).await;
-                session.end("consent timed out");
+                session.end(EndCode::Ended, "consent timed out");
                 return LoopEnd::Ended;
             }
             _ = heartbeat.tick() => {
@@ -741,7 +696,7 @@ async fn read_loop(
                         // A broken frame ends the session with its close code; a dropped
                         // connection only takes the agent offline.
                         if let Some((code, reason)) = read_error_close(&e) {
-                            session.end_with(code, reason);
+                            session.end_with(code, EndCode::Protocol, reason);
                             return LoopEnd::Ended;
                         }
                         return LoopEnd::Disconnected("agent disconnected");
@@ -750,7 +705,7 @@ async fn read_loop(
                 last_seen = Instant::now();
                 let Ok(envelope) = decode(&bytes) else {
                     Audit::new("relay.malformed_message").agent(&session.agent_id).session(&session.id).details(json!({ "plane": "agent" })).record_quietly(state).await;
-                    session.end_with(close::INVALID_PAYLOAD, "malformed message");
+                    session.end_with(close::INVALID_PAYLOAD, EndCode::Protocol, "malformed message");
                     return LoopEnd::Ended;
                 };
                 if handle(state, session, envelope, &bytes, &mut consent_deadline, &mut last_refresh).await.is_break() {
@@ -917,7 +872,7 @@ async fn handle(
                 if let Some(code) = &session.code {
                     let _ = state.store.deny_code(code).await;
                 }
-                session.end("consent denied");
+                session.end(EndCode::Ended, "consent denied");
                 return Break(());
             }
         }
@@ -940,7 +895,7 @@ async fn handle(
         }
         Payload::Pong(_) | Payload::AgentHello(_) => {}
         Payload::SessionEnd(_) => {
-            session.end("ended on the remote machine");
+            session.end(EndCode::Ended, "ended on the remote machine");
             return Break(());
         }
         // The person at the machine clicked "End session" in the indicator. Before consent
@@ -959,7 +914,7 @@ async fn handle(
                 )
                 .record_quietly(state)
                 .await;
-            session.end(ENDED_BY_CUSTOMER);
+            session.end(EndCode::Ended, ENDED_BY_CUSTOMER);
             return Break(());
         }
         Payload::UpdateStatus(status) => {
@@ -993,34 +948,6 @@ fn inventory_json(s: &proto::AgentStatus) -> serde_json::Value {
         "time_zone": s.time_zone,
         "uptime_seconds": s.uptime_seconds,
     })
-}
-
-/// Removes offline managed sessions with no viewers past `offline_session_ttl_secs`
-/// and records their end. Called periodically; tests call it directly.
-pub async fn reap_offline_sessions(state: &AppState) -> usize {
-    let now = state.clock.now_millis();
-    let ttl_ms = i64::try_from(state.config.offline_session_ttl_secs.saturating_mul(1000))
-        .unwrap_or(i64::MAX);
-    let reaped = state.relay.reap_offline(now, ttl_ms);
-    for session in &reaped {
-        state.metrics.sessions.dec();
-        let audit = Audit::new("session.reaped")
-            .agent(&session.agent_id)
-            .session(&session.id);
-        if let Err(e) = state
-            .store
-            .end_session(
-                &session.id,
-                "reaped: agent offline",
-                now,
-                Some(audit.event()),
-            )
-            .await
-        {
-            tracing::warn!(error = ?e, "could not record the end of a reaped session");
-        }
-    }
-    reaped.len()
 }
 
 /// Passes a terminal or file message from the agent to the viewer that opened the channel,

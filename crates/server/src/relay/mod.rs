@@ -1,8 +1,7 @@
 //! The WebSocket relay: `/ws/agent` and `/ws/viewer`, both authenticated before the
-//! upgrade, joined through the [`registry::Registry`].
+//! upgrade, joined through the sessions service ([`crate::sessions`]).
 
 pub mod agent;
-pub mod registry;
 pub mod throttle;
 pub mod viewer;
 

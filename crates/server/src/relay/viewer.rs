@@ -17,31 +17,33 @@ use axum::extract::ws::{
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use guruconnect_proto::{self as proto, Payload};
 use guruconnect_store::{TokenKind, User};
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::agent::record;
-use super::registry::{
-    Channel, LiveSession, Phase, SessionKind, ViewerQueues, close_message, message,
-};
 use super::throttle::TokenBucket;
 use super::{DEAD_PEER_AFTER, PING_INTERVAL, close, decode, read_error_close};
 use crate::AppState;
 use crate::audit::Audit;
 use crate::auth::roles::{Permission, Role};
-use crate::auth::tokens::{AccessMode, Claims, Purpose};
+use crate::auth::tokens::{AccessMode, Purpose};
 use crate::error::{ApiError, ApiResult};
 use crate::middleware::ClientIp;
 use crate::recording::format::RecordType;
+use crate::sessions::registry::{
+    Channel, LiveSession, Phase, SessionKind, ViewerQueues, close_message, message,
+};
+use crate::sessions::tunnel;
 
 /// A verified viewer token for one session.
 #[derive(Debug, Clone)]
 pub struct ViewerGrant {
-    /// Claims of the token.
-    pub claims: Claims,
+    /// The token's id (checked for revocation again by another instance that holds the
+    /// session).
+    pub token_jti: String,
     /// The user it was minted for.
     pub user: User,
     /// Access mode.
@@ -77,7 +79,7 @@ pub async fn authorize(state: &AppState, token: &str, session_id: &str) -> ApiRe
         Err(e) => return Err(e.into()),
     };
     Ok(ViewerGrant {
-        claims,
+        token_jti: claims.jti,
         user,
         access,
     })
@@ -116,7 +118,28 @@ pub async fn upgrade(
         Ok(grant) => grant,
         Err(e) => return e.into_response(),
     };
-    let Some(live) = state.relay.get(&session_id) else {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let ws = ws
+        .max_message_size(proto::MAX_VIEWER_MESSAGE)
+        .max_frame_size(proto::MAX_VIEWER_MESSAGE)
+        .read_buffer_size(8 * 1024);
+    let Some(live) = state.sessions.get(&session_id) else {
+        // Perhaps another instance of the cluster holds it: tunnel there.
+        if let Some(bus) = state.sessions.bus().nats().cloned() {
+            let target = tunnel::Target::Session(&session_id);
+            match tunnel::attach(&state, &bus, &grant, target, ip, video).await {
+                Ok(Some(attached)) => {
+                    return ws.on_upgrade(move |socket| {
+                        tunnel::pump(state, bus, socket, grant, attached, ip, video)
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return e.into_response(),
+            }
+        }
         return ApiError::NotFound("the session is not live (agent offline or session ended)")
             .into_response();
     };
@@ -128,14 +151,7 @@ pub async fn upgrade(
         Ok(_) => {}
         Err(e) => return ApiError::from(e).into_response(),
     }
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
-    };
-    ws.max_message_size(proto::MAX_VIEWER_MESSAGE)
-        .max_frame_size(proto::MAX_VIEWER_MESSAGE)
-        .read_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| run(state, socket, grant, session_id, ip, video))
+    ws.on_upgrade(move |socket| run(state, socket, grant, session_id, ip, video))
 }
 
 /// The `SessionState` message for a viewer (or, with no viewer, for all of them).
@@ -172,12 +188,11 @@ async fn run(
     video: bool,
 ) {
     let viewer_id = uuid::Uuid::new_v4().to_string();
-    let user = &grant.user;
-    let (session, queues) = match state.relay.join(
+    let (session, queues) = match state.sessions.join(
         &session_id,
         &viewer_id,
-        &user.id,
-        &user.username,
+        &grant.user.id,
+        &grant.user.username,
         grant.access,
         video,
     ) {
@@ -189,6 +204,27 @@ async fn run(
             return;
         }
     };
+    let (ws_tx, ws_rx) = socket.split();
+    serve(state, ws_tx, ws_rx, grant, session, queues, viewer_id, ip).await;
+}
+
+/// Runs a viewer that joined `session` over any socket (a WebSocket here, or a tunnel from
+/// another instance of the cluster) until it leaves.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<Tx, Rx>(
+    state: AppState,
+    ws_tx: Tx,
+    ws_rx: Rx,
+    grant: ViewerGrant,
+    session: Arc<LiveSession>,
+    queues: ViewerQueues,
+    viewer_id: String,
+    ip: IpAddr,
+) where
+    Tx: Sink<Message> + Unpin + Send + 'static,
+    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+{
+    let user = &grant.user;
     state.metrics.viewers.inc();
     let access_name = match grant.access {
         AccessMode::Control => "control",
@@ -233,7 +269,6 @@ async fn run(
         session.try_send_to_agent(message(Payload::RefreshRequest(proto::RefreshRequest {})));
     }
 
-    let (ws_tx, ws_rx) = socket.split();
     let writer = tokio::spawn(write_loop(
         state.clone(),
         ws_tx,
@@ -272,7 +307,7 @@ async fn run(
             cut_off: true,
         })));
     }
-    let left = state.relay.leave(&session, &viewer_id);
+    let left = state.sessions.leave(&session, &viewer_id);
     state.metrics.viewers.dec();
     if left == Some(AccessMode::Control) {
         // Keys the viewer held must not stay pressed on the remote machine.
@@ -298,9 +333,9 @@ async fn run(
         .await;
 }
 
-async fn write_loop(
+async fn write_loop<Tx: Sink<Message> + Unpin>(
     state: AppState,
-    mut ws_tx: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut ws_tx: Tx,
     mut frames: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     mut control: tokio::sync::mpsc::Receiver<Message>,
     cancel: tokio_util::sync::CancellationToken,
@@ -325,8 +360,9 @@ async fn write_loop(
                     if ws_tx.send(msg).await.is_err() || is_close { return }
                 }
                 let reason = session.end_reason().map_or_else(|| "disconnected".to_owned(), |(_, r)| r);
-                if session.cancel.is_cancelled() {
-                    let end = message(Payload::SessionEnd(proto::SessionEnd { reason: reason.clone() }));
+                if session.cancel.is_cancelled()
+                    && let Some(end) = session.end_message()
+                {
                     let _ = ws_tx.send(end).await;
                 }
                 let _ = ws_tx.send(close_message(close::NORMAL, &reason)).await;
@@ -359,9 +395,9 @@ struct ViewerCtx<'a> {
 
 /// Reads until the viewer leaves; returns a close code to send (if the relay closes it)
 /// and the reason.
-async fn read_loop(
+async fn read_loop<Rx: Stream<Item = Result<Message, axum::Error>> + Unpin>(
     ctx: &ViewerCtx<'_>,
-    mut ws_rx: futures_util::stream::SplitStream<WebSocket>,
+    mut ws_rx: Rx,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> (Option<u16>, String) {
     let mut bucket = TokenBucket::for_input();

@@ -403,7 +403,7 @@ pub async fn wait_viewers(server: &TestServer, session_id: &str, n: usize) {
     let ok = crate::common::eventually(WAIT, || async {
         server
             .state
-            .relay
+            .sessions
             .get(session_id)
             .is_some_and(|s| s.viewer_count() == n)
     })

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
+pub use guruconnect_proto::EndCode;
 use guruconnect_proto::{Codec, Envelope, Payload};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -26,7 +27,7 @@ pub const AGENT_QUEUE: usize = 256;
 pub const CHANNELS_PER_VIEWER: usize = 4;
 
 /// Attended (support code) or managed (per-agent key) session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     /// Started from a support code; needs consent.
@@ -159,6 +160,7 @@ struct Inner {
     hostname: String,
     end_reason: Option<String>,
     close_code: u16,
+    end_code: EndCode,
     offline_since: Option<i64>,
     /// The capabilities the agent announced (`terminal`, `files`).
     agent_capabilities: Vec<String>,
@@ -321,18 +323,20 @@ impl LiveSession {
     }
 
     /// Records why the session ends and cancels it (close code 1000).
-    pub fn end(&self, reason: &str) {
-        self.end_with(1000, reason);
+    pub fn end(&self, code: EndCode, reason: &str) {
+        self.end_with(1000, code, reason);
     }
 
-    /// Ends the session; the agent socket closes with `code`. The first reason wins.
-    pub fn end_with(&self, code: u16, reason: &str) {
+    /// Ends the session; the agent socket closes with `close`, viewers learn `code`. The
+    /// first reason wins.
+    pub fn end_with(&self, close: u16, code: EndCode, reason: &str) {
         {
             let mut inner = self.lock();
             inner.phase = Phase::Ended;
             if inner.end_reason.is_none() {
                 inner.end_reason = Some(reason.to_owned());
-                inner.close_code = code;
+                inner.close_code = close;
+                inner.end_code = code;
             }
         }
         self.cancel.cancel();
@@ -342,6 +346,18 @@ impl LiveSession {
     pub fn end_reason(&self) -> Option<(u16, String)> {
         let inner = self.lock();
         inner.end_reason.clone().map(|r| (inner.close_code, r))
+    }
+
+    /// The `SessionEnd` message for viewers and the agent, once the session ended.
+    pub fn end_message(&self) -> Option<Message> {
+        let inner = self.lock();
+        let reason = inner.end_reason.clone()?;
+        Some(message(Payload::SessionEnd(
+            guruconnect_proto::SessionEnd {
+                reason,
+                code: inner.end_code as i32,
+            },
+        )))
     }
 
     /// Queues a message to the agent without waiting; false if the queue is full.
@@ -580,10 +596,17 @@ impl LiveSession {
         ids
     }
 
-    /// Disconnects every viewer of `user_id` (e.g. after the user was removed).
-    pub fn kick_user(&self, user_id: &str) {
+    /// Disconnects every viewer of `user_id` (signed out, removed), telling it why.
+    pub fn kick_user(&self, user_id: &str, reason: &str) {
         for slot in self.lock().viewers.values() {
             if slot.user_id == user_id {
+                let _ = slot.control.try_send(message(Payload::SessionEnd(
+                    guruconnect_proto::SessionEnd {
+                        reason: reason.to_owned(),
+                        code: EndCode::Revoked as i32,
+                    },
+                )));
+                let _ = slot.control.try_send(close_message(1008, reason));
                 slot.cancel.cancel();
             }
         }
@@ -595,6 +618,16 @@ impl LiveSession {
 pub enum JoinError {
     /// No live session with that id (agent offline or session over).
     NotLive,
+}
+
+/// Kicks `user_id`'s viewers from every session (see [`LiveSession::kick_user`]).
+impl Registry {
+    /// Disconnects `user_id`'s viewers in every session held here.
+    pub fn kick_user(&self, user_id: &str, reason: &str) {
+        for session in self.all() {
+            session.kick_user(user_id, reason);
+        }
+    }
 }
 
 /// All live sessions of this instance.
@@ -668,6 +701,7 @@ impl Registry {
                 hostname: new.hostname,
                 end_reason: None,
                 close_code: 1000,
+                end_code: EndCode::Unspecified,
                 offline_since: None,
                 agent_capabilities: new.capabilities,
                 terminals: Routes::default(),
@@ -692,7 +726,10 @@ impl Registry {
             if old.phase() == Phase::AgentOffline {
                 superseded_offline.push(old.id.clone());
             }
-            old.end("superseded by a new connection of the same machine");
+            old.end(
+                EndCode::AgentGone,
+                "superseded by a new connection of the same machine",
+            );
         }
         Registered {
             session,
@@ -716,6 +753,7 @@ impl Registry {
             if stale {
                 inner.phase = Phase::Ended;
                 inner.end_reason = Some("reaped: agent offline".to_owned());
+                inner.end_code = EndCode::AgentGone;
                 reaped.push(session.clone());
             }
             !stale
@@ -730,7 +768,7 @@ impl Registry {
     /// Ends and removes a session whose agent is offline, which has no agent task left to
     /// clean up after it; the caller records the end. Checked and done under the locks,
     /// like [`Registry::reap_offline`]. False (nothing done) if it is not offline.
-    pub fn end_offline(&self, session_id: &str, code: u16, reason: &str) -> bool {
+    pub fn end_offline(&self, session_id: &str, code: u16, end: EndCode, reason: &str) -> bool {
         let mut map = self.lock();
         let Some(session) = map.get(session_id).cloned() else {
             return false;
@@ -743,6 +781,7 @@ impl Registry {
             inner.phase = Phase::Ended;
             inner.end_reason = Some(reason.to_owned());
             inner.close_code = code;
+            inner.end_code = end;
         }
         map.remove(session_id);
         drop(map);
@@ -761,7 +800,7 @@ impl Registry {
             map.remove(session_id);
         } else if let Some(s) = map.remove(session_id) {
             drop(map);
-            s.end("agent disconnected");
+            s.end(EndCode::AgentGone, "agent disconnected");
         }
     }
 
@@ -810,7 +849,7 @@ impl Registry {
             .cloned()
             .collect();
         for s in &hits {
-            s.end_with(1008, reason);
+            s.end_with(1008, EndCode::Revoked, reason);
         }
         hits.len()
     }
