@@ -150,6 +150,9 @@ pub struct ClusterConfig {
     /// This instance's name on the bus (default: a random one per start). Letters,
     /// digits, `-` and `_` only.
     pub instance_id: Option<String>,
+    /// The cluster's name: the prefix of its NATS subjects, so that two clusters (say
+    /// staging and production) can share one NATS server. Same on every instance.
+    pub name: Option<String>,
 }
 
 impl ClusterConfig {
@@ -343,16 +346,21 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("release_public_key: {e}")));
         }
-        if let Some(id) = &self.cluster.instance_id
-            && (id.is_empty()
-                || id.len() > 64
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "cluster.instance_id {id:?}: use 1-64 letters, digits, '-' or '_'"
-            )));
+        for (key, value) in [
+            ("cluster.instance_id", &self.cluster.instance_id),
+            ("cluster.name", &self.cluster.name),
+        ] {
+            if let Some(id) = value
+                && (id.is_empty()
+                    || id.len() > 64
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} {id:?}: use 1-64 letters, digits, '-' or '_'"
+                )));
+            }
         }
         if self.cluster.enabled() && self.database_url().is_none() {
             return Err(ConfigError::Invalid(
@@ -488,6 +496,7 @@ max_connections_per_address = 256
 # [cluster]
 # nats_url = "nats://127.0.0.1:4222"
 # instance_id = "gc-a"
+# name = "guruconnect"    # prefix of the NATS subjects; the same on every instance
 "#;
 
 #[cfg(test)]

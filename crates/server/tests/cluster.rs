@@ -37,7 +37,7 @@ struct Instance {
 }
 
 impl Instance {
-    fn spawn(name: &str, db: &str, admin_password: &str) -> Instance {
+    fn spawn(cluster: &str, name: &str, db: &str, admin_password: &str) -> Instance {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -55,6 +55,7 @@ impl Instance {
             .env("GURUCONNECT_ADMIN_PASSWORD", admin_password)
             .env("GURUCONNECT_CLUSTER__NATS_URL", NATS)
             .env("GURUCONNECT_CLUSTER__INSTANCE_ID", name)
+            .env("GURUCONNECT_CLUSTER__NAME", cluster)
             .env("GURUCONNECT_OFFLINE_SESSION_TTL_SECS", "60")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -168,6 +169,8 @@ struct Cluster {
     b: Instance,
     c: Instance,
     admin_password: String,
+    /// Its subject prefix.
+    name: String,
 }
 
 async fn nats_up() -> bool {
@@ -190,10 +193,12 @@ async fn cluster() -> Option<Cluster> {
         return None;
     }
     let admin_password = common::random_secret("adm");
-    let mut a = Instance::spawn("gc-a", &db, &admin_password);
+    // Its own subjects: tests run side by side on one NATS server.
+    let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut a = Instance::spawn(&name, "gc-a", &db, &admin_password);
     a.wait_ready().await;
-    let mut b = Instance::spawn("gc-b", &db, &admin_password);
-    let mut c = Instance::spawn("gc-c", &db, &admin_password);
+    let mut b = Instance::spawn(&name, "gc-b", &db, &admin_password);
+    let mut c = Instance::spawn(&name, "gc-c", &db, &admin_password);
     b.wait_ready().await;
     c.wait_ready().await;
     // Every instance hears the other two before the test starts.
@@ -209,6 +214,7 @@ async fn cluster() -> Option<Cluster> {
         b,
         c,
         admin_password,
+        name,
     })
 }
 

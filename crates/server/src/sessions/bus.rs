@@ -11,8 +11,9 @@
 //!   (superseding its old one) take effect on every instance at once;
 //! - requests to a session (`join`, `end`) answered by the instance that holds it.
 //!
-//! Subjects: `gc.presence`, `gc.ctl`, `gc.sess.<session>.<verb>`, `gc.mach.<machine>.join`,
-//! `gc.tun.<viewer>.{up,down}`. Everything is JSON except tunnel traffic; a message that
+//! Subjects, under the cluster's name (`cluster.name`, default `guruconnect`): `.presence`,
+//! `.ctl`, `.sess.<session>.<verb>`, `.mach.<machine>.join`, `.tun.<viewer>.{up,down}`.
+//! Everything is JSON except tunnel traffic; a message that
 //! does not decode is dropped and counted (`guruconnect_bus_dropped`).
 
 use std::collections::HashMap;
@@ -37,8 +38,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const PEER_DEAD_AFTER: Duration = Duration::from_secs(7);
 /// How long a request to another instance may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-const PRESENCE: &str = "gc.presence";
-const CONTROL: &str = "gc.ctl";
+/// Subject prefix when `cluster.name` is unset.
+pub const DEFAULT_CLUSTER_NAME: &str = "guruconnect";
 
 /// The bus of this instance.
 #[derive(Debug, Clone)]
@@ -167,27 +168,11 @@ pub enum EndReply {
 pub struct NatsBus {
     client: async_nats::Client,
     instance: String,
+    /// Subject prefix (the cluster's name).
+    prefix: String,
     /// Last heartbeat heard from each instance (this one included).
     peers: Mutex<HashMap<String, Instant>>,
     started: Instant,
-}
-
-/// Subject of a request to a session.
-pub fn session_subject(session_id: &str, verb: &str) -> Option<String> {
-    token_ok(session_id).then(|| format!("gc.sess.{session_id}.{verb}"))
-}
-
-/// Subject on which the holder of a machine's managed session answers joins.
-pub fn machine_subject(agent_id: &str) -> Option<String> {
-    token_ok(agent_id).then(|| format!("gc.mach.{agent_id}.join"))
-}
-
-/// Tunnel subjects of a viewer: (viewer → holder, holder → viewer).
-pub fn tunnel_subjects(viewer_id: &str) -> (String, String) {
-    (
-        format!("gc.tun.{viewer_id}.up"),
-        format!("gc.tun.{viewer_id}.down"),
-    )
 }
 
 /// Whether `s` can be one subject token (ids are UUIDs; anything else is refused).
@@ -250,6 +235,11 @@ impl SessionBus {
         Ok(SessionBus::Nats(Arc::new(NatsBus {
             client,
             instance,
+            prefix: config
+                .cluster
+                .name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_owned()),
             peers: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })))
@@ -278,7 +268,11 @@ impl SessionBus {
                 from: bus.instance.clone(),
                 control,
             };
-            if let Err(e) = bus.client.publish(CONTROL, encode(&envelope)).await {
+            if let Err(e) = bus
+                .client
+                .publish(bus.control_subject(), encode(&envelope))
+                .await
+            {
                 tracing::warn!(error = %e, "session bus: could not broadcast");
             }
         }
@@ -286,6 +280,39 @@ impl SessionBus {
 }
 
 impl NatsBus {
+    fn control_subject(&self) -> String {
+        format!("{}.ctl", self.prefix)
+    }
+
+    fn presence_subject(&self) -> String {
+        format!("{}.presence", self.prefix)
+    }
+
+    /// Subject of a request to a session.
+    pub fn session_subject(&self, session_id: &str, verb: &str) -> Option<String> {
+        token_ok(session_id).then(|| format!("{}.sess.{session_id}.{verb}", self.prefix))
+    }
+
+    /// Subject on which the holder of a machine's managed session answers joins.
+    pub fn machine_subject(&self, agent_id: &str) -> Option<String> {
+        token_ok(agent_id).then(|| format!("{}.mach.{agent_id}.join", self.prefix))
+    }
+
+    /// Whether a request arrived on a machine's subject (not a session's).
+    pub fn is_machine_subject(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(".mach."))
+    }
+
+    /// Tunnel subjects of a viewer: (viewer → holder, holder → viewer).
+    pub fn tunnel_subjects(&self, viewer_id: &str) -> (String, String) {
+        (
+            format!("{}.tun.{viewer_id}.up", self.prefix),
+            format!("{}.tun.{viewer_id}.down", self.prefix),
+        )
+    }
+
     /// This instance's name.
     pub fn instance(&self) -> &str {
         &self.instance
@@ -347,8 +374,8 @@ impl NatsBus {
 
     /// Starts the heartbeat, the presence watch and the control listener.
     pub async fn start(self: &Arc<Self>, state: AppState) -> anyhow::Result<()> {
-        let mut presence = self.client.subscribe(PRESENCE).await?;
-        let mut control = self.client.subscribe(CONTROL).await?;
+        let mut presence = self.client.subscribe(self.presence_subject()).await?;
+        let mut control = self.client.subscribe(self.control_subject()).await?;
         let bus = self.clone();
         let shutdown = state.shutdown.clone();
         tokio::spawn(async move {
@@ -357,7 +384,7 @@ impl NatsBus {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = beat.tick() => {
-                        let _ = bus.client.publish(PRESENCE, Bytes::from(bus.instance.clone())).await;
+                        let _ = bus.client.publish(bus.presence_subject(), Bytes::from(bus.instance.clone())).await;
                         bus.sweep(&state).await;
                     }
                     msg = presence.next() => match msg {

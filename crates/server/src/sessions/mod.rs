@@ -146,14 +146,14 @@ pub async fn open(state: &AppState, new: NewLive) -> Registered {
 fn spawn_responder(state: AppState, bus: Arc<bus::NatsBus>, session: Arc<LiveSession>) {
     tokio::spawn(async move {
         let client = bus.client().clone();
-        let Some(sess_subject) = bus::session_subject(&session.id, "*") else {
+        let Some(sess_subject) = bus.session_subject(&session.id, "*") else {
             return;
         };
         let Ok(mut by_session) = client.subscribe(sess_subject).await else {
             tracing::warn!(session_id = %session.id, "session bus: cannot answer for this session");
             return;
         };
-        let mut by_machine = match (session.kind, bus::machine_subject(&session.agent_id)) {
+        let mut by_machine = match (session.kind, bus.machine_subject(&session.agent_id)) {
             (SessionKind::Managed, Some(subject)) => client.subscribe(subject).await.ok(),
             _ => None,
         };
@@ -202,7 +202,7 @@ async fn answer_join(
         return;
     };
     // A machine's offline session is no place to follow it to: wait for its next one.
-    if msg.subject.starts_with("gc.mach.") && !session.is_agent_connected() {
+    if bus.is_machine_subject(&msg.subject) && !session.is_agent_connected() {
         return;
     }
     let reply = tunnel::accept(state, bus, session.clone(), req).await;
@@ -363,12 +363,15 @@ pub async fn end(
     if let Some(live) = state.sessions.registry.get(session_id) {
         return end_here(state, &live, &req).await;
     }
-    match (&state.sessions.bus, bus::session_subject(session_id, "end")) {
-        (SessionBus::Nats(bus), Some(subject)) => bus
+    let SessionBus::Nats(bus) = &state.sessions.bus else {
+        return EndReply::NotLive;
+    };
+    match bus.session_subject(session_id, "end") {
+        Some(subject) => bus
             .request(state, subject, &req)
             .await
             .unwrap_or(EndReply::NotLive),
-        _ => EndReply::NotLive,
+        None => EndReply::NotLive,
     }
 }
 
@@ -378,13 +381,15 @@ pub async fn controls(state: &AppState, session_id: &str, user_id: &str) -> Opti
     if let Some(live) = state.sessions.registry.get(session_id) {
         return Some(live.has_controlling_viewer(user_id));
     }
-    match (
-        &state.sessions.bus,
-        bus::session_subject(session_id, "controls"),
-    ) {
-        (SessionBus::Nats(bus), Some(subject)) => bus.request(state, subject, &user_id).await,
-        _ => None,
-    }
+    let SessionBus::Nats(bus) = &state.sessions.bus else {
+        return None;
+    };
+    bus.request(
+        state,
+        bus.session_subject(session_id, "controls")?,
+        &user_id,
+    )
+    .await
 }
 
 async fn end_machine_here(state: &AppState, agent_id: &str, reason: &str) {

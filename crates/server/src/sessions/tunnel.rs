@@ -23,9 +23,7 @@ use guruconnect_proto::{self as proto, Payload};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::bus::{
-    JoinReply, JoinRequest, NatsBus, machine_subject, session_subject, tunnel_subjects,
-};
+use super::bus::{JoinReply, JoinRequest, NatsBus};
 use super::registry::{
     EndCode, LiveSession, SessionKind, VIEWER_CONTROL_QUEUE, VIEWER_FRAME_QUEUE, close_message,
     message,
@@ -150,7 +148,7 @@ pub async fn accept(
         Ok(_) => {}
         Err(_) => return refused(404, "the machine was removed"),
     }
-    let (up, down) = tunnel_subjects(&req.viewer_id);
+    let (up, down) = bus.tunnel_subjects(&req.viewer_id);
     let Ok(mut incoming) = bus.client().subscribe(up).await else {
         return refused(503, "the cluster bus is unavailable");
     };
@@ -251,14 +249,14 @@ pub async fn attach(
     video: bool,
 ) -> Result<Option<Attached>, ApiError> {
     let subject = match target {
-        Target::Session(id) => session_subject(id, "join"),
-        Target::Machine(id) => machine_subject(id),
+        Target::Session(id) => bus.session_subject(id, "join"),
+        Target::Machine(id) => bus.machine_subject(id),
     };
     let Some(subject) = subject else {
         return Ok(None);
     };
     let viewer_id = uuid::Uuid::new_v4().to_string();
-    let (_, down_subject) = tunnel_subjects(&viewer_id);
+    let (_, down_subject) = bus.tunnel_subjects(&viewer_id);
     // Subscribed before asking, so nothing the holder sends first is missed.
     let down = bus
         .client()
@@ -349,7 +347,7 @@ pub async fn pump(
         )
         .await;
         // The viewer's tunnel at the old holder ends with this attachment.
-        let (up, _) = tunnel_subjects(&attached.viewer_id);
+        let (up, _) = bus.tunnel_subjects(&attached.viewer_id);
         let _ = publish(
             bus.client(),
             &up,
@@ -459,7 +457,7 @@ async fn relay_attachment(
     frames: &mpsc::Sender<Bytes>,
     control: &mpsc::Sender<Message>,
 ) -> Outcome {
-    let (up, _) = tunnel_subjects(&attached.viewer_id);
+    let (up, _) = bus.tunnel_subjects(&attached.viewer_id);
     let mut reassembly = Reassembly::default();
     let mut awaiting_keyframe = true;
     let mut check = tokio::time::interval(Duration::from_secs(1));
