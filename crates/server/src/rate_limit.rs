@@ -10,7 +10,10 @@
 //! when the current window's count plus the previous window's, weighted by the share of
 //! it still inside the last minute (rounded up), stays within the quota. Like GCRA it
 //! never lets more than the quota through in any minute-long span up to rounding, and
-//! refused hits do not count. Lockouts are rows keyed like the local maps.
+//! refused hits do not count. The conditional upsert on the current window is the gate;
+//! the previous window is closed (instance clocks are assumed NTP-synced), so reading it
+//! apart does not let two instances both pass. Lockouts are rows keyed like the local
+//! maps; failure counts untouched for a day are pruned.
 //!
 //! The code lockout is one per address for every door a code opens: `/api/codes/validate`
 //! and a code presented on `/ws/agent` count towards it and are both refused while it
