@@ -362,10 +362,14 @@ impl Config {
                 )));
             }
         }
-        if self.cluster.enabled() && self.database_url().is_none() {
+        if self.cluster.enabled()
+            && !self
+                .database_url()
+                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
             return Err(ConfigError::Invalid(
-                "cluster.nats_url is set but database_url is not: the instances of a cluster \
-                 share one PostgreSQL database"
+                "cluster.nats_url is set but database_url is not PostgreSQL: the instances of \
+                 a cluster share one PostgreSQL database"
                     .into(),
             ));
         }

@@ -54,7 +54,7 @@ pub struct AppState {
     pub store: Store,
     /// Token signing and verification.
     pub tokens: Arc<auth::tokens::TokenService>,
-    /// Per-IP rate limits.
+    /// Per-IP rate limits (in the database when clustered).
     pub limits: Arc<RateLimits>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
@@ -116,15 +116,22 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             password.expose_secret()
         );
     }
+    let clock = clock::Clock::default();
+    // Instances of a cluster count every limit together, in the shared database.
+    let limits = if config.cluster.enabled() {
+        RateLimits::shared(store.clone(), clock.clone())
+    } else {
+        RateLimits::new()
+    };
     Ok(AppState {
         tokens: Arc::new(auth::tokens::TokenService::new(&secret)),
         config: Arc::new(config),
         store,
-        limits: Arc::new(RateLimits::new()),
+        limits: Arc::new(limits),
         metrics: Arc::new(Metrics::new()),
         shutdown: CancellationToken::new(),
         sessions: Arc::new(sessions::Sessions::new(bus)),
-        clock: clock::Clock::default(),
+        clock,
         http: reqwest::Client::new(),
     })
 }
@@ -247,7 +254,7 @@ async fn housekeeping(state: AppState, serving_since: i64) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tick.tick().await;
-        state.limits.prune();
+        state.limits.prune().await;
         sessions::reap_offline(&state).await;
         if let Err(e) = state
             .store

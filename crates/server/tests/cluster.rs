@@ -71,16 +71,30 @@ impl Instance {
         }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Starts an instance and waits until it serves; another port is tried when the one
+    /// picked was taken meanwhile.
+    async fn start(cluster: &str, name: &str, db: &str, admin_password: &str) -> Instance {
+        for _ in 0..3 {
+            let mut instance = Instance::spawn(cluster, name, db, admin_password);
+            if instance.wait_ready().await {
+                return instance;
+            }
+        }
+        panic!("instance {name} did not start");
+    }
+
+    /// False when the process exited at start.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("instance {} exited at start: {status}", self.name);
+                eprintln!("instance {} exited at start: {status}", self.name);
+                return false;
             }
             if let Ok(r) = common::client().get(self.url("/health")).send().await
                 && r.status() == StatusCode::OK
             {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -195,12 +209,11 @@ async fn cluster() -> Option<Cluster> {
     let admin_password = common::random_secret("adm");
     // Its own subjects: tests run side by side on one NATS server.
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut a = Instance::spawn(&name, "gc-a", &db, &admin_password);
-    a.wait_ready().await;
-    let mut b = Instance::spawn(&name, "gc-b", &db, &admin_password);
-    let mut c = Instance::spawn(&name, "gc-c", &db, &admin_password);
-    b.wait_ready().await;
-    c.wait_ready().await;
+    let a = Instance::start(&name, "gc-a", &db, &admin_password).await;
+    let (b, c) = tokio::join!(
+        Instance::start(&name, "gc-b", &db, &admin_password),
+        Instance::start(&name, "gc-c", &db, &admin_password),
+    );
     // Every instance hears the other two before the test starts.
     for i in [&a, &b, &c] {
         let heard = common::eventually(Duration::from_secs(10), || async {
@@ -558,15 +571,14 @@ async fn a_bus_message_that_does_not_decode_is_dropped_and_counted() {
         return;
     };
     let nats = async_nats::connect(NATS).await.unwrap();
-    for subject in ["gc.ctl", "gc.presence"] {
-        nats.publish(subject, "{not json".into()).await.unwrap();
+    let (ctl, presence) = (format!("{}.ctl", cl.name), format!("{}.presence", cl.name));
+    for subject in [&ctl, &presence] {
+        nats.publish(subject.clone(), "{not json".into())
+            .await
+            .unwrap();
     }
-    nats.publish(
-        "gc.ctl",
-        r#"{"from":"x","control":{"type":"explode"}}"#.into(),
-    )
-    .await
-    .unwrap();
+    let unknown = r#"{"from":"x","control":{"type":"explode"}}"#;
+    nats.publish(ctl, unknown.into()).await.unwrap();
     nats.flush().await.unwrap();
     for i in [&cl.a, &cl.b, &cl.c] {
         let counted = common::eventually(Duration::from_secs(5), || async {

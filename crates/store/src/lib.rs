@@ -15,8 +15,9 @@
 //! Layout: this file holds [`Store`], connecting and [`StoreError`]; [`model`] holds the
 //! records; every other module is one `impl Store` block per table
 //! (`users`, `totp`, `tokens`, `events`, `settings`, `machines`, `keys`, `codes`, `sessions`,
-//! `sites`); `search` derives the machines' search columns and parses fleet queries;
-//! [`testing`] helps tests get an isolated PostgreSQL schema.
+//! `sites`, `limits`: the rate limits a cluster shares); `search` derives the machines'
+//! search columns and parses fleet queries; [`testing`] helps tests get an isolated
+//! PostgreSQL schema.
 //!
 //! Fleet search (see [`MachineSearch`]): every write that changes a machine's
 //! searchable attributes recomputes its `search_*` columns in the same transaction.
@@ -36,6 +37,7 @@ pub mod testing;
 mod codes;
 mod events;
 mod keys;
+mod limits;
 mod machines;
 mod recordings;
 mod releases;

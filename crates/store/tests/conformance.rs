@@ -99,6 +99,10 @@ conformance!(
     case_errors_map,
     case_nul_byte_is_not_transient,
     case_totp_lifecycle,
+    case_limits_window_counter,
+    case_limits_concurrent_hits,
+    case_limits_failure_lockout,
+    case_limits_prune,
 );
 
 const T: &str = DEFAULT_TENANT;
@@ -4274,5 +4278,226 @@ async fn case_sessions_of_instances(store: Store) {
     assert_eq!(
         store.get_session("s-solo").await.expect("get").status,
         "active"
+    );
+}
+
+async fn case_limits_window_counter(store: Store) {
+    let k = "login:192.0.2.1";
+    assert_eq!(store.rate_hits(k, 60_000).await.expect("hits"), 0);
+    for n in 1..=3 {
+        assert_eq!(
+            store.count_rate_hit(k, 60_000, 3).await.expect("hit"),
+            Some(n)
+        );
+    }
+    // A full window refuses and does not count the refused hit.
+    assert_eq!(store.count_rate_hit(k, 60_000, 3).await.expect("hit"), None);
+    assert_eq!(store.rate_hits(k, 60_000).await.expect("hits"), 3);
+    // A larger cap lets the same window go on.
+    assert_eq!(
+        store.count_rate_hit(k, 60_000, 4).await.expect("hit"),
+        Some(4)
+    );
+    // Nothing fits under a cap below one, not even the first hit of a window.
+    assert_eq!(
+        store.count_rate_hit(k, 120_000, 0).await.expect("hit"),
+        None
+    );
+    assert_eq!(store.rate_hits(k, 120_000).await.expect("hits"), 0);
+    // Windows and keys are counted apart.
+    assert_eq!(
+        store.count_rate_hit(k, 120_000, 3).await.expect("hit"),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .count_rate_hit("login:192.0.2.2", 60_000, 3)
+            .await
+            .expect("hit"),
+        Some(1)
+    );
+    assert_eq!(store.rate_hits(k, 60_000).await.expect("hits"), 4);
+}
+
+async fn case_limits_concurrent_hits(store: Store) {
+    // 48 concurrent hits under a cap of 30: exactly 30 pass, each with its own count.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(48));
+    let mut tasks = Vec::new();
+    for _ in 0..48 {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .count_rate_hit("code_validate:192.0.2.9", 0, 30)
+                .await
+                .expect("hit")
+        }));
+    }
+    let mut counts = Vec::new();
+    for t in tasks {
+        if let Some(n) = t.await.expect("join") {
+            counts.push(n);
+        }
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=30).collect::<Vec<i64>>());
+    assert_eq!(
+        store
+            .rate_hits("code_validate:192.0.2.9", 0)
+            .await
+            .expect("hits"),
+        30
+    );
+
+    // Concurrent failures are all counted; the threshold locks the key.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(24));
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .record_limit_failure("code:192.0.2.9", 1_000, 10, 900_000)
+                .await
+                .expect("failure")
+        }));
+    }
+    let mut locked = 0;
+    for t in tasks {
+        if t.await.expect("join").is_some() {
+            locked += 1;
+        }
+    }
+    assert_eq!(
+        locked, 15,
+        "the 10th to 24th failures each report the lockout"
+    );
+    assert_eq!(
+        store
+            .limit_locked_until("code:192.0.2.9", 1_000)
+            .await
+            .expect("locked"),
+        Some(901_000)
+    );
+}
+
+async fn case_limits_failure_lockout(store: Store) {
+    let k = "code:192.0.2.7";
+    assert_eq!(store.limit_locked_until(k, 0).await.expect("read"), None);
+    for i in 0..9 {
+        assert_eq!(
+            store
+                .record_limit_failure(k, 1_000 + i, 10, 900_000)
+                .await
+                .expect("failure"),
+            None
+        );
+    }
+    assert_eq!(
+        store.limit_locked_until(k, 2_000).await.expect("read"),
+        None
+    );
+    // A success clears the count.
+    store.clear_limit_failures(k).await.expect("clear");
+    for i in 0..9 {
+        store
+            .record_limit_failure(k, 2_000 + i, 10, 900_000)
+            .await
+            .expect("failure");
+    }
+    assert_eq!(
+        store.limit_locked_until(k, 3_000).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .record_limit_failure(k, 3_000, 10, 900_000)
+            .await
+            .expect("failure"),
+        Some(903_000)
+    );
+    assert_eq!(
+        store.limit_locked_until(k, 3_001).await.expect("read"),
+        Some(903_000)
+    );
+    assert_eq!(
+        store.limit_locked_until(k, 903_000).await.expect("read"),
+        None
+    );
+    // After the lockout ends, the count starts again.
+    assert_eq!(
+        store
+            .record_limit_failure(k, 903_000, 10, 900_000)
+            .await
+            .expect("failure"),
+        None
+    );
+    assert_eq!(
+        store.limit_locked_until(k, 903_001).await.expect("read"),
+        None
+    );
+    // Keys are locked apart; a threshold of one locks on the first failure.
+    assert_eq!(
+        store
+            .record_limit_failure("enroll:site:x", 5, 1, 10)
+            .await
+            .expect("failure"),
+        Some(15)
+    );
+    assert_eq!(
+        store.limit_locked_until(k, 903_001).await.expect("read"),
+        None
+    );
+}
+
+async fn case_limits_prune(store: Store) {
+    store.count_rate_hit("a", 0, 5).await.expect("hit");
+    store.count_rate_hit("a", 60_000, 5).await.expect("hit");
+    for _ in 0..10 {
+        store
+            .record_limit_failure("locked", 1_000, 10, 5_000)
+            .await
+            .expect("failure");
+    }
+    store
+        .record_limit_failure("idle", 1_000, 10, 5_000)
+        .await
+        .expect("failure");
+    store
+        .record_limit_failure("recent", 9_000, 10, 5_000)
+        .await
+        .expect("failure");
+    // At 6_000: the lockout is over; "idle" was last touched before 2_000.
+    assert_eq!(
+        store
+            .prune_limits(60_000, 6_000, 2_000)
+            .await
+            .expect("prune"),
+        3
+    );
+    assert_eq!(store.rate_hits("a", 0).await.expect("hits"), 0);
+    assert_eq!(store.rate_hits("a", 60_000).await.expect("hits"), 1);
+    // The kept count goes on from where it was.
+    for _ in 0..8 {
+        store
+            .record_limit_failure("recent", 9_000, 10, 5_000)
+            .await
+            .expect("failure");
+    }
+    assert_eq!(
+        store
+            .record_limit_failure("recent", 9_000, 10, 5_000)
+            .await
+            .expect("failure"),
+        Some(14_000)
+    );
+    assert_eq!(
+        store
+            .prune_limits(60_000, 6_000, 2_000)
+            .await
+            .expect("prune"),
+        0
     );
 }

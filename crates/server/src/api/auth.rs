@@ -184,7 +184,7 @@ async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    if let Err(e) = state.limits.check(Limit::Login, ip) {
+    if let Err(e) = state.limits.check(Limit::Login, ip).await {
         state.metrics.rate_limited(Limit::Login.name());
         return Err(e);
     }
@@ -285,7 +285,7 @@ async fn change_password(
     auth: AuthUser,
     ApiJson(req): ApiJson<ChangePasswordRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    if let Err(e) = state.limits.check(Limit::ChangePassword, ip) {
+    if let Err(e) = state.limits.check(Limit::ChangePassword, ip).await {
         state.metrics.rate_limited(Limit::ChangePassword.name());
         return Err(e);
     }

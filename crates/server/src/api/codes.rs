@@ -296,11 +296,11 @@ pub(crate) async fn preview_code(
     ip: std::net::IpAddr,
     input: &str,
 ) -> ApiResult<SupportCode> {
-    if let Err(e) = state
-        .limits
-        .check_code_lockout(ip)
-        .and_then(|()| state.limits.check(Limit::CodeValidate, ip))
-    {
+    let allowed = match state.limits.check_code_lockout(ip).await {
+        Ok(()) => state.limits.check(Limit::CodeValidate, ip).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = allowed {
         state.metrics.rate_limited(Limit::CodeValidate.name());
         return Err(e);
     }
@@ -311,11 +311,11 @@ pub(crate) async fn preview_code(
     };
     match found {
         Some(c) if c.status == "pending" && c.expires_at > now => {
-            state.limits.record_code_attempt(ip, true);
+            state.limits.record_code_attempt(ip, true).await?;
             Ok(c)
         }
         _ => {
-            state.limits.record_code_attempt(ip, false);
+            state.limits.record_code_attempt(ip, false).await?;
             state.metrics.auth_failure("code");
             Err(ApiError::NotFound("invalid or expired code"))
         }

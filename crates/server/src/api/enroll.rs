@@ -91,11 +91,11 @@ async fn enroll(
         format!("ip:{ip}"),
         format!("site:{}", site_code.to_ascii_lowercase()),
     ];
-    if let Err(e) = state
-        .limits
-        .check_enroll_lockout(&lock_keys)
-        .and_then(|()| state.limits.check(Limit::Enroll, ip))
-    {
+    let allowed = match state.limits.check_enroll_lockout(&lock_keys).await {
+        Ok(()) => state.limits.check(Limit::Enroll, ip).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = allowed {
         state.metrics.rate_limited(Limit::Enroll.name());
         return Err(e);
     }
@@ -115,7 +115,7 @@ async fn enroll(
         .map_or_else(|| password::dummy_hash().to_owned(), |s| s.key_hash.clone());
     let key_ok = password::verify(req.enrollment_key, phc).await?;
     let Some(site) = site.filter(|_| key_ok) else {
-        state.limits.record_enroll(&lock_keys, false);
+        state.limits.record_enroll(&lock_keys, false).await?;
         state.metrics.auth_failure("enroll");
         Audit::new("enroll.failure")
             .ip(ip)
@@ -126,7 +126,7 @@ async fn enroll(
             "invalid site code or enrollment key",
         ));
     };
-    state.limits.record_enroll(&lock_keys, true);
+    state.limits.record_enroll(&lock_keys, true).await?;
     let now = state.clock.now_millis();
     let labels = MachineLabels {
         company: req.labels.company.map(|c| opt(Some(c), 100)),

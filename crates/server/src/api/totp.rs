@@ -91,7 +91,7 @@ async fn confirm(
     signed_in: SignedInUser,
     ApiJson(req): ApiJson<ConfirmRequest>,
 ) -> ApiResult<Json<ConfirmResponse>> {
-    limit_second_factor(&state, ip, &signed_in.0.user.id)?;
+    limit_second_factor(&state, ip, &signed_in.0.user.id).await?;
     let user = &signed_in.0.user;
     let pending = state
         .store
@@ -101,7 +101,7 @@ async fn confirm(
         .ok_or_else(|| ApiError::Conflict("no two-factor setup is pending".into()))?;
     let step = totp::matching_step(&pending.secret, req.code.expose_secret(), now_secs())?;
     let Some(step) = step else {
-        record_failure(&state, user, ip, "enrol").await;
+        record_failure(&state, user, ip, "enrol").await?;
         return Err(ApiError::Validation("the code is not valid".into()));
     };
     let (codes, hashes) = totp::new_recovery_codes();
@@ -152,7 +152,7 @@ async fn login_totp(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginTotpRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
-    if let Err(e) = state.limits.check(Limit::SecondFactor, ip) {
+    if let Err(e) = state.limits.check(Limit::SecondFactor, ip).await {
         state.metrics.rate_limited(Limit::SecondFactor.name());
         return Err(e);
     }
@@ -163,7 +163,7 @@ async fn login_totp(
             other => other,
         })?;
     let user = pending.user;
-    limit_second_factor_user(&state, &user.id)?;
+    limit_second_factor_user(&state, &user.id).await?;
     let now = now_millis();
     let second_factor = match (&req.code, &req.recovery_code) {
         (Some(code), None) => {
@@ -199,7 +199,7 @@ async fn login_totp(
         }
     };
     let Some(second_factor) = second_factor else {
-        record_failure(&state, &user, ip, "sign_in").await;
+        record_failure(&state, &user, ip, "sign_in").await?;
         return Err(ApiError::Unauthorized("the code is not valid"));
     };
     // The second-step token is single-use.
@@ -229,7 +229,7 @@ async fn disable(
     auth: AuthUser,
     ApiJson(req): ApiJson<DisableRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    limit_second_factor(&state, ip, &auth.user.id)?;
+    limit_second_factor(&state, ip, &auth.user.id).await?;
     let user = &auth.user;
     if state.config.totp_required_for(&user.role) {
         return Err(ApiError::Forbidden(
@@ -264,7 +264,7 @@ async fn disable(
         }
     };
     if !code_ok {
-        record_failure(&state, user, ip, "disable").await;
+        record_failure(&state, user, ip, "disable").await?;
         return Err(ApiError::Unauthorized("the code is not valid"));
     }
     let audit = Audit::new("totp.disabled").user(user).ip(ip);
@@ -303,25 +303,36 @@ async fn reset(
 }
 
 /// Per address: every attempt counts; per user: failures count.
-fn limit_second_factor(state: &AppState, ip: std::net::IpAddr, user_id: &str) -> ApiResult<()> {
-    if let Err(e) = state.limits.check(Limit::SecondFactor, ip) {
+async fn limit_second_factor(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    user_id: &str,
+) -> ApiResult<()> {
+    if let Err(e) = state.limits.check(Limit::SecondFactor, ip).await {
         state.metrics.rate_limited(Limit::SecondFactor.name());
         return Err(e);
     }
-    limit_second_factor_user(state, user_id)
+    limit_second_factor_user(state, user_id).await
 }
 
-fn limit_second_factor_user(state: &AppState, user_id: &str) -> ApiResult<()> {
+async fn limit_second_factor_user(state: &AppState, user_id: &str) -> ApiResult<()> {
     state
         .limits
         .check_second_factor_user(user_id)
+        .await
         .inspect_err(|_| {
             state.metrics.rate_limited(Limit::SecondFactor.name());
         })
 }
 
-async fn record_failure(state: &AppState, user: &User, ip: std::net::IpAddr, step: &str) {
-    state.limits.record_second_factor_failure(&user.id);
+/// Counts a refused code towards the user's limit; `Err` only when the count could not
+/// be stored (shared limits).
+async fn record_failure(
+    state: &AppState,
+    user: &User,
+    ip: std::net::IpAddr,
+    step: &str,
+) -> ApiResult<()> {
     state.metrics.auth_failure("user");
     tracing::info!(user_id = %user.id, step, "second-factor code refused");
     Audit::new("totp.failed")
@@ -330,4 +341,5 @@ async fn record_failure(state: &AppState, user: &User, ip: std::net::IpAddr, ste
         .details(json!({ "step": step }))
         .record_quietly(state)
         .await;
+    state.limits.record_second_factor_failure(&user.id).await
 }

@@ -100,7 +100,7 @@ pub async fn authenticate(
         return Ok(AgentCredential::Key(key));
     }
     if let Some(code) = normalize_code(credential) {
-        if let Err(e) = state.limits.check_code_lockout(ip) {
+        if let Err(e) = state.limits.check_code_lockout(ip).await {
             state.metrics.rate_limited("agent_code");
             return Err(e);
         }
@@ -110,11 +110,11 @@ pub async fn authenticate(
             // The conditional update is the gate: exactly one agent, on any instance, wins.
             Some(row) if state.store.consume_code(&code, &session_id, now).await? => row,
             _ => {
-                state.limits.record_code_attempt(ip, false);
+                state.limits.record_code_attempt(ip, false).await?;
                 return Err(unauthorized(state));
             }
         };
-        state.limits.record_code_attempt(ip, true);
+        state.limits.record_code_attempt(ip, true).await?;
         return Ok(AgentCredential::Code {
             code: row,
             session_id,
