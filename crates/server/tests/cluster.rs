@@ -37,7 +37,7 @@ struct Instance {
 }
 
 impl Instance {
-    fn spawn(cluster: &str, name: &str, db: &str, admin_password: &str) -> Instance {
+    fn spawn(nats: &str, cluster: &str, name: &str, db: &str, admin_password: &str) -> Instance {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -53,7 +53,7 @@ impl Instance {
             .env("GURUCONNECT_DATABASE_URL", db)
             .env("GURUCONNECT_SIGNING_SECRET", SECRET)
             .env("GURUCONNECT_ADMIN_PASSWORD", admin_password)
-            .env("GURUCONNECT_CLUSTER__NATS_URL", NATS)
+            .env("GURUCONNECT_CLUSTER__NATS_URL", nats)
             .env("GURUCONNECT_CLUSTER__INSTANCE_ID", name)
             .env("GURUCONNECT_CLUSTER__NAME", cluster)
             .env("GURUCONNECT_OFFLINE_SESSION_TTL_SECS", "60")
@@ -73,9 +73,15 @@ impl Instance {
 
     /// Starts an instance and waits until it serves; another port is tried when the one
     /// picked was taken meanwhile.
-    async fn start(cluster: &str, name: &str, db: &str, admin_password: &str) -> Instance {
+    async fn start(
+        nats: &str,
+        cluster: &str,
+        name: &str,
+        db: &str,
+        admin_password: &str,
+    ) -> Instance {
         for _ in 0..3 {
-            let mut instance = Instance::spawn(cluster, name, db, admin_password);
+            let mut instance = Instance::spawn(nats, cluster, name, db, admin_password);
             if instance.wait_ready().await {
                 return instance;
             }
@@ -209,10 +215,10 @@ async fn cluster() -> Option<Cluster> {
     let admin_password = common::random_secret("adm");
     // Its own subjects: tests run side by side on one NATS server.
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let a = Instance::start(&name, "gc-a", &db, &admin_password).await;
+    let a = Instance::start(NATS, &name, "gc-a", &db, &admin_password).await;
     let (b, c) = tokio::join!(
-        Instance::start(&name, "gc-b", &db, &admin_password),
-        Instance::start(&name, "gc-c", &db, &admin_password),
+        Instance::start(NATS, &name, "gc-b", &db, &admin_password),
+        Instance::start(NATS, &name, "gc-c", &db, &admin_password),
     );
     // Every instance hears the other two before the test starts.
     for i in [&a, &b, &c] {
@@ -589,4 +595,176 @@ async fn a_bus_message_that_does_not_decode_is_dropped_and_counted() {
         let health = common::client().get(i.url("/health")).send().await.unwrap();
         assert_eq!(health.status(), StatusCode::OK, "{} is still up", i.name);
     }
+}
+
+/// A `nats-server` of this test's own, so it can be stopped and started again.
+struct PrivateNats {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    async fn start(port: u16) -> PrivateNats {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server) must be installed");
+        let up = common::eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        assert!(up, "private nats-server did not start");
+        PrivateNats {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_nats_goes_away_local_sessions_go_on_and_remote_viewers_come_back_with_it() {
+    let Some(db) = common::test_database_url().await else {
+        return;
+    };
+    if Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("GURUCONNECT_REQUIRE_NATS").as_deref() != Ok("1"),
+            "nats-server is not installed"
+        );
+        eprintln!("skipped: nats-server is not installed");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = PrivateNats::start(port).await;
+    let admin_password = common::random_secret("adm");
+    let a = Instance::start(&nats.url(), "outage", "gc-a", &db, &admin_password).await;
+    let b = Instance::start(&nats.url(), "outage", "gc-b", &db, &admin_password).await;
+    let admin_a = a.login("admin", &admin_password).await;
+    let admin_b = b.login("admin", &admin_password).await;
+    let machine = uuid::Uuid::new_v4().to_string();
+    let key: Value = a
+        .post(
+            &format!("/api/machines/{machine}/keys"),
+            &admin_a,
+            json!({ "label": "outage" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut agent = connect_agent(&a.base, key["agent_key"].as_str().unwrap())
+        .await
+        .unwrap();
+    agent.send(hello("managed-host", "")).await.unwrap();
+    let Payload::SessionInfo(info) = recv_until(&mut agent, "session info", WAIT, |p| {
+        matches!(p, Payload::SessionInfo(_))
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    let mut local = a.viewer(&admin_a, &info.session_id).await;
+    let mut remote = b.viewer(&admin_b, &info.session_id).await;
+    serve_frames(&mut agent, 1).await;
+    for v in [&mut local, &mut remote] {
+        recv_until(v, "keyframe", WAIT, is_keyframe).await;
+    }
+
+    nats.stop();
+    recv_until(
+        &mut remote,
+        "offline while NATS is away",
+        Duration::from_secs(15),
+        |p| is_state(p, SessionPhase::AgentOffline),
+    )
+    .await;
+    // The viewer on the agent's own instance never notices.
+    agent.send(frame(2, true, 1024)).await.unwrap();
+    recv_until(
+        &mut local,
+        "a frame without NATS",
+        WAIT,
+        |p| matches!(p, Payload::VideoFrame(f) if f.sequence == 2),
+    )
+    .await;
+    local.send(key_down(50)).await.unwrap();
+    recv_until(
+        &mut agent,
+        "input without NATS",
+        WAIT,
+        |p| matches!(p, Payload::KeyEvent(k) if k.scancode == 50),
+    )
+    .await;
+
+    let _nats = PrivateNats::start(port).await;
+    let back = Instant::now();
+    let feeder = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seq = 10;
+        while Instant::now() < deadline {
+            if try_recv_until(&mut agent, Duration::from_millis(300), |p| {
+                matches!(p, Payload::RefreshRequest(_))
+            })
+            .await
+            .is_ok()
+            {
+                seq += 1;
+                agent.send(frame(seq, true, 1024)).await.unwrap();
+            }
+        }
+    });
+    recv_until(&mut remote, "active again", Duration::from_secs(20), |p| {
+        is_state(p, SessionPhase::Active)
+    })
+    .await;
+    recv_until(
+        &mut remote,
+        "a picture again",
+        Duration::from_secs(10),
+        is_keyframe,
+    )
+    .await;
+    eprintln!(
+        "the remote viewer is back {:.1} s after NATS returned",
+        back.elapsed().as_secs_f64()
+    );
+    // The session stayed one and the same, and nobody ended its record meanwhile.
+    let record: Value = common::client()
+        .get(b.url(&format!("/api/sessions/{}", info.session_id)))
+        .bearer_auth(&admin_b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "active", "{record}");
+    feeder.abort();
 }

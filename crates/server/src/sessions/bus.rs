@@ -172,7 +172,8 @@ pub struct NatsBus {
     prefix: String,
     /// Last heartbeat heard from each instance (this one included).
     peers: Mutex<HashMap<String, Instant>>,
-    started: Instant,
+    /// Since when the connection to NATS has been up (`None` while it is down).
+    connected_since: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Whether `s` can be one subject token (ids are UUIDs; anything else is refused).
@@ -210,17 +211,36 @@ impl SessionBus {
             config.cluster.instance_id.clone().unwrap_or_else(|| {
                 format!("gc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
             });
+        // Set from the start and from every reconnect: presence is judged only after a
+        // whole heartbeat window of being connected.
+        let connected_since = Arc::new(Mutex::new(Some(Instant::now())));
+        let since = connected_since.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("guruconnect-{instance}"))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .ping_interval(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        tracing::info!("session bus: connected to NATS");
+            // Back within a second or two once NATS is back.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(250 * u64::try_from(attempts.min(8)).unwrap_or(8))
+            })
+            .event_callback(move |event| {
+                let since = since.clone();
+                async move {
+                    let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
+                    match event {
+                        async_nats::Event::Connected => {
+                            *since = Some(Instant::now());
+                            tracing::info!("session bus: connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            *since = None;
+                            tracing::warn!(
+                                "session bus: lost NATS; cross-instance viewers wait for it"
+                            );
+                        }
+                        other => tracing::warn!(event = %other, "session bus"),
                     }
-                    other => tracing::warn!(event = %other, "session bus"),
                 }
             })
             .connect(url)
@@ -241,7 +261,7 @@ impl SessionBus {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_owned()),
             peers: Mutex::new(HashMap::new()),
-            started: Instant::now(),
+            connected_since,
         })))
     }
 
@@ -339,10 +359,25 @@ impl NatsBus {
             .is_some_and(|t| t.elapsed() < PEER_DEAD_AFTER)
     }
 
-    /// Whether this instance can judge its peers: connected, its own heartbeat heard
-    /// recently, and running long enough to have heard everyone.
+    /// Notes that `instance` was just heard from (it answered or sent a request), so a
+    /// peer met before its first heartbeat arrived is not taken for dead.
+    pub fn touch(&self, instance: &str) {
+        if token_ok(instance) {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            peers.insert(instance.to_owned(), Instant::now());
+        }
+    }
+
+    /// Whether this instance can judge its peers: connected long enough to have heard
+    /// everyone (since its start or its last reconnect), and hearing itself.
     fn presence_trustworthy(&self) -> bool {
-        self.started.elapsed() > PEER_DEAD_AFTER + HEARTBEAT && self.is_alive(&self.instance)
+        let connected_for = self
+            .connected_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed());
+        connected_for.is_some_and(|d| d > PEER_DEAD_AFTER + HEARTBEAT)
+            && self.is_alive(&self.instance)
     }
 
     /// Sends a JSON request and decodes the JSON answer; `None` when nobody answers.
@@ -365,10 +400,14 @@ impl NatsBus {
 
     /// Answers a request message with JSON.
     pub async fn reply<A: Serialize>(&self, msg: &async_nats::Message, answer: &A) {
-        if let Some(reply) = &msg.reply
-            && let Err(e) = self.client.publish(reply.clone(), encode(answer)).await
-        {
-            tracing::warn!(error = %e, "session bus: could not reply");
+        if let Some(reply) = &msg.reply {
+            let publish = self.client.publish(reply.clone(), encode(answer));
+            if !matches!(
+                tokio::time::timeout(REQUEST_TIMEOUT, publish).await,
+                Ok(Ok(()))
+            ) {
+                tracing::warn!("session bus: could not reply");
+            }
         }
     }
 
@@ -384,7 +423,8 @@ impl NatsBus {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = beat.tick() => {
-                        let _ = bus.client.publish(bus.presence_subject(), Bytes::from(bus.instance.clone())).await;
+                        let beat = bus.client.publish(bus.presence_subject(), Bytes::from(bus.instance.clone()));
+                        let _ = tokio::time::timeout(HEARTBEAT, beat).await;
                         bus.sweep(&state).await;
                     }
                     msg = presence.next() => match msg {

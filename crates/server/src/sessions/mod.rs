@@ -149,12 +149,18 @@ fn spawn_responder(state: AppState, bus: Arc<bus::NatsBus>, session: Arc<LiveSes
         let Some(sess_subject) = bus.session_subject(&session.id, "*") else {
             return;
         };
-        let Ok(mut by_session) = client.subscribe(sess_subject).await else {
+        let subscribe = tokio::time::timeout(bus::REQUEST_TIMEOUT, client.subscribe(sess_subject));
+        let Ok(Ok(mut by_session)) = subscribe.await else {
             tracing::warn!(session_id = %session.id, "session bus: cannot answer for this session");
             return;
         };
         let mut by_machine = match (session.kind, bus.machine_subject(&session.agent_id)) {
-            (SessionKind::Managed, Some(subject)) => client.subscribe(subject).await.ok(),
+            (SessionKind::Managed, Some(subject)) => {
+                tokio::time::timeout(bus::REQUEST_TIMEOUT, client.subscribe(subject))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             _ => None,
         };
         loop {

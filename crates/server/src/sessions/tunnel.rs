@@ -68,10 +68,12 @@ async fn publish(client: &async_nats::Client, subject: &str, msg: Message) -> Re
         let mut out = BytesMut::with_capacity(piece.len() + 1);
         out.extend_from_slice(&[tag | more]);
         out.extend_from_slice(&piece);
-        client
-            .publish(subject.to_owned(), out.freeze())
-            .await
-            .map_err(|_| ())?;
+        // A tunnel waits for NATS no longer than a request would.
+        let sent = client.publish(subject.to_owned(), out.freeze());
+        match tokio::time::timeout(super::bus::REQUEST_TIMEOUT, sent).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
+        }
         if rest.is_empty() {
             return Ok(());
         }
@@ -148,6 +150,7 @@ pub async fn accept(
         Ok(_) => {}
         Err(_) => return refused(404, "the machine was removed"),
     }
+    bus.touch(&req.from);
     let (up, down) = bus.tunnel_subjects(&req.viewer_id);
     let Ok(mut incoming) = bus.client().subscribe(up).await else {
         return refused(503, "the cluster bus is unavailable");
@@ -258,11 +261,11 @@ pub async fn attach(
     let viewer_id = uuid::Uuid::new_v4().to_string();
     let (_, down_subject) = bus.tunnel_subjects(&viewer_id);
     // Subscribed before asking, so nothing the holder sends first is missed.
-    let down = bus
-        .client()
-        .subscribe(down_subject)
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
+    let subscribe = bus.client().subscribe(down_subject);
+    let down = match tokio::time::timeout(super::bus::REQUEST_TIMEOUT, subscribe).await {
+        Ok(Ok(down)) => down,
+        _ => return Err(ApiError::Unavailable),
+    };
     let request = JoinRequest {
         viewer_id: viewer_id.clone(),
         user_id: grant.user.id.clone(),
@@ -286,14 +289,17 @@ pub async fn attach(
             agent_id,
             kind,
             instance,
-        }) => Ok(Some(Attached {
-            viewer_id,
-            down,
-            agent_id,
-            kind,
-            holder: instance,
-            session_id,
-        })),
+        }) => {
+            bus.touch(&instance);
+            Ok(Some(Attached {
+                viewer_id,
+                down,
+                agent_id,
+                kind,
+                holder: instance,
+                session_id,
+            }))
+        }
     }
 }
 
@@ -438,7 +444,8 @@ async fn follow(
             _ = retry.tick() => {
                 match attach(state, bus, grant, Target::Machine(agent_id), ip, video).await {
                     Ok(Some(next)) => return Some(next),
-                    Ok(None) => {}
+                    // Not back yet, or the bus itself is away: keep waiting.
+                    Ok(None) | Err(ApiError::Unavailable) => {}
                     // Access withdrawn meanwhile: stop following.
                     Err(_) => return None,
                 }
