@@ -421,6 +421,34 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
         recv_until(v, "keyframe", WAIT, is_keyframe).await;
     }
 
+    // Every instance's console shows the machine online, with its live session and both
+    // viewers, though only A holds it.
+    let machine_view: Value = common::client()
+        .get(cl.c.url(&format!("/api/machines/{machine}")))
+        .bearer_auth(&admin_c)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(machine_view["online"], true, "{machine_view}");
+    assert_eq!(machine_view["session_id"], first.session_id.as_str());
+    let session_view: Value = common::client()
+        .get(cl.b.url(&format!("/api/sessions/{}", first.session_id)))
+        .bearer_auth(&admin_b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        session_view["live"]["viewers"].as_array().map(Vec::len),
+        Some(2),
+        "{session_view}"
+    );
+
     let killed = Instant::now();
     cl.a.kill9();
     // The agent sees its socket die and reconnects through the balancer (to B).

@@ -156,6 +156,17 @@ impl Store {
         Ok(res.rows_affected())
     }
 
+    /// Sessions not ended yet (live on some instance, or offline awaiting their agent).
+    pub async fn open_sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLS} FROM sessions \
+             WHERE status <> 'ended' AND deleted_at IS NULL ORDER BY created_at"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
     /// Notes which cluster instance holds the live session.
     pub async fn set_session_instance(&self, id: &str, instance: &str) -> StoreResult<()> {
         sqlx::query("UPDATE sessions SET instance_id = $2 WHERE id = $1")

@@ -4216,6 +4216,14 @@ async fn case_sessions_of_instances(store: Store) {
                 .expect("instance");
         }
     }
+    let open: Vec<String> = store
+        .open_sessions()
+        .await
+        .expect("open")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(open, ["s-a1", "s-a2", "s-b1", "s-solo"]);
     let mut held = store.open_session_instances().await.expect("instances");
     held.sort();
     assert_eq!(held, ["gc-a", "gc-b"]);

@@ -54,13 +54,21 @@ pub struct MachineView {
     session_id: Option<String>,
 }
 
-fn view(state: &AppState, machine: Machine) -> MachineView {
-    let live = state.sessions.by_agent(&machine.agent_id);
+fn view_with(
+    presence: &std::collections::HashMap<String, crate::sessions::Presence>,
+    machine: Machine,
+) -> MachineView {
+    let live = presence.get(&machine.agent_id);
     MachineView {
-        online: live.as_ref().is_some_and(|s| s.is_agent_connected()),
-        session_id: live.map(|s| s.id.clone()),
+        online: live.is_some_and(|p| p.online),
+        session_id: live.map(|p| p.session_id.clone()),
         machine,
     }
+}
+
+/// One machine with its live session, wherever in the cluster it is held.
+async fn view(state: &AppState, machine: Machine) -> MachineView {
+    view_with(&crate::sessions::presence(state).await, machine)
 }
 
 /// Paging parameters.
@@ -86,12 +94,11 @@ async fn list(
             "q must be at most 500 characters".into(),
         ));
     }
-    let online_ids = state
-        .sessions
-        .all()
-        .into_iter()
-        .filter(|s| s.is_agent_connected())
-        .map(|s| s.agent_id.clone())
+    let presence = crate::sessions::presence(&state).await;
+    let online_ids = presence
+        .iter()
+        .filter(|(_, p)| p.online)
+        .map(|(agent_id, _)| agent_id.clone())
         .collect();
     let (machines, total) = state
         .store
@@ -103,7 +110,10 @@ async fn list(
             online_ids: Some(online_ids),
         })
         .await?;
-    let items: Vec<MachineView> = machines.into_iter().map(|m| view(&state, m)).collect();
+    let items: Vec<MachineView> = machines
+        .into_iter()
+        .map(|m| view_with(&presence, m))
+        .collect();
     Ok(Json(
         json!({ "items": items, "total": total, "limit": limit, "offset": offset }),
     ))
@@ -123,7 +133,7 @@ async fn show(
     Path(agent_id): Path<String>,
 ) -> ApiResult<Json<MachineView>> {
     auth.require(Permission::View)?;
-    Ok(Json(view(&state, load(&state, &agent_id).await?)))
+    Ok(Json(view(&state, load(&state, &agent_id).await?).await))
 }
 
 async fn list_keys(
@@ -399,7 +409,7 @@ async fn update_labels(
             Some(audit.event()),
         )
         .await?;
-    Ok(Json(view(&state, machine)))
+    Ok(Json(view(&state, machine).await))
 }
 
 /// Soft-removes one machine: its row is kept for the audit trail, its keys stop working
@@ -527,5 +537,5 @@ async fn approve(
             Some(audit.event()),
         )
         .await?;
-    Ok(Json(view(&state, load(&state, &agent_id).await?)))
+    Ok(Json(view(&state, load(&state, &agent_id).await?).await))
 }

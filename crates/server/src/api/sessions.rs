@@ -69,7 +69,11 @@ async fn view(state: &AppState, record: SessionRecord) -> ApiResult<SessionView>
         Err(e) => return Err(e.into()),
     };
     Ok(SessionView {
-        live: state.sessions.get(&record.id).map(|s| s.snapshot()),
+        live: if record.status == "ended" {
+            None
+        } else {
+            crate::sessions::snapshot(state, &record.id).await
+        },
         record: masked(record),
         customer,
         machine,

@@ -96,6 +96,58 @@ impl Sessions {
     }
 }
 
+/// A machine's connection as the API shows it: online (its agent connected) with the id
+/// of its live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The machine's live session (its managed one first).
+    pub session_id: String,
+    /// Whether its agent is connected (not offline awaiting it).
+    pub online: bool,
+}
+
+/// Every machine with a live session, wherever in the cluster it is held: this instance's
+/// registry, and on a cluster the open session rows the other instances keep.
+pub async fn presence(state: &AppState) -> std::collections::HashMap<String, Presence> {
+    let mut out = std::collections::HashMap::new();
+    if let SessionBus::Nats(bus) = &state.sessions.bus {
+        match state.store.open_sessions().await {
+            Ok(rows) => {
+                for row in rows {
+                    let online = matches!(row.status.as_str(), "active" | "waiting_consent");
+                    let managed = row.kind == SessionKind::Managed.as_str();
+                    // The managed session wins over a support-code one of the same machine.
+                    if managed || !out.contains_key(&row.agent_id) {
+                        out.insert(
+                            row.agent_id,
+                            Presence {
+                                session_id: row.id,
+                                online,
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, instance = bus.instance(), "cannot list the cluster's sessions")
+            }
+        }
+    }
+    for session in state.sessions.registry.all() {
+        let managed = session.kind == SessionKind::Managed;
+        if managed || !out.contains_key(&session.agent_id) {
+            out.insert(
+                session.agent_id.clone(),
+                Presence {
+                    session_id: session.id.clone(),
+                    online: session.is_agent_connected(),
+                },
+            );
+        }
+    }
+    out
+}
+
 const SUPERSEDED: &str = "superseded by a new connection of the same machine";
 
 /// Registers an agent's session (its store row already written) and supersedes the
@@ -176,6 +228,8 @@ fn spawn_responder(state: AppState, bus: Arc<bus::NatsBus>, session: Arc<LiveSes
                     let Some(msg) = msg else { break };
                     if msg.subject.ends_with(".join") {
                         answer_join(&state, &bus, &session, &msg).await;
+                    } else if msg.subject.ends_with(".snapshot") {
+                        bus.reply(&msg, &session.snapshot()).await;
                     } else if msg.subject.ends_with(".controls") {
                         if let Some(user) = bus::decode::<String>(&state, &msg.payload) {
                             bus.reply(&msg, &session.has_controlling_viewer(&user)).await;
@@ -379,6 +433,18 @@ pub async fn end(
             .unwrap_or(EndReply::NotLive),
         None => EndReply::NotLive,
     }
+}
+
+/// The live state of a session wherever it is held; `None` when it is not live.
+pub async fn snapshot(state: &AppState, session_id: &str) -> Option<registry::SessionSnapshot> {
+    if let Some(live) = state.sessions.registry.get(session_id) {
+        return Some(live.snapshot());
+    }
+    let SessionBus::Nats(bus) = &state.sessions.bus else {
+        return None;
+    };
+    bus.request(state, bus.session_subject(session_id, "snapshot")?, &())
+        .await
 }
 
 /// Whether `user_id` is controlling the live session `session_id` wherever it is held;

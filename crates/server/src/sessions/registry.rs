@@ -47,7 +47,7 @@ impl SessionKind {
 }
 
 /// Where a session stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Attended, waiting for the end user's answer; nothing flows.
@@ -214,7 +214,7 @@ pub struct ViewerQueues {
 }
 
 /// Public snapshot of a session for the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionSnapshot {
     /// Session id.
     pub id: String,
@@ -233,7 +233,7 @@ pub struct SessionSnapshot {
 }
 
 /// Public snapshot of a viewer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ViewerSnapshot {
     /// Viewer connection id.
     pub viewer_id: String,
