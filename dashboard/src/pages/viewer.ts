@@ -4,6 +4,12 @@
 // decodes, draws frames on a canvas, sends mouse/keyboard (set-1 scancodes plus the
 // character typed, so the agent can type by character whatever the remote layout) unless
 // the session is view-only, and reconnects with a fresh token when the socket drops.
+//
+// How a session ends decides what follows (`SessionEnd.code`): ended, revoked or a protocol
+// error is the end; the agent or the server going away is not. A managed machine then comes
+// back as a new session (its agent reconnects, or the server restarted): the viewer looks the
+// machine up and follows it there, in the same tab. A support-code session does not follow:
+// its code was good for one session.
 
 import { api, ApiError } from '../api';
 import * as session from '../session';
@@ -19,10 +25,44 @@ import { sparkline, Stats } from '../viewer/stats';
 
 type ConnState = 'connecting' | 'waiting' | 'active' | 'reconnecting' | 'ended' | 'error';
 
+// How long a viewer waits for a managed machine to come back (the server's offline TTL).
+const FOLLOW_LIMIT_MS = 5 * 60_000;
+// A server from before end codes (SessionEnd.code unset) said it in words.
+const FINAL_REASON = /ended|removed|administrator|denied|timed out|revoked/i;
+
+/** True when a SessionEnd means the session is over for good (no reconnect, no follow). */
+function endIsFinal(code: number, reason: string): boolean {
+  switch (code) {
+    case pb.EndCode.END_CODE_ENDED:
+    case pb.EndCode.END_CODE_REVOKED:
+    case pb.EndCode.END_CODE_PROTOCOL:
+      return true;
+    case pb.EndCode.END_CODE_AGENT_GONE:
+    case pb.EndCode.END_CODE_SERVER_GOING_AWAY:
+      return false;
+    default:
+      return FINAL_REASON.test(reason);
+  }
+}
+
+const trimStop = (s: string) => s.replace(/[.\s]+$/, '');
+
 const BUTTONS = [pb.MouseButton.MOUSE_BUTTON_LEFT, pb.MouseButton.MOUSE_BUTTON_MIDDLE, pb.MouseButton.MOUSE_BUTTON_RIGHT, pb.MouseButton.MOUSE_BUTTON_BACK, pb.MouseButton.MOUSE_BUTTON_FORWARD];
 
 export function viewerPage({ root, params }: PageContext): () => void {
-  const sessionId = params[0] ?? '';
+  // The session shown; it changes when the viewer follows its machine to a new session.
+  let sessionId = params[0] ?? '';
+  // What the session is (from GET /api/sessions/:id): only a managed machine is followed.
+  let agentId = '';
+  let kind = '';
+  // Following the machine: since when, and why the session we had is gone.
+  let following = false;
+  let followSince = 0;
+  let followWhy = '';
+  // A SessionEnd that asked for a reconnect: the close that follows acts on it.
+  let lostReason: string | null = null;
+  // `localStorage['gc.viewer.follow-limit-ms']` shortens the wait (diagnostics, tests).
+  const followLimit = Number(localStorage.getItem('gc.viewer.follow-limit-ms')) || FOLLOW_LIMIT_MS;
   const me = session.currentUser();
   let ws: WebSocket | null = null;
   let state: ConnState = 'connecting';
@@ -34,8 +74,8 @@ export function viewerPage({ root, params }: PageContext): () => void {
   let reconnectTimer = 0;
   let sendSystemKeys = false;
   // Per session: characters for text (the default), positions for games and shortcuts.
-  const keyModeKey = `gc.viewer.keymode.${sessionId}`;
-  let byPosition = sessionStorage.getItem(keyModeKey) === 'position';
+  const keyModeKey = () => `gc.viewer.keymode.${sessionId}`;
+  let byPosition = sessionStorage.getItem(keyModeKey()) === 'position';
   let scaleMode: 'fit' | 'actual' = (localStorage.getItem('gc.viewer.scale') as 'fit' | 'actual') || 'fit';
   const pressed = new Map<string, { code: number; extended: boolean }>();
   const stats = new Stats();
@@ -48,7 +88,9 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const ctx = canvas.getContext('2d', { alpha: false }) as CanvasRenderingContext2D;
   const overlay = h('div', { class: 'stage-overlay', role: 'status', 'aria-live': 'polite' });
   const stage = h('div', { class: 'stage' }, canvas, overlay);
-  const title = h('div', { class: 'viewer-title' }, h('strong', {}, 'Remote session'), h('span', { class: 'muted small mono' }, sessionId.slice(0, 8)));
+  const titleName = h('strong', {}, 'Remote session');
+  const titleId = h('span', { class: 'muted small mono', 'data-testid': 'session-id' }, sessionId.slice(0, 8));
+  const title = h('div', { class: 'viewer-title' }, titleName, titleId);
   const statusPill = h('span', { 'data-testid': 'conn-state' });
   const viewOnlyBadge = h('span', { class: 'view-only-badge', hidden: true, 'data-testid': 'view-only', role: 'status' }, 'VIEW ONLY');
   const displaySelect = h('select', { 'aria-label': 'Display', class: 'select-sm', hidden: true });
@@ -279,6 +321,15 @@ export function viewerPage({ root, params }: PageContext): () => void {
       case 'sessionState': {
         const s = env.sessionState;
         if (!s) return;
+        // The relay moved this viewer to the machine's new session.
+        if (s.sessionId && s.sessionId !== sessionId) {
+          switchSession(s.sessionId);
+          h264.close();
+          requestRefresh('moved to a new session');
+        }
+        // The session is live: whatever we were looking for is found.
+        following = false;
+        followSince = 0;
         if (s.accessMode) accessMode = s.accessMode;
         if (s.codec) streamCodec = s.codec;
         if (s.phase === pb.SessionPhase.SESSION_PHASE_WAITING_FOR_CONSENT) setState('waiting', 'Waiting for the end user to accept the connection…');
@@ -335,9 +386,19 @@ export function viewerPage({ root, params }: PageContext): () => void {
         if (n?.text) toast(`Remote machine: ${n.text}`, (n.level ?? 0) >= pb.AgentNotice.Level.LEVEL_WARNING ? 'bad' : 'info');
         break;
       }
-      case 'sessionEnd':
-        ended(env.sessionEnd?.reason || 'The session ended.');
+      case 'sessionEnd': {
+        const reason = env.sessionEnd?.reason || 'The session ended.';
+        const code = env.sessionEnd?.code ?? 0;
+        // A support-code session is over when its agent goes: the code was good for one.
+        if (endIsFinal(code, reason) || (code === pb.EndCode.END_CODE_AGENT_GONE && kind === 'attended')) ended(reason);
+        else {
+          // The agent or the server went away: the close that follows reconnects at once,
+          // to this session if it lives on (another instance), else to the machine's next.
+          lostReason = reason;
+          ws?.close(1000, 'session gone');
+        }
         break;
+      }
       default:
         break;
     }
@@ -363,6 +424,64 @@ export function viewerPage({ root, params }: PageContext): () => void {
     ws?.close(1000, 'done');
   };
 
+  // The machine did not come back in time: over, unless the technician keeps waiting.
+  const giveUp = () => {
+    following = false;
+    setState('ended');
+    const wait = h('button', {
+      class: 'btn',
+      type: 'button',
+      onclick: () => {
+        following = true;
+        followSince = Date.now();
+        attempts = 0;
+        setState('reconnecting', 'Waiting for the machine to come back…');
+        void connect();
+      },
+    }, 'Keep waiting');
+    const limit = followLimit >= 60_000 ? `${Math.round(followLimit / 60_000)} minutes` : `${Math.round(followLimit / 1000)} seconds`;
+    showOverlay(`The machine has not come back in ${limit} (${trimStop(followWhy)}). Join it again from Machines once it is online.`, [
+      wait,
+      h('button', { class: 'btn btn-primary', type: 'button', onclick: () => navigate('/machines') }, 'Back to machines'),
+    ]);
+  };
+
+  /** Shows `next`, the machine's new session, in this tab from now on. */
+  const switchSession = (next: string) => {
+    if (next === sessionId) return;
+    const mode = sessionStorage.getItem(keyModeKey());
+    sessionId = next;
+    if (mode) sessionStorage.setItem(keyModeKey(), mode);
+    history.replaceState(history.state, '', `#/view/${encodeURIComponent(next)}`);
+    titleId.textContent = next.slice(0, 8);
+    named = false;
+    // Transfers belonged to the old session; the picture comes anew.
+    files?.reset('the machine reconnected as a new session');
+    sawFrame = false;
+    streamCodec = 0;
+  };
+
+  /**
+   * The session we had is gone (`why`). A managed machine is followed to its next session;
+   * anything else has ended.
+   */
+  const gone = (why: string) => {
+    if (disposed || state === 'ended') return;
+    if (kind !== 'managed' || !agentId) {
+      ended(why);
+      return;
+    }
+    followWhy = why;
+    following = true;
+    const msg = `The session ended (${trimStop(why)}). Waiting for the machine to come back…`;
+    if (!followSince) {
+      // Its new session may be there already (the agent reconnected): look at once.
+      followSince = Date.now();
+      setState('reconnecting', msg);
+      void connect();
+    } else scheduleReconnect(msg);
+  };
+
   // ---- connecting ----
   const scheduleReconnect = (why: string) => {
     if (disposed || state === 'ended') return;
@@ -380,19 +499,57 @@ export function viewerPage({ root, params }: PageContext): () => void {
     if (!name && !named) name = (await api.get<Machine>(`/api/machines/${encodeURIComponent(info.agent_id)}`).catch(() => null))?.hostname;
     if (!name || disposed) return;
     named = true;
-    mount(title, h('strong', {}, name), h('span', { class: 'muted small mono' }, sessionId.slice(0, 8)));
+    titleName.textContent = name;
     document.title = `${name} · GuruConnect`;
   };
 
-  const connect = async () => {
+  /** Connects to the session; `lookUp`: first see whether its machine moved on (managed). */
+  const connect = async (lookUp = false) => {
     if (disposed) return;
     if (state !== 'reconnecting') setState('connecting', 'Connecting…');
+    if (following && Date.now() - followSince > followLimit) {
+      giveUp();
+      return;
+    }
+    // Reconnecting to a managed session: the machine may have moved on to a new session
+    // (its agent reconnected, the server restarted). Where is it now?
+    if (kind === 'managed' && agentId && (following || lookUp || attempts > 0)) {
+      let machine: Machine;
+      try {
+        machine = await api.get<Machine>(`/api/machines/${encodeURIComponent(agentId)}`);
+      } catch (e) {
+        if (disposed) return;
+        const err = ApiError.from(e);
+        if (err.handled) return;
+        if (err.status === 404) ended('the machine was removed');
+        else if (err.status === 403) setState('error', err.detail);
+        else scheduleReconnect(following ? `The session ended (${trimStop(followWhy)}). Waiting for the machine to come back…` : `${trimStop(err.detail)}.`);
+        return;
+      }
+      if (disposed || state === 'ended') return;
+      if (machine.status === 'pending') {
+        ended("the machine is pending an administrator's approval");
+        return;
+      }
+      if (machine.online && machine.session_id) {
+        if (machine.session_id !== sessionId) switchSession(machine.session_id);
+      } else if (following) {
+        gone(followWhy);
+        return;
+      }
+    }
     let grant: ViewerToken;
     try {
       const info = await api.get<Session>(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
       if (disposed) return;
       if (info) {
+        agentId = info.agent_id;
+        kind = info.kind;
         files?.setSession(info);
+        if (info.status === 'ended') {
+          gone(info.end_reason || 'the session ended');
+          return;
+        }
         await nameTab(info);
       }
       if (disposed) return;
@@ -402,7 +559,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
       const err = ApiError.from(e);
       if (err.handled) return;
       if (err.status === 409 || err.status === 404) {
-        ended(err.detail);
+        gone(err.detail);
         return;
       }
       if (err.status === 403) {
@@ -440,10 +597,14 @@ export function viewerPage({ root, params }: PageContext): () => void {
       files?.reset('the connection to the relay was lost');
       h264.close();
       if (disposed || state === 'ended') return;
-      if (ev.code === 1000 && /ended|removed|administrator|denied|timed out|revoked/i.test(ev.reason)) {
-        ended(ev.reason);
+      if (lostReason !== null) {
+        const why = lostReason;
+        lostReason = null;
+        setState('reconnecting', `${trimStop(why)}. Reconnecting…`.replace(/^./, (c) => c.toUpperCase()));
+        void connect(true);
         return;
       }
+      // Lost without a SessionEnd (1006, 1001 "server shutting down", the network): reconnect.
       const why = ev.reason ? `Connection closed: ${ev.reason.replace(/[.\s]+$/, '')}.` : 'The connection was lost.';
       scheduleReconnect(why);
     };
@@ -519,7 +680,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
   showKeyMode();
   keyModeBtn.addEventListener('click', () => {
     byPosition = !byPosition;
-    sessionStorage.setItem(keyModeKey, byPosition ? 'position' : 'character');
+    sessionStorage.setItem(keyModeKey(), byPosition ? 'position' : 'character');
     showKeyMode();
     canvas.focus();
   });
@@ -639,7 +800,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
   endBtn.addEventListener('click', () => {
     void confirmAction('End session', 'End this session for everyone? The other technicians watching are disconnected too.', 'End session').then((ok) => {
       if (!ok) return;
-      api.post(`/api/sessions/${sessionId}/end`).catch(toastError);
+      api.post(`/api/sessions/${encodeURIComponent(sessionId)}/end`).catch(toastError);
     });
   });
 

@@ -38,42 +38,59 @@ export async function startServer({ generatedPassword = false } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'gc-console-test-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const child = spawn(bin, [], {
-    env: {
-      ...process.env,
-      GURUCONNECT_DATA_DIR: dataDir,
-      GURUCONNECT_BIND: `127.0.0.1:${port}`,
-      ...(generatedPassword ? {} : { GURUCONNECT_ADMIN_PASSWORD: ADMIN_PASSWORD }),
-      GURUCONNECT_CONSOLE_DIR: dist,
-      RUST_LOG: process.env.RUST_LOG ?? 'warn',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const env = {
+    ...process.env,
+    GURUCONNECT_DATA_DIR: dataDir,
+    GURUCONNECT_BIND: `127.0.0.1:${port}`,
+    ...(generatedPassword ? {} : { GURUCONNECT_ADMIN_PASSWORD: ADMIN_PASSWORD }),
+    GURUCONNECT_CONSOLE_DIR: dist,
+    RUST_LOG: process.env.RUST_LOG ?? 'warn',
+  };
   let log = '';
-  child.stdout.on('data', (d) => (log += d));
-  child.stderr.on('data', (d) => (log += d));
+  let child = await spawnServer(bin, env, url, (d) => (log += d), () => log);
+  const stopChild = async () => {
+    child.kill('SIGTERM');
+    await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r)));
+  };
+  return {
+    url,
+    port,
+    dataDir,
+    log: () => log,
+    /** Stops the process and starts the same binary again on the same port and data dir. */
+    async restart() {
+      await stopChild();
+      log += '\n--- restart ---\n';
+      child = await spawnServer(bin, env, url, (d) => (log += d), () => log);
+    },
+    async stop() {
+      await stopChild();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Spawns the server with `env`; resolves with the child once `url`/health answers. */
+async function spawnServer(bin, env, url, onOutput, log) {
+  const child = spawn(bin, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', onOutput);
+  child.stderr.on('data', onOutput);
   const deadline = Date.now() + 30_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}):\n${log}`);
+    if (child.exitCode !== null) throw new Error(`server exited early (${child.exitCode}):\n${log()}`);
     try {
       const r = await fetch(`${url}/health`);
       if (r.ok) break;
     } catch {
       // not up yet
     }
-    if (Date.now() > deadline) throw new Error(`server did not start:\n${log}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`server did not start:\n${log()}`);
+    }
     await new Promise((r) => setTimeout(r, 150));
   }
-  return {
-    url,
-    port,
-    log: () => log,
-    async stop() {
-      child.kill('SIGTERM');
-      await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
-      rmSync(dataDir, { recursive: true, force: true });
-    },
-  };
+  return child;
 }
 
 /** JSON API call as `token` (or anonymous). */
