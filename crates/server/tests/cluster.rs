@@ -27,6 +27,17 @@ use tokio::time::Instant;
 const NATS: &str = "nats://127.0.0.1:4222";
 const SECRET: &str = "cluster-test-signing-secret-0123456789abcdef";
 
+/// The public key every instance trusts for releases (updates can be pushed).
+fn release_key() -> String {
+    use std::sync::OnceLock;
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let key = guruconnect_release::generate_key();
+        guruconnect_release::public_key_text(&key.verifying_key())
+    })
+    .clone()
+}
+
 /// One server process.
 struct Instance {
     name: String,
@@ -57,6 +68,7 @@ impl Instance {
             .env("GURUCONNECT_CLUSTER__INSTANCE_ID", name)
             .env("GURUCONNECT_CLUSTER__NAME", cluster)
             .env("GURUCONNECT_OFFLINE_SESSION_TTL_SECS", "60")
+            .env("GURUCONNECT_RELEASE_PUBLIC_KEY", release_key())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -521,6 +533,20 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
         ended,
         "the session held by the dead instance is recorded as ended"
     );
+
+    // --- an update pushed from C reaches the agent now on B
+    let resp =
+        cl.c.post(
+            &format!("/api/machines/{machine}/update"),
+            &admin_c,
+            json!({}),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    recv_until(&mut agent, "update command from C", WAIT, |p| {
+        matches!(p, Payload::UpdateCommand(_))
+    })
+    .await;
 
     // --- a sign-out on B closes that user's viewer on C
     let tech_password = common::random_secret("pw");

@@ -43,7 +43,6 @@ use crate::audit::Audit;
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::middleware::ClientIp;
-use crate::sessions::registry::message;
 
 /// Why updates are off when no public key is configured.
 pub const UPDATES_DISABLED: &str = "updates are disabled: this server has no release public \
@@ -632,19 +631,13 @@ async fn push(
             "allow_downgrade needs the version to install".into(),
         ));
     }
-    let Some(session) = state
-        .sessions
-        .by_agent(agent_id)
-        .filter(|s| s.is_agent_connected())
-    else {
-        return Ok(None);
-    };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let sent = session.try_send_to_agent(message(Payload::UpdateCommand(proto::UpdateCommand {
+    let command = Payload::UpdateCommand(proto::UpdateCommand {
         version: req.version.clone().unwrap_or_default(),
         allow_downgrade: req.allow_downgrade,
         request_id: request_id.clone(),
-    })));
+    });
+    let sent = crate::sessions::send_to_machine(state, agent_id, command).await;
     if !sent {
         return Ok(None);
     }

@@ -12,7 +12,7 @@
 //! - requests to a session (`join`, `end`) answered by the instance that holds it.
 //!
 //! Subjects, under the cluster's name (`cluster.name`, default `guruconnect`): `.presence`,
-//! `.ctl`, `.sess.<session>.<verb>`, `.mach.<machine>.join`, `.tun.<viewer>.{up,down}`.
+//! `.ctl`, `.sess.<session>.<verb>`, `.mach.<machine>.{join,send}`, `.tun.<viewer>.{up,down}`.
 //! Everything is JSON except tunnel traffic; a message that
 //! does not decode is dropped and counted (`guruconnect_bus_dropped`).
 
@@ -313,9 +313,10 @@ impl NatsBus {
         token_ok(session_id).then(|| format!("{}.sess.{session_id}.{verb}", self.prefix))
     }
 
-    /// Subject on which the holder of a machine's managed session answers joins.
-    pub fn machine_subject(&self, agent_id: &str) -> Option<String> {
-        token_ok(agent_id).then(|| format!("{}.mach.{agent_id}.join", self.prefix))
+    /// Subject on which the holder of a machine's managed session answers `verb` (`join`
+    /// a viewer, `send` a command to the agent; `*` for all).
+    pub fn machine_subject(&self, agent_id: &str, verb: &str) -> Option<String> {
+        token_ok(agent_id).then(|| format!("{}.mach.{agent_id}.{verb}", self.prefix))
     }
 
     /// Whether a request arrived on a machine's subject (not a session's).

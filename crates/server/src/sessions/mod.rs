@@ -206,7 +206,7 @@ fn spawn_responder(state: AppState, bus: Arc<bus::NatsBus>, session: Arc<LiveSes
             tracing::warn!(session_id = %session.id, "session bus: cannot answer for this session");
             return;
         };
-        let mut by_machine = match (session.kind, bus.machine_subject(&session.agent_id)) {
+        let mut by_machine = match (session.kind, bus.machine_subject(&session.agent_id, "*")) {
             (SessionKind::Managed, Some(subject)) => {
                 tokio::time::timeout(bus::REQUEST_TIMEOUT, client.subscribe(subject))
                     .await
@@ -245,7 +245,12 @@ fn spawn_responder(state: AppState, bus: Arc<bus::NatsBus>, session: Arc<LiveSes
                 }
                 msg = machine_next => {
                     let Some(msg) = msg else { break };
-                    answer_join(&state, &bus, &session, &msg).await;
+                    if msg.subject.ends_with(".send") {
+                        let sent = forward_command(&state, &session, &msg.payload);
+                        bus.reply(&msg, &sent).await;
+                    } else {
+                        answer_join(&state, &bus, &session, &msg).await;
+                    }
                 }
             }
         }
@@ -267,6 +272,50 @@ async fn answer_join(
     }
     let reply = tunnel::accept(state, bus, session.clone(), req).await;
     bus.reply(msg, &reply).await;
+}
+
+/// Passes a command from another instance's API to this machine's agent: only the
+/// commands the API sends (an update), never anything a viewer could.
+fn forward_command(state: &AppState, session: &LiveSession, bytes: &[u8]) -> bool {
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    match crate::relay::decode(&bytes).map(|e| e.payload) {
+        Ok(Some(guruconnect_proto::Payload::UpdateCommand(_))) if session.is_agent_connected() => {
+            session.try_send_to_agent(axum::extract::ws::Message::Binary(bytes))
+        }
+        Ok(_) => false,
+        Err(_) => {
+            state.metrics.bus_dropped.inc();
+            false
+        }
+    }
+}
+
+/// Sends a command to a machine's connected agent wherever it is held; false when it is
+/// not connected (or its queue is full).
+pub async fn send_to_machine(
+    state: &AppState,
+    agent_id: &str,
+    payload: guruconnect_proto::Payload,
+) -> bool {
+    if let Some(session) = state
+        .sessions
+        .registry
+        .by_agent(agent_id)
+        .filter(|s| s.is_agent_connected())
+    {
+        return session.try_send_to_agent(registry::message(payload));
+    }
+    let SessionBus::Nats(bus) = &state.sessions.bus else {
+        return false;
+    };
+    let Some(subject) = bus.machine_subject(agent_id, "send") else {
+        return false;
+    };
+    let bytes = guruconnect_proto::Envelope::new(payload).to_bytes();
+    match tokio::time::timeout(bus::REQUEST_TIMEOUT, bus.client().request(subject, bytes)).await {
+        Ok(Ok(reply)) => bus::decode::<bool>(state, &reply.payload).unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// Applies what another instance announced.

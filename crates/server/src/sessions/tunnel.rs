@@ -253,7 +253,7 @@ pub async fn attach(
 ) -> Result<Option<Attached>, ApiError> {
     let subject = match target {
         Target::Session(id) => bus.session_subject(id, "join"),
-        Target::Machine(id) => bus.machine_subject(id),
+        Target::Machine(id) => bus.machine_subject(id, "join"),
     };
     let Some(subject) = subject else {
         return Ok(None);
