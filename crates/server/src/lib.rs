@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod console;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod middleware;
 pub mod rate_limit;

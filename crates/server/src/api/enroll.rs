@@ -21,13 +21,11 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::alerts;
-use crate::api::machines::mint_agent_key;
 use crate::audit::Audit;
 use crate::auth::password;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::middleware::ClientIp;
 use crate::rate_limit::Limit;
-use crate::secrets::sha256_hex;
 
 /// `/api/enroll`.
 pub fn router() -> Router<AppState> {
@@ -177,18 +175,8 @@ async fn enroll(
             (Some(created), agent_id, "created")
         }
     };
-    let plaintext = mint_agent_key();
-    let key = AgentKey {
-        id: uuid::Uuid::new_v4().to_string(),
-        agent_id: agent_id.clone(),
-        key_hash: sha256_hex(plaintext.as_bytes()),
-        prefix: plaintext.chars().take(10).collect(),
-        label: Some(format!("enrolled via site {}", site.code)),
-        created_by: None,
-        created_at: now,
-        last_used_at: None,
-        revoked_at: None,
-    };
+    let label = format!("enrolled via site {}", site.code);
+    let (plaintext, key) = crate::fleet::new_key(&agent_id, Some(&label), None, now);
     let event = Audit::new("machine.enrolled")
         .agent(&agent_id)
         .ip(ip)

@@ -7,7 +7,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use guruconnect_store::{
     AgentKey, DEFAULT_TENANT, Machine, MachineLabels, MachineSearch, MachineUpsert, StoreError,
 };
@@ -19,8 +18,6 @@ use crate::audit::Audit;
 use crate::auth::{AdminUser, AuthUser, Permission};
 use crate::error::{ApiError, ApiJson, ApiResult, parse_json_body};
 use crate::middleware::ClientIp;
-use crate::relay::agent::AGENT_KEY_PREFIX;
-use crate::secrets::{random_bytes, sha256_hex};
 
 /// `/api/machines*`.
 pub fn router() -> Router<AppState> {
@@ -162,15 +159,6 @@ pub struct CreatedKey {
     agent_key: String,
 }
 
-/// Mints a key: 32 bytes from the OS CSPRNG.
-pub fn mint_agent_key() -> String {
-    let bytes = random_bytes::<32>();
-    format!(
-        "{AGENT_KEY_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
 #[tracing::instrument(skip_all, fields(admin = %admin.0.user.id))]
 async fn create_key(
     State(state): State<AppState>,
@@ -208,18 +196,8 @@ async fn create_key(
         }
         Err(e) => return Err(e.into()),
     }
-    let plaintext = mint_agent_key();
-    let key = AgentKey {
-        id: uuid::Uuid::new_v4().to_string(),
-        agent_id: agent_id.clone(),
-        key_hash: sha256_hex(plaintext.as_bytes()),
-        prefix: plaintext.chars().take(10).collect(),
-        label: req.label.map(|l| l.chars().take(100).collect()),
-        created_by: Some(admin.0.user.id.clone()),
-        created_at: now,
-        last_used_at: None,
-        revoked_at: None,
-    };
+    let (plaintext, key) =
+        crate::fleet::new_key(&agent_id, req.label.as_deref(), Some(&admin.0.user.id), now);
     let audit = Audit::new("key.issued")
         .user(&admin.0.user)
         .ip(ip)
