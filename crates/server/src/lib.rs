@@ -61,6 +61,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Every socket task (agents, viewers, tunnels): waited for at shutdown, so sessions
+    /// are recorded as ended before the server exits.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Live sessions: this instance's registry and the bus to the others.
     pub sessions: Arc<sessions::Sessions>,
     /// Wall clock for expiries.
@@ -131,6 +134,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         limits: Arc::new(limits),
         metrics: Arc::new(Metrics::new()),
         shutdown: CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
         sessions: Arc::new(sessions::Sessions::new(bus)),
         clock,
         http: reqwest::Client::new(),
@@ -209,6 +213,7 @@ pub async fn serve_state(
         max_per_address: state.config.max_connections_per_address,
         exempt: state.config.trusted_proxies.clone(),
     };
+    let state_tasks = state.tasks.clone();
     let app = router(state);
     let signal = tokio::spawn({
         let cancel = cancel.clone();
@@ -220,7 +225,19 @@ pub async fn serve_state(
             cancel.cancel();
         }
     });
+    let tasks = state_tasks;
     let served = conn::serve(listener, app, limits, cancel).await;
+    // Sockets ended their sessions when the shutdown fired; let them record it.
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "socket tasks still running 10 s after shutdown"
+        );
+    }
     signal.abort();
     housekeeping.abort();
     served?;

@@ -295,6 +295,28 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
     let admin_b = cl.b.login("admin", &cl.admin_password).await;
     let admin_c = cl.c.login("admin", &cl.admin_password).await;
 
+    // --- a support code is good for one session across instances: two agents race on A
+    // and B with the same code, exactly one wins
+    let raced: Value =
+        cl.c.post("/api/codes", &admin_c, json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let raced = raced["code"].as_str().unwrap().to_owned();
+    let (on_a, on_b) = tokio::join!(
+        connect_agent(&cl.a.base, &raced),
+        connect_agent(&cl.b.base, &raced)
+    );
+    assert_eq!(
+        usize::from(on_a.is_ok()) + usize::from(on_b.is_ok()),
+        1,
+        "one code, one session: {:?} / {:?}",
+        on_a.as_ref().err(),
+        on_b.as_ref().err()
+    );
+    drop((on_a, on_b));
+
     // --- attended: consent, frames, input, chat and clipboard across instances
     let code: Value =
         cl.c.post("/api/codes", &admin_c, json!({}))
@@ -320,6 +342,11 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
     let mut vc = cl.c.viewer(&admin_c, &info.session_id).await;
     // Nothing flows before consent, whichever instance the viewer is on.
     vb.send(key_down(30)).await.unwrap();
+    let dropped = common::eventually(WAIT, || async {
+        cl.a.metric("guruconnect_input_dropped").await >= 1.0
+    })
+    .await;
+    assert!(dropped, "A drops input from B before consent");
     agent.send(consent(true)).await.unwrap();
     for v in [&mut vb, &mut vc] {
         recv_until(v, "active", WAIT, |p| is_state(p, SessionPhase::Active)).await;

@@ -1040,3 +1040,38 @@ async fn typed_text_reaches_the_agent_and_agent_notices_reach_every_viewer() {
         assert!(matches!(got, Payload::AgentNotice(n) if n.text == "Ctrl+Alt+Del was refused"));
     }
 }
+
+/// A server shutting down ends its live sessions (close 1001 to the agent, `SessionEnd`
+/// with the going-away code to viewers) and records why before it exits: the socket tasks
+/// are waited for, so the record says "server shutting down", not the next start's
+/// "server restarted".
+#[tokio::test]
+async fn a_shutdown_ends_live_sessions_and_records_it_before_the_server_exits() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let (mut agent, _) = managed_agent(&server, &admin).await;
+    let mut viewer = viewer(&server, &admin, &agent.session_id).await;
+    let session_id = agent.session_id.clone();
+    let server = server.restart().await;
+    let end = recv_until(&mut viewer, "session end", WAIT, |p| {
+        matches!(p, Payload::SessionEnd(_))
+    })
+    .await;
+    assert!(
+        matches!(&end, Payload::SessionEnd(e) if e.code == guruconnect_proto::EndCode::ServerGoingAway as i32),
+        "{end:?}"
+    );
+    match try_recv_until(&mut agent.conn, WAIT, |_| false).await {
+        Err(RecvFail::Closed(code, _)) => assert_eq!(code, 1001),
+        other => panic!("the agent is closed with 1001: {other:?}"),
+    }
+    let admin = server.admin_token().await;
+    let record: serde_json::Value = server
+        .get(&format!("/api/sessions/{session_id}"), &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["status"], "ended");
+    assert_eq!(record["end_reason"], "server shutting down", "{record}");
+}

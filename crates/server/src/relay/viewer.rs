@@ -133,7 +133,10 @@ pub async fn upgrade(
             match tunnel::attach(&state, &bus, &grant, target, ip, video).await {
                 Ok(Some(attached)) => {
                     return ws.on_upgrade(move |socket| {
-                        tunnel::pump(state, bus, socket, grant, attached, ip, video)
+                        let tasks = state.tasks.clone();
+                        tasks.track_future(tunnel::pump(
+                            state, bus, socket, grant, attached, ip, video,
+                        ))
                     });
                 }
                 Ok(None) => {}
@@ -151,7 +154,10 @@ pub async fn upgrade(
         Ok(_) => {}
         Err(e) => return ApiError::from(e).into_response(),
     }
-    ws.on_upgrade(move |socket| run(state, socket, grant, session_id, ip, video))
+    ws.on_upgrade(move |socket| {
+        let tasks = state.tasks.clone();
+        tasks.track_future(run(state, socket, grant, session_id, ip, video))
+    })
 }
 
 /// The `SessionState` message for a viewer (or, with no viewer, for all of them).

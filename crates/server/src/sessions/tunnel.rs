@@ -214,7 +214,7 @@ pub async fn accept(
         access,
     };
     let state = state.clone();
-    tokio::spawn(async move {
+    state.tasks.clone().spawn(async move {
         viewer::serve(
             state,
             Box::pin(sink),
@@ -534,7 +534,9 @@ async fn relay_attachment(
                         }
                     }
                     Message::Close(frame) => {
-                        if ended.is_some() {
+                        // The holder is shutting down (a rolling restart): follow too.
+                        let going_away = frame.as_ref().is_some_and(|f| f.code == close::GOING_AWAY);
+                        if ended.is_some() || going_away {
                             return Outcome::Lost;
                         }
                         let _ = control.try_send(Message::Close(frame));

@@ -81,7 +81,12 @@ pub async fn upgrade(
         .max_frame_size(proto::MAX_AGENT_MESSAGE)
         .read_buffer_size(AGENT_READ_BUFFER)
         .write_buffer_size(AGENT_WRITE_BUFFER)
-        .on_upgrade(move |socket| run(state, socket, credential, ip))
+        .on_upgrade(move |socket| {
+            state
+                .tasks
+                .clone()
+                .track_future(run(state, socket, credential, ip))
+        })
 }
 
 /// Runs one agent connection to its end.
