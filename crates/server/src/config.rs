@@ -508,6 +508,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cluster_needs_postgresql_and_plain_names() {
+        let cluster = |db: Option<&str>, name: Option<&str>| Config {
+            database_url: db.map(|d| SecretString::from(d.to_owned())),
+            cluster: ClusterConfig {
+                nats_url: Some("nats://127.0.0.1:4222".into()),
+                instance_id: Some("gc-a".into()),
+                name: name.map(str::to_owned),
+            },
+            ..Config::default()
+        };
+        let err = |c: Config| {
+            c.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err(cluster(None, None)).contains("PostgreSQL"));
+        assert!(err(cluster(Some("sqlite://x.db"), None)).contains("PostgreSQL"));
+        assert!(cluster(Some("postgres://db/gc"), None).validate().is_ok());
+        assert!(err(cluster(Some("postgres://db/gc"), Some("a.b"))).contains("cluster.name"));
+        // Without a NATS URL the section is inert.
+        assert!(
+            Config {
+                cluster: ClusterConfig {
+                    nats_url: None,
+                    ..ClusterConfig::default()
+                },
+                ..Config::default()
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn weak_signing_secret_is_refused() {
         let config = Config {
             signing_secret: Some(SecretString::from("too-short".to_owned())),

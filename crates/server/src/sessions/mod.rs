@@ -588,15 +588,3 @@ pub async fn reap_offline(state: &AppState) -> usize {
     }
     reaped.len()
 }
-
-/// Ends every session this instance holds as it shuts down (their agents reconnect to
-/// another instance, or to this one when it is back).
-pub fn shut_down(state: &AppState) {
-    for session in state.sessions.registry.all() {
-        session.end_with(
-            close::GOING_AWAY,
-            EndCode::ServerGoingAway,
-            "server shutting down",
-        );
-    }
-}
