@@ -55,7 +55,8 @@ enum Scenario {
     /// Three spawned server processes (A, B, C) on a fresh schema of --database-url and
     /// NATS at --nats-url: throughput and latency of 1 MiB and 64 KiB frames with the
     /// viewer on A (same instance as the agent) and on B (tunnelled over NATS), then 1 →
-    /// 10 viewers over A, B, C with one that stops reading for 5 s; not part of `all`.
+    /// 10 viewers over A, B, C with one that stops reading for 5 s (on A, then on B);
+    /// not part of `all`.
     Cluster,
     /// All of the above but `soak`, `flood`, `record`, `seek` and `cluster`.
     All,
