@@ -5,11 +5,14 @@
 //! one slow viewer), `idle` (server RSS per idle agent), `soak` (idle agents with
 //! periodic fan-out bursts, server RSS over time), `flood` (idle and slow connections the
 //! server must close, sign-in meanwhile), `record` (session recording's CPU and bytes
-//! per minute), `seek` (seeking to the middle of a 30-minute recording) and `all` (all but
-//! `soak`, `flood`, `record` and `seek`). Each prints markdown table rows. Run in release mode; see `docs/benchmarks.md`.
+//! per minute), `seek` (seeking to the middle of a 30-minute recording), `cluster` (three
+//! server processes on PostgreSQL and NATS: same- versus cross-instance throughput, latency
+//! and fan-out) and `all` (all but `soak`, `flood`, `record`, `seek` and `cluster`). Each
+//! prints markdown table rows. Run in release mode; see `docs/benchmarks.md`.
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod flood;
 mod peers;
 mod record;
@@ -49,7 +52,13 @@ enum Scenario {
     /// Seeking to the middle of a synthetic 30-minute recording: indexing and the bytes a
     /// player reads, cold and warm page cache; not part of `all`.
     Seek,
-    /// All of the above but `soak`, `flood`, `record` and `seek`.
+    /// Three spawned server processes (A, B, C) on a fresh schema of --database-url and
+    /// NATS at --nats-url: throughput and latency of 1 MiB and 64 KiB frames with the
+    /// viewer on A (same instance as the agent) and on B (tunnelled over NATS), then 1 →
+    /// 10 viewers over A, B, C with one that stops reading for 5 s (on A, then on B);
+    /// not part of `all`.
+    Cluster,
+    /// All of the above but `soak`, `flood`, `record`, `seek` and `cluster`.
     All,
 }
 
@@ -72,8 +81,8 @@ struct Cli {
     /// Process id of the --server, for the idle scenario's RSS readings.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Server binary the idle scenario spawns (default: guruconnect-server next to this
-    /// executable).
+    /// Server binary the idle, soak, flood and cluster scenarios spawn (default:
+    /// guruconnect-server next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Idle agents to connect.
@@ -113,6 +122,16 @@ struct Cli {
     /// Seek: minutes of the synthetic recording.
     #[arg(long, default_value_t = 30)]
     seek_minutes: u64,
+    /// Cluster: PostgreSQL database; the run creates a schema in it and drops it after.
+    #[arg(
+        long,
+        env = "GURUCONNECT_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
+    /// Cluster: the NATS server the instances meet on.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
 }
 
 impl Cli {
@@ -134,7 +153,9 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let stream_scenarios: &[Scenario] = match cli.scenario {
         Scenario::All => &[Scenario::Throughput, Scenario::Latency, Scenario::Fanout],
-        Scenario::Idle | Scenario::Soak | Scenario::Flood | Scenario::Seek => &[],
+        Scenario::Idle | Scenario::Soak | Scenario::Flood | Scenario::Seek | Scenario::Cluster => {
+            &[]
+        }
         ref one => std::slice::from_ref(one),
     };
     if !stream_scenarios.is_empty() {
@@ -156,11 +177,20 @@ async fn main() -> Result<()> {
                 | Scenario::Soak
                 | Scenario::Flood
                 | Scenario::Seek
+                | Scenario::Cluster
                 | Scenario::All => continue,
             };
             print_table(&format!("{scenario:?}").to_lowercase(), &rows);
         }
         target.stop();
+    }
+    if cli.scenario == Scenario::Cluster {
+        let params = cluster::ClusterParams {
+            database_url: cli.database_url.clone(),
+            nats_url: cli.nats_url.clone(),
+        };
+        let rows = cluster::cluster(cli.server_bin.as_deref(), &params).await?;
+        print_table("cluster", &rows);
     }
     if cli.scenario == Scenario::Seek {
         print_table("seek", &record::seek(cli.seek_minutes.max(1))?);
@@ -204,6 +234,7 @@ async fn main() -> Result<()> {
                     soft_nofile: cli.soft_nofile,
                     // The start-up line with the open-file limit is logged at info.
                     rust_log: Some("warn,sqlx=warn,guruconnect_server::conn=info".to_owned()),
+                    ..target::ChildOptions::default()
                 };
                 Target::child_with(cli.server_bin.as_deref(), &options).await?
             }

@@ -15,9 +15,9 @@ use crate::peers::{Agent, Api, Viewer, as_video, hello, now_us, payload, video_f
 use crate::report::{Row, summarize};
 use crate::target::{Target, open_files_limit, rss_kib};
 
-const MIB: usize = 1024 * 1024;
+pub(crate) const MIB: usize = 1024 * 1024;
 
-fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+pub(crate) fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs.max(1e-9) / 1e6
 }
 
@@ -26,13 +26,13 @@ fn mb_per_s(bytes: u64, secs: f64) -> f64 {
 
 /// What a counting viewer saw.
 #[derive(Default)]
-struct Count {
-    frames: u64,
-    bytes: u64,
-    last: Duration,
+pub(crate) struct Count {
+    pub(crate) frames: u64,
+    pub(crate) bytes: u64,
+    pub(crate) last: Duration,
 }
 
-async fn count_frames(mut viewer: Viewer, start: Instant) -> Result<Count> {
+pub(crate) async fn count_frames(mut viewer: Viewer, start: Instant) -> Result<Count> {
     let mut count = Count::default();
     while let Ok(Ok(bytes)) = timeout(Duration::from_secs(1), viewer.rx.recv_raw()).await {
         let len = bytes.len() as u64;
@@ -211,7 +211,7 @@ async fn collect_latency(mut viewer: Viewer, last: u64) -> Result<(Vec<u64>, u64
     Ok((samples, received))
 }
 
-fn ticker(rate: u64, behavior: MissedTickBehavior) -> tokio::time::Interval {
+pub(crate) fn ticker(rate: u64, behavior: MissedTickBehavior) -> tokio::time::Interval {
     let mut tick = interval(Duration::from_nanos(1_000_000_000 / rate));
     tick.set_missed_tick_behavior(behavior);
     tick

@@ -23,6 +23,8 @@ pub struct ChildOptions {
     pub soft_nofile: Option<u64>,
     /// `RUST_LOG` for it (default `warn,sqlx=warn`).
     pub rust_log: Option<String>,
+    /// More environment variables for it (a cluster member's database, bus and secret).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running server and how to reach it.
@@ -163,6 +165,7 @@ impl Target {
                 "RUST_LOG",
                 options.rust_log.as_deref().unwrap_or("warn,sqlx=warn"),
             )
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
