@@ -268,10 +268,15 @@ pub async fn prune_codes(state: &AppState) -> u64 {
 /// Periodic pruning: expired token records, finished support codes, idle rate-limit
 /// state and recordings past their retention.
 async fn housekeeping(state: AppState, serving_since: i64) {
-    recording::recover(&state, serving_since).await;
+    recording::recover(&state, serving_since, i64::MAX).await;
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tick.tick().await;
+        if state.config.cluster.enabled() {
+            // Recordings of an instance that died: its sessions were ended by the sweep.
+            let now = state.clock.now_millis();
+            recording::recover(&state, now, now - 60_000).await;
+        }
         state.limits.prune().await;
         sessions::reap_offline(&state).await;
         if let Err(e) = state

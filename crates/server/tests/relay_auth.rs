@@ -724,3 +724,35 @@ async fn a_non_websocket_request_does_not_burn_a_support_code() {
     assert_eq!(validate_code(&server, &code).await.status(), StatusCode::OK);
     agent_hello(&server, &code, hello("pc", "")).await;
 }
+
+/// Signing out closes the user's open viewers at once (their viewer tokens die with the
+/// sign-out, SPEC §3): a `SessionEnd` with the revoked code, then close 1008.
+#[tokio::test]
+async fn a_sign_out_closes_that_users_open_viewers() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token().await;
+    let (_agent, _) = managed_agent(&server, &admin).await;
+    let tech = user_with_role(&server, &admin, "technician").await;
+    let session_id = _agent.session_id.clone();
+    let mut watching = viewer(&server, &tech, &session_id).await;
+    let resp = server
+        .client()
+        .post(server.url("/api/auth/logout"))
+        .bearer_auth(&tech)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let end = recv_until(&mut watching, "session end", WAIT, |p| {
+        matches!(p, Payload::SessionEnd(_))
+    })
+    .await;
+    assert!(
+        matches!(&end, Payload::SessionEnd(e) if e.code == guruconnect_proto::EndCode::Revoked as i32 && e.reason == "signed out"),
+        "{end:?}"
+    );
+    match try_recv_until(&mut watching, WAIT, |_| false).await {
+        Err(RecvFail::Closed(code, _)) => assert_eq!(code, 1008),
+        other => panic!("closed with 1008: {other:?}"),
+    }
+}

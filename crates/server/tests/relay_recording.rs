@@ -515,7 +515,12 @@ async fn a_recording_left_open_by_a_crash_is_closed_as_failed_and_can_be_deleted
         ..row.clone()
     };
     server.state.store.create_recording(&live).await.unwrap();
-    guruconnect_server::recording::recover(&server.state, server.state.clock.now_millis()).await;
+    guruconnect_server::recording::recover(
+        &server.state,
+        server.state.clock.now_millis(),
+        i64::MAX,
+    )
+    .await;
     let open = server.state.store.open_recordings(10).await.unwrap();
     assert_eq!(
         open.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),

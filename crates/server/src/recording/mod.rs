@@ -542,9 +542,10 @@ async fn failed_with(state: &AppState, session: &LiveSession, error: &str, detai
 /// Closes recordings a previous run left open (started before `before`, when this server
 /// began serving; the server stopped or crashed while writing them): marked failed with the
 /// file's hash and length as they are on disk (it plays up to its last whole record), and
-/// audited. Sessions of a previous run are ended at start-up the same way (one server per
-/// database).
-pub async fn recover(state: &AppState, before: i64) {
+/// audited. A recording whose session is still open is left alone (in a cluster another
+/// instance may be writing it), as is one whose session ended after `ended_before` (its
+/// writer may still be closing it).
+pub async fn recover(state: &AppState, before: i64, ended_before: i64) {
     let open = match state.store.open_recordings(1000).await {
         Ok(open) => open,
         Err(e) => {
@@ -553,6 +554,16 @@ pub async fn recover(state: &AppState, before: i64) {
         }
     };
     for rec in open.into_iter().filter(|r| r.started_at < before) {
+        match state.store.get_session(&rec.session_id).await {
+            Ok(s) if s.status != "ended" || s.ended_at.is_none_or(|t| t >= ended_before) => {
+                continue;
+            }
+            Ok(_) | Err(guruconnect_store::StoreError::NotFound) => {}
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot check a recording's session");
+                continue;
+            }
+        }
         let Some(path) = file_of(state, &rec.id) else {
             continue;
         };

@@ -220,6 +220,10 @@ impl SessionBus {
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .ping_interval(Duration::from_secs(5))
+            // Messages queued towards NATS: a tunnel publishing faster than the socket drains
+            // waits here (and its viewer's queue on the holder drops frames) instead of the
+            // default 2048 frames piling up in memory.
+            .client_capacity(128)
             // Back within a second or two once NATS is back.
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(250 * u64::try_from(attempts.min(8)).unwrap_or(8))

@@ -35,6 +35,8 @@ use crate::error::ApiError;
 use crate::relay::close;
 use crate::relay::viewer::{self, ViewerGrant};
 
+/// Minimum spacing of refresh requests for a viewer that dropped frames (as on the holder).
+const REFRESH_SPACING: Duration = Duration::from_millis(250);
 /// Largest piece of one tunnel message on NATS (its default `max_payload` is 1 MiB).
 const CHUNK: usize = 512 * 1024;
 /// Set on every piece of a message but the last.
@@ -467,6 +469,8 @@ async fn relay_attachment(
     let (up, _) = bus.tunnel_subjects(&attached.viewer_id);
     let mut reassembly = Reassembly::default();
     let mut awaiting_keyframe = true;
+    // Refreshes asked on the viewer's behalf, spaced as the holder spaces its own.
+    let mut last_refresh: Option<Instant> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut ended: Option<EndCode> = None;
     loop {
@@ -508,8 +512,11 @@ async fn relay_attachment(
                                     Err(mpsc::error::TrySendError::Full(_)) => {
                                         awaiting_keyframe = true;
                                         state.metrics.frames_dropped.inc();
-                                        let refresh = message(Payload::RefreshRequest(proto::RefreshRequest {}));
-                                        let _ = publish(bus.client(), &up, refresh).await;
+                                        if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_SPACING) {
+                                            last_refresh = Some(Instant::now());
+                                            let refresh = message(Payload::RefreshRequest(proto::RefreshRequest {}));
+                                            let _ = publish(bus.client(), &up, refresh).await;
+                                        }
                                     }
                                     Err(mpsc::error::TrySendError::Closed(_)) => return Outcome::Closed,
                                 }
