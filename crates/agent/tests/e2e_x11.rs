@@ -695,7 +695,7 @@ async fn wait_no_viewers(relay: &Relay, session_id: &str) -> String {
     let deadline = started + WAIT;
     let state = relay.state.as_ref().expect("the relay's state");
     while state
-        .relay
+        .sessions
         .get(session_id)
         .is_some_and(|s| s.viewer_count() > 0)
     {
