@@ -133,6 +133,18 @@ impl Instance {
             .expect("POST")
     }
 
+    async fn get_json(&self, path: &str, token: &str) -> Value {
+        common::client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
     async fn login(&self, username: &str, password: &str) -> String {
         let resp = common::client()
             .post(self.url("/api/auth/login"))
@@ -273,6 +285,20 @@ async fn balancer(backends: Vec<SocketAddr>) -> String {
     format!("http://{addr}")
 }
 
+/// Connects an agent with `credential` at `base`, says hello and returns its `SessionInfo`.
+async fn hello_agent(base: &str, credential: &str) -> (Connection, guruconnect_proto::SessionInfo) {
+    let mut agent = connect_agent(base, credential).await.unwrap();
+    agent.send(hello("managed-host", "")).await.unwrap();
+    let info = recv_until(&mut agent, "session info", WAIT, |p| {
+        matches!(p, Payload::SessionInfo(_))
+    })
+    .await;
+    let Payload::SessionInfo(info) = info else {
+        unreachable!()
+    };
+    (agent, info)
+}
+
 fn is_state(p: &Payload, phase: SessionPhase) -> bool {
     matches!(p, Payload::SessionState(s) if s.phase == phase as i32)
 }
@@ -325,15 +351,7 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
             .await
             .unwrap();
     let code = code["code"].as_str().unwrap().to_owned();
-    let mut agent = connect_agent(&cl.a.base, &code).await.unwrap();
-    agent.send(hello("customer-pc", "")).await.unwrap();
-    let Payload::SessionInfo(info) = recv_until(&mut agent, "session info", WAIT, |p| {
-        matches!(p, Payload::SessionInfo(_))
-    })
-    .await
-    else {
-        unreachable!()
-    };
+    let (mut agent, info) = hello_agent(&cl.a.base, &code).await;
     recv_until(&mut agent, "consent request", WAIT, |p| {
         matches!(p, Payload::ConsentRequest(_))
     })
@@ -444,15 +462,7 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
         .await
         .unwrap();
     let key = key["agent_key"].as_str().unwrap().to_owned();
-    let mut agent = connect_agent(&lb, &key).await.unwrap();
-    agent.send(hello("managed-host", "")).await.unwrap();
-    let Payload::SessionInfo(first) = recv_until(&mut agent, "session info", WAIT, |p| {
-        matches!(p, Payload::SessionInfo(_))
-    })
-    .await
-    else {
-        unreachable!()
-    };
+    let (mut agent, first) = hello_agent(&lb, &key).await;
     let mut vb = cl.b.viewer(&admin_b, &first.session_id).await;
     let mut vc = cl.c.viewer(&admin_c, &first.session_id).await;
     serve_frames(&mut agent, 10).await;
@@ -462,26 +472,14 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
 
     // Every instance's console shows the machine online, with its live session and both
     // viewers, though only A holds it.
-    let machine_view: Value = common::client()
-        .get(cl.c.url(&format!("/api/machines/{machine}")))
-        .bearer_auth(&admin_c)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let machine_view =
+        cl.c.get_json(&format!("/api/machines/{machine}"), &admin_c)
+            .await;
     assert_eq!(machine_view["online"], true, "{machine_view}");
     assert_eq!(machine_view["session_id"], first.session_id.as_str());
-    let session_view: Value = common::client()
-        .get(cl.b.url(&format!("/api/sessions/{}", first.session_id)))
-        .bearer_auth(&admin_b)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session_view =
+        cl.b.get_json(&format!("/api/sessions/{}", first.session_id), &admin_b)
+            .await;
     assert_eq!(
         session_view["live"]["viewers"].as_array().map(Vec::len),
         Some(2),
@@ -492,15 +490,7 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
     cl.a.kill9();
     // The agent sees its socket die and reconnects through the balancer (to B).
     let _ = try_recv_until(&mut agent, Duration::from_secs(3), |_| false).await;
-    let mut agent = connect_agent(&lb, &key).await.unwrap();
-    agent.send(hello("managed-host", "")).await.unwrap();
-    let Payload::SessionInfo(second) = recv_until(&mut agent, "session info", WAIT, |p| {
-        matches!(p, Payload::SessionInfo(_))
-    })
-    .await
-    else {
-        unreachable!()
-    };
+    let (mut agent, second) = hello_agent(&lb, &key).await;
     assert_ne!(second.session_id, first.session_id);
     // The viewers were told the machine is offline, then see it again without rejoining.
     let frames_task = tokio::spawn(async move {
@@ -547,13 +537,9 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
 
     // The dead instance's session row was closed by the survivors.
     let ended = common::eventually(Duration::from_secs(10), || async {
-        let r = common::client()
-            .get(cl.b.url(&format!("/api/sessions/{}", first.session_id)))
-            .bearer_auth(&admin_b)
-            .send()
-            .await
-            .unwrap();
-        r.json::<Value>().await.unwrap()["status"] == "ended"
+        cl.b.get_json(&format!("/api/sessions/{}", first.session_id), &admin_b)
+            .await["status"]
+            == "ended"
     })
     .await;
     assert!(
@@ -599,15 +585,9 @@ async fn an_agent_on_a_serves_viewers_on_b_and_c_and_they_follow_it_when_a_dies(
     );
 
     // --- a key revoked on C closes the agent on B at once
-    let keys: Value = common::client()
-        .get(cl.c.url(&format!("/api/machines/{machine}/keys")))
-        .bearer_auth(&admin_c)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys =
+        cl.c.get_json(&format!("/api/machines/{machine}/keys"), &admin_c)
+            .await;
     let key_id = keys
         .as_array()
         .or_else(|| keys["items"].as_array())
@@ -760,17 +740,7 @@ async fn when_nats_goes_away_local_sessions_go_on_and_remote_viewers_come_back_w
         .json()
         .await
         .unwrap();
-    let mut agent = connect_agent(&a.base, key["agent_key"].as_str().unwrap())
-        .await
-        .unwrap();
-    agent.send(hello("managed-host", "")).await.unwrap();
-    let Payload::SessionInfo(info) = recv_until(&mut agent, "session info", WAIT, |p| {
-        matches!(p, Payload::SessionInfo(_))
-    })
-    .await
-    else {
-        unreachable!()
-    };
+    let (mut agent, info) = hello_agent(&a.base, key["agent_key"].as_str().unwrap()).await;
     let mut local = a.viewer(&admin_a, &info.session_id).await;
     let mut remote = b.viewer(&admin_b, &info.session_id).await;
     serve_frames(&mut agent, 1).await;
@@ -837,15 +807,9 @@ async fn when_nats_goes_away_local_sessions_go_on_and_remote_viewers_come_back_w
         back.elapsed().as_secs_f64()
     );
     // The session stayed one and the same, and nobody ended its record meanwhile.
-    let record: Value = common::client()
-        .get(b.url(&format!("/api/sessions/{}", info.session_id)))
-        .bearer_auth(&admin_b)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record = b
+        .get_json(&format!("/api/sessions/{}", info.session_id), &admin_b)
+        .await;
     assert_eq!(record["status"], "active", "{record}");
     feeder.abort();
 }
