@@ -354,42 +354,38 @@ const PAUSE_FROM: Duration = Duration::from_secs(2);
 const PAUSE: Duration = Duration::from_secs(5);
 
 /// Sequence numbers a viewer received, and whether the relay closed it.
-async fn fast_viewer(mut viewer: Viewer, done: Arc<AtomicU64>) -> (Vec<u64>, bool) {
-    let mut seqs = Vec::new();
-    loop {
-        match timeout(Duration::from_millis(500), viewer.rx.recv_raw()).await {
-            Ok(Ok(bytes)) => {
-                if let Some(frame) = as_video(bytes) {
-                    seqs.push(frame.sequence);
-                    let last = done.load(Ordering::Acquire);
-                    if last != 0 && frame.sequence >= last {
-                        break;
-                    }
-                }
-            }
-            Ok(Err(_)) => return (seqs, true),
-            Err(_) => {
-                if done.load(Ordering::Acquire) != 0 {
-                    break;
-                }
-            }
-        }
-    }
-    (seqs, false)
+async fn fast_viewer(viewer: Viewer, done: Arc<AtomicU64>) -> (Vec<u64>, bool) {
+    read_frames(viewer, done, None).await
 }
 
 /// Reads like a fast viewer but stops for [`PAUSE`] after [`PAUSE_FROM`]; returns the
 /// sequences received and whether the relay closed it.
 async fn paused_viewer(
-    mut viewer: Viewer,
+    viewer: Viewer,
     start: Instant,
     done: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> (Vec<u64>, bool) {
+    read_frames(viewer, done, Some((start, stop))).await
+}
+
+/// Reads frames until the last one (`done`) arrived; with `pause` (run start, stop flag) it
+/// sleeps [`PAUSE`] once at [`PAUSE_FROM`] and gives up when the flag is set.
+async fn read_frames(
+    mut viewer: Viewer,
+    done: Arc<AtomicU64>,
+    pause: Option<(Instant, Arc<AtomicBool>)>,
+) -> (Vec<u64>, bool) {
     let mut seqs = Vec::new();
     let mut paused = false;
-    while !stop.load(Ordering::Acquire) {
-        if !paused && start.elapsed() >= PAUSE_FROM {
+    while !pause
+        .as_ref()
+        .is_some_and(|(_, stop)| stop.load(Ordering::Acquire))
+    {
+        if let Some((start, _)) = &pause
+            && !paused
+            && start.elapsed() >= PAUSE_FROM
+        {
             paused = true;
             sleep(PAUSE).await;
         }

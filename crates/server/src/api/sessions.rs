@@ -198,39 +198,24 @@ async fn end_live(
         .ip(ip)
         .agent(&record.agent_id)
         .session(&id);
-    let ended = match controller {
-        None => {
-            audit.record(&state).await?;
-            crate::sessions::end(
-                &state,
-                &id,
-                crate::relay::close::NORMAL,
-                EndCode::Ended,
-                &reason,
-                None,
-            )
-            .await
+    // A technician may end only a session they control: checked before the audit.
+    if let Some(user) = controller {
+        match crate::sessions::controls(&state, &id, user).await {
+            Some(true) => {}
+            Some(false) => return Err(forbidden_end()),
+            None => return Err(ApiError::Conflict("the session is not live".into())),
         }
-        Some(user) => {
-            // A technician may end only a session they control: checked before the audit.
-            match crate::sessions::controls(&state, &id, user).await {
-                Some(true) => {
-                    audit.record(&state).await?;
-                    crate::sessions::end(
-                        &state,
-                        &id,
-                        crate::relay::close::NORMAL,
-                        EndCode::Ended,
-                        &reason,
-                        Some(user),
-                    )
-                    .await
-                }
-                Some(false) => EndReply::Forbidden,
-                None => EndReply::NotLive,
-            }
-        }
-    };
+    }
+    audit.record(&state).await?;
+    let ended = crate::sessions::end(
+        &state,
+        &id,
+        crate::relay::close::NORMAL,
+        EndCode::Ended,
+        &reason,
+        controller,
+    )
+    .await;
     match ended {
         EndReply::Ended => Ok(StatusCode::NO_CONTENT),
         EndReply::EndedOffline => {
@@ -241,10 +226,14 @@ async fn end_live(
             Ok(StatusCode::NO_CONTENT)
         }
         EndReply::NotLive => Err(ApiError::Conflict("the session is not live".into())),
-        EndReply::Forbidden => Err(ApiError::Forbidden(
-            "only a technician controlling this session (or an administrator) may end it",
-        )),
+        EndReply::Forbidden => Err(forbidden_end()),
     }
+}
+
+fn forbidden_end() -> ApiError {
+    ApiError::Forbidden(
+        "only a technician controlling this session (or an administrator) may end it",
+    )
 }
 
 /// The minted token and where to use it.
