@@ -360,8 +360,8 @@ pub struct Machine {
     pub inventory: serde_json::Value,
     /// External IP the server saw.
     pub external_ip: Option<String>,
-    /// `active` or `pending` (a collided endpoint waiting for an admin's approval).
-    pub status: String,
+    /// Active, or pending (a collided endpoint waiting for an admin's approval).
+    pub status: MachineStatus,
     /// Why the machine is pending (e.g. `machine_uid_collision`); `None` when active.
     pub pending_reason: Option<String>,
     /// The `machine_uid` a collided endpoint claimed while another live machine of the
@@ -427,8 +427,8 @@ pub struct NewMachine {
     pub external_ip: Option<String>,
     /// Enrollment site.
     pub site_id: Option<String>,
-    /// `active` or `pending`.
-    pub status: String,
+    /// Active, or pending with `pending_reason`.
+    pub status: MachineStatus,
     /// Why it is pending.
     pub pending_reason: Option<String>,
     /// Company label.
@@ -574,8 +574,8 @@ pub struct SupportCode {
     pub code: String,
     /// Tenant.
     pub tenant_id: String,
-    /// `pending`, `consumed`, `cancelled`, `ended` or `denied`.
-    pub status: String,
+    /// Where it stands.
+    pub status: CodeStatus,
     /// Creating user id.
     pub created_by: String,
     /// Creating username (display).
@@ -603,12 +603,12 @@ pub struct SessionRecord {
     pub tenant_id: String,
     /// Machine.
     pub agent_id: String,
-    /// `attended` or `managed`.
-    pub kind: String,
+    /// Attended or managed.
+    pub kind: SessionKind,
     /// Support code for attended sessions.
     pub code: Option<String>,
-    /// `waiting_consent`, `active` or `ended`.
-    pub status: String,
+    /// Where it stands.
+    pub status: SessionStatus,
     /// Creation time.
     pub created_at: Millis,
     /// End time.
@@ -685,8 +685,8 @@ pub struct Recording {
     pub agent_id: String,
     /// Machine host name when the session started.
     pub hostname: String,
-    /// `attended` or `managed`.
-    pub kind: String,
+    /// The recorded session's kind.
+    pub kind: SessionKind,
     /// Where it stands.
     pub status: RecordingStatus,
     /// Start time.

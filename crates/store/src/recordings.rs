@@ -4,8 +4,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::{
-    Millis, Recording, RecordingEnd, RecordingStatus, Store, StoreError, StoreResult, conflict,
-    state_column,
+    Millis, Recording, RecordingEnd, RecordingStatus, SessionKind, Store, StoreError, StoreResult,
+    conflict, state_column,
 };
 
 const RECORDING_COLS: &str = "id, tenant_id, session_id, agent_id, hostname, kind, status, \
@@ -18,7 +18,7 @@ fn recording_from_row(row: &AnyRow) -> StoreResult<Recording> {
         session_id: row.try_get("session_id")?,
         agent_id: row.try_get("agent_id")?,
         hostname: row.try_get("hostname")?,
-        kind: row.try_get("kind")?,
+        kind: state_column(row, "kind", "session kind", SessionKind::parse)?,
         status: state_column(row, "status", "recording status", RecordingStatus::parse)?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
@@ -41,7 +41,7 @@ impl Store {
         .bind(&r.session_id)
         .bind(&r.agent_id)
         .bind(&r.hostname)
-        .bind(&r.kind)
+        .bind(r.kind.as_str())
         .bind(r.status.as_str())
         .bind(r.started_at)
         .bind(r.ended_at)
