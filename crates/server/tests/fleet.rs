@@ -20,7 +20,7 @@ use fleet_support::*;
 use guruconnect_client::connect_agent;
 use guruconnect_proto::Payload;
 use guruconnect_server::config::SharedKeyMode;
-use guruconnect_store::DEFAULT_TENANT;
+use guruconnect_store::{DEFAULT_TENANT, MachineStatus, SessionStatus};
 use relay_support::*;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
@@ -268,7 +268,7 @@ async fn a_machine_uid_collision_is_pending_until_an_admin_approves_it() {
         .get_machine(&clone.agent_id)
         .await
         .expect("pending row");
-    assert_eq!(row.status, "pending");
+    assert_eq!(row.status, MachineStatus::Pending);
     assert_eq!(row.hostname, "pc-clone");
     assert_eq!(row.machine_uid, None, "the uid stays the original's");
     assert_eq!(row.claimed_machine_uid.as_deref(), Some("uid-clone"));
@@ -331,7 +331,7 @@ async fn a_machine_uid_collision_is_pending_until_an_admin_approves_it() {
             .await
             .expect("row")
             .status,
-        "pending"
+        MachineStatus::Pending
     );
 
     let resp = send(&server, Method::POST, &approve_path, &admin, None).await;
@@ -640,7 +640,7 @@ async fn bulk_removal_isolates_bad_ids_and_audits_each_removal() {
             .store
             .get_session(&dropped_session)
             .await
-            .is_ok_and(|s| s.status == "ended")
+            .is_ok_and(|s| s.status == SessionStatus::Ended)
     })
     .await;
     assert!(ended, "the removed machine's offline session is still open");
@@ -838,7 +838,7 @@ async fn offline_sessions_without_viewers_are_reaped_after_the_ttl_and_no_others
         .get_session(&unwatched_id)
         .await
         .expect("record");
-    assert_eq!(record.status, "ended");
+    assert_eq!(record.status, SessionStatus::Ended);
     assert_eq!(record.end_reason.as_deref(), Some("reaped: agent offline"));
     let reaped: Vec<Option<String>> = server
         .events_of("session.reaped")
@@ -862,7 +862,7 @@ async fn offline_sessions_without_viewers_are_reaped_after_the_ttl_and_no_others
             .await
             .expect("record")
             .status,
-        "ended"
+        SessionStatus::Ended
     );
 
     // Once its last viewer leaves, the watched session is reapable too.
@@ -926,7 +926,11 @@ async fn a_keyed_agent_claiming_another_machines_uid_changes_nothing() {
         Some("uid-a"),
         "A keeps its uid"
     );
-    assert_eq!(a_row.status, "active", "no collision for a keyed agent");
+    assert_eq!(
+        a_row.status,
+        MachineStatus::Active,
+        "no collision for a keyed agent"
+    );
     let owner = server
         .state
         .store
@@ -1003,7 +1007,7 @@ async fn a_support_session_on_an_enrolled_machine_reuses_its_row_beside_its_mana
         .get_session(&attended.session_id)
         .await
         .expect("session");
-    assert_eq!(record.status, "waiting_consent");
+    assert_eq!(record.status, SessionStatus::WaitingConsent);
 
     // Another host with that uid is still a collision, code or not.
     let code = create_code(&server, &admin).await;

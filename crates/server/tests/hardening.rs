@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{TestServer, expect_envelope};
 use guruconnect_proto::Envelope;
 use guruconnect_server::api::codes::CODE_ALPHABET;
-use guruconnect_store::DEFAULT_TENANT;
+use guruconnect_store::{CodeStatus, DEFAULT_TENANT};
 use relay_support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -163,7 +163,7 @@ fn assert_locked(resp: &reqwest::Response, what: &str) {
     assert!(retry >= 1, "{what}");
 }
 
-async fn code_status(server: &TestServer, code: &str) -> String {
+async fn code_status(server: &TestServer, code: &str) -> CodeStatus {
     server
         .state
         .store
@@ -192,7 +192,7 @@ async fn a_validate_lockout_also_closes_the_agent_plane_to_codes() {
         429,
         "agent upgrade with the right code while locked out",
     );
-    assert_eq!(code_status(&server, &code).await, "pending");
+    assert_eq!(code_status(&server, &code).await, CodeStatus::Pending);
 
     // Per-agent keys are not codes: a managed machine behind the same address connects.
     let (agent, _) = managed_agent(&server, &admin).await;
@@ -218,7 +218,7 @@ async fn code_failures_on_the_agent_plane_count_towards_the_lockout() {
         "agent upgrade with the right code",
     );
     assert_locked(&validate_code(&server, &code).await, "validate");
-    assert_eq!(code_status(&server, &code).await, "pending");
+    assert_eq!(code_status(&server, &code).await, CodeStatus::Pending);
     // A per-agent key is unaffected.
     managed_agent(&server, &admin).await;
 
@@ -321,7 +321,7 @@ async fn finished_codes_are_pruned_after_the_retention_period() {
             "{gone} was kept"
         );
     }
-    assert_eq!(code_status(&server, &fresh).await, "pending");
+    assert_eq!(code_status(&server, &fresh).await, CodeStatus::Pending);
     let (items, total) = server
         .state
         .store

@@ -13,6 +13,7 @@ mod common;
 use std::path::Path;
 
 use common::{TestServer, expect_envelope};
+use guruconnect_store::CodeStatus;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -59,7 +60,7 @@ async fn script(server: &TestServer, code: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn code_status(server: &TestServer, code: &str) -> String {
+async fn code_status(server: &TestServer, code: &str) -> CodeStatus {
     server
         .state
         .store
@@ -153,9 +154,9 @@ async fn the_join_preview_shows_who_is_asking_and_nothing_else() {
     expect_envelope(resp, StatusCode::NOT_FOUND, "not_found").await;
 
     // Preview only: the code is still pending and still works for the agent.
-    assert_eq!(code_status(&server, &code).await, "pending");
+    assert_eq!(code_status(&server, &code).await, CodeStatus::Pending);
     assert_eq!(script(&server, &code).await.status(), StatusCode::OK);
-    assert_eq!(code_status(&server, &code).await, "pending");
+    assert_eq!(code_status(&server, &code).await, CodeStatus::Pending);
     assert_eq!(validate(&server, &code).await.status(), StatusCode::OK);
 }
 
@@ -215,7 +216,7 @@ async fn wrong_codes_on_join_lock_out_validate() {
     );
     assert_locked(&join(&server, &code).await, "join, right code");
     assert_locked(&script(&server, &code).await, "script, right code");
-    assert_eq!(code_status(&server, &code).await, "pending");
+    assert_eq!(code_status(&server, &code).await, CodeStatus::Pending);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +397,7 @@ async fn the_windows_download_is_the_exe_unchanged_under_a_name_with_server_and_
     );
     assert_eq!(resp.bytes().await.unwrap().as_ref(), bytes.as_slice());
     // A download previews the code; it stays usable.
-    assert_eq!(code_status(&server, &code).await, "pending");
+    assert_eq!(code_status(&server, &code).await, CodeStatus::Pending);
 
     // A public URL with a path cannot be carried in a file name: said, not served.
     let server = TestServer::start_with(|c| {

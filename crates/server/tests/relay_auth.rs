@@ -13,7 +13,7 @@ use common::TestServer;
 use guruconnect_client::{connect_agent, connect_viewer};
 use guruconnect_proto::Payload;
 use guruconnect_server::auth::tokens::{Claims, TokenService, now_secs};
-use guruconnect_store::{DEFAULT_TENANT, IssuedToken, TokenKind};
+use guruconnect_store::{CodeStatus, DEFAULT_TENANT, IssuedToken, SessionStatus, TokenKind};
 use relay_support::*;
 use reqwest::StatusCode;
 use secrecy::SecretString;
@@ -606,7 +606,7 @@ async fn ten_failed_code_validations_lock_the_ip_out() {
         "agent with the code from the locked-out address",
     );
     let row = server.state.store.get_code(&code).await.unwrap().unwrap();
-    assert_eq!(row.status, "pending");
+    assert_eq!(row.status, CodeStatus::Pending);
 }
 
 // ---------------------------------------------------------------- key revocation
@@ -688,7 +688,7 @@ async fn revoking_a_key_closes_its_live_agent() {
             .store
             .get_session(&agent.session_id)
             .await
-            .is_ok_and(|s| s.status == "ended")
+            .is_ok_and(|s| s.status == SessionStatus::Ended)
     })
     .await;
     assert!(ended, "session recorded as ended");
@@ -718,7 +718,8 @@ async fn a_non_websocket_request_does_not_burn_a_support_code() {
     );
     let row = server.state.store.get_code(&code).await.unwrap().unwrap();
     assert_eq!(
-        row.status, "pending",
+        row.status,
+        CodeStatus::Pending,
         "the code was burnt by a non-agent request"
     );
     assert_eq!(validate_code(&server, &code).await.status(), StatusCode::OK);

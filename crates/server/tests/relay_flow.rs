@@ -7,6 +7,7 @@ mod common;
 #[path = "common/relay.rs"]
 mod relay_support;
 
+use guruconnect_store::{CodeStatus, SessionStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -283,7 +284,7 @@ async fn nothing_crosses_before_consent_then_everything_flows() {
     expect_marker_first(&mut agent).await;
     assert!(!server.events_of("consent.granted").await.is_empty());
     let record = server.state.store.get_session(&sid).await.unwrap();
-    assert_eq!(record.status, "active");
+    assert_eq!(record.status, SessionStatus::Active);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +329,7 @@ async fn consent_denied_ends_the_session_and_burns_the_code() {
             .store
             .get_session(&sid)
             .await
-            .is_ok_and(|s| s.status == "ended")
+            .is_ok_and(|s| s.status == SessionStatus::Ended)
     })
     .await;
     assert!(ended);
@@ -339,7 +340,7 @@ async fn consent_denied_ends_the_session_and_burns_the_code() {
             .store
             .get_code(&code)
             .await
-            .is_ok_and(|c| c.is_some_and(|c| c.status == "denied"))
+            .is_ok_and(|c| c.is_some_and(|c| c.status == CodeStatus::Denied))
     })
     .await;
     assert!(
@@ -746,7 +747,7 @@ async fn a_controlling_technician_may_end_the_session_others_may_not() {
             .store
             .get_session(&sid)
             .await
-            .is_ok_and(|s| s.status == "ended")
+            .is_ok_and(|s| s.status == SessionStatus::Ended)
     })
     .await;
     assert!(ended, "the record is kept and marked ended");
@@ -829,7 +830,7 @@ async fn ended_record(server: &TestServer, sid: &str) -> guruconnect_store::Sess
             .store
             .get_session(sid)
             .await
-            .is_ok_and(|s| s.status == "ended")
+            .is_ok_and(|s| s.status == SessionStatus::Ended)
     })
     .await;
     assert!(ended, "the session record was not ended");

@@ -497,7 +497,7 @@ async fn a_recording_left_open_by_a_crash_is_closed_as_failed_and_can_be_deleted
         session_id: id.clone(),
         agent_id: "crashed-agent".into(),
         hostname: "crashed".into(),
-        kind: "managed".into(),
+        kind: guruconnect_store::SessionKind::Managed,
         status: RecordingStatus::Recording,
         started_at: 1,
         ended_at: None,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{TestServer, expect_envelope, random_secret, test_database_url};
 use guruconnect_server::clock::Clock;
 use guruconnect_server::rate_limit::{Limit, RateLimits};
-use guruconnect_store::Store;
+use guruconnect_store::{CodeStatus, Store};
 use relay_support::{create_code, validate_code};
 use reqwest::StatusCode;
 use secrecy::SecretString;
@@ -177,7 +177,11 @@ async fn code_lockout_counts_across_instances() {
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     }
     let status = a.state.store.get_code(&code).await.unwrap().unwrap().status;
-    assert_eq!(status, "pending", "a locked-out address consumes nothing");
+    assert_eq!(
+        status,
+        CodeStatus::Pending,
+        "a locked-out address consumes nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

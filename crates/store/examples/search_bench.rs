@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use guruconnect_store::{MachineLabels, MachineSearch, NewMachine, Store};
+use guruconnect_store::{MachineLabels, MachineSearch, MachineStatus, NewMachine, Store};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -308,7 +308,11 @@ fn generate(rng: &mut Rng, i: usize) -> (NewMachine, serde_json::Value) {
             rng.below(256),
             1 + rng.below(254)
         )),
-        status: if rng.chance(2) { "pending" } else { "active" }.to_owned(),
+        status: if rng.chance(2) {
+            MachineStatus::Pending
+        } else {
+            MachineStatus::Active
+        },
         company: rng.chance(90).then_some(company),
         site: rng.chance(80).then(|| rng.pick(CITIES).to_owned()),
         department: rng.chance(60).then(|| rng.pick(DEPTS).to_owned()),

@@ -5,7 +5,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::events::insert_event;
-use crate::{Millis, NewEvent, Store, StoreResult, SupportCode, conflict};
+use crate::{
+    CodeStatus, Millis, NewEvent, Store, StoreResult, SupportCode, conflict, state_column,
+};
 
 const CODE_COLS: &str = "code, tenant_id, status, created_by, created_by_name, note, \
      created_at, expires_at, consumed_at, session_id, customer_name";
@@ -14,7 +16,7 @@ fn code_from_row(row: &AnyRow) -> StoreResult<SupportCode> {
     Ok(SupportCode {
         code: row.try_get("code")?,
         tenant_id: row.try_get("tenant_id")?,
-        status: row.try_get("status")?,
+        status: state_column(row, "status", "code status", CodeStatus::parse)?,
         created_by: row.try_get("created_by")?,
         created_by_name: row.try_get("created_by_name")?,
         note: row.try_get("note")?,
@@ -39,7 +41,7 @@ impl Store {
         ))
         .bind(&c.code)
         .bind(&c.tenant_id)
-        .bind(&c.status)
+        .bind(c.status.as_str())
         .bind(&c.created_by)
         .bind(&c.created_by_name)
         .bind(c.note.as_deref())
@@ -187,21 +189,21 @@ impl Store {
 
     /// Marks a consumed code as ended (its session finished); `true` if it changed.
     pub async fn end_code(&self, code: &str) -> StoreResult<bool> {
-        self.finish_code(code, "ended").await
+        self.finish_code(code, CodeStatus::Ended).await
     }
 
     /// Marks a consumed code as denied (the customer refused consent); `true` if it
     /// changed. A later [`Store::end_code`] leaves it denied.
     pub async fn deny_code(&self, code: &str) -> StoreResult<bool> {
-        self.finish_code(code, "denied").await
+        self.finish_code(code, CodeStatus::Denied).await
     }
 
-    async fn finish_code(&self, code: &str, status: &str) -> StoreResult<bool> {
+    async fn finish_code(&self, code: &str, status: CodeStatus) -> StoreResult<bool> {
         let res = sqlx::query(
             "UPDATE support_codes SET status = $2 WHERE code = $1 AND status = 'consumed'",
         )
         .bind(code)
-        .bind(status)
+        .bind(status.as_str())
         .execute(self.pool())
         .await?;
         Ok(res.rows_affected() == 1)

@@ -190,6 +190,27 @@ pub(crate) fn decode_err(e: impl std::error::Error + Send + Sync + 'static) -> S
     StoreError::Internal(sqlx::Error::Decode(Box::new(e)))
 }
 
+/// A stored state name no enum variant has (written by a newer binary, or by hand).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+struct UnknownState {
+    what: &'static str,
+    value: String,
+}
+
+/// Reads the text column `column` of `row` as a state enum via its `parse`; an unknown
+/// name is an internal (decode) error, never a panic.
+pub(crate) fn state_column<T>(
+    row: &sqlx::any::AnyRow,
+    column: &'static str,
+    what: &'static str,
+    parse: fn(&str) -> Option<T>,
+) -> StoreResult<T> {
+    use sqlx::Row;
+    let value: String = row.try_get(column)?;
+    parse(&value).ok_or_else(|| decode_err(UnknownState { what, value }))
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -7,8 +7,9 @@ use crate::events::insert_event;
 use crate::keys::{insert_key, keys_of, revoke_key};
 use crate::search::{SearchColumns, id_set_json, in_id_set, parse_query, where_clause};
 use crate::{
-    AgentKey, Enrollment, Machine, MachineLabels, MachineSearch, MachineUpsert, Millis, NewEvent,
-    NewMachine, Store, StoreError, StoreResult, conflict, decode_err,
+    AgentKey, Enrollment, Machine, MachineLabels, MachineSearch, MachineStatus, MachineUpsert,
+    Millis, NewEvent, NewMachine, Store, StoreError, StoreResult, conflict, decode_err,
+    state_column,
 };
 
 const MACHINE_COLS: &str = "agent_id, tenant_id, machine_uid, hostname, os, os_version, \
@@ -39,7 +40,7 @@ fn machine_from_row(row: &AnyRow) -> StoreResult<Machine> {
         tags: serde_json::from_str(&tags).map_err(decode_err)?,
         inventory: serde_json::from_str(&inventory).map_err(decode_err)?,
         external_ip: row.try_get("external_ip")?,
-        status: row.try_get("status")?,
+        status: state_column(row, "status", "machine status", MachineStatus::parse)?,
         pending_reason: row.try_get("pending_reason")?,
         claimed_machine_uid: row.try_get("claimed_machine_uid")?,
         site_id: row.try_get("site_id")?,
@@ -127,7 +128,7 @@ async fn insert_machine(conn: &mut AnyConnection, m: &NewMachine) -> StoreResult
     .bind(&m.agent_version)
     .bind(m.external_ip.as_deref())
     .bind(m.site_id.as_deref())
-    .bind(&m.status)
+    .bind(m.status.as_str())
     .bind(m.pending_reason.as_deref())
     .bind(m.company.as_deref())
     .bind(m.site.as_deref())
@@ -421,16 +422,16 @@ impl Store {
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
         let status = if reason.is_some() {
-            "pending"
+            MachineStatus::Pending
         } else {
-            "active"
+            MachineStatus::Active
         };
         let res = sqlx::query(
             "UPDATE machines SET status = $2, pending_reason = $3 \
              WHERE agent_id = $1 AND deleted_at IS NULL",
         )
         .bind(agent_id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .execute(&mut *tx)
         .await?;

@@ -1,5 +1,10 @@
 //! Domain records the store reads and writes. Timestamps are Unix milliseconds (`i64`) on
 //! both backends, so the two can never disagree about time zones or precision.
+//!
+//! States (a session's status and kind, a machine's or a code's status, …) are enums
+//! whose `as_str` names are what the columns hold and what the API's JSON shows; a
+//! stored name no variant has is read as an error, so a newer binary's rows cannot be
+//! misread.
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +105,15 @@ impl TokenKind {
             TokenKind::Viewer => "viewer",
         }
     }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "login" => Some(TokenKind::Login),
+            "viewer" => Some(TokenKind::Viewer),
+            _ => None,
+        }
+    }
 }
 
 /// A record of an issued JWT (by `jti`); revocation sets `revoked_at`.
@@ -177,6 +191,144 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
+/// Whether a machine may be used: a collided endpoint waits for an admin's approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineStatus {
+    /// Approved (the column's default); its sessions may be viewed.
+    #[default]
+    Active,
+    /// Waiting for an admin's approval (see [`Machine::pending_reason`]).
+    Pending,
+}
+
+impl MachineStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineStatus::Active => "active",
+            MachineStatus::Pending => "pending",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(MachineStatus::Active),
+            "pending" => Some(MachineStatus::Pending),
+            _ => None,
+        }
+    }
+}
+
+/// Where a support code stands. "Expired" is not stored: it is a pending code past
+/// [`SupportCode::expires_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeStatus {
+    /// Created, not used yet.
+    Pending,
+    /// Bound to a session by an agent.
+    Consumed,
+    /// Withdrawn by a technician before use.
+    Cancelled,
+    /// Its session finished.
+    Ended,
+    /// The customer refused consent.
+    Denied,
+}
+
+impl CodeStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeStatus::Pending => "pending",
+            CodeStatus::Consumed => "consumed",
+            CodeStatus::Cancelled => "cancelled",
+            CodeStatus::Ended => "ended",
+            CodeStatus::Denied => "denied",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "pending" => Some(CodeStatus::Pending),
+            "consumed" => Some(CodeStatus::Consumed),
+            "cancelled" => Some(CodeStatus::Cancelled),
+            "ended" => Some(CodeStatus::Ended),
+            "denied" => Some(CodeStatus::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// Attended (support code) or managed (per-agent key) session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// Started from a support code; needs consent.
+    Attended,
+    /// Unattended, permanently installed agent.
+    Managed,
+}
+
+impl SessionKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Attended => "attended",
+            SessionKind::Managed => "managed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "attended" => Some(SessionKind::Attended),
+            "managed" => Some(SessionKind::Managed),
+            _ => None,
+        }
+    }
+}
+
+/// Where a session's durable record stands (the live state is the relay's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Attended, waiting for the customer's consent.
+    WaitingConsent,
+    /// Live: frames and input flow.
+    Active,
+    /// Managed, its agent dropped; waiting for it to return.
+    Offline,
+    /// Over (`ended_at` and `end_reason` are set).
+    Ended,
+}
+
+impl SessionStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::WaitingConsent => "waiting_consent",
+            SessionStatus::Active => "active",
+            SessionStatus::Offline => "offline",
+            SessionStatus::Ended => "ended",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "waiting_consent" => Some(SessionStatus::WaitingConsent),
+            "active" => Some(SessionStatus::Active),
+            "offline" => Some(SessionStatus::Offline),
+            "ended" => Some(SessionStatus::Ended),
+            _ => None,
+        }
+    }
+}
+
 /// A machine (endpoint) known to the fleet.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Machine {
@@ -208,8 +360,8 @@ pub struct Machine {
     pub inventory: serde_json::Value,
     /// External IP the server saw.
     pub external_ip: Option<String>,
-    /// `active` or `pending` (a collided endpoint waiting for an admin's approval).
-    pub status: String,
+    /// Active, or pending (a collided endpoint waiting for an admin's approval).
+    pub status: MachineStatus,
     /// Why the machine is pending (e.g. `machine_uid_collision`); `None` when active.
     pub pending_reason: Option<String>,
     /// The `machine_uid` a collided endpoint claimed while another live machine of the
@@ -275,8 +427,8 @@ pub struct NewMachine {
     pub external_ip: Option<String>,
     /// Enrollment site.
     pub site_id: Option<String>,
-    /// `active` or `pending`.
-    pub status: String,
+    /// Active, or pending with `pending_reason`.
+    pub status: MachineStatus,
     /// Why it is pending.
     pub pending_reason: Option<String>,
     /// Company label.
@@ -422,8 +574,8 @@ pub struct SupportCode {
     pub code: String,
     /// Tenant.
     pub tenant_id: String,
-    /// `pending`, `consumed`, `cancelled`, `ended` or `denied`.
-    pub status: String,
+    /// Where it stands.
+    pub status: CodeStatus,
     /// Creating user id.
     pub created_by: String,
     /// Creating username (display).
@@ -451,12 +603,12 @@ pub struct SessionRecord {
     pub tenant_id: String,
     /// Machine.
     pub agent_id: String,
-    /// `attended` or `managed`.
-    pub kind: String,
+    /// Attended or managed.
+    pub kind: SessionKind,
     /// Support code for attended sessions.
     pub code: Option<String>,
-    /// `waiting_consent`, `active` or `ended`.
-    pub status: String,
+    /// Where it stands.
+    pub status: SessionStatus,
     /// Creation time.
     pub created_at: Millis,
     /// End time.
@@ -533,8 +685,8 @@ pub struct Recording {
     pub agent_id: String,
     /// Machine host name when the session started.
     pub hostname: String,
-    /// `attended` or `managed`.
-    pub kind: String,
+    /// The recorded session's kind.
+    pub kind: SessionKind,
     /// Where it stands.
     pub status: RecordingStatus,
     /// Start time.
@@ -566,4 +718,61 @@ pub struct RecordingEnd {
     pub sha256: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored name, the JSON name and `parse` agree for every variant.
+    fn round_trips<T>(all: &[T], as_str: fn(T) -> &'static str, parse: fn(&str) -> Option<T>)
+    where
+        T: Copy + PartialEq + std::fmt::Debug + Serialize,
+    {
+        for &v in all {
+            assert_eq!(parse(as_str(v)), Some(v));
+            assert_eq!(
+                serde_json::to_value(v).expect("json"),
+                serde_json::Value::from(as_str(v))
+            );
+        }
+        assert_eq!(parse("bogus"), None);
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        use CodeStatus as C;
+        use SessionStatus as S;
+        round_trips(
+            &[MachineStatus::Active, MachineStatus::Pending],
+            MachineStatus::as_str,
+            MachineStatus::parse,
+        );
+        round_trips(
+            &[C::Pending, C::Consumed, C::Cancelled, C::Ended, C::Denied],
+            C::as_str,
+            C::parse,
+        );
+        round_trips(
+            &[SessionKind::Attended, SessionKind::Managed],
+            SessionKind::as_str,
+            SessionKind::parse,
+        );
+        round_trips(
+            &[S::WaitingConsent, S::Active, S::Offline, S::Ended],
+            S::as_str,
+            S::parse,
+        );
+        round_trips(
+            &[TokenKind::Login, TokenKind::Viewer],
+            TokenKind::as_str,
+            TokenKind::parse,
+        );
+        let recording = [
+            RecordingStatus::Recording,
+            RecordingStatus::Complete,
+            RecordingStatus::Failed,
+        ];
+        round_trips(&recording, RecordingStatus::as_str, RecordingStatus::parse);
+    }
 }

@@ -4,27 +4,22 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::{
-    Millis, Recording, RecordingEnd, RecordingStatus, Store, StoreError, StoreResult, conflict,
-    decode_err,
+    Millis, Recording, RecordingEnd, RecordingStatus, SessionKind, Store, StoreError, StoreResult,
+    conflict, state_column,
 };
 
 const RECORDING_COLS: &str = "id, tenant_id, session_id, agent_id, hostname, kind, status, \
      started_at, ended_at, bytes, duration_ms, sha256, error";
 
 fn recording_from_row(row: &AnyRow) -> StoreResult<Recording> {
-    let status: String = row.try_get("status")?;
     Ok(Recording {
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
         session_id: row.try_get("session_id")?,
         agent_id: row.try_get("agent_id")?,
         hostname: row.try_get("hostname")?,
-        kind: row.try_get("kind")?,
-        status: RecordingStatus::parse(&status).ok_or_else(|| {
-            decode_err(std::io::Error::other(format!(
-                "recording status {status:?}"
-            )))
-        })?,
+        kind: state_column(row, "kind", "session kind", SessionKind::parse)?,
+        status: state_column(row, "status", "recording status", RecordingStatus::parse)?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
         bytes: row.try_get("bytes")?,
@@ -46,7 +41,7 @@ impl Store {
         .bind(&r.session_id)
         .bind(&r.agent_id)
         .bind(&r.hostname)
-        .bind(&r.kind)
+        .bind(r.kind.as_str())
         .bind(r.status.as_str())
         .bind(r.started_at)
         .bind(r.ended_at)

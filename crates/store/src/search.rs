@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use crate::{Backend, Machine};
+use crate::{Backend, Machine, MachineStatus};
 
 /// Separator between values inside one search column.
 const SEP: char = '\n';
@@ -154,7 +154,7 @@ pub(crate) enum Term {
     /// `status:offline`.
     Offline,
     /// `status:pending` / `status:active`: equality on the status column.
-    Status(&'static str),
+    Status(MachineStatus),
     /// A `status:` value that is none of the above: matches nothing.
     Nothing,
 }
@@ -221,9 +221,7 @@ pub(crate) fn parse_query(query: &str) -> Vec<Term> {
             Some("status") => match value.as_str() {
                 "online" => Term::Online,
                 "offline" => Term::Offline,
-                "pending" => Term::Status("pending"),
-                "active" => Term::Status("active"),
-                _ => Term::Nothing,
+                other => MachineStatus::parse(other).map_or(Term::Nothing, Term::Status),
             },
             Some(c) => Term::Like(c, value),
         });
@@ -265,7 +263,7 @@ pub(crate) fn where_clause(
                 sql.push_str(&format!(" AND {column} LIKE ${n} ESCAPE '\\'"));
                 args.push(like_contains(value));
             }
-            Term::Status(s) => sql.push_str(&format!(" AND status = '{s}'")),
+            Term::Status(s) => sql.push_str(&format!(" AND status = '{}'", s.as_str())),
             Term::Nothing => sql.push_str(" AND 1 = 0"),
             Term::Online | Term::Offline => {
                 let negate = matches!(term, Term::Offline);
@@ -344,8 +342,8 @@ mod tests {
             vec![
                 Term::Online,
                 Term::Offline,
-                Term::Status("pending"),
-                Term::Status("active"),
+                Term::Status(MachineStatus::Pending),
+                Term::Status(MachineStatus::Active),
                 Term::Nothing
             ]
         );
@@ -390,7 +388,7 @@ mod tests {
                                {"macs": ["CC"], "addresses": "192.168.1.2"}],
             }),
             external_ip: Some("203.0.113.9".into()),
-            status: "active".into(),
+            status: MachineStatus::Active,
             pending_reason: None,
             claimed_machine_uid: Some("UID".into()),
             notes: None,

@@ -4,7 +4,10 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::events::insert_event;
-use crate::{Millis, NewEvent, SessionRecord, Store, StoreError, StoreResult, conflict};
+use crate::{
+    Millis, NewEvent, SessionKind, SessionRecord, SessionStatus, Store, StoreError, StoreResult,
+    conflict, state_column,
+};
 
 const SESSION_COLS: &str =
     "id, tenant_id, agent_id, kind, code, status, created_at, ended_at, end_reason";
@@ -14,9 +17,9 @@ fn session_from_row(row: &AnyRow) -> StoreResult<SessionRecord> {
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
         agent_id: row.try_get("agent_id")?,
-        kind: row.try_get("kind")?,
+        kind: state_column(row, "kind", "session kind", SessionKind::parse)?,
         code: row.try_get("code")?,
-        status: row.try_get("status")?,
+        status: state_column(row, "status", "session status", SessionStatus::parse)?,
         created_at: row.try_get("created_at")?,
         ended_at: row.try_get("ended_at")?,
         end_reason: row.try_get("end_reason")?,
@@ -35,9 +38,9 @@ impl Store {
         .bind(&s.id)
         .bind(&s.tenant_id)
         .bind(&s.agent_id)
-        .bind(&s.kind)
+        .bind(s.kind.as_str())
         .bind(s.code.as_deref())
-        .bind(&s.status)
+        .bind(s.status.as_str())
         .bind(s.created_at)
         .bind(s.ended_at)
         .bind(s.end_reason.as_deref())
@@ -103,11 +106,11 @@ impl Store {
     }
 
     /// Sets the status of a live session; `NotFound` if missing or soft-deleted.
-    pub async fn set_session_status(&self, id: &str, status: &str) -> StoreResult<()> {
+    pub async fn set_session_status(&self, id: &str, status: SessionStatus) -> StoreResult<()> {
         let res =
             sqlx::query("UPDATE sessions SET status = $2 WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
-                .bind(status)
+                .bind(status.as_str())
                 .execute(self.pool())
                 .await?;
         if res.rows_affected() == 0 {
@@ -214,7 +217,7 @@ impl Store {
     pub async fn end_other_open_sessions(
         &self,
         agent_id: &str,
-        kind: &str,
+        kind: SessionKind,
         except: &str,
         reason: &str,
         now: Millis,
@@ -224,7 +227,7 @@ impl Store {
              WHERE status <> 'ended' AND agent_id = $1 AND kind = $2 AND id <> $3",
         )
         .bind(agent_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(except)
         .bind(reason)
         .bind(now)

@@ -3,24 +3,13 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{IssuedToken, Millis, Store, StoreResult, TokenKind, conflict, decode_err};
-
-/// A stored token kind that is neither `login` nor `viewer`.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown token kind")]
-struct UnknownTokenKind;
+use crate::{IssuedToken, Millis, Store, StoreResult, TokenKind, conflict, state_column};
 
 fn token_from_row(row: &AnyRow) -> StoreResult<IssuedToken> {
-    let kind: String = row.try_get("kind")?;
-    let kind = match kind.as_str() {
-        "login" => TokenKind::Login,
-        "viewer" => TokenKind::Viewer,
-        _ => return Err(decode_err(UnknownTokenKind)),
-    };
     Ok(IssuedToken {
         jti: row.try_get("jti")?,
         user_id: row.try_get("user_id")?,
-        kind,
+        kind: state_column(row, "kind", "token kind", TokenKind::parse)?,
         parent_jti: row.try_get("parent_jti")?,
         issued_at: row.try_get("issued_at")?,
         expires_at: row.try_get("expires_at")?,

@@ -161,7 +161,7 @@ fn code(code: &str, created_at: i64, expires_at: i64) -> SupportCode {
     SupportCode {
         code: code.to_owned(),
         tenant_id: T.to_owned(),
-        status: "pending".to_owned(),
+        status: CodeStatus::Pending,
         created_by: "u-tech".to_owned(),
         created_by_name: "tech".to_owned(),
         note: Some("ticket 42".to_owned()),
@@ -173,14 +173,14 @@ fn code(code: &str, created_at: i64, expires_at: i64) -> SupportCode {
     }
 }
 
-fn session(id: &str, agent_id: &str, status: &str, created_at: i64) -> SessionRecord {
+fn session(id: &str, agent_id: &str, status: SessionStatus, created_at: i64) -> SessionRecord {
     SessionRecord {
         id: id.to_owned(),
         tenant_id: T.to_owned(),
         agent_id: agent_id.to_owned(),
-        kind: "managed".to_owned(),
+        kind: SessionKind::Managed,
         code: None,
-        status: status.to_owned(),
+        status,
         created_at,
         ended_at: None,
         end_reason: None,
@@ -860,7 +860,7 @@ async fn case_machines_upsert_get_list(store: Store) {
     assert_eq!(m.os_version, "10.0.19045");
     assert_eq!(m.agent_version, "0.1.0");
     assert_eq!(m.external_ip.as_deref(), Some("203.0.113.7"));
-    assert_eq!(m.status, "active");
+    assert_eq!(m.status, MachineStatus::Active);
     assert_eq!(m.tags, Vec::<String>::new());
     assert_eq!(m.inventory, json!({}));
     assert_eq!(m.last_seen, Some(1_000));
@@ -1189,7 +1189,7 @@ async fn case_codes_consume_once(store: Store) {
         .await
         .expect("get")
         .expect("some");
-    assert_eq!(got.status, "consumed");
+    assert_eq!(got.status, CodeStatus::Consumed);
     assert_eq!(got.consumed_at, Some(2_000));
     assert_eq!(got.session_id.as_deref(), Some("s-1"));
     assert!(
@@ -1417,7 +1417,7 @@ async fn case_codes_expired_and_cancelled(store: Store) {
         .await
         .expect("get")
         .expect("some");
-    assert_eq!(got.status, "cancelled");
+    assert_eq!(got.status, CodeStatus::Cancelled);
     assert_eq!(got.session_id, None);
 }
 
@@ -1450,7 +1450,7 @@ async fn case_codes_consume_race(store: Store) {
         }
         assert_eq!(wins, 1, "exactly one consumer wins");
         let got = store.get_code(&c).await.expect("get").expect("some");
-        assert_eq!(got.status, "consumed");
+        assert_eq!(got.status, CodeStatus::Consumed);
         assert!(got.session_id.is_some());
     }
 }
@@ -1519,7 +1519,7 @@ async fn case_codes_list_and_end(store: Store) {
             .expect("get")
             .expect("some")
             .status,
-        "ended"
+        CodeStatus::Ended
     );
 }
 
@@ -2025,14 +2025,14 @@ async fn case_sessions_audit_in_same_transaction(store: Store) {
         .expect("machine");
     store
         .create_session(
-            &session("s-c1", "m-c1", "active", 2),
+            &session("s-c1", "m-c1", SessionStatus::Active, 2),
             &ev("session.created"),
         )
         .await
         .expect("session");
     store
         .create_session(
-            &session("s-c1", "m-c1", "active", 3),
+            &session("s-c1", "m-c1", SessionStatus::Active, 3),
             &ev("session.created"),
         )
         .await
@@ -2097,8 +2097,8 @@ async fn case_codes_prune(store: Store) {
         ("400-000-005", "s-5"),
     ] {
         assert!(store.consume_code(c, sid, 1_500).await.expect("consume"));
-        let mut s = session(sid, "a-1", "waiting_consent", 1_500);
-        s.kind = "attended".to_owned();
+        let mut s = session(sid, "a-1", SessionStatus::WaitingConsent, 1_500);
+        s.kind = SessionKind::Attended;
         s.code = Some(c.to_owned());
         store
             .create_session(&s, &ev("session.created"))
@@ -2147,8 +2147,8 @@ async fn case_codes_prune(store: Store) {
 // ---------------------------------------------------------------- sessions
 
 async fn case_sessions(store: Store) {
-    let mut s1 = session("s-1", "a-1", "waiting_consent", 1_000);
-    s1.kind = "attended".to_owned();
+    let mut s1 = session("s-1", "a-1", SessionStatus::WaitingConsent, 1_000);
+    s1.kind = SessionKind::Attended;
     s1.code = Some("123-456-789".to_owned());
     store
         .create_session(&s1, &ev("session.created"))
@@ -2156,19 +2156,19 @@ async fn case_sessions(store: Store) {
         .expect("create");
     store
         .create_session(
-            &session("s-2", "a-2", "active", 2_000),
+            &session("s-2", "a-2", SessionStatus::Active, 2_000),
             &ev("session.created"),
         )
         .await
         .expect("create");
     store
         .create_session(
-            &session("s-3", "a-1", "active", 3_000),
+            &session("s-3", "a-1", SessionStatus::Active, 3_000),
             &ev("session.created"),
         )
         .await
         .expect("create");
-    let mut other = session("s-9", "a-9", "active", 3_500);
+    let mut other = session("s-9", "a-9", SessionStatus::Active, 3_500);
     other.tenant_id = "other".to_owned();
     store
         .create_session(&other, &ev("session.created"))
@@ -2182,15 +2182,17 @@ async fn case_sessions(store: Store) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
     store
-        .set_session_status("s-1", "active")
+        .set_session_status("s-1", SessionStatus::Active)
         .await
         .expect("status");
     assert_eq!(
         store.get_session("s-1").await.expect("get").status,
-        "active"
+        SessionStatus::Active
     );
     assert!(matches!(
-        store.set_session_status("nope", "active").await,
+        store
+            .set_session_status("nope", SessionStatus::Active)
+            .await,
         Err(StoreError::NotFound)
     ));
 
@@ -2207,7 +2209,7 @@ async fn case_sessions(store: Store) {
             .expect("end again")
     );
     let s2 = store.get_session("s-2").await.expect("get");
-    assert_eq!(s2.status, "ended");
+    assert_eq!(s2.status, SessionStatus::Ended);
     assert_eq!(s2.ended_at, Some(4_000));
     assert_eq!(s2.end_reason.as_deref(), Some("viewer_closed"));
 
@@ -2252,7 +2254,7 @@ async fn case_sessions(store: Store) {
         3 // s-1, s-3 (deleted but open), s-9
     );
     let s1 = store.get_session("s-1").await.expect("get");
-    assert_eq!(s1.status, "ended");
+    assert_eq!(s1.status, SessionStatus::Ended);
     assert_eq!(s1.ended_at, Some(6_000));
     assert_eq!(s1.end_reason.as_deref(), Some("server_restart"));
     let s2 = store.get_session("s-2").await.expect("get");
@@ -2327,7 +2329,10 @@ async fn case_out_of_order_binding(store: Store) {
             .is_ok_and(|changed| !changed)
     );
     store
-        .create_session(&session("s-o", "a-1", "active", 1), &ev("session.created"))
+        .create_session(
+            &session("s-o", "a-1", SessionStatus::Active, 1),
+            &ev("session.created"),
+        )
         .await
         .expect("create");
     assert!(
@@ -2540,6 +2545,87 @@ async fn postgres_raw_out_of_order_binding() {
     raw_out_of_order(&url).await;
 }
 
+/// A stored state name no enum knows (written by a newer binary, or by hand) makes the
+/// read fail with an internal error instead of a panic.
+async fn raw_unknown_states(store: Store, url: &str) {
+    store
+        .create_session(
+            &session("s-x", "a-x", SessionStatus::Active, 1),
+            &ev("session.created"),
+        )
+        .await
+        .expect("session");
+    store
+        .create_code(&code("111-222-333", 1, 10), &ev("code.created"))
+        .await
+        .expect("code");
+    store
+        .upsert_machine(&machine("a-x", None, "host", 1))
+        .await
+        .expect("machine");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("pool");
+    let raw = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(sql).execute(&pool).await.expect(sql) }
+    };
+    raw("UPDATE sessions SET kind = 'robot' WHERE id = 's-x'").await;
+    assert!(matches!(
+        store.get_session("s-x").await,
+        Err(StoreError::Internal(_))
+    ));
+    raw("UPDATE sessions SET kind = 'managed', status = 'paused' WHERE id = 's-x'").await;
+    assert!(matches!(
+        store.get_session("s-x").await,
+        Err(StoreError::Internal(_))
+    ));
+    assert!(matches!(
+        store.open_sessions().await,
+        Err(StoreError::Internal(_))
+    ));
+    raw("UPDATE support_codes SET status = 'lost'").await;
+    assert!(matches!(
+        store.get_code("111-222-333").await,
+        Err(StoreError::Internal(_))
+    ));
+    raw("UPDATE machines SET status = 'retired'").await;
+    assert!(matches!(
+        store.get_machine("a-x").await,
+        Err(StoreError::Internal(_))
+    ));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_unknown_stored_states_are_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open_sqlite_in(dir.path()).await.expect("open");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path()
+            .join("guruconnect.db")
+            .to_str()
+            .expect("utf-8 temp path")
+    );
+    raw_unknown_states(store, &url).await;
+}
+
+#[tokio::test]
+async fn postgres_unknown_stored_states_are_errors() {
+    let Some(url) = test_database_url().await else {
+        eprintln!(
+            "skipped postgres_unknown_stored_states_are_errors: GURUCONNECT_TEST_DATABASE_URL not set"
+        );
+        return;
+    };
+    let store = Store::connect(&url).await.expect("connect");
+    raw_unknown_states(store, &url).await;
+}
+
 /// Migrations land in the per-test schema and nowhere else.
 #[tokio::test]
 async fn postgres_schema_per_test_isolation() {
@@ -2635,7 +2721,7 @@ fn new_machine(agent_id: &str, uid: Option<&str>, hostname: &str) -> NewMachine 
         os: "linux".to_owned(),
         os_version: "Debian 12".to_owned(),
         agent_version: "0.3.0".to_owned(),
-        status: "active".to_owned(),
+        status: MachineStatus::Active,
         created_at: 5_000,
         ..NewMachine::default()
     }
@@ -2660,7 +2746,7 @@ async fn case_machines_new_fields_defaults(store: Store) {
         .upsert_machine(&machine("a-1", Some("uid-1"), "host", 1_000))
         .await
         .expect("insert");
-    assert_eq!(m.status, "active");
+    assert_eq!(m.status, MachineStatus::Active);
     assert_eq!(m.pending_reason, None);
     assert_eq!(m.claimed_machine_uid, None);
     assert_eq!(m.site_id, None);
@@ -2785,20 +2871,20 @@ async fn case_machine_pending_and_site(store: Store) {
         .await
         .expect("pending");
     let m = store.get_machine("a-1").await.expect("get");
-    assert_eq!(m.status, "pending");
+    assert_eq!(m.status, MachineStatus::Pending);
     assert_eq!(m.pending_reason.as_deref(), Some("machine_uid_collision"));
     // A reconnect does not approve it.
     let m = store
         .upsert_machine(&machine("a-1", None, "host", 2_000))
         .await
         .expect("reconnect");
-    assert_eq!(m.status, "pending");
+    assert_eq!(m.status, MachineStatus::Pending);
     store
         .set_machine_pending("a-1", None, 0, None)
         .await
         .expect("approve");
     let m = store.get_machine("a-1").await.expect("get");
-    assert_eq!(m.status, "active");
+    assert_eq!(m.status, MachineStatus::Active);
     assert_eq!(m.pending_reason, None);
     assert!(matches!(
         store
@@ -2894,7 +2980,7 @@ async fn case_create_machine_and_collision_row(store: Store) {
     assert_eq!(m.tags, ["linux", "prod"]);
     assert_eq!(m.external_ip.as_deref(), Some("198.51.100.4"));
     assert_eq!(m.inventory, json!({}));
-    assert_eq!(m.status, "active");
+    assert_eq!(m.status, MachineStatus::Active);
     assert_eq!(m.last_seen, Some(5_000));
     assert_eq!(m.created_at, 5_000);
     assert_eq!(store.get_machine("a-1").await.expect("get"), m);
@@ -2922,12 +3008,12 @@ async fn case_create_machine_and_collision_row(store: Store) {
     // The collided endpoint gets its own pending row: uid NULL, claimed uid recorded.
     let mut collided = new_machine("a-2", None, "clone");
     collided.claimed_machine_uid = Some("uid-1".to_owned());
-    collided.status = "pending".to_owned();
+    collided.status = MachineStatus::Pending;
     collided.pending_reason = Some("machine_uid_collision".to_owned());
     let c = store.create_machine(&collided).await.expect("pending row");
     assert_eq!(c.machine_uid, None);
     assert_eq!(c.claimed_machine_uid.as_deref(), Some("uid-1"));
-    assert_eq!(c.status, "pending");
+    assert_eq!(c.status, MachineStatus::Pending);
     // The uid still resolves to the original machine only.
     let owner = store
         .find_machine_by_uid(T, "uid-1")
@@ -2945,7 +3031,10 @@ async fn case_create_machine_and_collision_row(store: Store) {
         .await
         .expect("approve");
     let c = store.get_machine("a-2").await.expect("get");
-    assert_eq!((c.status.as_str(), c.machine_uid.clone()), ("active", None));
+    assert_eq!(
+        (c.status, c.machine_uid.clone()),
+        (MachineStatus::Active, None)
+    );
     assert_eq!(c.claimed_machine_uid.as_deref(), Some("uid-1"));
 
     // After the original is removed, its uid is free for a new machine.
@@ -3481,7 +3570,7 @@ fn term_matches(m: &Machine, field: Option<&str>, value: &str, online: &[String]
         Some("status") => match value {
             "online" => online.contains(&m.agent_id),
             "offline" => !online.contains(&m.agent_id),
-            "pending" | "active" => m.status == value,
+            "pending" | "active" => m.status.as_str() == value,
             _ => false,
         },
         Some(other) => panic!("unknown field {other}"),
@@ -4082,7 +4171,7 @@ async fn case_recordings(store: Store) {
         session_id: id.into(),
         agent_id: agent.into(),
         hostname: "host".into(),
-        kind: "managed".into(),
+        kind: SessionKind::Managed,
         status: RecordingStatus::Recording,
         started_at,
         ended_at: None,
@@ -4206,7 +4295,10 @@ async fn case_sessions_of_instances(store: Store) {
         ("s-solo", "m-4", None),
     ] {
         store
-            .create_session(&session(id, agent, "active", 1_000), &ev("session.created"))
+            .create_session(
+                &session(id, agent, SessionStatus::Active, 1_000),
+                &ev("session.created"),
+            )
             .await
             .expect("create");
         if let Some(instance) = instance {
@@ -4233,11 +4325,11 @@ async fn case_sessions_of_instances(store: Store) {
         .expect("end");
     assert_eq!(ended, 2);
     let a1 = store.get_session("s-a1").await.expect("get");
-    assert_eq!(a1.status, "ended");
+    assert_eq!(a1.status, SessionStatus::Ended);
     assert_eq!(a1.end_reason.as_deref(), Some("server instance lost"));
     assert_eq!(
         store.get_session("s-b1").await.expect("get").status,
-        "active"
+        SessionStatus::Active
     );
     assert_eq!(
         store.open_session_instances().await.expect("instances"),
@@ -4255,37 +4347,37 @@ async fn case_sessions_of_instances(store: Store) {
     // A machine's new session supersedes its other open ones of the same kind only.
     store
         .create_session(
-            &session("s-new", "m-3", "active", 4_000),
+            &session("s-new", "m-3", SessionStatus::Active, 4_000),
             &ev("session.created"),
         )
         .await
         .expect("create");
-    let mut attended = session("s-att", "m-3", "active", 4_000);
-    attended.kind = "attended".into();
+    let mut attended = session("s-att", "m-3", SessionStatus::Active, 4_000);
+    attended.kind = SessionKind::Attended;
     store
         .create_session(&attended, &ev("session.created"))
         .await
         .expect("create");
     let superseded = store
-        .end_other_open_sessions("m-3", "managed", "s-new", "superseded", 5_000)
+        .end_other_open_sessions("m-3", SessionKind::Managed, "s-new", "superseded", 5_000)
         .await
         .expect("supersede");
     assert_eq!(superseded, 1);
     assert_eq!(
         store.get_session("s-b1").await.expect("get").status,
-        "ended"
+        SessionStatus::Ended
     );
     assert_eq!(
         store.get_session("s-new").await.expect("get").status,
-        "active"
+        SessionStatus::Active
     );
     assert_eq!(
         store.get_session("s-att").await.expect("get").status,
-        "active"
+        SessionStatus::Active
     );
     assert_eq!(
         store.get_session("s-solo").await.expect("get").status,
-        "active"
+        SessionStatus::Active
     );
 }
 

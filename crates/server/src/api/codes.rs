@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use guruconnect_store::{DEFAULT_TENANT, StoreError, SupportCode};
+use guruconnect_store::{CodeStatus, DEFAULT_TENANT, StoreError, SupportCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -88,7 +88,8 @@ pub struct CodeView {
     id: String,
     /// The full code on creation; masked everywhere else (SPEC §4.10).
     code: String,
-    status: String,
+    /// The stored status, or `expired` for a pending code past its expiry.
+    status: &'static str,
     note: Option<String>,
     /// The name the customer gave on the join page.
     customer_name: Option<String>,
@@ -100,10 +101,10 @@ pub struct CodeView {
 
 impl CodeView {
     fn from_code(c: SupportCode, now: i64, reveal: bool) -> Self {
-        let status = if c.status == "pending" && c.expires_at <= now {
-            "expired".to_owned()
+        let status = if c.status == CodeStatus::Pending && c.expires_at <= now {
+            "expired"
         } else {
-            c.status
+            c.status.as_str()
         };
         Self {
             id: code_id(&c.code),
@@ -158,7 +159,7 @@ async fn create(
         let code = SupportCode {
             code: generate_code(),
             tenant_id: DEFAULT_TENANT.to_owned(),
-            status: "pending".to_owned(),
+            status: CodeStatus::Pending,
             created_by: auth.user.id.clone(),
             created_by_name: auth.user.username.clone(),
             note: note.clone(),
@@ -310,7 +311,7 @@ pub(crate) async fn preview_code(
         None => None,
     };
     match found {
-        Some(c) if c.status == "pending" && c.expires_at > now => {
+        Some(c) if c.status == CodeStatus::Pending && c.expires_at > now => {
             state.limits.record_code_attempt(ip, true).await?;
             Ok(c)
         }

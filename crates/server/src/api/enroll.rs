@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use guruconnect_store::{
-    AgentKey, DEFAULT_TENANT, Enrollment, MachineLabels, NewMachine, StoreError,
+    AgentKey, DEFAULT_TENANT, Enrollment, MachineLabels, MachineStatus, NewMachine, StoreError,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -67,7 +67,7 @@ pub struct EnrollResponse {
     agent_key: String,
     site_id: String,
     /// `active`, or `pending` when an admin must approve the machine first.
-    status: String,
+    status: MachineStatus,
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -302,11 +302,10 @@ fn new_machine(
         site_id: Some(site_id.to_owned()),
         claimed_machine_uid: claimed_uid.map(str::to_owned),
         status: if pending_reason.is_some() {
-            "pending"
+            MachineStatus::Pending
         } else {
-            "active"
-        }
-        .to_owned(),
+            MachineStatus::Active
+        },
         pending_reason,
         created_at: now,
         ..NewMachine::default()

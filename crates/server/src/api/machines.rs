@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use guruconnect_store::{
-    AgentKey, DEFAULT_TENANT, Machine, MachineLabels, MachineSearch, MachineUpsert, StoreError,
+    AgentKey, DEFAULT_TENANT, Machine, MachineLabels, MachineSearch, MachineStatus, MachineUpsert,
+    StoreError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -496,7 +497,7 @@ async fn approve(
     Path(agent_id): Path<String>,
 ) -> ApiResult<Json<MachineView>> {
     let machine = load(&state, &agent_id).await?;
-    if machine.status != "pending" {
+    if machine.status != MachineStatus::Pending {
         return Err(ApiError::Conflict(
             "the machine is not pending approval".into(),
         ));

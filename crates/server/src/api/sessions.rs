@@ -4,7 +4,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use guruconnect_store::{DEFAULT_TENANT, IssuedToken, SessionRecord, StoreError, TokenKind};
+use guruconnect_store::{
+    DEFAULT_TENANT, IssuedToken, MachineStatus, SessionRecord, SessionStatus, StoreError, TokenKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -69,7 +71,7 @@ async fn view(state: &AppState, record: SessionRecord) -> ApiResult<SessionView>
         Err(e) => return Err(e.into()),
     };
     Ok(SessionView {
-        live: if record.status == "ended" {
+        live: if record.status == SessionStatus::Ended {
             None
         } else {
             crate::sessions::snapshot(state, &record.id).await
@@ -262,10 +264,10 @@ async fn viewer_token(
         return Err(ApiError::Forbidden("your role may not view sessions"));
     };
     let record = load(&state, &id).await?;
-    if record.status == "ended" {
+    if record.status == SessionStatus::Ended {
         return Err(ApiError::Conflict("the session has ended".into()));
     }
-    if state.store.get_machine(&record.agent_id).await?.status == "pending" {
+    if state.store.get_machine(&record.agent_id).await?.status == MachineStatus::Pending {
         return Err(ApiError::Conflict(
             "the machine is pending an administrator's approval".into(),
         ));

@@ -327,7 +327,7 @@ pub async fn start_if_due(state: &AppState, session: &std::sync::Arc<LiveSession
         session_id: session.id.clone(),
         agent_id: session.agent_id.clone(),
         hostname: hostname.to_owned(),
-        kind: header.kind.clone(),
+        kind: session.kind,
         status: RecordingStatus::Recording,
         started_at: header.started_at,
         ended_at: None,

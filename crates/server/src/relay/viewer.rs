@@ -19,7 +19,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use guruconnect_proto::{self as proto, Payload};
-use guruconnect_store::{TokenKind, User};
+use guruconnect_store::{MachineStatus, TokenKind, User};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -147,7 +147,7 @@ pub async fn upgrade(
             .into_response();
     };
     match state.store.get_machine(&live.agent_id).await {
-        Ok(machine) if machine.status == "pending" => {
+        Ok(machine) if machine.status == MachineStatus::Pending => {
             return ApiError::Conflict("the machine is pending an administrator's approval".into())
                 .into_response();
         }

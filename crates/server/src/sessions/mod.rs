@@ -20,6 +20,7 @@ pub mod tunnel;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use guruconnect_store::SessionStatus;
 use serde_json::json;
 
 use crate::AppState;
@@ -114,8 +115,11 @@ pub async fn presence(state: &AppState) -> std::collections::HashMap<String, Pre
         match state.store.open_sessions().await {
             Ok(rows) => {
                 for row in rows {
-                    let online = matches!(row.status.as_str(), "active" | "waiting_consent");
-                    let managed = row.kind == SessionKind::Managed.as_str();
+                    let online = matches!(
+                        row.status,
+                        SessionStatus::Active | SessionStatus::WaitingConsent
+                    );
+                    let managed = row.kind == SessionKind::Managed;
                     // The managed session wins over a support-code one of the same machine.
                     if managed || !out.contains_key(&row.agent_id) {
                         out.insert(
@@ -173,7 +177,7 @@ pub async fn open(state: &AppState, new: NewLive) -> Registered {
             .store
             .end_other_open_sessions(
                 &session.agent_id,
-                session.kind.as_str(),
+                session.kind,
                 &session.id,
                 SUPERSEDED,
                 now,
@@ -364,7 +368,10 @@ pub async fn agent_offline(state: &AppState, session: &Arc<LiveSession>, why: &s
         false,
         None,
     );
-    let _ = state.store.set_session_status(&session.id, "offline").await;
+    let _ = state
+        .store
+        .set_session_status(&session.id, SessionStatus::Offline)
+        .await;
     let _ = state.store.touch_machine(&session.agent_id, now).await;
     Audit::new("session.agent_offline")
         .agent(&session.agent_id)

@@ -26,25 +26,8 @@ pub const AGENT_QUEUE: usize = 256;
 /// allows 4 terminals and 8 transfers per session).
 pub const CHANNELS_PER_VIEWER: usize = 4;
 
-/// Attended (support code) or managed (per-agent key) session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionKind {
-    /// Started from a support code; needs consent.
-    Attended,
-    /// Unattended, permanently installed agent.
-    Managed,
-}
-
-impl SessionKind {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionKind::Attended => "attended",
-            SessionKind::Managed => "managed",
-        }
-    }
-}
+/// The store's session kind, re-exported so the relay and the store share one type.
+pub use guruconnect_store::SessionKind;
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -146,7 +146,7 @@ pub async fn accept(
         _ => return refused(403, "your role may not view sessions"),
     };
     match state.store.get_machine(&session.agent_id).await {
-        Ok(m) if m.status == "pending" => {
+        Ok(m) if m.status == guruconnect_store::MachineStatus::Pending => {
             return refused(409, "the machine is pending an administrator's approval");
         }
         Ok(_) => {}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Message;
 use guruconnect_proto::{self as proto, Codec};
-use guruconnect_store::{DEFAULT_TENANT, MachineUpsert, SessionRecord, StoreError};
+use guruconnect_store::{DEFAULT_TENANT, MachineUpsert, SessionRecord, SessionStatus, StoreError};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -151,13 +151,12 @@ pub(super) async fn bind(
         id: session_id.clone(),
         tenant_id: DEFAULT_TENANT.to_owned(),
         agent_id: agent_id.clone(),
-        kind: kind.as_str().to_owned(),
+        kind,
         code: code.clone(),
         status: match kind {
-            SessionKind::Attended => "waiting_consent",
-            SessionKind::Managed => "active",
-        }
-        .to_owned(),
+            SessionKind::Attended => SessionStatus::WaitingConsent,
+            SessionKind::Managed => SessionStatus::Active,
+        },
         created_at: now,
         ended_at: None,
         end_reason: None,
@@ -172,7 +171,7 @@ pub(super) async fn bind(
             AgentCredential::SharedKey => "shared_key",
         }}));
     if let AgentCredential::Code { code, .. } = credential {
-        audit = audit.details(json!({ "kind": "attended", "hostname": upsert.hostname, "credential": "support_code", "code_created_by": code.created_by }));
+        audit = audit.details(json!({ "kind": SessionKind::Attended.as_str(), "hostname": upsert.hostname, "credential": "support_code", "code_created_by": code.created_by }));
     }
     state
         .store

@@ -147,7 +147,10 @@ pub(super) async fn handle(
             }
             if answer.granted {
                 session.set_phase(Phase::Active);
-                let _ = state.store.set_session_status(&session.id, "active").await;
+                let _ = state
+                    .store
+                    .set_session_status(&session.id, guruconnect_store::SessionStatus::Active)
+                    .await;
                 Audit::new("consent.granted")
                     .agent(&session.agent_id)
                     .session(&session.id)
