@@ -555,7 +555,10 @@ pub async fn recover(state: &AppState, before: i64, ended_before: i64) {
     };
     for rec in open.into_iter().filter(|r| r.started_at < before) {
         match state.store.get_session(&rec.session_id).await {
-            Ok(s) if s.status != "ended" || s.ended_at.is_none_or(|t| t >= ended_before) => {
+            Ok(s)
+                if s.status != guruconnect_store::SessionStatus::Ended
+                    || s.ended_at.is_none_or(|t| t >= ended_before) =>
+            {
                 continue;
             }
             Ok(_) | Err(guruconnect_store::StoreError::NotFound) => {}
