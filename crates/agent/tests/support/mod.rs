@@ -371,13 +371,25 @@ impl AgentProcess {
         AgentProcess { child, stderr }
     }
 
-    /// Spawns a prepared command (another path to the binary) on `display`.
+    /// Spawns a prepared command (another path to the binary) on `display`. A binary just
+    /// copied may be "busy" for a moment: a process forked meanwhile by another test thread
+    /// holds the copy's write descriptor until it execs, so the spawn is retried.
     pub fn spawn_cmd(mut cmd: Command, display: &str) -> AgentProcess {
         cmd.env("RUST_LOG", "info")
             .env("DISPLAY", display)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        Self::collect(cmd.spawn().expect("spawn agent"))
+        let mut tries = 0;
+        loop {
+            match cmd.spawn() {
+                Ok(child) => return Self::collect(child),
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("spawn agent: {e}"),
+            }
+        }
     }
 
     pub fn stderr(&self) -> String {
