@@ -384,12 +384,12 @@ pub async fn agent_offline(state: &AppState, session: &Arc<LiveSession>, why: &s
 
 /// The agent's task is over and so is the session: `reason` (or the recorded one) goes to
 /// the store with the `session.ended` event; a support code is spent.
+/// The agent task has already ended the session (so its writer sent the close).
 pub async fn close(state: &AppState, session: &Arc<LiveSession>, reason: Option<&str>) {
     let recorded = session
         .end_reason()
         .map(|(_, r)| r)
         .unwrap_or_else(|| "agent disconnected".to_owned());
-    session.end(EndCode::AgentGone, &recorded);
     state.sessions.registry.remove(&session.id);
     state.metrics.agents.dec();
     state.metrics.sessions.dec();
