@@ -202,6 +202,72 @@ async fn denied_consent_ends_the_session_without_a_frame() {
     relay.wait_session(&admin, "ended").await;
 }
 
+/// Microseconds since the Unix epoch (the agent's frame stamps use the same clock).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_captured_when_x_reports_it_drawn_and_the_frame_says_when() {
+    let Some(x) = Xvfb::start() else { return };
+    let relay = Relay::start().await;
+    let admin = relay.admin().await;
+    let (mut agent, _session, mut control, _image, _) =
+        attended_control_session(&x, &relay, &admin, |_| true).await;
+    // Lower left: none of the agent's windows (prompt, indicator, chat) is there.
+    let (px, py) = (20, 700);
+    let mut decoder = guruconnect_codec::Decoder::new();
+    for (round, colour) in [0x12_34_56_u32, 0x65_43_21, 0x0a_b0_0b]
+        .into_iter()
+        .enumerate()
+    {
+        let before = unix_us();
+        let status = Command::new("xsetroot")
+            .args(["-solid", &format!("#{colour:06x}")])
+            .env("DISPLAY", &x.display)
+            .status()
+            .expect("xsetroot");
+        assert!(status.success());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let frame = loop {
+            let envelope = tokio::time::timeout_at(deadline, control.recv())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no picture in #{colour:06x}"))
+                .expect("viewer connection");
+            let Some(Payload::VideoFrame(frame)) = envelope.payload else {
+                continue;
+            };
+            let Ok(image) = decoder.decode(&frame) else {
+                continue;
+            };
+            if pixel(image, px, py) == bgr(colour) {
+                break frame;
+            }
+        };
+        // Captured because X reported the drawing: the frame carries the report's time,
+        // taken after the drawing began, and the stages are in order.
+        assert!(
+            frame.changed_timestamp_us >= before,
+            "round {round}: the frame was not captured on a change report: changed at {}, \
+             drawn from {before}",
+            frame.changed_timestamp_us
+        );
+        assert!(frame.capture_timestamp_us >= frame.changed_timestamp_us);
+        assert!(frame.encoded_timestamp_us >= frame.capture_timestamp_us);
+        println!(
+            "round {round}: reported {} µs after xsetroot started, captured {} µs later",
+            frame.changed_timestamp_us - before,
+            frame.capture_timestamp_us - frame.changed_timestamp_us
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = agent.child.kill();
+    let _ = agent.wait_exit(WAIT).await;
+}
+
 // ------------------------------------------------------------------ wheel, clipboard, monitors
 
 /// Starts the agent for a support code, allows it as the user would and connects a control

@@ -35,6 +35,7 @@ pub fn video_frame(data: &Bytes, sequence: u64, capture_us: u64, keyframe: bool)
             keyframe,
             sequence,
             capture_timestamp_us: capture_us,
+            ..Default::default()
         })),
     }
     .to_bytes()

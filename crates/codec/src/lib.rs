@@ -160,6 +160,7 @@ impl EncodedFrame {
             keyframe: self.keyframe,
             sequence,
             capture_timestamp_us,
+            ..VideoFrame::default()
         }
     }
 }

@@ -20,6 +20,7 @@ import type { Machine, Session, ViewerToken } from '../types';
 import { FileTransfers } from '../viewer/files';
 import { decode, encode, nowUs, pb, type EnvelopeProps } from '../viewer/protocol';
 import { codecName, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
+import { epochMs, traceFrame, traceSink } from '../viewer/trace';
 import { isSystemKey, scancodeFor } from '../viewer/scancodes';
 import { sparkline, Stats } from '../viewer/stats';
 
@@ -277,8 +278,10 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const h264 = new H264Renderer(canvas, ctx, () => { stats.frames++; stats.totalFrames++; checkSize(); }, requestRefresh);
 
   // ---- receiving ----
+  const trace = traceSink();
   const onMessage = (ev: MessageEvent) => {
     if (!(ev.data instanceof ArrayBuffer)) return;
+    const receivedMs = trace ? epochMs() : 0;
     let env;
     try {
       env = decode(ev.data);
@@ -297,10 +300,11 @@ export function viewerPage({ root, params }: PageContext): () => void {
           sawFrame = true;
           if (state === 'active') showOverlay(null);
         }
+        const traced = traceFrame(trace, f, ev.data.byteLength, receivedMs);
         if (f.codec === pb.Codec.CODEC_H264) {
           stats.bytesIn(ev.data.byteLength);
           try {
-            h264.decode(f);
+            h264.decode(f, traced ? () => (traced.drawnMs = epochMs()) : undefined);
           } catch (e) {
             console.warn('H.264 frame failed', e);
             requestRefresh('h264 failure');
@@ -309,6 +313,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
           stats.frame(ev.data.byteLength);
           try {
             drawRawZstd(canvas, ctx, f);
+            if (traced) traced.drawnMs = epochMs();
           } catch (e) {
             console.warn('lossless frame failed', e);
             requestRefresh('raw failure');

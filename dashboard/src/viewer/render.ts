@@ -99,6 +99,8 @@ export class H264Renderer {
   private submitted = 0;
   private drawnCount = 0;
   private waiters: (() => void)[] = [];
+  /** Callbacks for chunks whose drawing someone waits for, by chunk timestamp. */
+  private drawnHooks = new Map<number, () => void>();
 
   constructor(
     private readonly canvas: HTMLCanvasElement,
@@ -108,7 +110,8 @@ export class H264Renderer {
     public maxQueue = 8,
   ) {}
 
-  decode(frame: VideoFrameMsg): void {
+  /** Queues one access unit; `onDrawn` runs right after its picture is drawn. */
+  decode(frame: VideoFrameMsg, onDrawn?: () => void): void {
     const data = frame.data;
     if (!data || !data.length) return;
     if (!this.decoder || this.decoder.state === 'closed') {
@@ -131,6 +134,7 @@ export class H264Renderer {
     fit(this.canvas, frame.width ?? 0, frame.height ?? 0);
     this.timestamp += 16_666;
     this.submitted++;
+    if (onDrawn) this.drawnHooks.set(this.timestamp, onDrawn);
     decoder.decode(new EncodedVideoChunk({ type: frame.keyframe ? 'key' : 'delta', timestamp: this.timestamp, data }));
   }
 
@@ -145,6 +149,7 @@ export class H264Renderer {
           if (!this.canvas.width || this.canvas.width !== vf.displayWidth) fit(this.canvas, vf.displayWidth, vf.displayHeight);
           this.ctx.drawImage(vf, 0, 0, this.canvas.width, this.canvas.height);
           this.onDrawn();
+          this.drawnHook(vf.timestamp)?.();
         } finally {
           vf.close();
           this.drawnCount++;
@@ -182,6 +187,14 @@ export class H264Renderer {
     }
   }
 
+  /** The hook of the chunk drawn at `timestamp`; hooks of earlier chunks (dropped) go. */
+  private drawnHook(timestamp: number): (() => void) | undefined {
+    if (!this.drawnHooks.size) return undefined;
+    const hook = this.drawnHooks.get(timestamp);
+    for (const t of this.drawnHooks.keys()) if (t <= timestamp) this.drawnHooks.delete(t);
+    return hook;
+  }
+
   private wake(): void {
     const waiters = this.waiters;
     this.waiters = [];
@@ -197,6 +210,7 @@ export class H264Renderer {
       }
     }
     this.decoder = null;
+    this.drawnHooks.clear();
     this.wake();
   }
 }

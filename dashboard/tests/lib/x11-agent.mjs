@@ -49,13 +49,13 @@ export async function waitFor(pred, what, ms = 20_000) {
 }
 
 /**
- * Starts Xvfb (1024x768) on a random display in `[base, base + 100)`; resolves once
- * xdpyinfo answers. `x(cmd, args)` runs an X client on it.
+ * Starts Xvfb (`size`, 1024x768 unless told) on a random display in `[base, base + 100)`;
+ * resolves once xdpyinfo answers. `x(cmd, args)` runs an X client on it.
  */
-export async function startXvfb({ base = 90 } = {}) {
+export async function startXvfb({ base = 90, size = '1024x768' } = {}) {
   const display = `:${base + Math.floor(Math.random() * 100)}`;
   const env = { ...process.env, DISPLAY: display };
-  const proc = spawn('Xvfb', [display, '-screen', '0', '1024x768x24', '-noreset', '-nolisten', 'tcp'], { stdio: 'ignore' });
+  const proc = spawn('Xvfb', [display, '-screen', '0', `${size}x24`, '-noreset', '-nolisten', 'tcp'], { stdio: 'ignore' });
   const x = (cmd, args) => execFileSync(cmd, args, { env, encoding: 'utf8', timeout: 30_000 }).trim();
   const xs = {
     display,

@@ -96,6 +96,36 @@ pub trait Capturer: Send {
     fn cursor(&mut self, display: &DisplayInfo) -> PlatformResult<CursorState>;
     /// The current cursor image (called when the serial changed).
     fn cursor_image(&mut self) -> PlatformResult<Option<CursorImage>>;
+    /// Starts telling `notify` (on a thread of its own) soon after anything on the screen
+    /// was drawn; `notify` returns false to stop. `None`: this desktop cannot tell, and the
+    /// session captures on its frame clock alone.
+    fn watch_changes(&mut self, notify: ChangeNotify) -> Option<ChangeWatch> {
+        let _ = notify;
+        None
+    }
+}
+
+/// Called after each change of the screen; returns false to stop watching.
+pub type ChangeNotify = Box<dyn FnMut() -> bool + Send>;
+
+/// A running screen-change watcher ([`Capturer::watch_changes`]); dropping it stops the
+/// watcher.
+#[derive(Debug)]
+pub struct ChangeWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChangeWatch {
+    /// A watcher that stops once `stop` is set.
+    pub fn new(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { stop }
+    }
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Synthetic input. Implementations validate everything: an event that does not make

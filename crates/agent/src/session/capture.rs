@@ -1,7 +1,18 @@
-//! The capture thread: capture the active display at the stream's pace, encode in the
-//! negotiated codec (split into bands by the codec when a frame would exceed the relay's
-//! cap), and report cursor moves and shapes.
+//! The capture thread: capture the active display when it changed (or on the stream's
+//! clock where the desktop cannot tell), encode in the negotiated codec (split into bands by
+//! the codec when a frame would exceed the relay's cap), and report cursor moves and shapes.
+//!
+//! Pacing. Where the desktop reports changes ([`Capturer::watch_changes`]: X DAMAGE), a
+//! change is captured [`SETTLE`] after it was reported (so a repaint of a few requests is
+//! captured whole), but never sooner than one frame interval after the previous capture;
+//! a still screen is not captured at all, except once every [`SAFETY_EVERY`] in case a
+//! change went unreported. Elsewhere the thread captures on the frame clock, and a key or
+//! button from a viewer ([`CaptureCmd::Nudge`]) brings the next capture forward to
+//! [`NUDGE_DELAY`] after it, so the echo of a key does not wait for the next tick. The
+//! cursor is polled on the frame clock in both cases.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +21,20 @@ use tokio::sync::mpsc;
 
 use super::{MAX_FRAME_BYTES, notice, now_us};
 use crate::encoding::FrameEncoder;
-use crate::platform::{Capturer, CursorState};
+use crate::platform::{Capturer, ChangeWatch, CursorState};
+
+/// How long after a reported change the picture is captured.
+const SETTLE: Duration = Duration::from_millis(2);
+/// A still screen is still captured this often (a change the desktop did not report).
+const SAFETY_EVERY: Duration = Duration::from_secs(1);
+/// How long after a viewer's key or button the next capture happens, where changes are not
+/// reported: time for the application to repaint.
+const NUDGE_DELAY: Duration = Duration::from_millis(8);
+/// How often an idle thread checks that its session still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Set to `1`, the agent captures on the frame clock alone, as before change-driven capture
+/// (benchmarks compare the two; a desktop whose change reports misbehave can use it).
+pub const CAPTURE_CLOCK_ENV: &str = "GURUCONNECT_CAPTURE_CLOCK";
 
 /// What the session asks of the capture thread.
 pub(super) enum CaptureCmd {
@@ -27,19 +51,65 @@ pub(super) enum CaptureCmd {
         fps: u32,
         quality: u32,
     },
+    /// A viewer pressed a key or button: the screen is about to change.
+    Nudge,
+    /// The desktop reported a change (from the change watcher's thread).
+    Changed,
 }
 
 struct Stream {
     encoder: FrameEncoder,
     display: DisplayInfo,
     interval: Duration,
+    /// The next tick: a capture when one is due, otherwise a cursor poll.
     next_at: Instant,
     force_keyframe: bool,
+    /// Reports changes (and the flag of a [`CaptureCmd::Changed`] waiting in the channel);
+    /// `None` captures on every tick.
+    watch: Option<(ChangeWatch, Arc<AtomicBool>)>,
+    /// Changed since the last capture, and when that was first reported (Unix µs).
+    dirty: Option<u64>,
+    last_capture: Instant,
+}
+
+impl Stream {
+    /// Whether the next tick captures.
+    fn capture_due(&self, now: Instant) -> bool {
+        self.force_keyframe
+            || self.watch.is_none()
+            || self.dirty.is_some()
+            || now >= self.last_capture + SAFETY_EVERY
+    }
+
+    /// Brings the next tick forward to `at`, but not sooner than one interval after the
+    /// previous capture.
+    fn capture_by(&mut self, at: Instant) {
+        let at = at.max(self.last_capture + self.interval);
+        self.next_at = self.next_at.min(at);
+    }
 }
 
 fn frame_interval(fps: u32) -> Duration {
     let fps = if fps == 0 { 30 } else { fps.clamp(1, 60) };
     Duration::from_secs(1) / fps
+}
+
+/// Starts the desktop's change watcher for a stream: each change becomes one
+/// [`CaptureCmd::Changed`] (at most one waiting at a time).
+fn start_watch(
+    capturer: &mut dyn Capturer,
+    cmds: &std_mpsc::Sender<CaptureCmd>,
+) -> Option<(ChangeWatch, Arc<AtomicBool>)> {
+    let cmds = cmds.clone();
+    let waiting = Arc::new(AtomicBool::new(false));
+    let handled = Arc::clone(&waiting);
+    let watch = capturer.watch_changes(Box::new(move || {
+        if waiting.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        cmds.send(CaptureCmd::Changed).is_ok()
+    }))?;
+    Some((watch, handled))
 }
 
 /// The cursor last reported, so only changes are sent.
@@ -90,28 +160,31 @@ impl CursorReport {
 }
 
 /// Runs until the session drops its command channel or the outgoing channel closes.
+/// `cmds_tx` feeds the same channel (the change watcher's notifications).
 pub(super) fn capture_thread(
     mut capturer: Box<dyn Capturer>,
     cmds: std_mpsc::Receiver<CaptureCmd>,
+    cmds_tx: std_mpsc::Sender<CaptureCmd>,
     out: mpsc::Sender<Payload>,
 ) {
     let mut stream: Option<Stream> = None;
     let mut sequence: u64 = 0;
     let mut cursor = CursorReport::default();
     let mut failures: u32 = 0;
+    let on_change = std::env::var(CAPTURE_CLOCK_ENV).as_deref() != Ok("1");
     loop {
-        let cmd = match &stream {
-            None => match cmds.recv() {
-                Ok(cmd) => Some(cmd),
-                Err(_) => return,
-            },
-            Some(s) => {
-                match cmds.recv_timeout(s.next_at.saturating_duration_since(Instant::now())) {
-                    Ok(cmd) => Some(cmd),
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-            }
+        // This thread holds a sender of its own channel (for the watcher), so the session's
+        // end shows as the outgoing channel closing.
+        if out.is_closed() {
+            return;
+        }
+        let wait = stream.as_ref().map_or(IDLE_CHECK, |s| {
+            s.next_at.saturating_duration_since(Instant::now())
+        });
+        let cmd = match cmds.recv_timeout(wait) {
+            Ok(cmd) => Some(cmd),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         };
         if let Some(cmd) = cmd {
             match cmd {
@@ -120,21 +193,36 @@ pub(super) fn capture_thread(
                     display,
                     fps,
                 } => {
-                    let reuse = stream
-                        .take()
-                        .filter(|s| s.encoder.requested() == codec && s.display == display);
-                    let encoder = match reuse {
-                        Some(s) => s.encoder,
-                        None => FrameEncoder::new(codec),
+                    let (encoder, watch) = match stream.take() {
+                        Some(s) if s.encoder.requested() == codec && s.display == display => {
+                            (s.encoder, s.watch)
+                        }
+                        Some(s) => (FrameEncoder::new(codec), s.watch),
+                        None => (FrameEncoder::new(codec), None),
+                    };
+                    let watch = match watch {
+                        Some(w) => Some(w),
+                        None if on_change => start_watch(capturer.as_mut(), &cmds_tx),
+                        None => None,
                     };
                     let display_id = display.id;
-                    tracing::info!(codec = ?encoder.codec(), display_id, fps, "streaming");
+                    tracing::info!(
+                        codec = ?encoder.codec(),
+                        display_id,
+                        fps,
+                        on_change = watch.is_some(),
+                        "streaming"
+                    );
+                    let now = Instant::now();
                     stream = Some(Stream {
                         encoder,
                         display,
                         interval: frame_interval(fps),
-                        next_at: Instant::now(),
+                        next_at: now,
                         force_keyframe: true,
+                        watch,
+                        dirty: None,
+                        last_capture: now.checked_sub(SAFETY_EVERY).unwrap_or(now),
                     });
                     cursor = CursorReport::default();
                 }
@@ -158,6 +246,20 @@ pub(super) fn capture_thread(
                         }
                     }
                 }
+                CaptureCmd::Nudge => {
+                    if let Some(s) = stream.as_mut().filter(|s| on_change && s.watch.is_none()) {
+                        s.capture_by(Instant::now() + NUDGE_DELAY);
+                    }
+                }
+                CaptureCmd::Changed => {
+                    if let Some(s) = &mut stream {
+                        if let Some((_, waiting)) = &s.watch {
+                            waiting.store(false, Ordering::Release);
+                        }
+                        s.dirty.get_or_insert_with(now_us);
+                        s.capture_by(Instant::now() + SETTLE);
+                    }
+                }
             }
             // Keep capturing even under a flood of commands.
             if stream.as_ref().is_none_or(|s| Instant::now() < s.next_at) {
@@ -165,53 +267,61 @@ pub(super) fn capture_thread(
             }
         }
         let Some(s) = &mut stream else { continue };
-        s.next_at = (s.next_at + s.interval).max(Instant::now());
-        let captured_at = now_us();
-        let image = match capturer.capture(&s.display) {
-            Ok(image) => {
-                if failures > 0 {
-                    tracing::info!(failures, "screen capture works again");
+        let now = Instant::now();
+        s.next_at = (s.next_at + s.interval).max(now);
+        if s.capture_due(now) {
+            let changed_at = s.dirty.take().unwrap_or(0);
+            s.last_capture = now;
+            let captured_at = now_us();
+            let image = match capturer.capture(&s.display) {
+                Ok(image) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "screen capture works again");
+                    }
+                    failures = 0;
+                    image
                 }
-                failures = 0;
-                image
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(error = %e, failures, "screen capture failed");
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "screen capture failed");
+                    }
+                    // Never a silent black screen: the technicians are told once per outage.
+                    if failures == 1 {
+                        let _ = out.try_send(notice(
+                            proto::agent_notice::Level::Error,
+                            format!("The screen cannot be captured: {e}"),
+                        ));
+                    }
+                    s.next_at = Instant::now() + Duration::from_millis(500);
+                    continue;
                 }
-                // Never a silent black screen: the technicians are told once per outage.
-                if failures == 1 {
-                    let _ = out.try_send(notice(
-                        proto::agent_notice::Level::Error,
-                        format!("The screen cannot be captured: {e}"),
-                    ));
+            };
+            let parts = s
+                .encoder
+                .encode_capped(&image, s.force_keyframe, MAX_FRAME_BYTES);
+            let encoded_at = now_us();
+            let keyframe = parts.first().is_some_and(|p| p.keyframe);
+            for part in parts {
+                let mut video = part.to_video_frame(s.display.id, sequence, captured_at);
+                video.changed_timestamp_us = changed_at;
+                video.encoded_timestamp_us = encoded_at;
+                if video.data.len() > MAX_FRAME_BYTES {
+                    // Only a picture wider than a whole band could get here.
+                    tracing::warn!(
+                        bytes = video.data.len(),
+                        "a frame exceeds the relay's cap; dropped"
+                    );
+                    continue;
                 }
-                s.next_at = Instant::now() + Duration::from_millis(500);
-                continue;
+                sequence += 1;
+                if out.blocking_send(Payload::VideoFrame(video)).is_err() {
+                    return;
+                }
             }
-        };
-        let parts = s
-            .encoder
-            .encode_capped(&image, s.force_keyframe, MAX_FRAME_BYTES);
-        let keyframe = parts.first().is_some_and(|p| p.keyframe);
-        for part in parts {
-            let video = part.to_video_frame(s.display.id, sequence, captured_at);
-            if video.data.len() > MAX_FRAME_BYTES {
-                // Only a picture wider than a whole band could get here.
-                tracing::warn!(
-                    bytes = video.data.len(),
-                    "a frame exceeds the relay's cap; dropped"
-                );
-                continue;
+            if keyframe {
+                s.force_keyframe = false;
             }
-            sequence += 1;
-            if out.blocking_send(Payload::VideoFrame(video)).is_err() {
-                return;
-            }
-        }
-        if keyframe {
-            s.force_keyframe = false;
         }
         cursor.update(capturer.as_mut(), &s.display, &out);
     }

@@ -549,12 +549,20 @@ impl Session {
             }
             Payload::MouseEvent(event) => {
                 if self.may_control() {
+                    let button = event.action != proto::MouseAction::Move as i32;
                     let _ = self.input.send(InputCmd::Mouse(event, self.active.clone()));
+                    if button {
+                        let _ = self.capture.send(CaptureCmd::Nudge);
+                    }
                 }
             }
             Payload::KeyEvent(event) => {
                 if self.may_control() {
+                    let press = event.down;
                     let _ = self.input.send(InputCmd::Key(event));
+                    if press {
+                        let _ = self.capture.send(CaptureCmd::Nudge);
+                    }
                 }
             }
             Payload::SpecialKey(special) => match SpecialKeyKind::try_from(special.kind) {
@@ -809,9 +817,10 @@ pub async fn run_on(
     let (capture_tx, capture_rx) = std_mpsc::channel();
     let (input_tx, input_rx) = std_mpsc::channel();
     let (capture_out, input_out) = (out_tx.clone(), out_tx.clone());
+    let capture_self = capture_tx.clone();
     let spawned = std::thread::Builder::new()
         .name("capture".into())
-        .spawn(move || capture_thread(capturer, capture_rx, capture_out))
+        .spawn(move || capture_thread(capturer, capture_rx, capture_self, capture_out))
         .and_then(|_| {
             std::thread::Builder::new()
                 .name("input".into())

@@ -23,7 +23,9 @@ use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder};
 use x11rb::rust_connection::RustConnection;
 
-use crate::platform::{Capturer, CursorImage, CursorState, PlatformError, PlatformResult};
+use crate::platform::{
+    Capturer, ChangeNotify, ChangeWatch, CursorImage, CursorState, PlatformError, PlatformResult,
+};
 
 fn request_error(e: impl std::fmt::Display) -> PlatformError {
     PlatformError::Request(e.to_string())
@@ -343,6 +345,14 @@ impl Capturer for X11Capturer {
             rgba,
             serial: reply.cursor_serial,
         }))
+    }
+
+    fn watch_changes(&mut self, notify: ChangeNotify) -> Option<ChangeWatch> {
+        super::damage::watch(notify)
+            .inspect_err(|e| {
+                tracing::info!(error = %e, "no X damage events; capturing on the frame clock");
+            })
+            .ok()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod chars;
 pub mod chat;
 pub mod consent;
+pub mod damage;
 pub mod indicator;
 pub mod input;
 pub mod inventory;
