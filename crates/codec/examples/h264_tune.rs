@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! cargo run --release -p guruconnect-codec --example h264_tune [-- --quick]
+//!     [--only SUBSTRING] [--typing-only | --full-only] [--no-quality]
 //! ```
+//!
+//! `--quick` measures 60 typing and 20 full-change frames; `--only` keeps the configurations
+//! whose name contains SUBSTRING (e.g. `"Camera Low BB, 2"`), for profiling one of them;
+//! `--no-quality` skips decoding (no PSNR/SSIM) so that a profile shows the encoder alone.
 //!
 //! Two synthetic, deterministic scenarios on a text-heavy screen (a dark terminal full of
 //! 8×16 glyphs drawn from a seeded glyph set):
@@ -223,7 +228,7 @@ impl Config {
         match self {
             Config::Before => "main (before): Screen Medium BB, 1 slice".into(),
             Config::Tuned(t) => format!(
-                "{:?} {:?} {}, {} slice{}",
+                "{:?} {:?} {}, {} slice{}{}",
                 t.usage,
                 t.complexity,
                 match t.rate_control {
@@ -233,7 +238,8 @@ impl Config {
                     H264RateControl::Off => "RC off",
                 },
                 t.slices,
-                if t.slices == 1 { "" } else { "s" }
+                if t.slices == 1 { "" } else { "s" },
+                if t.deblocking { "" } else { ", no deblocking" }
             ),
         }
     }
@@ -374,23 +380,33 @@ fn count_slices(au: &[u8]) -> usize {
 
 /// Encodes `frames` (after `warmup` unmeasured ones); `quality_every` decoded frames are
 /// compared with their source (the last is always compared).
-fn run(
-    config: Config,
-    warmup: &[Image],
-    frames: &[Image],
+/// `next(img, k)` turns `img` into frame `k` (0-based, warm-up frames first).
+struct Scenario<'a> {
+    start: Image,
+    warmup: usize,
+    frames: usize,
+    next: &'a dyn Fn(&mut Image, usize),
+    /// Every how many measured frames the quality is computed (the last always is).
     quality_every: usize,
-    measure_on: impl Fn(usize) -> bool,
-) -> Stats {
+    /// Whether measured frame `i` counts for quality.
+    measure_on: &'a dyn Fn(usize) -> bool,
+}
+
+fn run(config: Config, sc: &Scenario<'_>, decode: bool) -> Stats {
     let mut enc = Enc::new(config);
     let mut dec = Decoder::new().expect("decoder");
-    for img in warmup {
-        let au = enc.encode(img);
+    let mut img = sc.start.clone();
+    for k in 0..sc.warmup {
+        (sc.next)(&mut img, k);
+        let au = enc.encode(&img);
         dec.decode(&au).expect("decode").expect("a picture");
     }
     let mut stats = Stats::default();
     let before = enc.stages();
     let mut per_thread: std::collections::HashMap<String, u64> = Default::default();
-    for (i, img) in frames.iter().enumerate() {
+    for i in 0..sc.frames {
+        (sc.next)(&mut img, sc.warmup + i);
+        let img = &img;
         let threads_before = thread_cpu();
         let (w0, c0) = (Instant::now(), cpu_now());
         let au = enc.encode(img);
@@ -403,15 +419,17 @@ fn run(
         stats.cpu.push((c1 - c0).as_secs_f64() * 1e3);
         stats.bytes.push(au.len());
         stats.slices = stats.slices.max(count_slices(&au));
+        if !decode {
+            continue;
+        }
         let yuv = dec.decode(&au).expect("decode").expect("a picture");
-        if (i % quality_every == 0 || i + 1 == frames.len()) && measure_on(i) {
+        if (i % sc.quality_every == 0 || i + 1 == sc.frames) && (sc.measure_on)(i) {
             let (q_psnr, q_ssim) = quality(&y_plane(img), yuv.y(), yuv.strides().0);
             stats.psnr.push(q_psnr);
             stats.ssim.push(q_ssim);
         }
     }
-    stats.busiest =
-        per_thread.values().copied().max().unwrap_or(0) as f64 / 1e6 / frames.len() as f64;
+    stats.busiest = per_thread.values().copied().max().unwrap_or(0) as f64 / 1e6 / sc.frames as f64;
     stats.threads = std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count);
     let after = enc.stages();
     let n = (after.frames - before.frames).max(1) as f64;
@@ -460,35 +478,64 @@ fn header(title: &str) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let typing_on = !args.iter().any(|a| a == "--full-only");
+    let full_on = !args.iter().any(|a| a == "--typing-only");
+    let decode = !args.iter().any(|a| a == "--no-quality");
     let glyphs = glyphs();
 
     // Typing: the page's last rows are empty; one glyph per frame is typed there.
-    let base = text_page(&glyphs, 7, 50);
     let (warm_n, typed_n) = if quick { (10, 60) } else { (30, 300) };
-    let mut typing = Vec::with_capacity(warm_n + typed_n);
-    let mut img = base.clone();
-    let mut rng = Rng(99);
-    for k in 0..(warm_n + typed_n) as u32 {
-        let (col, row) = (k % 200, 52 + k / 200);
-        let g = &glyphs[rng.below(glyphs.len() as u64) as usize];
-        draw_glyph(&mut img, g, col, row, COLOURS[0]);
-        typing.push(img.clone());
-    }
-    let (typing_warm, typing_run) = typing.split_at(warm_n);
+    let typed: Vec<usize> = {
+        let mut rng = Rng(99);
+        (0..warm_n + typed_n)
+            .map(|_| rng.below(glyphs.len() as u64) as usize)
+            .collect()
+    };
+    let type_one = |img: &mut Image, k: usize| {
+        let k32 = k as u32;
+        draw_glyph(
+            img,
+            &glyphs[typed[k]],
+            k32 % 200,
+            52 + k32 / 200,
+            COLOURS[0],
+        );
+    };
+    let typing = Scenario {
+        start: text_page(&glyphs, 7, 50),
+        warmup: warm_n,
+        frames: typed_n,
+        next: &type_one,
+        quality_every: 30,
+        measure_on: &|_| true,
+    };
 
     // Full change: text page and photo alternating.
     let pages = [text_page(&glyphs, 11, 67), photo()];
-    let full_n = if quick { 20 } else { 60 };
-    let full: Vec<Image> = (0..4 + full_n).map(|i| pages[i % 2].clone()).collect();
-    let (full_warm, full_run) = full.split_at(4);
+    let show = |img: &mut Image, k: usize| img.data.copy_from_slice(&pages[k % 2].data);
+    let full = Scenario {
+        start: pages[1].clone(),
+        warmup: 4,
+        frames: if quick { 20 } else { 60 },
+        next: &show,
+        quality_every: 1,
+        // Even frames (after 4 warm-up frames) show the text page.
+        measure_on: &|i| i % 2 == 0,
+    };
 
-    let t = |usage, complexity, rate_control, slices| {
+    let t = |usage, complexity, rate_control, slices, deblocking| {
         Config::Tuned(H264Tuning {
             usage,
             complexity,
             rate_control,
             slices,
+            deblocking,
         })
     };
     use H264Complexity::{Low, Medium};
@@ -502,29 +549,36 @@ fn main() {
         (Camera, Low),
     ] {
         for slices in [1, 2, 4] {
-            configs.push(t(usage, complexity, Bufferbased, slices));
+            configs.push(t(usage, complexity, Bufferbased, slices, true));
         }
     }
     for (usage, complexity) in [(Screen, Low), (Camera, Low)] {
-        configs.push(t(usage, complexity, Quality, 2));
-        configs.push(t(usage, complexity, Bitrate, 2));
+        configs.push(t(usage, complexity, Quality, 2, true));
+        configs.push(t(usage, complexity, Bitrate, 2, true));
     }
+    // Without the deblocking filter.
+    configs.push(t(Screen, Medium, Bufferbased, 2, false));
+    configs.push(t(Camera, Medium, Bufferbased, 2, false));
+    for slices in [1, 2, 4] {
+        configs.push(t(Camera, Low, Bufferbased, slices, false));
+    }
+    configs.push(t(Camera, Low, Quality, 2, false));
 
+    configs.retain(|c| only.as_ref().is_none_or(|o| c.name().contains(o.as_str())));
     println!(
         "1920×1080, quality 70 (QP 25..28), available_parallelism = {}",
         guruconnect_codec::default_slices()
     );
     header("Typing: one glyph per frame (300 frames after 30 warm-up)");
-    for c in &configs {
-        let s = run(*c, typing_warm, typing_run, 30, |_| true);
+    for c in configs.iter().filter(|_| typing_on) {
+        let s = run(*c, &typing, decode);
         print_row(&c.name(), &s);
     }
     header(
         "Full change: text page ↔ photo-like picture alternating (60 frames); quality on the text page",
     );
-    for c in &configs {
-        // Even frames (after 4 warm-up frames) show the text page.
-        let s = run(*c, full_warm, full_run, 1, |i| i % 2 == 0);
+    for c in configs.iter().filter(|_| full_on) {
+        let s = run(*c, &full, decode);
         print_row(&c.name(), &s);
     }
 }

@@ -7,8 +7,8 @@
 //! `SetOption(ENCODER_OPTION_SVC_ENCODE_PARAM_EXT)`, which re-initialises openh264 in place.
 //!
 //! The parameter set mirrors what the binding's `reinit` writes (same fields, same values for
-//! the options [`open`] passes it), so the only differences are the slice mode and count and
-//! the thread count.
+//! the options [`open`] passes it), so the only differences are the slice mode and count,
+//! the thread count and the deblocking filter (the binding always turns it on).
 #![allow(unsafe_code)]
 
 use openh264::OpenH264API;
@@ -64,7 +64,8 @@ fn rate_control(r: H264RateControl) -> (RateControlMode, sys::RC_MODES) {
 }
 
 /// An initialised encoder for `settings.width × settings.height` pictures with
-/// `settings.tuning.slices` slices encoded on as many threads. Its next picture is an IDR.
+/// `settings.tuning.slices` slices encoded on as many threads, and the deblocking filter as
+/// `settings.tuning.deblocking` says. Its next picture is an IDR.
 ///
 /// The encoder must only be fed pictures of exactly this size: a new size makes the binding
 /// re-initialise it with a single slice (still correct, only slower).
@@ -87,9 +88,6 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
     let mut encoder =
         openh264::encoder::Encoder::with_api_config(OpenH264API::from_source(), config)?;
     let slices = s.tuning.slices.clamp(1, 16);
-    if slices == 1 {
-        return Ok(encoder);
-    }
     // The binding initialises openh264 lazily, at the first picture: give it one (black) at
     // the final size so that the parameters below are not overwritten later.
     encoder.encode(&YUVBuffer::new(s.width as usize, s.height as usize))?;
@@ -118,7 +116,8 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
     params.bEnableLongTermReference = false;
     params.iComplexityMode = complexity_c;
     params.uiIntraPeriod = 0;
-    params.iLoopFilterDisableIdc = sys::DEBLOCKING_IDC_0 as _;
+    // 0: deblocking filter on (the binding's setting), 1: off.
+    params.iLoopFilterDisableIdc = if s.tuning.deblocking { 0 } else { 1 };
     params.iMinQp = s.min_qp.into();
     params.iMaxQp = s.max_qp.into();
     params.iSpatialLayerNum = 1;
@@ -131,7 +130,11 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
     layer.iVideoWidth = w;
     layer.iVideoHeight = h;
     // What the binding cannot express: several slices, one thread each.
-    layer.sSliceArgument.uiSliceMode = sys::SM_FIXEDSLCNUM_SLICE;
+    layer.sSliceArgument.uiSliceMode = if slices == 1 {
+        sys::SM_SINGLE_SLICE
+    } else {
+        sys::SM_FIXEDSLCNUM_SLICE
+    };
     layer.sSliceArgument.uiSliceNum = u32::from(slices);
     params.iMultipleThreadIdc = slices;
 

