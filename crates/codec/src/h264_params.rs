@@ -21,6 +21,9 @@ use openh264_sys2 as sys;
 
 use crate::{H264Complexity, H264RateControl, H264Tuning, H264Usage};
 
+/// The binding's initial slice size limit (bytes); replaced by [`open`].
+const MAX_NAL_BYTES: u32 = 60_000;
+
 /// What [`open`] configures.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -84,6 +87,10 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
         .skip_frames(false)
         .sps_pps_strategy(SpsPpsStrategy::ConstantId)
         .qp(QpRange::new(s.min_qp, s.max_qp))
+        // openh264 applies some parameters (the deblocking filter among them) only when a
+        // new parameter set forces it to re-initialise, which a change of slice mode does:
+        // let the binding start with size-limited slices, then set the mode we want.
+        .max_slice_len(MAX_NAL_BYTES)
         .num_threads(1);
     let mut encoder =
         openh264::encoder::Encoder::with_api_config(OpenH264API::from_source(), config)?;

@@ -678,6 +678,41 @@ fn h264_multi_slice_1080p_text_round_trips_above_35_db() {
 }
 
 #[test]
+fn h264_tuning_reaches_openh264_with_one_and_several_slices() {
+    // The deblocking switch is carried in every slice header: the same picture must code
+    // differently with and without it, whatever the slice count (openh264 only applies
+    // some parameters when it re-initialises, which the one-slice case must also force).
+    let img = text_page(320, 240, 3);
+    for slices in [1, 2] {
+        let au = |deblocking| {
+            let mut enc = Encoder::new(Codec::H264);
+            enc.set_h264_tuning(H264Tuning {
+                slices,
+                deblocking,
+                ..H264Tuning::default()
+            });
+            let f = enc.encode(&img, false).unwrap();
+            assert_eq!(f.codec, Codec::H264);
+            assert_eq!(slice_count(&f.data), usize::from(slices));
+            let p = psnr(
+                Decoder::new().decode(&f.to_video_frame(0, 0, 0)).unwrap(),
+                &img,
+            );
+            assert!(
+                p >= 35.0,
+                "{slices} slices, deblocking {deblocking}: {p:.2} dB"
+            );
+            f.data
+        };
+        assert_ne!(
+            au(true),
+            au(false),
+            "{slices} slices: deblocking switch ignored"
+        );
+    }
+}
+
+#[test]
 fn h264_changed_bands_only_still_decode_to_the_source_at_odd_sizes() {
     // Solid rectangles at random places (including the padded last row and column) over a
     // test card: every decoded picture must match its source, wherever the change was.
