@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `--quick` measures 60 typing and 20 full-change frames; `--only` keeps the configurations
-//! whose name contains SUBSTRING (e.g. `"Camera Low BB, 2"`), for profiling one of them;
+//! whose name contains SUBSTRING or one of several separated by `|` (e.g.
+//! `"main|Camera Low BB, 2"`), for profiling one of them;
 //! `--no-quality` skips decoding (no PSNR/SSIM) so that a profile shows the encoder alone.
 //!
 //! Two synthetic, deterministic scenarios on a text-heavy screen (a dark terminal full of
@@ -564,7 +565,26 @@ fn main() {
     }
     configs.push(t(Camera, Low, Quality, 2, false));
 
-    configs.retain(|c| only.as_ref().is_none_or(|o| c.name().contains(o.as_str())));
+    configs.retain(|c| {
+        only.as_ref()
+            .is_none_or(|o| o.split('|').any(|o| c.name().contains(o)))
+    });
+    println!(
+        "\n### Encoder start: new encoder + first IDR of the text page (wall ms, best / median of 5)\n"
+    );
+    println!("| configuration | best | median |\n|---|---|---|");
+    for c in &configs {
+        let mut times: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let mut enc = Enc::new(*c);
+                enc.encode(&pages[0]);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!("| {} | {:.1} | {:.1} |", c.name(), times[0], times[2]);
+    }
     println!(
         "1920×1080, quality 70 (QP 25..28), available_parallelism = {}",
         guruconnect_codec::default_slices()

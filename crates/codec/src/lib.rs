@@ -311,12 +311,13 @@ fn gather_rects(image: &Image, rects: &[Rect], out: &mut Vec<u8>) {
     }
 }
 
-/// How openh264 encodes: usage mode, complexity, rate control and slices (one thread per
-/// slice). [`H264Tuning::default`] is the measured choice (docs/benchmarks.md, "H.264 encoder
-/// speed and text quality"): camera mode at low complexity with buffer-based rate control,
-/// which on a text-heavy 1080p screen at the same QP gave a higher Y-PSNR and SSIM than
-/// screen-content mode at medium complexity (the previous setting) for a quarter of its CPU
-/// time while typing; the other values exist for that benchmark
+/// How openh264 encodes: usage mode, complexity, rate control, slices (one thread per
+/// slice) and the deblocking filter. [`H264Tuning::default`] is the measured choice
+/// (docs/benchmarks.md, "H.264 encoder speed and text quality"): camera mode at low
+/// complexity, buffer-based rate control, [`default_slices`] slices, no deblocking. On a
+/// text-heavy 1080p screen at the same QP it gave a higher Y-PSNR and SSIM than
+/// screen-content mode at medium complexity with deblocking (the previous setting), for a
+/// quarter of its CPU time while typing. The other values exist for that benchmark
 /// (`cargo run --release -p guruconnect-codec --example h264_tune`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H264Tuning {
