@@ -452,8 +452,19 @@ fn print_row(name: &str, s: &Stats) {
             s.stages[0], s.stages[1], s.stages[2]
         )
     };
+    let quality = if s.psnr.is_empty() {
+        "– | –".to_string()
+    } else {
+        format!(
+            "{:.2} / {:.2} | {:.4} / {:.4}",
+            Stats::mean(&s.psnr),
+            Stats::min(&s.psnr),
+            Stats::mean(&s.ssim),
+            Stats::min(&s.ssim)
+        )
+    };
     println!(
-        "| {name} | {} / {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {stages} | {:.0} | {:.0} | {:.2} / {:.2} | {:.4} / {:.4} |",
+        "| {name} | {} / {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {stages} | {:.0} | {:.0} | {quality} |",
         s.slices,
         s.threads,
         Stats::mean(&s.wall),
@@ -463,10 +474,6 @@ fn print_row(name: &str, s: &Stats) {
         s.busiest,
         bytes,
         bytes * 30.0 / 1000.0,
-        Stats::mean(&s.psnr),
-        Stats::min(&s.psnr),
-        Stats::mean(&s.ssim),
-        Stats::min(&s.ssim),
     );
 }
 
