@@ -799,19 +799,17 @@ impl Encoder {
         let h264 = self.h264.insert(h264);
         let started = Instant::now();
         let primed = h264.primed;
-        let changed = if !primed && self.prev.as_ref().is_some_and(|p| p == image) {
+        if !primed && !keyframe && self.prev.as_ref().is_some_and(|p| p == image) {
             // A fresh encoder (new quality or tuning) and nothing new to show.
-            0
-        } else {
-            h264.find_dirty(image, self.prev.as_ref())
-        };
+            return Ok(None);
+        }
+        // A fresh encoder marks every band (its picture buffer is empty); a primed one
+        // only the changed bands, possibly none for a forced keyframe of an unchanged
+        // picture, which its buffer already holds.
+        let changed = h264.find_dirty(image, self.prev.as_ref());
         self.h264_times.compare += started.elapsed();
         if changed == 0 && !keyframe {
             return Ok(None);
-        }
-        if changed == 0 {
-            // A forced keyframe of an unchanged picture: `planes` already holds it.
-            h264.dirty.fill(false);
         }
         let ts = Timestamp::from_millis(
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -678,6 +678,30 @@ fn h264_multi_slice_1080p_text_round_trips_above_35_db() {
 }
 
 #[test]
+fn h264_forced_keyframe_of_an_unchanged_picture_after_a_quality_change_decodes() {
+    // A new quality rebuilds the encoder, whose picture buffer starts empty: a forced
+    // keyframe of the same capture must still carry that capture.
+    let img = test_card(320, 240, 0);
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let f = enc.encode(&img, false).unwrap();
+    dec.decode(&f.to_video_frame(0, 0, 0)).unwrap();
+    enc.set_quality(90);
+    assert!(enc.encode(&img, false).is_none(), "unchanged image → None");
+    let key = enc.encode(&img, true).unwrap();
+    assert!(key.keyframe);
+    let p = psnr(dec.decode(&key.to_video_frame(0, 1, 0)).unwrap(), &img);
+    assert!(
+        p >= 30.0,
+        "forced IDR after a quality change: PSNR {p:.2} dB < 30"
+    );
+    // And an unchanged forced keyframe from a primed encoder.
+    let key = enc.encode(&img, true).unwrap();
+    let p = psnr(dec.decode(&key.to_video_frame(0, 2, 0)).unwrap(), &img);
+    assert!(p >= 30.0, "second forced IDR: PSNR {p:.2} dB < 30");
+}
+
+#[test]
 fn h264_tuning_reaches_openh264_with_one_and_several_slices() {
     // The deblocking switch is carried in every slice header: the same picture must code
     // differently with and without it, whatever the slice count (openh264 only applies
