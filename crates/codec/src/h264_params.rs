@@ -101,8 +101,8 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
 
     let mut params = sys::SEncParamExt::default();
     // SAFETY: `raw_api` only hands out the binding's function table and encoder pointer; we
-    // use it for `GetDefaultParams`, which writes a `SEncParamExt` into the valid, exclusively
-    // borrowed `params` and touches nothing else.
+    // use it for `GetDefaultParams`, which fills the valid, exclusively borrowed `params`
+    // with openh264's defaults and changes nothing in the encoder.
     let rc = unsafe { encoder.raw_api().get_default_params(&raw mut params) };
     check(rc, "GetDefaultParams")?;
     let (w, h) = (to_int(s.width)?, to_int(s.height)?);
@@ -148,7 +148,10 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
     // SAFETY: the encoder was initialised by the `encode` above (the binding calls
     // `InitializeExt` on the first picture), which `SetOption(SVC_ENCODE_PARAM_EXT)` requires;
     // the option's argument is a pointer to a complete `SEncParamExt` that lives for the
-    // call, and openh264 copies it (it does not keep the pointer).
+    // call, and openh264 copies it (it does not keep the pointer). `raw_api`'s contract (do
+    // not change what the binding relies on) holds: the picture size is the one the binding
+    // initialised with and records, and the input format (I420, `ENCODER_OPTION_DATAFORMAT`)
+    // is not part of this option, so the binding's later `encode_at` calls stay valid.
     let rc = unsafe {
         encoder.raw_api().set_option(
             sys::ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
