@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use guruconnect_codec::{
-    CodecError, Decoder, EncodedFrame, Encoder, Image, Rect, TILE, dirty_tiles, psnr,
+    CodecError, Decoder, EncodedFrame, Encoder, H264Tuning, Image, Rect, TILE, dirty_tiles, psnr,
 };
 use guruconnect_proto::{Codec, VideoFrame};
 
@@ -581,6 +581,231 @@ fn psnr_values() {
     // Off by one everywhere: MSE 1 → 20·log10(255) ≈ 48.13 dB.
     let b = Image::filled(10, 10, [101, 99, 101, 255]);
     assert!((psnr(&a, &b) - 48.1308).abs() < 1e-3);
+}
+
+/// A dark terminal page of `width × height`: rows of 8×16 light-grey glyphs with 1-px
+/// strokes, drawn from a seeded set (text-like, high-frequency content).
+fn text_page(width: u32, height: u32, seed: u64) -> Image {
+    let mut img = Image::filled(width, height, [30, 30, 30, 255]);
+    let mut rng = Rng(seed);
+    let glyphs: Vec<[u8; 16]> = (0..64)
+        .map(|_| {
+            let mut g = [0u8; 16];
+            for _ in 0..3 {
+                let x = 1 + rng.below(6);
+                for row in &mut g[3 + rng.below(4) as usize..10 + rng.below(4) as usize] {
+                    *row |= 0x80 >> x;
+                }
+            }
+            let y = 3 + rng.below(11) as usize;
+            g[y] |= 0x7c;
+            g
+        })
+        .collect();
+    for row in 0..height / 16 {
+        let len = rng.below(width / 8);
+        for col in 0..len {
+            let glyph = glyphs[rng.below(64) as usize];
+            draw_glyph(&mut img, &glyph, col, row);
+        }
+    }
+    img
+}
+
+fn draw_glyph(img: &mut Image, glyph: &[u8; 16], col: u32, row: u32) {
+    for (dy, bits) in glyph.iter().enumerate() {
+        for dx in 0..8 {
+            let c = if bits & (0x80 >> dx) != 0 { 204 } else { 30 };
+            set_px(img, col * 8 + dx, row * 16 + dy as u32, [c, c, c, 255]);
+        }
+    }
+}
+
+/// Slice NAL units (types 1 and 5) in an Annex-B access unit.
+fn slice_count(au: &[u8]) -> usize {
+    au.windows(4)
+        .filter(|w| w[..3] == [0, 0, 1] && matches!(w[3] & 0x1f, 1 | 5))
+        .count()
+}
+
+#[test]
+fn h264_multi_slice_1080p_text_round_trips_above_35_db() {
+    let default = H264Tuning::default();
+    for (slices, deblocking) in [(4, true), (default.slices, default.deblocking)] {
+        let mut enc = Encoder::new(Codec::H264);
+        enc.set_h264_tuning(H264Tuning {
+            slices,
+            deblocking,
+            ..default
+        });
+        let mut dec = Decoder::new();
+        let mut img = text_page(1920, 1080, 17);
+        let key = enc.encode(&img, false).unwrap();
+        assert_eq!(key.codec, Codec::H264);
+        assert!(key.keyframe);
+        assert_eq!(
+            slice_count(&key.data),
+            usize::from(slices),
+            "IDR has {slices} slices"
+        );
+        let p = psnr(dec.decode(&key.to_video_frame(0, 1, 0)).unwrap(), &img);
+        println!(
+            "{slices} slices: 1080p text IDR {} bytes, PSNR {p:.2} dB",
+            key.data.len()
+        );
+        assert!(p >= 35.0, "{slices} slices: IDR PSNR {p:.2} dB < 35");
+
+        // Typing: one glyph per frame in different slices; only changed bands are converted,
+        // so a stale band would show here.
+        let glyph = [
+            0x00, 0x00, 0x7e, 0x42, 0x42, 0x42, 0x7e, 0x42, 0x42, 0x42, 0x42, 0, 0, 0, 0, 0,
+        ];
+        for (i, (col, row)) in [(3, 0), (100, 20), (200, 40), (239, 66), (5, 33)]
+            .into_iter()
+            .enumerate()
+        {
+            draw_glyph(&mut img, &glyph, col, row);
+            let f = enc.encode(&img, false).unwrap();
+            assert_eq!(f.codec, Codec::H264);
+            assert!(!f.keyframe);
+            assert_eq!(slice_count(&f.data), usize::from(slices));
+            let wire = f.to_video_frame(0, 2 + i as u64, 0);
+            let p = psnr(dec.decode(&wire).unwrap(), &img);
+            assert!(p >= 35.0, "{slices} slices, glyph {i}: PSNR {p:.2} dB < 35");
+        }
+        assert!(enc.encode(&img, false).is_none(), "unchanged image → None");
+    }
+}
+
+#[test]
+fn h264_forced_keyframe_of_an_unchanged_picture_after_a_quality_change_decodes() {
+    // A new quality rebuilds the encoder, whose picture buffer starts empty: a forced
+    // keyframe of the same capture must still carry that capture.
+    let img = test_card(320, 240, 0);
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let f = enc.encode(&img, false).unwrap();
+    dec.decode(&f.to_video_frame(0, 0, 0)).unwrap();
+    enc.set_quality(90);
+    assert!(enc.encode(&img, false).is_none(), "unchanged image → None");
+    let key = enc.encode(&img, true).unwrap();
+    assert!(key.keyframe);
+    let p = psnr(dec.decode(&key.to_video_frame(0, 1, 0)).unwrap(), &img);
+    assert!(
+        p >= 30.0,
+        "forced IDR after a quality change: PSNR {p:.2} dB < 30"
+    );
+    // And an unchanged forced keyframe from a primed encoder.
+    let key = enc.encode(&img, true).unwrap();
+    let p = psnr(dec.decode(&key.to_video_frame(0, 2, 0)).unwrap(), &img);
+    assert!(p >= 30.0, "second forced IDR: PSNR {p:.2} dB < 30");
+}
+
+#[test]
+fn h264_tuning_reaches_openh264_with_one_and_several_slices() {
+    // The deblocking switch is carried in every slice header: the same picture must code
+    // differently with and without it, whatever the slice count (openh264 only applies
+    // some parameters when it re-initialises, which the one-slice case must also force).
+    let img = text_page(320, 240, 3);
+    for slices in [1, 2] {
+        let au = |deblocking| {
+            let mut enc = Encoder::new(Codec::H264);
+            enc.set_h264_tuning(H264Tuning {
+                slices,
+                deblocking,
+                ..H264Tuning::default()
+            });
+            let f = enc.encode(&img, false).unwrap();
+            assert_eq!(f.codec, Codec::H264);
+            assert_eq!(slice_count(&f.data), usize::from(slices));
+            let p = psnr(
+                Decoder::new().decode(&f.to_video_frame(0, 0, 0)).unwrap(),
+                &img,
+            );
+            assert!(
+                p >= 35.0,
+                "{slices} slices, deblocking {deblocking}: {p:.2} dB"
+            );
+            f.data
+        };
+        assert_ne!(
+            au(true),
+            au(false),
+            "{slices} slices: deblocking switch ignored"
+        );
+    }
+}
+
+#[test]
+fn h264_changed_bands_only_still_decode_to_the_source_at_odd_sizes() {
+    // Solid rectangles at random places (including the padded last row and column) over a
+    // test card: every decoded picture must match its source, wherever the change was.
+    let mut rng = Rng(77);
+    let (w, h) = (333, 251);
+    let mut img = test_card(w, h, 0);
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let key = enc.encode(&img, false).unwrap();
+    dec.decode(&key.to_video_frame(0, 0, 0)).unwrap();
+    for i in 0..30 {
+        let r = if i % 5 == 4 {
+            // The last rows, including the padded one.
+            Rect {
+                x: 0,
+                y: h - 8,
+                width: w,
+                height: 8,
+            }
+        } else {
+            let r = random_rect(w, h, &mut rng);
+            // At least 8×8: smaller features lose too much to 4:2:0 and QP 25 to tell
+            // a stale band from coding loss.
+            let (x, y) = (r.x.min(w - 8), r.y.min(h - 8));
+            Rect {
+                x,
+                y,
+                width: r.width.max(8).min(w - x),
+                height: r.height.max(8).min(h - y),
+            }
+        };
+        // Far from what was there, so a stale band cannot pass for coding loss.
+        let mut old = 0u64;
+        for y in r.y..r.y + r.height {
+            for x in r.x..r.x + r.width {
+                old += px(&img, x, y)[..3]
+                    .iter()
+                    .map(|&v| u64::from(v))
+                    .sum::<u64>();
+            }
+        }
+        let g = if old / (r.area() * 3) < 128 { 230 } else { 25 };
+        let c = [g, g, g, 255];
+        for y in r.y..r.y + r.height {
+            for x in r.x..r.x + r.width {
+                set_px(&mut img, x, y, c);
+            }
+        }
+        let Some(f) = enc.encode(&img, false) else {
+            continue;
+        };
+        let out = dec.decode(&f.to_video_frame(0, i, 0)).unwrap();
+        let p = psnr(out, &img);
+        assert!(p >= 30.0, "change {i} ({r:?}): PSNR {p:.2} dB < 30");
+        // The changed rect itself: a band left unconverted would be off by 100 levels or
+        // more; coding loss on small grey blocks over the colourful card reaches ~12.
+        let mut sum = 0u64;
+        for y in r.y..r.y + r.height {
+            for x in r.x..r.x + r.width {
+                let (a, b) = (px(out, x, y), px(&img, x, y));
+                sum += (0..3).map(|k| u64::from(a[k].abs_diff(b[k]))).sum::<u64>();
+            }
+        }
+        let mad = sum as f64 / (r.area() * 3) as f64;
+        assert!(
+            mad <= 25.0,
+            "change {i} ({r:?}): mean error {mad:.1} in the rect"
+        );
+    }
 }
 
 /// Rough timing of one changed 1920×1080 frame per codec (`cargo test -- --ignored`).
