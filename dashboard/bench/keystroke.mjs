@@ -17,6 +17,7 @@
 //   cargo build --release -p guruconnect-server -p guruconnect-agent --example key_echo
 //   (cd dashboard && npm run build)
 //   cd dashboard && node bench/keystroke.mjs [--presses 60] [--codec lossless|h264|both]
+//   GURUCONNECT_CAPTURE_CLOCK=1 node bench/keystroke.mjs   # the agent's old, fixed-clock pacing
 //
 // Binaries: GURUCONNECT_SERVER_BIN, GURUCONNECT_AGENT_BIN, GURUCONNECT_KEY_ECHO_BIN
 // (defaults: ../target/release/…); CHROMIUM_PATH (default /usr/bin/chromium).
@@ -208,7 +209,8 @@ try {
   for (const codec of CODECS) results[codec] = await measure(browser, server, machine.session_id, echo, codec);
 
   const cpu = cpus()[0]?.model ?? '?';
-  console.log(`\n${new Date().toISOString()} · ${cpus().length} CPUs (${cpu}) · load ${loadavg().map((l) => l.toFixed(2)).join(' ')} · ${PRESSES} presses per codec after ${WARMUP} warm-up\n`);
+  const pacing = process.env.GURUCONNECT_CAPTURE_CLOCK === '1' ? 'frame clock (GURUCONNECT_CAPTURE_CLOCK=1)' : 'on change';
+  console.log(`\n${new Date().toISOString()} · ${cpus().length} CPUs (${cpu}) · load ${loadavg().map((l) => l.toFixed(2)).join(' ')} · capture ${pacing} · ${PRESSES} presses per codec after ${WARMUP} warm-up\n`);
   console.log(`| Stage (ms) | ${CODECS.map((c) => `${c} p50 / p95 / p99 / max`).join(' | ')} |`);
   console.log(`| --- | ${CODECS.map(() => '---').join(' | ')} |`);
   for (const [key, label] of STAGES) {

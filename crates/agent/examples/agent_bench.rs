@@ -11,8 +11,9 @@
 //! 1. **typing**: a terminal-like window (core font, one character typed per frame at
 //!    30 fps, a block cursor) is captured with the agent's own [`X11Capturer`] (MIT-SHM) and
 //!    encoded with the agent's [`FrameEncoder`] (dirty tiles + zstd, or H.264), on this
-//!    thread. CPU time is this thread's CPU time from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`
-//!    (exact at each reading); the X server's share of the capture (it copies the pixels
+//!    thread. CPU time is this process's CPU time from `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`
+//!    (exact at each reading; the process: openh264 encodes its slices on worker threads,
+//!    and nothing else in the process runs during these two scenarios); the X server's share of the capture (it copies the pixels
 //!    into the shared memory) is Xvfb's on-CPU time from `/proc/<pid>/task/*/schedstat`
 //!    (another process's threads; it may lag by up to a tick while Xvfb runs, and Xvfb is
 //!    idle when it is read after each frame). Bytes are
@@ -217,11 +218,11 @@ fn cpu_ns(schedstat: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// This thread's CPU time from the thread CPU-time clock: exact at the call, unlike
-/// `/proc/thread-self/schedstat`, which lags by up to a scheduler tick and under-counted
-/// short frames (issue 16).
-fn thread_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+/// This process's CPU time (all threads: openh264's slice workers too) from the CPU-time
+/// clock: exact at the call, unlike `/proc/thread-self/schedstat`, which lags by up to a
+/// scheduler tick and under-counted short frames (issue 16).
+fn agent_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
@@ -546,16 +547,17 @@ impl Pipeline {
     /// One iteration of the agent's capture loop: capture, dirty detection + encode.
     fn frame(&mut self) -> Result<FrameCost> {
         let (c0, x0, t0) = (
-            thread_cpu_ns(),
+            agent_cpu_ns(),
             process_cpu_ns(self.xvfb_pid),
             Instant::now(),
         );
         let image = self.capture()?;
-        let (t1, cm) = (Instant::now(), thread_cpu_ns());
+        let (t1, cm) = (Instant::now(), agent_cpu_ns());
         let frame = self.encoder.encode(&image, false);
-        drop(image);
+        // As the agent's capture thread does: the next capture reuses the buffer.
+        self.capturer.recycle(image);
         let t2 = Instant::now();
-        let (c1, x1) = (thread_cpu_ns(), process_cpu_ns(self.xvfb_pid));
+        let (c1, x1) = (agent_cpu_ns(), process_cpu_ns(self.xvfb_pid));
         let bytes = frame.map_or(0, |f| {
             self.sequence += 1;
             let video = f.to_video_frame(self.display.id, self.sequence, now_us());
@@ -657,11 +659,11 @@ fn encoder_steps() -> Result<(f64, f64)> {
     terminal.type_char()?;
     let after = pipeline.capture()?;
     let time = |f: &mut dyn FnMut()| {
-        let c0 = thread_cpu_ns();
+        let c0 = agent_cpu_ns();
         for _ in 0..RUNS {
             f();
         }
-        thread_cpu_ns().saturating_sub(c0) as f64 / 1e6 / f64::from(RUNS)
+        agent_cpu_ns().saturating_sub(c0) as f64 / 1e6 / f64::from(RUNS)
     };
     let mut rects = 0;
     let dirty = time(&mut || rects += guruconnect_codec::dirty_tiles(&before, &after).len());

@@ -14,7 +14,7 @@
 //! rectangles. `data` is one zstd frame whose decompressed content is the concatenation, for
 //! each rect in order, of its rows of BGRA pixels: `rect.height` rows of `rect.width * 4`
 //! bytes, top row first. There is no header and no padding, so the decompressed length is
-//! exactly `Σ width * height * 4`. A decoder copies each rect into its canvas, which it
+//! exactly `Σ width * height * 4`. Alpha is always 0xff. A decoder copies each rect into its canvas, which it
 //! (re)allocates opaque black at `VideoFrame.width × VideoFrame.height` whenever that size
 //! changes. `keyframe` is set when the rects cover the whole image.
 //!
@@ -60,7 +60,9 @@ const ZSTD_LEVEL: i32 = 1;
 /// Quality hint used until [`Encoder::set_quality`] is called.
 const DEFAULT_QUALITY: u32 = 70;
 
-/// A captured or decoded image: BGRA8, rows of `width * 4` bytes.
+/// A captured or decoded image: BGRA8, rows of `width * 4` bytes. In a capture the fourth
+/// byte may be the desktop's padding (X11's BGRX) rather than alpha: encoders ignore it and
+/// the lossless stream always carries 0xff there.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Image {
     /// Width in pixels.
@@ -309,6 +311,10 @@ fn gather_rects(image: &Image, rects: &[Rect], out: &mut Vec<u8>) {
             let start = y as usize * stride + r.x as usize * 4;
             out.extend_from_slice(&image.data[start..start + r.width as usize * 4]);
         }
+    }
+    // Captures may leave the fourth byte as X11's padding; the stream is opaque BGRA.
+    for px in out.chunks_exact_mut(4) {
+        px[3] = 0xff;
     }
 }
 
@@ -761,8 +767,28 @@ impl Encoder {
         if rects.is_empty() {
             return None;
         }
-        self.remember(image);
+        if keyframe {
+            self.remember(image);
+        } else {
+            self.remember_rects(image, &rects);
+        }
         self.encode_lossless(image, rects)
+    }
+
+    /// Updates the previous picture (same size as `image`) where `rects` say it changed:
+    /// typing changes a few kilobytes of an 8 MB picture.
+    fn remember_rects(&mut self, image: &Image, rects: &[Rect]) {
+        let Some(prev) = self.prev.as_mut() else {
+            return self.remember(image);
+        };
+        let stride = image.stride();
+        for r in rects {
+            for y in r.y..r.y + r.height {
+                let start = y as usize * stride + r.x as usize * 4;
+                let end = start + r.width as usize * 4;
+                prev.data[start..end].copy_from_slice(&image.data[start..end]);
+            }
+        }
     }
 
     fn remember(&mut self, image: &Image) {

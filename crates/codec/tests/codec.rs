@@ -28,9 +28,10 @@ impl Rng {
     }
 }
 
+/// Random opaque pixels (the lossless stream is opaque; see `capture_padding_is_sent_opaque`).
 fn noise(width: u32, height: u32, rng: &mut Rng) -> Image {
     let data = (0..width as usize * height as usize * 4)
-        .map(|_| rng.byte())
+        .map(|i| if i % 4 == 3 { 0xff } else { rng.byte() })
         .collect();
     Image {
         width,
@@ -54,7 +55,7 @@ fn scribble(img: &mut Image, r: Rect, rng: &mut Rng) {
     for y in r.y..r.y + r.height {
         for x in r.x..r.x + r.width {
             let old = px(img, x, y);
-            let mut new = [rng.byte(), rng.byte(), rng.byte(), rng.byte()];
+            let mut new = [rng.byte(), rng.byte(), rng.byte(), 0xff];
             if new == old {
                 new[0] = !new[0];
             }
@@ -247,6 +248,59 @@ fn lossless_round_trip_is_pixel_exact_across_a_sequence() {
         let r = random_rect(333, 77, &mut rng);
         scribble(&mut img, r, &mut rng);
         round_trip(&mut enc, &mut dec, &img, false);
+    }
+}
+
+#[test]
+fn capture_padding_is_sent_opaque() {
+    // X11 captures are BGRX: the fourth byte is padding, often 0.
+    let mut rng = Rng(11);
+    let mut img = noise(90, 70, &mut rng);
+    for px in img.data.chunks_exact_mut(4) {
+        px[3] = 0;
+    }
+    let mut enc = Encoder::new(Codec::RawZstd);
+    let mut dec = Decoder::new();
+    let opaque = |img: &Image| {
+        let mut o = img.clone();
+        o.data.chunks_exact_mut(4).for_each(|p| p[3] = 0xff);
+        o
+    };
+    let frame = enc.encode(&img, false).unwrap();
+    assert_eq!(
+        dec.decode(&frame.to_video_frame(0, 1, 0)).unwrap(),
+        &opaque(&img)
+    );
+    set_px(&mut img, 5, 5, [1, 2, 3, 0]);
+    let frame = enc.encode(&img, false).unwrap();
+    assert!(!frame.keyframe);
+    assert_eq!(
+        dec.decode(&frame.to_video_frame(0, 2, 0)).unwrap(),
+        &opaque(&img)
+    );
+}
+
+#[test]
+fn lossless_follows_a_region_changed_and_changed_back() {
+    // The encoder keeps only the changed tiles of each frame as its previous picture; a
+    // region changed and then restored must be sent both times.
+    let mut rng = Rng(5);
+    let original = noise(300, 200, &mut rng);
+    let mut enc = Encoder::new(Codec::RawZstd);
+    let mut dec = Decoder::new();
+    round_trip(&mut enc, &mut dec, &original, false);
+    for round in 0..20 {
+        let mut changed = original.clone();
+        let r = random_rect(300, 200, &mut rng);
+        scribble(&mut changed, r, &mut rng);
+        let there = round_trip(&mut enc, &mut dec, &changed, false);
+        assert!(!there.keyframe, "round {round}");
+        let back = round_trip(&mut enc, &mut dec, &original, false);
+        assert!(!back.keyframe, "round {round}");
+        assert_eq!(
+            back.rects, there.rects,
+            "round {round}: the same tiles change back"
+        );
     }
 }
 

@@ -96,6 +96,10 @@ pub trait Capturer: Send {
     fn cursor(&mut self, display: &DisplayInfo) -> PlatformResult<CursorState>;
     /// The current cursor image (called when the serial changed).
     fn cursor_image(&mut self) -> PlatformResult<Option<CursorImage>>;
+    /// Takes back a captured picture the session is done with, to capture into next.
+    fn recycle(&mut self, image: Image) {
+        let _ = image;
+    }
     /// Starts telling `notify` (on a thread of its own) soon after anything on the screen
     /// was drawn; `notify` returns false to stop. `None`: this desktop cannot tell, and the
     /// session captures on its frame clock alone.

@@ -322,6 +322,7 @@ pub(super) fn capture_thread(
             if keyframe {
                 s.force_keyframe = false;
             }
+            capturer.recycle(image);
         }
         cursor.update(capturer.as_mut(), &s.display, &out);
     }

@@ -47,6 +47,9 @@ pub struct X11Capturer {
     shm: Option<ShmSegment>,
     displays: Vec<DisplayInfo>,
     xfixes: bool,
+    /// A picture the session is done with, captured into next (no allocation, no page
+    /// faults: a fresh 8 MB buffer per 1080p frame cost about a millisecond).
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for X11Capturer {
@@ -94,6 +97,7 @@ impl X11Capturer {
             shm: None,
             displays: Vec::new(),
             xfixes: false,
+            spare: Vec::new(),
         };
         capturer.shm = capturer.attach_shm();
         if capturer.shm.is_none() {
@@ -221,13 +225,6 @@ impl X11Capturer {
     }
 }
 
-/// Turns X's BGRX into BGRA with an opaque alpha.
-fn set_opaque(data: &mut [u8]) {
-    for px in data.chunks_exact_mut(4) {
-        px[3] = 0xff;
-    }
-}
-
 impl Capturer for X11Capturer {
     fn backend(&self) -> &'static str {
         if self.uses_shm() { "shm" } else { "getimage" }
@@ -240,7 +237,7 @@ impl Capturer for X11Capturer {
     fn capture(&mut self, display: &DisplayInfo) -> PlatformResult<Image> {
         let (x, y, width, height) = self.clip(display)?;
         let len = usize::from(width) * usize::from(height) * 4;
-        let mut data = match &self.shm {
+        let data = match &self.shm {
             Some(segment) if len <= segment.map.len() => {
                 self.conn
                     .shm_get_image(
@@ -257,7 +254,10 @@ impl Capturer for X11Capturer {
                     .map_err(request_error)?
                     .reply()
                     .map_err(request_error)?;
-                segment.map[..len].to_vec()
+                let mut data = std::mem::take(&mut self.spare);
+                data.clear();
+                data.extend_from_slice(&segment.map[..len]);
+                data
             }
             _ => {
                 let reply = self
@@ -275,7 +275,7 @@ impl Capturer for X11Capturer {
                 data.len()
             )));
         }
-        set_opaque(&mut data);
+        // The fourth byte is X's padding (BGRX); the encoder makes the stream opaque.
         Ok(Image {
             width: u32::from(width),
             height: u32::from(height),
@@ -345,6 +345,10 @@ impl Capturer for X11Capturer {
             rgba,
             serial: reply.cursor_serial,
         }))
+    }
+
+    fn recycle(&mut self, image: Image) {
+        self.spare = image.data;
     }
 
     fn watch_changes(&mut self, notify: ChangeNotify) -> Option<ChangeWatch> {
