@@ -81,10 +81,10 @@ impl Stream {
             || now >= self.last_capture + SAFETY_EVERY
     }
 
-    /// Brings the next tick forward to `at`, but not sooner than one interval after the
-    /// previous capture.
-    fn capture_by(&mut self, at: Instant) {
-        let at = at.max(self.last_capture + self.interval);
+    /// Brings the next tick forward to `at`, but not sooner than `gap` after the previous
+    /// capture.
+    fn capture_by(&mut self, at: Instant, gap: Duration) {
+        let at = at.max(self.last_capture + gap);
         self.next_at = self.next_at.min(at);
     }
 }
@@ -248,7 +248,9 @@ pub(super) fn capture_thread(
                 }
                 CaptureCmd::Nudge => {
                     if let Some(s) = stream.as_mut().filter(|s| on_change && s.watch.is_none()) {
-                        s.capture_by(Instant::now() + NUDGE_DELAY);
+                        // Keys come at typing speed; at a low frame rate they still
+                        // get their echo captured.
+                        s.capture_by(Instant::now() + NUDGE_DELAY, NUDGE_DELAY);
                     }
                 }
                 CaptureCmd::Changed => {
@@ -257,7 +259,8 @@ pub(super) fn capture_thread(
                             waiting.store(false, Ordering::Release);
                         }
                         s.dirty.get_or_insert_with(now_us);
-                        s.capture_by(Instant::now() + SETTLE);
+                        let interval = s.interval;
+                        s.capture_by(Instant::now() + SETTLE, interval);
                     }
                 }
             }
@@ -325,5 +328,178 @@ pub(super) fn capture_thread(
             capturer.recycle(image);
         }
         cursor.update(capturer.as_mut(), &s.display, &out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use guruconnect_codec::Image;
+
+    use super::*;
+    use crate::platform::{ChangeNotify, CursorImage, PlatformResult};
+
+    /// A desktop whose every capture differs (so each one is sent), counting captures; with
+    /// `reports`, it hands its change notifier to the test.
+    struct FakeDesktop {
+        captures: Arc<AtomicUsize>,
+        notifier: Option<Arc<Mutex<Option<ChangeNotify>>>>,
+    }
+
+    impl Capturer for FakeDesktop {
+        fn backend(&self) -> &'static str {
+            "fake"
+        }
+        fn displays(&self) -> Vec<DisplayInfo> {
+            vec![display()]
+        }
+        fn capture(&mut self, _display: &DisplayInfo) -> PlatformResult<Image> {
+            let n = self.captures.fetch_add(1, Ordering::SeqCst);
+            let mut data = vec![0u8; 32 * 32 * 4];
+            data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            Ok(Image {
+                width: 32,
+                height: 32,
+                data,
+            })
+        }
+        fn cursor(&mut self, _display: &DisplayInfo) -> PlatformResult<CursorState> {
+            Ok(CursorState {
+                x: 0,
+                y: 0,
+                visible: false,
+                serial: 0,
+            })
+        }
+        fn cursor_image(&mut self) -> PlatformResult<Option<CursorImage>> {
+            Ok(None)
+        }
+        fn watch_changes(&mut self, notify: ChangeNotify) -> Option<ChangeWatch> {
+            let slot = self.notifier.as_ref()?;
+            *slot.lock().unwrap() = Some(notify);
+            Some(ChangeWatch::new(Arc::new(AtomicBool::new(false))))
+        }
+    }
+
+    fn display() -> DisplayInfo {
+        DisplayInfo {
+            id: 0,
+            name: "fake".into(),
+            x: 0,
+            y: 0,
+            width: 32,
+            height: 32,
+            primary: true,
+        }
+    }
+
+    struct Running {
+        cmds: std_mpsc::Sender<CaptureCmd>,
+        out: mpsc::Receiver<Payload>,
+        captures: Arc<AtomicUsize>,
+        notifier: Arc<Mutex<Option<ChangeNotify>>>,
+    }
+
+    impl Running {
+        fn start(reports: bool, fps: u32) -> Running {
+            let captures = Arc::new(AtomicUsize::new(0));
+            let notifier = Arc::new(Mutex::new(None));
+            let desktop = FakeDesktop {
+                captures: Arc::clone(&captures),
+                notifier: reports.then(|| Arc::clone(&notifier)),
+            };
+            let (cmds, rx) = std_mpsc::channel();
+            let (out_tx, out) = mpsc::channel(64);
+            let own = cmds.clone();
+            std::thread::spawn(move || capture_thread(Box::new(desktop), rx, own, out_tx));
+            cmds.send(CaptureCmd::Start {
+                codec: Codec::RawZstd,
+                display: display(),
+                fps,
+            })
+            .unwrap();
+            let mut running = Running {
+                cmds,
+                out,
+                captures,
+                notifier,
+            };
+            running
+                .next_frame(Duration::from_secs(5))
+                .expect("the first keyframe");
+            running
+        }
+
+        /// The next video frame within `within`.
+        fn next_frame(&mut self, within: Duration) -> Option<proto::VideoFrame> {
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                match self.out.try_recv() {
+                    Ok(Payload::VideoFrame(frame)) => return Some(frame),
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            None
+        }
+
+        fn notify(&self) -> bool {
+            (self.notifier.lock().unwrap().as_mut().expect("watching"))()
+        }
+    }
+
+    #[test]
+    fn a_reported_change_is_captured_at_once_and_a_still_screen_is_not_captured() {
+        let mut run = Running::start(true, 30);
+        // Still: nothing captured for well under the safety interval.
+        let after_keyframe = run.captures.load(Ordering::SeqCst);
+        assert!(run.next_frame(Duration::from_millis(400)).is_none());
+        assert_eq!(run.captures.load(Ordering::SeqCst), after_keyframe);
+        // A change: captured within a few milliseconds, not on the next safety capture,
+        // and the frame says when the change was reported.
+        let reported = now_us();
+        let asked = Instant::now();
+        assert!(run.notify());
+        let frame = run
+            .next_frame(Duration::from_millis(500))
+            .expect("a frame for the change");
+        assert!(asked.elapsed() < Duration::from_millis(500));
+        assert!(frame.changed_timestamp_us >= reported);
+        assert!(frame.capture_timestamp_us >= frame.changed_timestamp_us);
+        assert!(frame.encoded_timestamp_us >= frame.capture_timestamp_us);
+        // A flood of reports is captured at most once per frame interval (33 ms).
+        let before = run.captures.load(Ordering::SeqCst);
+        let flood = Instant::now();
+        while flood.elapsed() < Duration::from_millis(300) {
+            run.notify();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let captured = run.captures.load(Ordering::SeqCst) - before;
+        assert!(
+            (2..=11).contains(&captured),
+            "{captured} captures for 300 ms of changes at 30 fps"
+        );
+        // Stopping the stream lets go of the watcher's callback channel: the thread ends
+        // when the session does.
+        drop(run.cmds);
+        drop(run.out);
+    }
+
+    #[test]
+    fn without_change_reports_a_key_brings_the_next_capture_forward() {
+        // One frame a second: a capture on the clock alone comes a second after the last.
+        let mut run = Running::start(false, 1);
+        let asked = Instant::now();
+        run.cmds.send(CaptureCmd::Nudge).unwrap();
+        run.next_frame(Duration::from_millis(900))
+            .expect("a capture soon after the key");
+        // At least the repaint delay after the key, well before the next tick.
+        let waited = asked.elapsed();
+        assert!(waited >= NUDGE_DELAY, "{waited:?}");
+        assert!(waited < Duration::from_millis(900), "{waited:?}");
     }
 }
