@@ -359,6 +359,20 @@ impl Frame {
         Ok(())
     }
 
+    /// Formats only the header of an unmasked frame into `buf` and hands back its payload,
+    /// so that the payload can be written without being copied. A masked frame is handed
+    /// back whole: its payload has to be copied to be masked.
+    pub(crate) fn format_header_into_buf(
+        self,
+        buf: &mut Vec<u8>,
+    ) -> std::result::Result<Bytes, Frame> {
+        if self.header.mask.is_some() {
+            return Err(self);
+        }
+        self.header.format(self.payload.len() as u64, buf).expect("Bug: can't write to vector");
+        Ok(self.payload)
+    }
+
     pub(crate) fn format_into_buf(mut self, buf: &mut Vec<u8>) -> Result<()> {
         self.header.format(self.payload.len() as u64, buf)?;
 

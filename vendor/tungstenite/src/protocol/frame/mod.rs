@@ -17,12 +17,16 @@ use crate::{
     protocol::frame::mask::apply_mask,
     Message,
 };
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use log::*;
 use std::io::{self, Cursor, Error as IoError, ErrorKind as IoErrorKind, Read, Write};
 
 /// Read buffer size used for `FrameSocket`.
 const READ_BUF_LEN: usize = 128 * 1024;
+
+/// Payloads at least this long are written from the frame's own `Bytes`, after the header,
+/// instead of being copied into the out buffer (GuruConnect patch).
+const ZERO_COPY_MIN: usize = 16 * 1024;
 
 /// A reader and writer for WebSocket frames.
 #[derive(Debug)]
@@ -117,6 +121,12 @@ pub(super) struct FrameCodec {
     out_buffer_write_len: usize,
     /// Header and remaining size of the incoming packet being processed.
     header: Option<(FrameHeader, u64)>,
+    /// Payload of an incoming frame longer than `in_buf_max_read`, read straight into a
+    /// buffer of its own length, and how much of it is filled (GuruConnect patch).
+    in_payload: Option<(Vec<u8>, usize)>,
+    /// Payload of the last buffered frame, written after `out_buffer` without being copied
+    /// into it (GuruConnect patch). Empty when there is none.
+    out_payload: Bytes,
 }
 
 impl FrameCodec {
@@ -129,6 +139,8 @@ impl FrameCodec {
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
             header: None,
+            in_payload: None,
+            out_payload: Bytes::new(),
         }
     }
 
@@ -143,6 +155,8 @@ impl FrameCodec {
             max_out_buffer_len: usize::MAX,
             out_buffer_write_len: 0,
             header: None,
+            in_payload: None,
+            out_payload: Bytes::new(),
         }
     }
 
@@ -185,18 +199,46 @@ impl FrameCodec {
                         }));
                     }
 
-                    // Reserve full message length only once, even for multiple
-                    // loops or if WouldBlock errors cause multiple fn calls.
-                    self.in_buffer.reserve(len);
+                    if len > self.in_buf_max_read {
+                        // A large frame: read the rest of its payload straight into a
+                        // buffer of its own length, as much per read as the socket has,
+                        // instead of `in_buf_max_read` at a time through `in_buffer`
+                        // (which stays small for idle connections). (GuruConnect patch)
+                        let mut payload = vec![0; len];
+                        let have = self.in_buffer.len().min(len);
+                        payload[..have].copy_from_slice(&self.in_buffer[..have]);
+                        self.in_buffer.advance(have);
+                        self.in_payload = Some((payload, have));
+                    } else {
+                        // Reserve full message length only once, even for multiple
+                        // loops or if WouldBlock errors cause multiple fn calls.
+                        self.in_buffer.reserve(len);
+                    }
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
             }
 
+            if let Some((payload, filled)) = &mut self.in_payload {
+                if *filled < payload.len() {
+                    let size = stream.read(&mut payload[*filled..])?;
+                    if size == 0 {
+                        trace!("no frame received");
+                        return Ok(None);
+                    }
+                    *filled += size;
+                }
+                if *filled == payload.len() {
+                    let (payload, _) = self.in_payload.take().expect("Bug: no payload");
+                    break Payload::Own(payload);
+                }
+                continue;
+            }
+
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
                 if len <= self.in_buffer.len() {
-                    break self.in_buffer.split_to(len);
+                    break Payload::Shared(self.in_buffer.split_to(len));
                 }
             }
 
@@ -214,7 +256,7 @@ impl FrameCodec {
             if let Some(mask) = header.mask.take() {
                 // A server MUST remove masking for data frames received from a client
                 // as described in Section 5.3. (RFC 6455)
-                apply_mask(&mut payload, mask);
+                apply_mask(payload.as_mut_slice(), mask);
             } else if !accept_unmasked {
                 // The server MUST close the connection upon receiving a
                 // frame that is not masked. (RFC 6455)
@@ -250,16 +292,38 @@ impl FrameCodec {
     where
         Stream: Write,
     {
-        if frame.len() + self.out_buffer.len() > self.max_out_buffer_len {
+        if frame.len() + self.out_buffer.len() + self.out_payload.len() > self.max_out_buffer_len {
             return Err(Error::WriteBufferFull(Message::Frame(frame).into()));
         }
 
         trace!("writing frame {frame}");
 
-        self.out_buffer.reserve(frame.len());
-        frame.format_into_buf(&mut self.out_buffer).expect("Bug: can't write to vector");
+        if !self.out_payload.is_empty() {
+            // A payload is still waiting to be written after `out_buffer`, and this frame
+            // has to follow it: append it to `out_buffer` (a copy, only under backpressure).
+            let payload = std::mem::take(&mut self.out_payload);
+            self.out_buffer.extend_from_slice(&payload);
+        }
 
-        if self.out_buffer.len() > self.out_buffer_write_len {
+        let frame = if frame.len() >= ZERO_COPY_MIN {
+            // Header into `out_buffer`, payload written from its own `Bytes` after it
+            // (no copy of the whole frame). (GuruConnect patch)
+            match frame.format_header_into_buf(&mut self.out_buffer) {
+                Ok(payload) => {
+                    self.out_payload = payload;
+                    None
+                }
+                Err(masked) => Some(masked),
+            }
+        } else {
+            Some(frame)
+        };
+        if let Some(frame) = frame {
+            self.out_buffer.reserve(frame.len());
+            frame.format_into_buf(&mut self.out_buffer).expect("Bug: can't write to vector");
+        }
+
+        if self.out_buffer.len() + self.out_payload.len() > self.out_buffer_write_len {
             self.write_out_buffer(stream)
         } else {
             Ok(())
@@ -285,8 +349,51 @@ impl FrameCodec {
             }
             self.out_buffer.drain(0..len);
         }
+        while !self.out_payload.is_empty() {
+            let len = stream.write(&self.out_payload)?;
+            if len == 0 {
+                // This is the same as "Connection reset by peer"
+                return Err(IoError::new(
+                    IoErrorKind::ConnectionReset,
+                    "Connection reset while sending",
+                )
+                .into());
+            }
+            self.out_payload.advance(len);
+        }
+        // Let go of the written payload's storage.
+        self.out_payload = Bytes::new();
 
         Ok(())
+    }
+}
+
+/// A frame's payload as read: a piece of `in_buffer`, or a buffer of its own.
+enum Payload {
+    Shared(BytesMut),
+    Own(Vec<u8>),
+}
+
+impl Payload {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Payload::Shared(b) => b,
+            Payload::Own(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Payload::Shared(b) => b.len(),
+            Payload::Own(v) => v.len(),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Payload::Shared(b) => b.freeze(),
+            Payload::Own(v) => Bytes::from(v),
+        }
     }
 }
 
