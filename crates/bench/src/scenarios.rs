@@ -66,7 +66,9 @@ pub async fn throughput(target: &Target) -> Result<Vec<Row>> {
     let send_secs = start.elapsed().as_secs_f64();
     let got = counter.await??;
     // Read before the agent closes; includes the viewer's last second of waiting (idle).
-    let cpu = server_cpu_secs(target).zip(cpu_before).map(|(after, before)| after - before);
+    let cpu = server_cpu_secs(target)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     agent.close().await;
     let secs = got.last.as_secs_f64();
 
