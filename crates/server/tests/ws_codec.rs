@@ -44,7 +44,7 @@ impl Choppy {
 impl Read for Choppy {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
-        if self.reads % self.block_every == 0 {
+        if self.reads.is_multiple_of(self.block_every) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         if self.pos == self.input.len() {
@@ -61,7 +61,7 @@ impl Read for Choppy {
 impl Write for Choppy {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.writes += 1;
-        if self.blocked || self.writes % self.block_every == 0 {
+        if self.blocked || self.writes.is_multiple_of(self.block_every) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = buf.len().min(self.max_write);
