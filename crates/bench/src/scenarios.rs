@@ -13,7 +13,7 @@ use tokio::time::{MissedTickBehavior, interval, sleep, timeout};
 
 use crate::peers::{Agent, Api, Viewer, as_video, hello, now_us, payload, video_frame};
 use crate::report::{Row, summarize};
-use crate::target::{Target, open_files_limit, rss_kib};
+use crate::target::{Target, open_files_limit, rss_kib, server_cpu_secs};
 
 pub(crate) const MIB: usize = 1024 * 1024;
 
@@ -55,6 +55,7 @@ pub async fn throughput(target: &Target) -> Result<Vec<Row>> {
     let frame = video_frame(&payload(MIB), 1, 0, true);
     let frame_len = frame.len() as u64;
 
+    let cpu_before = server_cpu_secs(target);
     let start = Instant::now();
     let counter = tokio::spawn(count_frames(viewer, start));
     let mut sent = 0u64;
@@ -64,6 +65,10 @@ pub async fn throughput(target: &Target) -> Result<Vec<Row>> {
     }
     let send_secs = start.elapsed().as_secs_f64();
     let got = counter.await??;
+    // Read before the agent closes; includes the viewer's last second of waiting (idle).
+    let cpu = server_cpu_secs(target)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     agent.close().await;
     let secs = got.last.as_secs_f64();
 
@@ -89,6 +94,16 @@ pub async fn throughput(target: &Target) -> Result<Vec<Row>> {
                 mb_per_s(sent * frame_len, send_secs),
                 sent as f64 / send_secs
             ),
+        ),
+        Row::info(
+            "Relay CPU per GB received by the viewer",
+            match cpu {
+                Some(cpu) => format!(
+                    "{:.2} core-s/GB ({cpu:.2} core-s over the run)",
+                    cpu / (got.bytes as f64 / 1e9).max(1e-9)
+                ),
+                None => "n/a (external server without --server-pid)".to_owned(),
+            },
         ),
         Row::info(
             "Frames the relay dropped (viewer queue full)",

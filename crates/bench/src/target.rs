@@ -302,3 +302,41 @@ pub fn raise_own_open_files_limit() -> Option<u64> {
     }
     open_files_limit()
 }
+
+/// CPU time (user + system) the server under test has used so far, in seconds: for a
+/// server in this process, summed over its runtime's threads (`server-worker`, which also
+/// names its blocking pool, and `bench-server`, which drives `block_on`), read from
+/// `/proc/self/task/*/stat`; for a child or external server with a known pid, the
+/// whole process from `/proc/<pid>/stat`. `None` for an external server without a pid.
+/// Resolution is one clock tick (10 ms); threads that exited during the run are missed.
+pub fn server_cpu_secs(target: &Target) -> Option<f64> {
+    const TICKS_PER_SEC: f64 = 100.0; // USER_HZ, fixed in the /proc ABI
+    let ticks = match (&target.kind, target.pid) {
+        (Kind::InProcess { .. }, _) => {
+            let mut total = 0u64;
+            for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+                let dir = entry.path();
+                let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                if matches!(comm.trim_end(), "server-worker" | "bench-server") {
+                    total += stat_cpu_ticks(&dir.join("stat")).unwrap_or(0);
+                }
+            }
+            total
+        }
+        (_, Some(pid)) => stat_cpu_ticks(Path::new(&format!("/proc/{pid}/stat")))?,
+        (_, None) => return None,
+    };
+    Some(ticks as f64 / TICKS_PER_SEC)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/.../stat` file, in clock ticks.
+fn stat_cpu_ticks(path: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3, so field 14 is index 11.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}

@@ -46,7 +46,7 @@ pub(super) use routing::{file_refusal, record, too_big_error};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Minimum spacing of refresh requests the relay sends on behalf of slow viewers.
 const REFRESH_SPACING: Duration = Duration::from_millis(250);
-/// Socket read buffer per agent connection.
+/// Socket read buffer per agent connection: the read size for headers and small frames.
 const AGENT_READ_BUFFER: usize = 8 * 1024;
 /// Write batching threshold per agent connection (messages to agents are small).
 const AGENT_WRITE_BUFFER: usize = 8 * 1024;
@@ -76,7 +76,9 @@ pub async fn upgrade(
         }
     };
     // Small socket buffers: an idle agent must cost little memory (10,000 of them per
-    // server); large frames are simply read in more pieces.
+    // server). A frame larger than the read buffer is read into a buffer of its own
+    // length, in as few reads as the socket allows (vendor/tungstenite/GURUCONNECT.md),
+    // so the small read buffer costs no throughput.
     ws.max_message_size(proto::MAX_AGENT_MESSAGE)
         .max_frame_size(proto::MAX_AGENT_MESSAGE)
         .read_buffer_size(AGENT_READ_BUFFER)
