@@ -402,6 +402,7 @@ mod tests {
         out: mpsc::Receiver<Payload>,
         captures: Arc<AtomicUsize>,
         notifier: Arc<Mutex<Option<ChangeNotify>>>,
+        thread: std::thread::JoinHandle<()>,
     }
 
     impl Running {
@@ -415,7 +416,8 @@ mod tests {
             let (cmds, rx) = std_mpsc::channel();
             let (out_tx, out) = mpsc::channel(64);
             let own = cmds.clone();
-            std::thread::spawn(move || capture_thread(Box::new(desktop), rx, own, out_tx));
+            let thread =
+                std::thread::spawn(move || capture_thread(Box::new(desktop), rx, own, out_tx));
             cmds.send(CaptureCmd::Start {
                 codec: Codec::RawZstd,
                 display: display(),
@@ -427,6 +429,7 @@ mod tests {
                 out,
                 captures,
                 notifier,
+                thread,
             };
             running
                 .next_frame(Duration::from_secs(5))
@@ -483,10 +486,18 @@ mod tests {
             (2..=11).contains(&captured),
             "{captured} captures for 300 ms of changes at 30 fps"
         );
-        // Stopping the stream lets go of the watcher's callback channel: the thread ends
-        // when the session does.
+        // The thread holds a sender of its own command channel (for the watcher), yet it
+        // ends when the session does: its outgoing channel closes.
         drop(run.cmds);
         drop(run.out);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !run.thread.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the capture thread outlived its session"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
