@@ -148,6 +148,15 @@ test('a controlling technician sees the screen and drives it', async () => {
   await page.click('button:has-text("Stats")');
   assert.equal(await page.locator('[aria-label="Connection statistics"]').isVisible(), true);
   await page.waitForFunction(() => /RTT \d+ ms/.test(document.querySelector('[data-testid=stats]')?.textContent ?? ''), null, { timeout: 8000 });
+  // Drawn frames are acknowledged to the agent, and the agent's stream mode shows in the
+  // toolbar, in full on hover and in the statistics (issue 16: adaptive quality).
+  await agent.until((a) => a.of('frameAck').some((ack) => Number(ack.sequence) > 0), 'a frame acknowledgement');
+  agent.send({ streamMode: { codec: pb.Codec.CODEC_H264, adaptive: true, fps: 12, bitrateKbps: 800, bandwidthKbps: 1000, rttMs: 150, reason: 'link limited' } });
+  const mode = page.locator('[data-testid=stream-mode]');
+  await page.waitForFunction(() => document.querySelector('[data-testid=stream-mode]')?.textContent === 'H.264 · 12 fps · ≤ 800 kbit/s');
+  assert.equal(await mode.isVisible(), true);
+  assert.match(await mode.getAttribute('title'), /adapts to the link · link 1\.0 Mbit\/s · round trip 150 ms \(link limited\)/);
+  await page.waitForFunction(() => /Mode: H\.264/.test(document.querySelector('[data-testid=stats]')?.textContent ?? ''), null, { timeout: 5000 });
   // Every control of the toolbar is on screen at 1280 px: none cut off or scrolled away.
   const offScreen = await page.$$eval('[role=toolbar] > *', (els) =>
     els

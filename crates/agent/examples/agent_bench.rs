@@ -916,6 +916,7 @@ impl Relay {
         conn.send(Payload::ViewerHello(ViewerHello {
             protocol_version: guruconnect_proto::PROTOCOL_VERSION,
             codecs: codecs.iter().map(|c| *c as i32).collect(),
+            ..Default::default()
         }))
         .await?;
         Ok(conn)

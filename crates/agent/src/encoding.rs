@@ -50,6 +50,12 @@ impl FrameEncoder {
         self.inner.set_quality(quality);
     }
 
+    /// Caps the H.264 bitrate (bits/s over a frame rate) or lifts the cap
+    /// (`guruconnect_codec::Encoder::set_bitrate_cap`).
+    pub fn set_bitrate_cap(&mut self, cap: Option<(u32, f32)>) {
+        self.inner.set_bitrate_cap(cap);
+    }
+
     /// Encodes a capture; `None` when nothing changed and no keyframe was forced.
     pub fn encode(&mut self, image: &Image, force_keyframe: bool) -> Option<EncodedFrame> {
         self.inner.encode(image, force_keyframe)

@@ -711,6 +711,7 @@ async fn two_randr_monitors_are_listed_and_the_viewer_switches_to_the_second() {
             Payload::ViewerHello(ViewerHello {
                 protocol_version: guruconnect_proto::PROTOCOL_VERSION,
                 codecs: codecs.iter().map(|c| *c as i32).collect(),
+                ..Default::default()
             })
         };
         control

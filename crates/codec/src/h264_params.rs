@@ -24,6 +24,10 @@ use crate::{H264Complexity, H264RateControl, H264Tuning, H264Usage};
 /// The binding's initial slice size limit (bytes); replaced by [`open`].
 const MAX_NAL_BYTES: u32 = 60_000;
 
+/// The highest bitrate a capped encoder is given (an uncapped one in bitrate rate control
+/// runs at it, which leaves it at its minimum QP).
+pub(crate) const MAX_BPS: u32 = 60_000_000;
+
 /// What [`open`] configures.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -131,7 +135,12 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
     params.iTemporalLayerNum = 1;
     params.iLtrMarkPeriod = 30;
     let layer = &mut params.sSpatialLayers[0];
-    layer.iMaxSpatialBitrate = bps;
+    // Bitrate rate control follows the target set later (`set_rate`): no lower ceiling.
+    layer.iMaxSpatialBitrate = if s.tuning.rate_control == H264RateControl::Bitrate {
+        to_int(MAX_BPS)?
+    } else {
+        bps
+    };
     layer.iSpatialBitrate = bps;
     layer.fFrameRate = s.fps;
     layer.iVideoWidth = w;
@@ -162,6 +171,38 @@ pub(crate) fn open(s: &Settings) -> Result<openh264::encoder::Encoder, openh264:
     // The re-initialised encoder starts with an IDR anyway; make it explicit.
     encoder.force_intra_frame();
     Ok(encoder)
+}
+
+/// Sets the target bitrate (bits per second) and the frame rate it is spread over on a
+/// running encoder in bitrate rate control, without a new keyframe (openh264 applies both
+/// options in place: `WelsEncoderApplyBitRate`, `WelsEncoderApplyFrameRate`).
+pub(crate) fn set_rate(
+    encoder: &mut openh264::encoder::Encoder,
+    bps: u32,
+    fps: f32,
+) -> Result<(), openh264::Error> {
+    let mut bitrate = sys::SBitrateInfo {
+        iLayer: sys::SPATIAL_LAYER_ALL,
+        iBitrate: to_int(bps)?,
+    };
+    let mut rate = fps;
+    // SAFETY: both options take a pointer to a value that lives for the call and is only
+    // read (`SBitrateInfo` for ENCODER_OPTION_BITRATE, a float for ENCODER_OPTION_FRAME_RATE);
+    // the encoder was initialised by `open`. Neither changes the picture size or input format
+    // the binding relies on.
+    let rc = unsafe {
+        encoder
+            .raw_api()
+            .set_option(sys::ENCODER_OPTION_BITRATE, (&raw mut bitrate).cast())
+    };
+    check(rc, "SetOption(ENCODER_OPTION_BITRATE)")?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        encoder
+            .raw_api()
+            .set_option(sys::ENCODER_OPTION_FRAME_RATE, (&raw mut rate).cast())
+    };
+    check(rc, "SetOption(ENCODER_OPTION_FRAME_RATE)")
 }
 
 fn to_int(v: u32) -> Result<std::ffi::c_int, openh264::Error> {

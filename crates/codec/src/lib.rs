@@ -447,6 +447,8 @@ struct H264 {
     /// Quality the encoder was configured for.
     quality: u32,
     tuning: H264Tuning,
+    /// Target bitrate and frame rate applied (bitrate rate control only).
+    rate: Option<(u32, f32)>,
     /// Coded (even) size.
     coded: (u32, u32),
     /// The picture as last given to openh264.
@@ -474,7 +476,12 @@ impl H264 {
         // Buffer-based rate control moves the QP down one step per delivered frame, so it
         // settles at `min_qp`: quality 100 → QP 16 (visually lossless), 70 → 25, 1 → 45.
         let min_qp = 45 - (q - 1) * 29 / 99;
-        let max_qp = (min_qp + 3).min(51);
+        // Bitrate rate control raises the QP as far as the target needs.
+        let max_qp = if tuning.rate_control == H264RateControl::Bitrate {
+            51
+        } else {
+            (min_qp + 3).min(51)
+        };
         // Only used for validation by buffer-based rate control; ~0.1 bit per pixel at 30 fps.
         let bps = (f64::from(coded.0) * f64::from(coded.1) * 3.0).clamp(100_000.0, 50e6);
         let encoder = h264_params::open(&h264_params::Settings {
@@ -493,6 +500,7 @@ impl H264 {
             encoder,
             quality,
             tuning,
+            rate: None,
             coded,
             planes: Planes {
                 width: cw,
@@ -626,6 +634,8 @@ pub struct Encoder {
     h264: Option<H264>,
     quality: u32,
     tuning: H264Tuning,
+    /// H.264 target bitrate (bits/s) and frame rate, once capped ([`Encoder::set_bitrate_cap`]).
+    rate: Option<(u32, f32)>,
     h264_times: H264StageTimes,
     /// The previous encoded image (`None` before the first frame).
     prev: Option<Image>,
@@ -658,6 +668,7 @@ impl Encoder {
             h264: None,
             quality: DEFAULT_QUALITY,
             tuning: H264Tuning::default(),
+            rate: None,
             h264_times: H264StageTimes::default(),
             prev: None,
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
@@ -697,6 +708,27 @@ impl Encoder {
     /// tuning rebuilds the H.264 encoder at the next encoded frame, which is therefore an IDR.
     pub fn set_h264_tuning(&mut self, tuning: H264Tuning) {
         self.tuning = tuning;
+    }
+
+    /// Caps the H.264 bitrate: `Some((bits_per_second, frames_per_second))` spreads that many
+    /// bits over that frame rate; `None` lifts the cap. The first cap moves openh264 to
+    /// bitrate rate control (a new encoder, so the next picture is an IDR); later changes,
+    /// lifting the cap included, apply to the running encoder without a keyframe. Lossless
+    /// ignores it.
+    pub fn set_bitrate_cap(&mut self, cap: Option<(u32, f32)>) {
+        match cap {
+            Some((bps, fps)) => {
+                self.tuning.rate_control = H264RateControl::Bitrate;
+                self.rate = Some((
+                    bps.clamp(50_000, h264_params::MAX_BPS),
+                    fps.clamp(1.0, 60.0),
+                ));
+            }
+            None if self.tuning.rate_control == H264RateControl::Bitrate => {
+                self.rate = Some((h264_params::MAX_BPS, 30.0));
+            }
+            None => self.rate = None,
+        }
     }
 
     /// Time spent in the stages of H.264 encoding so far.
@@ -824,6 +856,13 @@ impl Encoder {
             _ => H264::new(image.width, image.height, self.quality, self.tuning)?,
         };
         let h264 = self.h264.insert(h264);
+        if let Some((bps, fps)) = self.rate
+            && h264.tuning.rate_control == H264RateControl::Bitrate
+            && h264.rate != Some((bps, fps))
+        {
+            h264_params::set_rate(&mut h264.encoder, bps, fps)?;
+            h264.rate = Some((bps, fps));
+        }
         let started = Instant::now();
         let primed = h264.primed;
         if !primed && !keyframe && self.prev.as_ref().is_some_and(|p| p == image) {

@@ -926,3 +926,69 @@ fn oversize_frames_are_sent_as_bands_under_the_cap_that_decode_exactly() {
     assert_eq!(parts.len(), 1);
     assert!(parts[0].keyframe);
 }
+
+/// Encodes `frames` pictures of a card whose noisy block moves, from `first`; returns the
+/// bytes per frame and whether any was a keyframe, checking every one decodes.
+fn moving_noise(
+    enc: &mut Encoder,
+    dec: &mut Decoder,
+    rng: &mut Rng,
+    first: u32,
+    frames: u32,
+) -> (usize, bool) {
+    let (mut bytes, mut keyframe) = (0, false);
+    for i in first..first + frames {
+        let mut img = test_card(320, 240, 0);
+        scribble(
+            &mut img,
+            Rect {
+                x: (i * 7) % 200,
+                y: 40,
+                width: 96,
+                height: 96,
+            },
+            rng,
+        );
+        let f = enc.encode(&img, false).unwrap();
+        dec.decode(&f.to_video_frame(0, u64::from(i), 0)).unwrap();
+        bytes += f.data.len();
+        keyframe |= f.keyframe;
+    }
+    (bytes / frames as usize, keyframe)
+}
+
+#[test]
+fn h264_bitrate_cap_shrinks_frames_and_later_changes_need_no_keyframe() {
+    let mut rng = Rng(11);
+    let mut enc = Encoder::new(Codec::H264);
+    let mut dec = Decoder::new();
+    let (free, _) = moving_noise(&mut enc, &mut dec, &mut rng, 0, 10);
+    // 100 kbit/s at 10 fps: 1250 bytes a frame.
+    enc.set_bitrate_cap(Some((100_000, 10.0)));
+    let (_, switched) = moving_noise(&mut enc, &mut dec, &mut rng, 10, 1);
+    assert!(
+        switched,
+        "the move to bitrate rate control starts with an IDR"
+    );
+    let (capped, _) = moving_noise(&mut enc, &mut dec, &mut rng, 11, 20);
+    println!("bytes per frame: uncapped {free}, capped at 100 kbit/s {capped}");
+    assert!(
+        capped * 3 < free,
+        "the cap did not shrink frames: {capped} vs {free}"
+    );
+    enc.set_bitrate_cap(Some((1_000_000, 10.0)));
+    let (raised, keyframe) = moving_noise(&mut enc, &mut dec, &mut rng, 31, 20);
+    assert!(!keyframe, "a new target applies without a keyframe");
+    assert!(
+        raised > capped,
+        "a higher cap gave {raised} ≤ {capped} bytes"
+    );
+    enc.set_bitrate_cap(None);
+    let (lifted, keyframe) = moving_noise(&mut enc, &mut dec, &mut rng, 51, 20);
+    assert!(!keyframe, "lifting the cap needs no keyframe");
+    assert!(
+        lifted > raised,
+        "lifting the cap gave {lifted} ≤ {raised} bytes"
+    );
+    assert_eq!(enc.codec(), Codec::H264);
+}

@@ -112,6 +112,8 @@ impl Payload {
             Payload::ViewerLeft(_) => "viewer_left",
             Payload::SessionState(_) => "session_state",
             Payload::UpdateStatus(_) => "update_status",
+            Payload::StreamMode(_) => "stream_mode",
+            Payload::FrameAck(_) => "frame_ack",
             Payload::KeyProvision(_) => "key_provision",
             Payload::UpdateCommand(_) => "update_command",
             Payload::TerminalOpen(_) => "terminal_open",

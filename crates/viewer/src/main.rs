@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use guruconnect_client::{ClientError, Sender, connect_viewer, connect_viewer_with, files};
+use guruconnect_client::{ClientError, connect_viewer, connect_viewer_with, files};
 use guruconnect_codec::{Decoder, Image};
 use guruconnect_proto::{self as proto, Codec, Payload};
 
@@ -59,6 +59,13 @@ struct Cli {
     /// Print statistics every second.
     #[arg(long)]
     stats: bool,
+    /// Ask for lossless tiles while the link carries them (H.264 stays a fallback the agent
+    /// may switch to on a slow link).
+    #[arg(long)]
+    prefer_lossless: bool,
+    /// Do not acknowledge frames (the agent then cannot measure the link; benchmarks).
+    #[arg(long)]
+    no_acks: bool,
     /// Upload this local file to the machine (into --to), then exit.
     #[arg(long, requires = "to", conflicts_with = "download")]
     upload: Option<PathBuf>,
@@ -244,6 +251,8 @@ struct Stats {
     window_frames: u64,
     window_bytes: u64,
     latencies_us: Vec<u64>,
+    /// This second's picture ages (the per-second line's percentiles).
+    window_latencies_us: Vec<u64>,
 }
 
 impl Stats {
@@ -253,15 +262,18 @@ impl Stats {
         self.bytes += bytes as u64;
         self.window_bytes += bytes as u64;
         if capture_us > 0 {
-            self.latencies_us.push(now_us().saturating_sub(capture_us));
+            let age = now_us().saturating_sub(capture_us);
+            self.latencies_us.push(age);
+            self.window_latencies_us.push(age);
         }
     }
 
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
+    /// The `p` percentile of `samples` in ms (0 without samples).
+    fn percentile(samples: &[u64], p: f64) -> f64 {
+        if samples.is_empty() {
             return 0.0;
         }
-        let mut sorted = self.latencies_us.clone();
+        let mut sorted = samples.to_vec();
         sorted.sort_unstable();
         let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
         sorted[idx] as f64 / 1000.0
@@ -273,12 +285,13 @@ impl Stats {
             "fps={:.1} bandwidth={:.1} KB/s latency_p50={:.1} ms latency_p95={:.1} ms frames={}",
             self.window_frames as f64 / secs,
             self.window_bytes as f64 / 1024.0 / secs,
-            self.percentile(0.5),
-            self.percentile(0.95),
+            Self::percentile(&self.window_latencies_us, 0.5),
+            Self::percentile(&self.window_latencies_us, 0.95),
             self.frames
         );
         self.window_frames = 0;
         self.window_bytes = 0;
+        self.window_latencies_us.clear();
     }
 }
 
@@ -310,8 +323,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tx.send(Payload::ViewerHello(proto::ViewerHello {
         protocol_version: proto::PROTOCOL_VERSION,
         codecs,
+        prefer_lossless: cli.prefer_lossless,
     }))
     .await?;
+    // One writer owns the socket: frame acknowledgements and the script share it.
+    let (out, mut queued) = tokio::sync::mpsc::channel::<Payload>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(payload) = queued.recv().await {
+            tx.send(payload).await?;
+        }
+        anyhow::Ok(())
+    });
 
     let started = Instant::now();
     let deadline = cli.duration.map(|s| started + Duration::from_secs_f64(s));
@@ -319,8 +341,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stats = Stats::default();
     let mut window = Instant::now();
     let mut keyframe_seen = false;
-    let mut script_task: Option<tokio::task::JoinHandle<anyhow::Result<Sender>>> = None;
-    let mut pending_script = Some((tx, actions));
+    let mut script_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let mut pending_script = Some((out.clone(), actions));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let outcome: anyhow::Result<()> = loop {
         let until = async {
@@ -349,9 +371,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         let size = frame.data.len();
                         let capture = frame.capture_timestamp_us;
                         let keyframe = frame.keyframe;
+                        let sequence = frame.sequence;
                         if let Err(e) = decoder.decode(&frame) {
                             eprintln!("dropping an undecodable frame: {e}");
                             continue;
+                        }
+                        if !cli.no_acks {
+                            // Never waits: a full queue means the socket is behind anyway.
+                            let _ = out.try_send(Payload::FrameAck(proto::FrameAck { sequence }));
                         }
                         stats.record(size, capture);
                         keyframe_seen |= keyframe;
@@ -368,6 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     }
                     Some(Payload::Chat(chat)) => println!("chat from {}: {}", chat.from, chat.text),
+                    Some(Payload::StreamMode(mode)) if cli.stats => println!("mode: {}", describe_mode(&mode)),
                     Some(Payload::SessionEnd(end)) => {
                         println!("session ended: {}", end.reason);
                         break Ok(());
@@ -380,6 +408,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(task) = script_task {
         task.await??;
     }
+    drop(pending_script);
+    drop(out);
+    if writer.is_finished() {
+        writer.await??;
+    } else {
+        writer.abort();
+    }
     if let Some(path) = &cli.save_png {
         save_png(decoder.image(), path)?;
         println!("saved {}", path.display());
@@ -390,24 +425,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stats.frames,
         stats.frames as f64 / secs,
         stats.bytes as f64 / 1024.0 / secs,
-        stats.percentile(0.5),
-        stats.percentile(0.95)
+        Stats::percentile(&stats.latencies_us, 0.5),
+        Stats::percentile(&stats.latencies_us, 0.95)
     );
     outcome
 }
 
-async fn run_script(mut tx: Sender, actions: Vec<script::Action>) -> anyhow::Result<Sender> {
+/// The stream mode in one line, as the browser viewer shows it.
+fn describe_mode(mode: &proto::StreamMode) -> String {
+    let codec = match Codec::try_from(mode.codec) {
+        Ok(Codec::H264) => "H.264",
+        _ => "lossless",
+    };
+    let mut text = format!(
+        "{codec} {} fps, {}",
+        mode.fps,
+        if mode.adaptive { "adaptive" } else { "fixed" }
+    );
+    if mode.bitrate_kbps > 0 {
+        text += &format!(", capped at {} kbit/s", mode.bitrate_kbps);
+    }
+    if mode.bandwidth_kbps > 0 {
+        text += &format!(", link {} kbit/s", mode.bandwidth_kbps);
+    }
+    if mode.rtt_ms > 0 {
+        text += &format!(", rtt {} ms", mode.rtt_ms);
+    }
+    format!("{text} ({})", mode.reason)
+}
+
+async fn run_script(
+    tx: tokio::sync::mpsc::Sender<Payload>,
+    actions: Vec<script::Action>,
+) -> anyhow::Result<()> {
     for action in actions {
         match action {
             script::Action::Sleep(d) => tokio::time::sleep(d).await,
             script::Action::Send(payloads) => {
                 for payload in payloads {
-                    tx.send(payload).await?;
+                    tx.send(payload)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the connection closed"))?;
                 }
             }
         }
     }
-    Ok(tx)
+    Ok(())
 }
 
 /// Writes a BGRA image as an RGBA PNG.

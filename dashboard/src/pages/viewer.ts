@@ -19,7 +19,7 @@ import { confirmAction, copyButton, copyText, toast, toastError } from '../ui/fe
 import type { Machine, Session, ViewerToken } from '../types';
 import { FileTransfers } from '../viewer/files';
 import { decode, encode, nowUs, pb, type EnvelopeProps } from '../viewer/protocol';
-import { codecName, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
+import { codecName, describeMode, drawRawZstd, H264Renderer, h264Supported } from '../viewer/render';
 import { epochMs, traceFrame, traceSink } from '../viewer/trace';
 import { isSystemKey, scancodeFor } from '../viewer/scancodes';
 import { sparkline, Stats } from '../viewer/stats';
@@ -69,6 +69,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
   let state: ConnState = 'connecting';
   let accessMode: number = pb.AccessMode.ACCESS_MODE_UNSPECIFIED;
   let streamCodec = 0;
+  let streamMode = '';
   let displayId = 0;
   let attempts = 0;
   let disposed = false;
@@ -94,6 +95,16 @@ export function viewerPage({ root, params }: PageContext): () => void {
   const title = h('div', { class: 'viewer-title' }, titleName, titleId);
   const statusPill = h('span', { 'data-testid': 'conn-state' });
   const viewOnlyBadge = h('span', { class: 'view-only-badge', hidden: true, 'data-testid': 'view-only', role: 'status' }, 'VIEW ONLY');
+  // How the agent sends now (issue 16: it adapts to the link); the full text on hover.
+  const modeChip = h('span', { class: 'mode-chip small mono', 'data-testid': 'stream-mode', role: 'status', hidden: true });
+  // "Sharp text": lossless tiles while the link carries them; the agent turns to H.264 on a slow link.
+  const pictureSelect = h(
+    'select',
+    { class: 'select-sm', 'aria-label': 'Picture', 'data-testid': 'picture-menu', title: 'Smooth: H.264, adapted to the link. Sharp text: lossless while the link carries it.' },
+    h('option', { value: 'smooth' }, 'Smooth'),
+    h('option', { value: 'sharp' }, 'Sharp text'),
+  ) as HTMLSelectElement;
+  pictureSelect.value = localStorage.getItem('gc.viewer.picture') === 'sharp' ? 'sharp' : 'smooth';
   const displaySelect = h('select', { 'aria-label': 'Display', class: 'select-sm', hidden: true });
   const scaleBtn = h('button', { class: 'btn btn-sm', type: 'button', 'aria-pressed': 'false' });
   const sysKeys = h('input', { type: 'checkbox', id: 'sys-keys' });
@@ -170,7 +181,9 @@ export function viewerPage({ root, params }: PageContext): () => void {
         title,
         statusPill,
         viewOnlyBadge,
+        modeChip,
         h('span', { class: 'spacer' }),
+        pictureSelect,
         displaySelect,
         scaleBtn,
         sysKeysLabel,
@@ -263,6 +276,17 @@ export function viewerPage({ root, params }: PageContext): () => void {
   applyScale();
 
   // ---- sending ----
+  // What this viewer decodes, and whether it asks for sharp text.
+  const sendHello = () => {
+    const codecs = [pb.Codec.CODEC_RAW_ZSTD];
+    // `localStorage['gc.viewer.lossless'] = '1'` forces the lossless codec (diagnostics).
+    if (h264ok && localStorage.getItem('gc.viewer.lossless') !== '1') codecs.push(pb.Codec.CODEC_H264);
+    send({ viewerHello: { protocolVersion: pb.ProtocolVersion.PROTOCOL_VERSION_CURRENT, codecs, preferLossless: pictureSelect.value === 'sharp' } });
+  };
+  pictureSelect.addEventListener('change', () => {
+    localStorage.setItem('gc.viewer.picture', pictureSelect.value);
+    sendHello();
+  });
   const send = (props: EnvelopeProps): boolean => {
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(encode(props) as Uint8Array<ArrayBuffer>);
@@ -301,10 +325,16 @@ export function viewerPage({ root, params }: PageContext): () => void {
           if (state === 'active') showOverlay(null);
         }
         const traced = traceFrame(trace, f, ev.data.byteLength, receivedMs);
+        // The agent paces itself by these (issue 16): a frame counts once it is drawn.
+        const sequence = f.sequence;
+        const ack = () => send({ frameAck: { sequence } });
         if (f.codec === pb.Codec.CODEC_H264) {
           stats.bytesIn(ev.data.byteLength);
           try {
-            h264.decode(f, traced ? () => (traced.drawnMs = epochMs()) : undefined);
+            h264.decode(f, () => {
+              if (traced) traced.drawnMs = epochMs();
+              ack();
+            });
           } catch (e) {
             console.warn('H.264 frame failed', e);
             requestRefresh('h264 failure');
@@ -314,6 +344,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
           try {
             drawRawZstd(canvas, ctx, f);
             if (traced) traced.drawnMs = epochMs();
+            ack();
           } catch (e) {
             console.warn('lossless frame failed', e);
             requestRefresh('raw failure');
@@ -386,6 +417,17 @@ export function viewerPage({ root, params }: PageContext): () => void {
       case 'viewerLeft':
         if (env.viewerLeft?.username) toast(`${env.viewerLeft.username} left the session`, 'info');
         break;
+      case 'streamMode': {
+        const m = env.streamMode;
+        if (!m) return;
+        const short = describeMode(m, false);
+        modeChip.textContent = short;
+        modeChip.title = describeMode(m, true);
+        modeChip.hidden = false;
+        modeChip.classList.toggle('limited', m.reason === 'link limited');
+        streamMode = modeChip.title;
+        break;
+      }
       case 'agentNotice': {
         const n = env.agentNotice;
         if (n?.text) toast(`Remote machine: ${n.text}`, (n.level ?? 0) >= pb.AgentNotice.Level.LEVEL_WARNING ? 'bad' : 'info');
@@ -583,10 +625,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
     ws = sock;
     sock.onopen = () => {
       if (ws !== sock) return;
-      const codecs = [pb.Codec.CODEC_RAW_ZSTD];
-      // `localStorage['gc.viewer.lossless'] = '1'` forces the lossless codec (diagnostics).
-      if (h264ok && localStorage.getItem('gc.viewer.lossless') !== '1') codecs.push(pb.Codec.CODEC_H264);
-      send({ viewerHello: { protocolVersion: pb.ProtocolVersion.PROTOCOL_VERSION_CURRENT, codecs } });
+      sendHello();
       send({ ping: { timestampUs: nowUs() } });
     };
     sock.onmessage = (ev) => {
@@ -889,6 +928,7 @@ export function viewerPage({ root, params }: PageContext): () => void {
       `${stats.fps.toFixed(1)} fps · ${bytes(Math.round(stats.bps))}/s`,
       `RTT ${stats.rttMs === null ? '—' : stats.rttMs.toFixed(0) + ' ms'} · frame age ${stats.frameAgeMs === null ? '—' : stats.frameAgeMs.toFixed(0) + ' ms'}`,
       `${codecName(streamCodec)} · ${canvas.width}×${canvas.height} · ${bytes(stats.totalBytes)}`,
+      ...(streamMode ? [streamMode] : []),
     ];
     statsText.replaceChildren(...lines.map((l) => h('div', {}, l)));
     sparkline(graph, stats.fpsHistory, getComputedStyle(statsBox).color);

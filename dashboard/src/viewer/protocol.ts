@@ -6,6 +6,7 @@ export const pb = guruconnect.v1;
 export type Envelope = guruconnect.v1.Envelope;
 export type EnvelopeProps = guruconnect.v1.Envelope.$Properties;
 export type VideoFrameMsg = guruconnect.v1.VideoFrame.$Properties;
+export type StreamModeMsg = guruconnect.v1.StreamMode.$Properties;
 
 let seq = 0;
 

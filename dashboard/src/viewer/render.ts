@@ -1,7 +1,7 @@
 // Frame rendering: lossless BGRA tiles (zstd) with fzstd, H.264 with WebCodecs.
 
 import { decompress } from 'fzstd';
-import { pb, type VideoFrameMsg } from './protocol';
+import { pb, type StreamModeMsg, type VideoFrameMsg } from './protocol';
 
 export const H264_CODEC = 'avc1.42E01F';
 
@@ -213,6 +213,25 @@ export class H264Renderer {
     this.drawnHooks.clear();
     this.wake();
   }
+}
+
+/** A bit rate in words (kbit/s in, "1.2 Mbit/s" out). */
+function kbits(kbps: number): string {
+  return kbps >= 1000 ? `${(kbps / 1000).toFixed(1)} Mbit/s` : `${kbps} kbit/s`;
+}
+
+/**
+ * How the agent sends now (issue 16), from its `StreamMode`: short for the toolbar
+ * ("H.264 · 12 fps · 800 kbit/s"), long for the tooltip and the statistics.
+ */
+export function describeMode(m: StreamModeMsg, long: boolean): string {
+  const parts = [codecName(m.codec), `${m.fps ?? 0} fps`];
+  if (m.bitrateKbps) parts.push(`≤ ${kbits(m.bitrateKbps)}`);
+  if (!long) return parts.join(' · ');
+  parts.push(m.adaptive ? 'adapts to the link' : 'fixed settings');
+  if (m.bandwidthKbps) parts.push(`link ${kbits(m.bandwidthKbps)}`);
+  if (m.rttMs) parts.push(`round trip ${m.rttMs} ms`);
+  return `Mode: ${parts.join(' · ')}${m.reason ? ` (${m.reason})` : ''}`;
 }
 
 export function codecName(codec: number | null | undefined): string {

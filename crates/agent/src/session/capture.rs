@@ -10,6 +10,10 @@
 //! button from a viewer ([`CaptureCmd::Nudge`]) brings the next capture forward to
 //! [`NUDGE_DELAY`] after it, so the echo of a key does not wait for the next tick. The
 //! cursor is polled on the frame clock in both cases.
+//!
+//! Adaptation ([`super::adapt`]): a capture that is due waits while a window of bytes is
+//! unacknowledged by the viewers, H.264 follows the bitrate the link carries, and a lossless
+//! stream may turn into H.264 on a slow link; the mode is reported to the viewers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 use guruconnect_proto::{self as proto, Codec, DisplayInfo, Payload};
 use tokio::sync::mpsc;
 
+use super::adapt::{ADAPT_ENV, Adapt};
 use super::{MAX_FRAME_BYTES, notice, now_us};
 use crate::encoding::FrameEncoder;
 use crate::platform::{Capturer, ChangeWatch, CursorState};
@@ -32,6 +37,10 @@ const SAFETY_EVERY: Duration = Duration::from_secs(1);
 const NUDGE_DELAY: Duration = Duration::from_millis(8);
 /// How often an idle thread checks that its session still exists.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often the stream's mode is sent to the viewers when it did not change.
+const MODE_EVERY: Duration = Duration::from_secs(5);
+/// How often the mode is looked at for a change.
+const MODE_CHECK: Duration = Duration::from_secs(1);
 /// Set to `1`, the agent captures on the frame clock alone, as before change-driven capture
 /// (benchmarks compare the two; a desktop whose change reports misbehave can use it).
 pub const CAPTURE_CLOCK_ENV: &str = "GURUCONNECT_CAPTURE_CLOCK";
@@ -41,6 +50,10 @@ pub(super) enum CaptureCmd {
     /// Start (or restart) streaming `display` in `codec`; `fps` 0 keeps the current pace.
     Start {
         codec: Codec,
+        /// Codecs every viewer also decodes (adaptation may switch to them).
+        fallback: Vec<Codec>,
+        /// The relay passes the viewers' frame acknowledgements.
+        frame_acks: bool,
         display: DisplayInfo,
         fps: u32,
     },
@@ -55,11 +68,23 @@ pub(super) enum CaptureCmd {
     Nudge,
     /// The desktop reported a change (from the change watcher's thread).
     Changed,
+    /// A viewer decoded the frame `sequence` (received at `at`).
+    Ack {
+        sequence: u64,
+        at: Instant,
+    },
 }
 
 struct Stream {
     encoder: FrameEncoder,
+    /// The codec the relay asked for, and whether every viewer decodes H.264 too.
+    preferred: Codec,
+    h264_allowed: bool,
+    /// A due capture waits for the viewers' acknowledgements.
+    held: bool,
     display: DisplayInfo,
+    /// The frame interval asked for, and the one in use (longer while H.264 is capped).
+    base_interval: Duration,
     interval: Duration,
     /// The next tick: a capture when one is due, otherwise a cursor poll.
     next_at: Instant,
@@ -110,6 +135,47 @@ fn start_watch(
         cmds.send(CaptureCmd::Changed).is_ok()
     }))?;
     Some((watch, handled))
+}
+
+/// The stream mode last sent to the viewers.
+#[derive(Default)]
+struct ModeReport {
+    last: Option<(proto::StreamMode, Instant)>,
+    checked: Option<Instant>,
+}
+
+impl ModeReport {
+    /// Sends the mode when it changed (looked at every [`MODE_CHECK`]) or every
+    /// [`MODE_EVERY`].
+    fn report(
+        &mut self,
+        adapt: &mut Adapt,
+        now: Instant,
+        codec: Codec,
+        out: &mpsc::Sender<Payload>,
+    ) {
+        if self
+            .checked
+            .is_some_and(|t| now.saturating_duration_since(t) < MODE_CHECK)
+        {
+            return;
+        }
+        self.checked = Some(now);
+        let current = adapt.mode(now, codec);
+        let due = match &self.last {
+            None => true,
+            Some((last, at)) => {
+                now.saturating_duration_since(*at) >= MODE_EVERY
+                    || last.codec != current.codec
+                    || last.reason != current.reason
+                    || last.bitrate_kbps.abs_diff(current.bitrate_kbps) * 10 > last.bitrate_kbps
+                    || last.fps.abs_diff(current.fps) * 5 > last.fps.max(5)
+            }
+        };
+        if due && out.try_send(Payload::StreamMode(current.clone())).is_ok() {
+            self.last = Some((current, now));
+        }
+    }
 }
 
 /// The cursor last reported, so only changes are sent.
@@ -172,6 +238,11 @@ pub(super) fn capture_thread(
     let mut cursor = CursorReport::default();
     let mut failures: u32 = 0;
     let on_change = std::env::var(CAPTURE_CLOCK_ENV).as_deref() != Ok("1");
+    let mut adapt = Adapt::new(
+        std::env::var(ADAPT_ENV).as_deref() != Ok("0"),
+        Instant::now(),
+    );
+    let mut mode = ModeReport::default();
     loop {
         // This thread holds a sender of its own channel (for the watcher), so the session's
         // end shows as the outgoing channel closing.
@@ -190,6 +261,8 @@ pub(super) fn capture_thread(
             match cmd {
                 CaptureCmd::Start {
                     codec,
+                    fallback,
+                    frame_acks,
                     display,
                     fps,
                 } => {
@@ -214,9 +287,14 @@ pub(super) fn capture_thread(
                         "streaming"
                     );
                     let now = Instant::now();
+                    adapt.restart(now, frame_acks);
                     stream = Some(Stream {
                         encoder,
+                        preferred: codec,
+                        h264_allowed: codec == Codec::H264 || fallback.contains(&Codec::H264),
+                        held: false,
                         display,
+                        base_interval: frame_interval(fps),
                         interval: frame_interval(fps),
                         next_at: now,
                         force_keyframe: true,
@@ -239,7 +317,8 @@ pub(super) fn capture_thread(
                 CaptureCmd::Quality { fps, quality } => {
                     if let Some(s) = &mut stream {
                         if fps > 0 {
-                            s.interval = frame_interval(fps);
+                            s.base_interval = frame_interval(fps);
+                            s.interval = s.base_interval;
                         }
                         if (1..=100).contains(&quality) {
                             s.encoder.set_quality(quality);
@@ -251,6 +330,14 @@ pub(super) fn capture_thread(
                         // Keys come at typing speed; at a low frame rate they still
                         // get their echo captured.
                         s.capture_by(Instant::now() + NUDGE_DELAY, NUDGE_DELAY);
+                    }
+                }
+                CaptureCmd::Ack { sequence, at } => {
+                    if adapt.on_ack(sequence, at)
+                        && let Some(s) = stream.as_mut().filter(|s| s.held)
+                    {
+                        s.held = false;
+                        s.next_at = Instant::now();
                     }
                 }
                 CaptureCmd::Changed => {
@@ -272,7 +359,31 @@ pub(super) fn capture_thread(
         let Some(s) = &mut stream else { continue };
         let now = Instant::now();
         s.next_at = (s.next_at + s.interval).max(now);
-        if s.capture_due(now) {
+        let settings = adapt.tick(now);
+        // (Not where H.264 already failed and the encoder fell back to lossless.)
+        let switch = (s.encoder.codec() == s.encoder.requested())
+            .then(|| adapt.switch_codec(now, s.encoder.codec(), s.preferred, s.h264_allowed))
+            .flatten();
+        if let Some(codec) = switch {
+            tracing::info!(?codec, "the link calls for another codec");
+            s.encoder = FrameEncoder::new(codec);
+            s.force_keyframe = true;
+        }
+        s.interval = s.base_interval;
+        if s.encoder.codec() == Codec::H264 {
+            // Before the first picture of a new encoder, so that it starts capped.
+            s.encoder.set_bitrate_cap(settings.bitrate);
+            if let Some((_, fps)) = settings.bitrate {
+                s.interval = s.interval.max(Duration::from_secs_f32(1.0 / fps));
+            }
+        }
+        mode.report(&mut adapt, now, s.encoder.codec(), &out);
+        s.held = s.capture_due(now) && !adapt.may_send(now);
+        if s.held {
+            // Waits for an acknowledgement, or for the window to give up on one; the
+            // cursor is still polled on the frame clock meanwhile.
+            s.next_at = adapt.recheck_at(now).min(now + s.interval);
+        } else if s.capture_due(now) {
             let changed_at = s.dirty.take().unwrap_or(0);
             s.last_capture = now;
             let captured_at = now_us();
@@ -318,9 +429,12 @@ pub(super) fn capture_thread(
                     continue;
                 }
                 sequence += 1;
+                let bytes = video.data.len();
+                let sent_sequence = video.sequence;
                 if out.blocking_send(Payload::VideoFrame(video)).is_err() {
                     return;
                 }
+                adapt.on_sent(sent_sequence, bytes, Instant::now());
             }
             if keyframe {
                 s.force_keyframe = false;
@@ -348,6 +462,7 @@ mod tests {
     struct FakeDesktop {
         captures: Arc<AtomicUsize>,
         notifier: Option<Arc<Mutex<Option<ChangeNotify>>>>,
+        noisy: bool,
     }
 
     impl Capturer for FakeDesktop {
@@ -361,6 +476,16 @@ mod tests {
             let n = self.captures.fetch_add(1, Ordering::SeqCst);
             let mut data = vec![0u8; 32 * 32 * 4];
             data[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            if self.noisy {
+                // Incompressible: every frame is a whole 4 KB picture.
+                let mut x = n as u64 | 1;
+                for b in &mut data {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
             Ok(Image {
                 width: 32,
                 height: 32,
@@ -407,11 +532,17 @@ mod tests {
 
     impl Running {
         fn start(reports: bool, fps: u32) -> Running {
+            Self::start_with(reports, fps, false)
+        }
+
+        /// `noisy`: every capture is an incompressible 4 KB picture.
+        fn start_with(reports: bool, fps: u32, noisy: bool) -> Running {
             let captures = Arc::new(AtomicUsize::new(0));
             let notifier = Arc::new(Mutex::new(None));
             let desktop = FakeDesktop {
                 captures: Arc::clone(&captures),
                 notifier: reports.then(|| Arc::clone(&notifier)),
+                noisy,
             };
             let (cmds, rx) = std_mpsc::channel();
             let (out_tx, out) = mpsc::channel(64);
@@ -419,6 +550,8 @@ mod tests {
             let thread =
                 std::thread::spawn(move || capture_thread(Box::new(desktop), rx, own, out_tx));
             cmds.send(CaptureCmd::Start {
+                fallback: Vec::new(),
+                frame_acks: true,
                 codec: Codec::RawZstd,
                 display: display(),
                 fps,
@@ -512,5 +645,51 @@ mod tests {
         let waited = asked.elapsed();
         assert!(waited >= NUDGE_DELAY, "{waited:?}");
         assert!(waited < Duration::from_millis(900), "{waited:?}");
+    }
+
+    #[test]
+    fn frames_wait_for_the_viewers_acknowledgements_and_go_on_at_the_next_one() {
+        // Every tick captures a changed 4 KB picture (no change reports), 60 a second.
+        let mut run = Running::start_with(false, 60, true);
+        let start = Instant::now();
+        run.cmds
+            .send(CaptureCmd::Ack {
+                sequence: 0,
+                at: start,
+            })
+            .unwrap();
+        // Unacknowledged, the frames stop once a window's worth is in flight.
+        let (mut frames, mut bytes, mut last, mut modes) = (0, 0, 0, Vec::new());
+        while start.elapsed() < Duration::from_secs(1) {
+            match run.out.try_recv() {
+                Ok(Payload::VideoFrame(f)) => {
+                    frames += 1;
+                    bytes += f.data.len();
+                    last = f.sequence;
+                }
+                Ok(Payload::StreamMode(m)) => modes.push(m),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        assert!(
+            frames < 30 && bytes < 64 * 1024 + 8 * 1024,
+            "{frames} frames ({bytes} bytes) went out unacknowledged in a second"
+        );
+        assert!(
+            modes.iter().any(|m| m.adaptive),
+            "the mode was reported: {modes:?}"
+        );
+        // An acknowledgement lets the next capture go at once.
+        let acked = Instant::now();
+        run.cmds
+            .send(CaptureCmd::Ack {
+                sequence: last,
+                at: acked,
+            })
+            .unwrap();
+        run.next_frame(Duration::from_millis(200))
+            .expect("a frame right after the acknowledgement");
+        assert!(acked.elapsed() < Duration::from_millis(200));
     }
 }

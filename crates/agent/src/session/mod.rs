@@ -18,6 +18,7 @@
 //! for everyone, and this loop returns [`Outcome::Ended`]: a support agent exits, a
 //! managed agent reconnects with nobody watching, as after a technician's end.
 
+mod adapt;
 mod capture;
 mod chat;
 mod clipboard;
@@ -238,6 +239,10 @@ struct Session {
     update_commands: Option<mpsc::Sender<proto::UpdateCommand>>,
     granted: bool,
     codec: Codec,
+    /// Further codecs every viewer decodes, and whether they acknowledge frames (from
+    /// `StartStream`).
+    fallback: Vec<Codec>,
+    frame_acks: bool,
     streaming: bool,
     displays: Vec<DisplayInfo>,
     active: DisplayInfo,
@@ -499,9 +504,17 @@ impl Session {
                 // The relay's StartStream always names display 0, so it is not followed.
                 self.streaming = true;
                 self.codec = Codec::try_from(start.codec).unwrap_or(Codec::RawZstd);
-                tracing::info!(codec = ?self.codec, "streaming started");
+                self.fallback = start
+                    .fallback_codecs
+                    .iter()
+                    .filter_map(|&c| Codec::try_from(c).ok())
+                    .collect();
+                tracing::info!(codec = ?self.codec, fallback = ?self.fallback, "streaming started");
+                self.frame_acks = start.frame_acks;
                 let _ = self.capture.send(CaptureCmd::Start {
                     codec: self.codec,
+                    fallback: self.fallback.clone(),
+                    frame_acks: self.frame_acks,
                     display: self.active.clone(),
                     fps: start.max_fps,
                 });
@@ -535,11 +548,19 @@ impl Session {
                     // keyframe.
                     let _ = self.capture.send(CaptureCmd::Start {
                         codec: self.codec,
+                        fallback: self.fallback.clone(),
+                        frame_acks: self.frame_acks,
                         display: self.active.clone(),
                         fps: 0,
                     });
                     self.send(self.display_list()).await?;
                 }
+            }
+            Payload::FrameAck(ack) => {
+                let _ = self.capture.send(CaptureCmd::Ack {
+                    sequence: ack.sequence,
+                    at: std::time::Instant::now(),
+                });
             }
             Payload::QualitySettings(q) => {
                 let _ = self.capture.send(CaptureCmd::Quality {
@@ -838,6 +859,8 @@ pub async fn run_on(
         update_commands: None,
         granted: false,
         codec: Codec::RawZstd,
+        fallback: Vec::new(),
+        frame_acks: false,
         streaming: false,
         displays,
         active,

@@ -776,6 +776,7 @@ impl Relay {
         conn.send(Payload::ViewerHello(ViewerHello {
             protocol_version: guruconnect_proto::PROTOCOL_VERSION,
             codecs: codecs.iter().map(|c| *c as i32).collect(),
+            ..Default::default()
         }))
         .await
         .expect("viewer hello");

@@ -5,6 +5,9 @@ use std::time::Instant;
 /// Input events allowed per second per viewer.
 pub const INPUT_EVENTS_PER_SEC: f64 = 200.0;
 
+/// Frame acknowledgements allowed per second per viewer (issue 16).
+pub const FRAME_ACKS_PER_SEC: f64 = 120.0;
+
 /// A token bucket; `try_take` never waits and never queues.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -28,6 +31,12 @@ impl TokenBucket {
     /// The viewer input bucket.
     pub fn for_input() -> Self {
         Self::new(INPUT_EVENTS_PER_SEC, INPUT_EVENTS_PER_SEC)
+    }
+
+    /// The bucket for a viewer's frame acknowledgements: more than the agent's 60 fps cap,
+    /// so that none is lost to it.
+    pub fn for_frame_acks() -> Self {
+        Self::new(FRAME_ACKS_PER_SEC, FRAME_ACKS_PER_SEC)
     }
 
     /// Takes one token if available.

@@ -407,6 +407,7 @@ async fn read_loop<Rx: Stream<Item = Result<Message, axum::Error>> + Unpin>(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> (Option<u16>, String) {
     let mut bucket = TokenBucket::for_input();
+    let mut acks = TokenBucket::for_frame_acks();
     let mut last_seen = Instant::now();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -438,7 +439,7 @@ async fn read_loop<Rx: Stream<Item = Result<Message, axum::Error>> + Unpin>(
                         .await;
                     return (Some(close::INVALID_PAYLOAD), "malformed message".into());
                 };
-                handle(ctx, &mut bucket, envelope.payload, bytes);
+                handle(ctx, &mut bucket, &mut acks, envelope.payload, bytes);
             }
         }
     }
@@ -448,6 +449,7 @@ async fn read_loop<Rx: Stream<Item = Result<Message, axum::Error>> + Unpin>(
 fn handle(
     ctx: &ViewerCtx<'_>,
     bucket: &mut TokenBucket,
+    acks: &mut TokenBucket,
     payload: Option<Payload>,
     bytes: bytes::Bytes,
 ) {
@@ -464,8 +466,17 @@ fn handle(
     };
     match payload {
         Payload::ViewerHello(hello) => {
-            session.set_viewer_codecs(ctx.viewer_id, hello.codecs);
+            session.set_viewer_codecs(ctx.viewer_id, hello.codecs, hello.prefer_lossless);
             session.update_stream();
+        }
+        // The agent's measure of the link: any viewer (view-only too), after consent, under
+        // a bucket of its own (acknowledgements come with every frame, not with input).
+        Payload::FrameAck(_) => {
+            if !session.is_active() || !acks.try_take() {
+                metrics.input_dropped.inc();
+                return;
+            }
+            forward(bytes);
         }
         Payload::Ping(ping) => {
             let _ = ctx.control_tx.try_send(message(Payload::Pong(proto::Pong {

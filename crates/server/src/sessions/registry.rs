@@ -51,6 +51,8 @@ struct ViewerSlot {
     username: String,
     access: AccessMode,
     codecs: Vec<i32>,
+    /// Lossless tiles preferred while the link carries them.
+    prefer_lossless: bool,
     frames: mpsc::Sender<Bytes>,
     control: mpsc::Sender<Message>,
     awaiting_keyframe: bool,
@@ -140,6 +142,8 @@ struct Inner {
     viewers: HashMap<String, ViewerSlot>,
     agent_codecs: Vec<i32>,
     streaming: Option<i32>,
+    /// Codecs the agent may switch to from `streaming` (every viewer decodes them).
+    streaming_fallback: Vec<i32>,
     hostname: String,
     end_reason: Option<String>,
     close_code: u16,
@@ -420,28 +424,36 @@ impl LiveSession {
         inner.agent_codecs = codecs;
     }
 
-    /// Records the codecs a viewer can decode.
-    pub fn set_viewer_codecs(&self, viewer_id: &str, codecs: Vec<i32>) {
+    /// Records the codecs a viewer can decode, and whether it prefers lossless tiles.
+    pub fn set_viewer_codecs(&self, viewer_id: &str, codecs: Vec<i32>, prefer_lossless: bool) {
         if let Some(slot) = self.lock().viewers.get_mut(viewer_id) {
             slot.codecs = codecs;
+            slot.prefer_lossless = prefer_lossless;
         }
     }
 
-    /// The stream the agent should be sending now: `Some(codec)` while the session is
-    /// active and watched. The codec is the best one the agent and every viewer share;
-    /// lossless tiles are the guaranteed fallback.
-    fn desired_stream(inner: &Inner) -> Option<i32> {
+    /// The stream the agent should be sending now: `Some((codec, fallback))` while the
+    /// session is active and watched. The codec is the best one the agent and every viewer
+    /// share (lossless tiles are the guaranteed fallback); where they all share H.264 but a
+    /// viewer prefers lossless, the stream is lossless with H.264 as the fallback the
+    /// agent may switch to on a slow link.
+    fn desired_stream(inner: &Inner) -> Option<(i32, Vec<i32>)> {
         let mut watching = inner.viewers.values().filter(|v| v.video).peekable();
         if inner.phase != Phase::Active || watching.peek().is_none() {
             return None;
         }
         let h264 = Codec::H264 as i32;
-        let all_h264 =
-            inner.agent_codecs.contains(&h264) && watching.all(|v| v.codecs.contains(&h264));
-        Some(if all_h264 {
-            h264
-        } else {
-            Codec::RawZstd as i32
+        let raw = Codec::RawZstd as i32;
+        let mut prefer_lossless = false;
+        let all_h264 = inner.agent_codecs.contains(&h264)
+            && watching.all(|v| {
+                prefer_lossless |= v.prefer_lossless;
+                v.codecs.contains(&h264)
+            });
+        Some(match (all_h264, prefer_lossless) {
+            (true, false) => (h264, Vec::new()),
+            (true, true) => (raw, vec![h264]),
+            (false, _) => (raw, Vec::new()),
         })
     }
 
@@ -449,17 +461,28 @@ impl LiveSession {
     pub fn update_stream(&self) {
         let mut inner = self.lock();
         let desired = Self::desired_stream(&inner);
-        if desired == inner.streaming {
+        let current = inner
+            .streaming
+            .map(|codec| (codec, inner.streaming_fallback.clone()));
+        if desired == current {
             return;
         }
-        inner.streaming = desired;
+        inner.streaming = desired.as_ref().map(|(codec, _)| *codec);
+        inner.streaming_fallback = desired
+            .as_ref()
+            .map(|(_, fallback)| fallback.clone())
+            .unwrap_or_default();
         drop(inner);
         let msg = match desired {
-            Some(codec) => message(Payload::StartStream(guruconnect_proto::StartStream {
-                codec,
-                display_id: 0,
-                max_fps: 30,
-            })),
+            Some((codec, fallback_codecs)) => {
+                message(Payload::StartStream(guruconnect_proto::StartStream {
+                    codec,
+                    display_id: 0,
+                    max_fps: 30,
+                    fallback_codecs,
+                    frame_acks: true,
+                }))
+            }
             None => message(Payload::StopStream(guruconnect_proto::StopStream {})),
         };
         self.try_send_to_agent(msg);
@@ -681,6 +704,7 @@ impl Registry {
                 viewers: HashMap::new(),
                 agent_codecs: new.codecs,
                 streaming: None,
+                streaming_fallback: Vec::new(),
                 hostname: new.hostname,
                 end_reason: None,
                 close_code: 1000,
@@ -863,6 +887,7 @@ impl Registry {
                     username: username.to_owned(),
                     access,
                     codecs: vec![Codec::RawZstd as i32],
+                    prefer_lossless: false,
                     frames: frames_tx,
                     control: control_tx.clone(),
                     // A joining viewer needs a full picture first.

@@ -63,7 +63,7 @@ pub(super) async fn handle(
                 record(session, RecordType::Stream, bytes);
             }
         }
-        Payload::AgentNotice(_) => {
+        Payload::AgentNotice(_) | Payload::StreamMode(_) => {
             if session.is_active() {
                 session.broadcast(&Message::Binary(bytes.clone()), false, None);
             }
