@@ -712,13 +712,18 @@ impl Encoder {
 
     /// Caps the H.264 bitrate: `Some((bits_per_second, frames_per_second))` spreads that many
     /// bits over that frame rate; `None` lifts the cap. The first cap moves openh264 to
-    /// bitrate rate control (a new encoder, so the next picture is an IDR); later changes,
+    /// bitrate rate control in screen-content mode (a new encoder, so the next picture is an
+    /// IDR); later changes,
     /// lifting the cap included, apply to the running encoder without a keyframe. Lossless
     /// ignores it.
     pub fn set_bitrate_cap(&mut self, cap: Option<(u32, f32)>) {
         match cap {
             Some((bps, fps)) => {
                 self.tuning.rate_control = H264RateControl::Bitrate;
+                // Screen-content mode's motion search finds a scroll or a moved window;
+                // camera mode at low complexity does not, and on a link that holds frames
+                // back every frame moves further (docs/benchmarks.md, "Adaptive quality").
+                self.tuning.usage = H264Usage::Screen;
                 self.rate = Some((
                     bps.clamp(50_000, h264_params::MAX_BPS),
                     fps.clamp(1.0, 60.0),

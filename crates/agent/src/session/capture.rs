@@ -35,6 +35,9 @@ const SAFETY_EVERY: Duration = Duration::from_secs(1);
 /// How long after a viewer's key or button the next capture happens, where changes are not
 /// reported: time for the application to repaint.
 const NUDGE_DELAY: Duration = Duration::from_millis(8);
+/// How long after a start the first picture is captured.
+const START_SETTLE: Duration = Duration::from_millis(10);
+const LOSSLESS_START_SETTLE: Duration = Duration::from_millis(250);
 /// How often an idle thread checks that its session still exists.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How often the stream's mode is sent to the viewers when it did not change.
@@ -83,8 +86,6 @@ struct Stream {
     /// A due capture waits for the viewers' acknowledgements.
     held: bool,
     display: DisplayInfo,
-    /// The frame interval asked for, and the one in use (longer while H.264 is capped).
-    base_interval: Duration,
     interval: Duration,
     /// The next tick: a capture when one is due, otherwise a cursor poll.
     next_at: Instant,
@@ -294,9 +295,16 @@ pub(super) fn capture_thread(
                         h264_allowed: codec == Codec::H264 || fallback.contains(&Codec::H264),
                         held: false,
                         display,
-                        base_interval: frame_interval(fps),
                         interval: frame_interval(fps),
-                        next_at: now,
+                        // The relay may change its mind at once (a joining viewer streams
+                        // lossless until its hello): the first picture waits for that, a
+                        // lossless one longer (a whole screen of tiles is megabytes).
+                        next_at: now
+                            + if codec == Codec::H264 {
+                                START_SETTLE
+                            } else {
+                                LOSSLESS_START_SETTLE
+                            },
                         force_keyframe: true,
                         watch,
                         dirty: None,
@@ -317,8 +325,7 @@ pub(super) fn capture_thread(
                 CaptureCmd::Quality { fps, quality } => {
                     if let Some(s) = &mut stream {
                         if fps > 0 {
-                            s.base_interval = frame_interval(fps);
-                            s.interval = s.base_interval;
+                            s.interval = frame_interval(fps);
                         }
                         if (1..=100).contains(&quality) {
                             s.encoder.set_quality(quality);
@@ -369,13 +376,11 @@ pub(super) fn capture_thread(
             s.encoder = FrameEncoder::new(codec);
             s.force_keyframe = true;
         }
-        s.interval = s.base_interval;
         if s.encoder.codec() == Codec::H264 {
             // Before the first picture of a new encoder, so that it starts capped.
-            s.encoder.set_bitrate_cap(settings.bitrate);
-            if let Some((_, fps)) = settings.bitrate {
-                s.interval = s.interval.max(Duration::from_secs_f32(1.0 / fps));
-            }
+            let fps = 1.0 / s.interval.as_secs_f32();
+            s.encoder
+                .set_bitrate_cap(settings.bitrate.map(|bps| (bps, fps)));
         }
         mode.report(&mut adapt, now, s.encoder.codec(), &out);
         s.held = s.capture_due(now) && !adapt.may_send(now);
@@ -528,6 +533,8 @@ mod tests {
         captures: Arc<AtomicUsize>,
         notifier: Arc<Mutex<Option<ChangeNotify>>>,
         thread: std::thread::JoinHandle<()>,
+        /// What `next_frame` passed over.
+        passed: Vec<Payload>,
     }
 
     impl Running {
@@ -563,6 +570,7 @@ mod tests {
                 captures,
                 notifier,
                 thread,
+                passed: Vec::new(),
             };
             running
                 .next_frame(Duration::from_secs(5))
@@ -576,7 +584,7 @@ mod tests {
             while Instant::now() < deadline {
                 match self.out.try_recv() {
                     Ok(Payload::VideoFrame(frame)) => return Some(frame),
-                    Ok(_) => {}
+                    Ok(other) => self.passed.push(other),
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
@@ -659,7 +667,15 @@ mod tests {
             })
             .unwrap();
         // Unacknowledged, the frames stop once a window's worth is in flight.
-        let (mut frames, mut bytes, mut last, mut modes) = (0, 0, 0, Vec::new());
+        let (mut frames, mut bytes, mut last) = (0, 0, 0);
+        let mut modes: Vec<_> = run
+            .passed
+            .drain(..)
+            .filter_map(|p| match p {
+                Payload::StreamMode(m) => Some(m),
+                _ => None,
+            })
+            .collect();
         while start.elapsed() < Duration::from_secs(1) {
             match run.out.try_recv() {
                 Ok(Payload::VideoFrame(f)) => {

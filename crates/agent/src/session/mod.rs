@@ -826,7 +826,7 @@ pub async fn run_on(
         .or(displays.first())
         .cloned()
         .unwrap_or_default();
-    let (mut tx, mut rx) = conn.split();
+    let (mut tx, rx) = conn.split();
     let mut agent_hello = hello(identity, &displays);
     if attended && desktop.consent().asks_transfers() {
         agent_hello.capabilities.push(FILE_CONSENT.into());
@@ -836,6 +836,7 @@ pub async fn run_on(
     }
     let (out_tx, mut out_rx) = mpsc::channel::<Payload>(4);
     let (capture_tx, capture_rx) = std_mpsc::channel();
+    let (reader, mut rx) = read_relay(rx, capture_tx.clone());
     let (input_tx, input_rx) = std_mpsc::channel();
     let (capture_out, input_out) = (out_tx.clone(), out_tx.clone());
     let capture_self = capture_tx.clone();
@@ -889,17 +890,53 @@ pub async fn run_on(
     if outcome == Outcome::ConsentDenied || session.ended_here {
         // Let the relay record the refusal or the end before the socket goes away.
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
-            while rx.recv().await.is_ok() {}
+            while rx.recv().await.is_some_and(|m| m.is_ok()) {}
         })
         .await;
     }
+    reader.abort();
     let _ = session.tx.close().await;
     outcome
 }
 
+/// Reads the relay's messages on a task of its own, so that frame acknowledgements reach
+/// the capture thread when they arrive, not after the session's loop has finished writing
+/// a large frame to a slow link; everything else is handed on in order.
+fn read_relay(
+    mut rx: guruconnect_client::Receiver,
+    capture: std_mpsc::Sender<CaptureCmd>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::Receiver<Result<Envelope, ClientError>>,
+) {
+    let (tx, messages) = mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        loop {
+            let msg = rx.recv().await;
+            if let Ok(Envelope {
+                payload: Some(Payload::FrameAck(ack)),
+                ..
+            }) = &msg
+            {
+                let at = std::time::Instant::now();
+                let _ = capture.send(CaptureCmd::Ack {
+                    sequence: ack.sequence,
+                    at,
+                });
+                continue;
+            }
+            let last = matches!(&msg, Err(e) if !matches!(e, ClientError::Malformed(_)));
+            if tx.send(msg).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    (task, messages)
+}
+
 async fn drive(
     session: &mut Session,
-    rx: &mut guruconnect_client::Receiver,
+    rx: &mut mpsc::Receiver<Result<Envelope, ClientError>>,
     out_rx: &mut mpsc::Receiver<Payload>,
 ) -> Outcome {
     if let Err(o) = session.send(status(&session.desktop).await).await {
@@ -911,7 +948,10 @@ async fn drive(
     ping_tick.tick().await;
     loop {
         let step = tokio::select! {
-            msg = rx.recv() => match msg {
+            msg = rx.recv() => match msg.unwrap_or_else(|| Err(ClientError::Closed {
+                code: 1006,
+                reason: "the connection ended".into(),
+            })) {
                 Ok(Envelope { payload: Some(payload), .. }) => session.handle(payload).await,
                 Ok(_) => Ok(Flow::Continue),
                 Err(ClientError::Malformed(_)) => {
