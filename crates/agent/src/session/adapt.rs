@@ -604,7 +604,10 @@ mod tests {
                 "adaptive picture age p95 {:?} on {bps} bit/s",
                 p95(&ages)
             );
-            assert!(fps >= 20.0, "adaptive sent only {fps:.1} fps on {bps} bit/s");
+            assert!(
+                fps >= 20.0,
+                "adaptive sent only {fps:.1} fps on {bps} bit/s"
+            );
             let cap = mode.bitrate_kbps as f64 * 1000.0;
             assert!(
                 cap > 0.0 && cap <= bps * PROBE_OVER,
@@ -726,7 +729,10 @@ mod tests {
         assert!(adapt.may_send(start + Duration::from_millis(4500)));
         adapt.on_sent(2, 5_000, start + Duration::from_millis(4500));
         let late = start + Duration::from_millis(4875);
-        assert!(adapt.on_ack(1, late), "the late acknowledgement tells something");
+        assert!(
+            adapt.on_ack(1, late),
+            "the late acknowledgement tells something"
+        );
         let mode = adapt.mode(late, Codec::H264);
         assert!(
             (800..=1200).contains(&mode.bandwidth_kbps),

@@ -948,20 +948,18 @@ async fn drive(
     ping_tick.tick().await;
     loop {
         let step = tokio::select! {
-            msg = rx.recv() => match msg.unwrap_or_else(|| Err(ClientError::Closed {
-                code: 1006,
-                reason: "the connection ended".into(),
-            })) {
-                Ok(Envelope { payload: Some(payload), .. }) => session.handle(payload).await,
-                Ok(_) => Ok(Flow::Continue),
-                Err(ClientError::Malformed(_)) => {
+            msg = rx.recv() => match msg {
+                Some(Ok(Envelope { payload: Some(payload), .. })) => session.handle(payload).await,
+                Some(Ok(_)) => Ok(Flow::Continue),
+                Some(Err(ClientError::Malformed(_))) => {
                     tracing::warn!("ignoring a malformed message from the relay");
                     Ok(Flow::Continue)
                 }
-                Err(ClientError::Closed { code, reason }) => {
+                Some(Err(ClientError::Closed { code, reason })) => {
                     Err(Outcome::Lost(format!("closed by the server ({code}: {reason})")))
                 }
-                Err(e) => Err(Outcome::Lost(e.to_string())),
+                Some(Err(e)) => Err(Outcome::Lost(e.to_string())),
+                None => Err(Outcome::Lost("the connection ended".into())),
             },
             Some(payload) = out_rx.recv() => session.forward(payload).await,
             granted = join_consent(&mut session.consent) => session.consent_answer(granted).await,
