@@ -6,12 +6,13 @@
 //! agent measures the round trip (send → acknowledgement, on its own clock) and the delivery
 //! rate (bytes acknowledged over the time they took, the largest recent sample), and:
 //! - **frame rate**: at most a window of bytes is in flight (twice the delivery rate times
-//!   the smallest round trip): a capture waits for acknowledgements instead of queueing
-//!   behind older frames, so what arrives is fresh and the frame rate is what the link
-//!   carries;
-//! - **bitrate**: while captures are held back (or the round trip grows over its minimum),
-//!   H.264 is capped at [`BITRATE_SHARE`] of the delivery rate, spread over the frame rate
-//!   actually sent; once calm, the cap grows until it is lifted;
+//!   the smallest round trip, less the time large frames spend being sent): a capture
+//!   waits for acknowledgements instead of queueing behind older frames, so what arrives
+//!   is fresh and the frame rate is what the link carries;
+//! - **bitrate**: while the link is the limit (captures held back, the round trip well over
+//!   its minimum, or an uncapped stream sending as fast as frames are delivered), H.264 is
+//!   capped at [`BITRATE_SHARE`] of the delivery rate, spread over the stream's full frame
+//!   rate (coarser frames, not fewer); once calm, the cap grows until it is lifted;
 //! - **codec**: a lossless stream whose viewers all decode H.264 turns into H.264 after
 //!   [`TO_H264_AFTER`] held back, and back after [`TO_LOSSLESS_AFTER`] calm on a link that
 //!   measured at least [`LOSSLESS_BPS`].
