@@ -556,12 +556,6 @@ impl Session {
                     self.send(self.display_list()).await?;
                 }
             }
-            Payload::FrameAck(ack) => {
-                let _ = self.capture.send(CaptureCmd::Ack {
-                    sequence: ack.sequence,
-                    at: std::time::Instant::now(),
-                });
-            }
             Payload::QualitySettings(q) => {
                 let _ = self.capture.send(CaptureCmd::Quality {
                     fps: q.max_fps,
